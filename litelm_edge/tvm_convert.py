@@ -1,0 +1,83 @@
+"""Checkpoint -> model.so (a Relax VM library), run inside the TVM toolchain venv.
+
+    python -m litelm_edge.tvm_convert SPEC.json
+
+SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"), target (a TVM tag string or a target
+dict), cc (the C++ compiler that links the target's library), host_dir (null, or a folder for
+the same module compiled for this machine: the host-side parity library of a cross build),
+tile ([MT, NJ] register tile, or null)}.
+
+Writes out_dir/model.so, out_dir/convert.json (timings, weight bytes by dtype), and
+host_dir/model.so. The library has one function, `forward(idx (1, T) int64, k, v
+(L, 1, nkv, P, hd) fp32) -> (logits (1, T, V), k, v of length P+T)`: prefill is P = 0, decode T = 1.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def host_target():
+    """This machine's CPU, named explicitly: LLVM refuses -mcpu=native with TVM's own triple."""
+    from tvm.target import Target, codegen
+    import os
+    return Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu" if os.uname().machine == "x86_64"
+                   else "aarch64-linux-gnu", "mcpu": codegen.llvm_get_system_cpu(),
+                   "num-cores": os.cpu_count()})
+
+
+def relax_module(checkpoint: str, precision: str):
+    """Checkpoint -> (Relax IRModule with a `forward` function, weight bytes by dtype)."""
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+    from litelm_edge.checkpoint import load
+    from litelm_edge import tvm_graph
+    model, _, _ = load(checkpoint)
+    tvm_graph.prepare(model.float().eval(), precision)
+    nbytes: dict[str, int] = {}
+    for t in model.buffers():
+        nbytes[str(t.dtype)] = nbytes.get(str(t.dtype), 0) + t.numel() * t.element_size()
+    with torch.no_grad():
+        mod = from_exported_program(tvm_graph.export(model))
+    mod["forward"] = mod["main"].with_attr("global_symbol", "forward")
+    del mod["main"]
+    return mod, nbytes
+
+
+def compile_to(mod, target, path: Path, cc: str | None, tile) -> float:
+    """Compile with the scheduled pipeline and link `path`; -> seconds."""
+    import tvm
+    from tvm.support import cc as tvm_cc
+    from litelm_edge import tvm_schedule
+    t0 = time.time()
+    ex = tvm.compile(mod, target=target, relax_pipeline=tvm_schedule.pipeline(target, tile))
+    fcompile = tvm_cc.cross_compiler(cc) if cc else None
+    ex.export_library(str(path), fcompile=fcompile)
+    return time.time() - t0
+
+
+def main(spec_path: str) -> int:
+    from tvm.target import Target
+    from litelm_edge.tvm_schedule import DEFAULT_TILE
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(spec["out_dir"])
+    tile = tuple(spec.get("tile") or DEFAULT_TILE)
+    t0 = time.time()
+    mod, nbytes = relax_module(spec["checkpoint"], spec["precision"])
+    report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile)}
+    target = Target(spec["target"])
+    report["target"] = str(target)
+    report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile), 2)
+    if spec.get("host_dir"):
+        host = Path(spec["host_dir"])
+        host.mkdir(parents=True, exist_ok=True)
+        report["host_target"] = str(host_target())
+        report["host_compile_s"] = round(compile_to(mod, host_target(), host / "model.so", None, tile), 2)
+    (out / "convert.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,109 @@
+"""The TVM compile pipeline, with hand-written CPU schedules for the matmuls.
+
+TVM's default Relax CPU pipeline neither fuses nor schedules: every matmul is a naive triple loop
+on one core (~16x slower than torch). Here:
+
+  1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
+     matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
+  2. LegalizeOps lowers everything to TIR; FuseTIR merges each pattern group into one PrimFunc.
+  3. `ScheduleMatmul` tiles each matmul into a register block of MT rows x NJ columns, streams
+     the (K, N) weight along N with vector loads, parallelises over column tiles (and batch), and
+     inlines the dequantisation into the inner loop.
+  4. The standard lowering and VM passes.
+
+Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`).
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import relax, s_tir, tirx
+from tvm.relax.dpl import is_op, wildcard
+
+DEFAULT_TILE = (4, 16)  # MT rows x NJ columns: 4x16 fp32 = 8 AVX2 / 16 NEON accumulators
+
+
+def _patterns():
+    deq = is_op("relax.multiply")(is_op("relax.astype")(wildcard()), wildcard())
+    return [("deq_matmul", is_op("relax.matmul")(wildcard(), deq)),
+            ("matmul", is_op("relax.matmul")(wildcard(), wildcard()))]
+
+
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, (int, tirx.IntImm)) else None
+
+
+def _schedule_block(sch: s_tir.Schedule, block, tile: tuple[int, int]):
+    """C[b..., i, j] += A[b..., i, k] * B[b..., k, j], B contiguous along j."""
+    for producer in sch.get_producers(block):  # the dequantisation blocks
+        sch.compute_inline(producer)
+    *batch, i, j, k = sch.get_loops(block)
+    mt, nj = tile
+    n = _static(sch.get(j).extent)
+    vector = n is not None and n % nj == 0  # ragged or symbolic N (attention): no vector tail
+    jo, ji = sch.split(j, [None, nj if vector else 1])
+    io, ii = sch.split(i, [None, mt])
+    sch.reorder(*batch, jo, io, k, ii, ji)
+    sch.parallel(sch.fuse(*batch, jo))
+    acc = sch.cache_write(block, 0, "local")  # the register tile, written back once
+    sch.reverse_compute_at(acc, io)
+    sch.decompose_reduction(block, k)
+    if vector:  # the update's ji loop is left to LLVM: TVM refuses to vectorise a reduction block
+        sch.unroll(ii)
+        sch.vectorize(sch.get_loops(acc)[-1])
+
+
+def _matmul_block(sch: s_tir.Schedule):
+    for block in sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []:
+        if sch.get(block).name_hint == "matmul":
+            return block
+    return None
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001 - a PrimFunc without a root block has nothing to schedule
+        return False
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleMatmul")
+class ScheduleMatmul:
+    def __init__(self, tile=DEFAULT_TILE):
+        self.tile = tuple(tile)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        out = tvm.IRModule(mod.functions, attrs=mod.attrs)
+        for gv, func in mod.functions.items():
+            if not isinstance(func, tirx.PrimFunc) or func.attrs and "tirx.is_scheduled" in func.attrs:
+                continue
+            sch = s_tir.Schedule(func)
+            block = _matmul_block(sch)
+            if block is None:
+                continue
+            _schedule_block(sch, block, self.tile)
+            out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        return out
+
+
+def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE):
+    """The Relax pipeline: pattern fusion, legalise, fuse TIR, schedule, lower."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                cpu_generic.library_dispatch_passes(target)
+                + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
+                                                    annotate_codegen=False),
+                   relax.transform.LegalizeOps(),
+                   relax.transform.AnnotateTIROpPattern(),
+                   relax.transform.FuseTIR(),
+                   relax.transform.DeadCodeElimination(),
+                   ScheduleMatmul(tile)]
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
