@@ -53,8 +53,7 @@ def compile_to(mod, target, path: Path, cc: str | None, tile) -> float:
     from litelm_edge import tvm_schedule
     t0 = time.time()
     ex = tvm.compile(mod, target=target, relax_pipeline=tvm_schedule.pipeline(target, tile))
-    fcompile = tvm_cc.cross_compiler(cc) if cc else None
-    ex.export_library(str(path), fcompile=fcompile)
+    ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
     return time.time() - t0
 
 
@@ -67,7 +66,7 @@ def main(spec_path: str) -> int:
     t0 = time.time()
     mod, nbytes = relax_module(spec["checkpoint"], spec["precision"])
     report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile)}
-    target = Target(spec["target"])
+    target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile), 2)
     if spec.get("host_dir"):

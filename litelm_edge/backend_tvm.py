@@ -1,0 +1,99 @@
+"""TVM backend: checkpoint -> a Relax VM library for any LLVM CPU target, cross-compiled.
+
+The target TOML's [tvm] table is all a board needs:
+    target = "raspberry-pi/4b-aarch64"   # a TVM tag, or a table {kind, mtriple, mcpu, mattr, num-cores}
+    cc = "aarch64-linux-gnu-g++"         # links the library; omit for this machine
+    cc_package = "g++-aarch64-linux-gnu" # named in the error when cc is missing
+    tile = [4, 16]                       # optional register tile (rows x columns) of the matmuls
+The compiler runs in its own venv (toolchain.py) as `python -m litelm_edge.tvm_convert SPEC`.
+A cross-compiled library cannot run here, so the same module is also compiled for this machine
+and export checks parity on that one (HostParity), and on the device with `bench --remote`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import toolchain
+from .config import UserError
+
+VENV = "tvm-0.27"
+PACKAGES = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0", "safetensors>=0.4", "numpy"]
+
+
+def python() -> Path:
+    return toolchain.ensure(VENV, PACKAGES)
+
+
+def check_cc(tvm_cfg: dict) -> str | None:
+    cc = tvm_cfg.get("cc")
+    if cc and not shutil.which(cc):
+        pkg = tvm_cfg.get("cc_package", "g++-aarch64-linux-gnu")
+        raise UserError(f"{cc} not found: apt-get install {pkg}  (or run tools/setup-tvm.sh)")
+    if not shutil.which("g++"):  # the host parity library is linked with g++
+        raise UserError("g++ not found: apt-get install g++")
+    return cc
+
+
+class HostParity:
+    """The runtime API (prefill/decode) over a TvmRuntime served from the TVM venv."""
+
+    def __init__(self, py: Path, lib_dir: Path, manifest: dict):
+        self.dir = lib_dir
+        (lib_dir / "manifest.json").write_text(json.dumps(manifest))
+        self.proc = subprocess.Popen([str(py), "-m", "litelm_edge.tvm_serve", str(lib_dir),
+                                      str(lib_dir / "manifest.json")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=toolchain.src_env())
+
+    def _ask(self, req: np.ndarray) -> np.ndarray:
+        np.save(self.proc.stdin, req.astype(np.int64))
+        self.proc.stdin.flush()
+        return np.load(self.proc.stdout)
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        return self._ask(np.concatenate([[0], np.asarray(ids, np.int64)]))
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._ask(np.array([1, token]))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    __del__ = close
+
+
+def _meta(ctx, convert: dict) -> dict:
+    c = ctx.model.cfg
+    return {"library": "model.so", "precision": ctx.precision, "target": convert["target"],
+            "cache_shape": [c.n_layer, 1, c.n_kv_head, 0, c.head_dim], "entry": "forward",
+            "tile": convert["tile"], "weight_bytes": convert["weight_bytes"],
+            "compile_s": convert["compile_s"], "tvm": "0.27.0.post1"}
+
+
+def build(ctx) -> dict:
+    tvm_cfg = ctx.target.get("tvm", {})
+    if "target" not in tvm_cfg:
+        raise UserError("target TOML has no [tvm] target: add e.g. target = \"raspberry-pi/4b-aarch64\"")
+    cc = check_cc(tvm_cfg)
+    py = toolchain.ensure(VENV, PACKAGES, ctx.log)
+    host_dir = Path(tempfile.mkdtemp(prefix="litelm-tvm-host-"))
+    spec = {"checkpoint": str(ctx.checkpoint), "out_dir": str(ctx.out_dir), "precision": ctx.precision,
+            "target": tvm_cfg["target"], "cc": cc, "host_dir": str(host_dir) if cc else None,
+            "tile": tvm_cfg.get("tile")}
+    (host_dir / "spec.json").write_text(json.dumps(spec))
+    ctx.log(f"tvm: compiling for {tvm_cfg['target']} ({ctx.precision})")
+    toolchain.run(py, "litelm_edge.tvm_convert", [str(host_dir / "spec.json")], ctx.log)
+    convert = json.loads((Path(ctx.out_dir) / "convert.json").read_text())
+    if not cc:  # a native build: the parity library is the shipped one
+        shutil.copy(Path(ctx.out_dir) / "model.so", host_dir / "model.so")
+    meta = _meta(ctx, convert)
+    return {"runtime": "tvm", "files": ["model.so", "convert.json"],
+            "parity_runtime": HostParity(py, host_dir, {"tvm": meta}), "extra": {"tvm": meta}}

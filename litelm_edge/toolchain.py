@@ -1,0 +1,74 @@
+"""Toolchain venvs: a backend whose compiler cannot share the main environment gets its own.
+
+    ~/.cache/litelm-edge/toolchains/<name>/   (or $LITELM_EDGE_CACHE/toolchains/<name>/)
+
+Created on first use with torch==2.13.0 installed first (pip never resolves torch: a bare `torch`
+would pull a multi-GB CUDA build), then the backend's pinned packages. Creation goes to a
+temporary folder renamed into place, so a crash never leaves a half-made venv that looks whole.
+The backend's converter runs in it as a subprocess with the litelm_edge sources on PYTHONPATH.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import UserError
+
+TORCH = "torch==2.13.0"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LITELM_EDGE_CACHE") or Path.home() / ".cache" / "litelm-edge")
+
+
+def _pip(python: Path, args: list[str], log):
+    cmd = [str(python), "-m", "pip", "install", "--quiet", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["?"]
+        raise UserError(f"toolchain set-up failed at `pip install {' '.join(args)}` ({tail[0]}); "
+                        "check network access to PyPI and retry")
+    log(f"installed {' '.join(args)}")
+
+
+def ensure(name: str, packages: list[str], log=lambda msg: None) -> Path:
+    """The python of toolchain venv `name`, created (atomically) when missing."""
+    root = cache_dir() / "toolchains"
+    final = root / name
+    python = final / "bin" / "python"
+    if python.is_file():
+        return python
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    try:
+        log(f"creating toolchain venv {final} (once; a few minutes)")
+        subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True)
+        _pip(tmp / "bin" / "python", [TORCH], log)
+        _pip(tmp / "bin" / "python", packages, log)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process made it first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return python
+
+
+def src_env(src: str | None = None) -> dict:
+    """The environment with the litelm_edge sources first on PYTHONPATH."""
+    src = src or str(Path(__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+
+
+def run(python: Path, module: str, args: list[str], log=lambda msg: None) -> None:
+    """Run `python -m module args` with litelm_edge importable; a failure is one UserError line."""
+    r = subprocess.run([str(python), "-m", module, *args], env=src_env(), capture_output=True, text=True)
+    if r.returncode:
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()] or ["(no output)"]
+        log(r.stderr[-4000:])
+        raise UserError(f"{module} failed: {lines[-1].strip()}")
