@@ -21,6 +21,7 @@ import numpy as np
 
 from . import toolchain
 from .config import UserError
+from .tvm_serve import recv, send
 
 VENV = "tvm-0.27"
 PACKAGES = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0", "safetensors>=0.4", "numpy"]
@@ -51,9 +52,11 @@ class HostParity:
                                      stdout=subprocess.PIPE, env=toolchain.src_env())
 
     def _ask(self, req: np.ndarray) -> np.ndarray:
-        np.save(self.proc.stdin, req.astype(np.int64))
-        self.proc.stdin.flush()
-        return np.load(self.proc.stdout)
+        send(self.proc.stdin, req.astype(np.int64))
+        out = recv(self.proc.stdout)
+        if out is None:
+            raise UserError("the TVM parity process died: run the build again with the log shown")
+        return out
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         return self._ask(np.concatenate([[0], np.asarray(ids, np.int64)]))

@@ -8,6 +8,7 @@ check talks to this process over pipes: each request is one int64 array in .npy 
 """
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -17,14 +18,27 @@ import numpy as np
 from litelm_edge.runtime_tvm import TvmRuntime
 
 
+def send(f, arr: np.ndarray):
+    """One array as an 8-byte length and .npy bytes (np.load cannot read from a pipe)."""
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    f.write(len(buf.getbuffer()).to_bytes(8, "little") + buf.getvalue())
+    f.flush()
+
+
+def recv(f) -> np.ndarray | None:
+    head = f.read(8)
+    if len(head) < 8:
+        return None  # the other side closed the pipe
+    return np.load(io.BytesIO(f.read(int.from_bytes(head, "little"))))
+
+
 def main(lib_dir: str, manifest: str) -> int:
     rt = TvmRuntime(Path(lib_dir), json.loads(Path(manifest).read_text()), threads=None)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
-    while inp.peek(1):
-        req = np.load(inp)
+    while (req := recv(inp)) is not None:
         logits = rt.prefill(req[1:]) if req[0] == 0 else rt.decode(int(req[1]))
-        np.save(out, np.ascontiguousarray(logits, np.float32))
-        out.flush()
+        send(out, np.ascontiguousarray(logits, np.float32))
     return 0
 
 
