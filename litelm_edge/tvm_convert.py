@@ -69,6 +69,9 @@ def main(spec_path: str) -> int:
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile), 2)
+    so = (out / "model.so").stat().st_size
+    if so < sum(nbytes.values()):  # the weights are embedded in the library: it cannot be smaller
+        raise RuntimeError(f"model.so is {so} bytes, less than its {sum(nbytes.values())} weight bytes")
     if spec.get("host_dir"):
         host = Path(spec["host_dir"])
         host.mkdir(parents=True, exist_ok=True)

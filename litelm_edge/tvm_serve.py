@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from litelm_edge.runtime_tvm import TvmRuntime
+from litelm_edge.device_runner import TvmRuntime
 
 
 def send(f, arr: np.ndarray):
