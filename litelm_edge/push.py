@@ -1,0 +1,179 @@
+"""Push an artifact to a device: content-addressed, verified, atomic, and skipping what is there.
+
+Layout on the device: ${XDG_CACHE_HOME:-~/.cache}/litelm-edge/artifacts/<id>/ where <id> is the
+first 16 hex digits of sha256(manifest.json); the manifest lists the sha256 of every other file, so
+the id names the content. Each file is uploaded to a hidden temporary name, its sha256 is checked
+on the device, then it is renamed into place (manifest.json last): a half-written file is never
+under its final name. Files already present with the right hash are not sent again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .config import UserError
+from .remote import Remote, RemoteError
+
+STEP_TIMEOUT = 60.0  # s, for each small remote command (mkdir, sha256sum, df)
+IO_TIMEOUT = 60.0  # s without progress before an upload is declared stalled
+PART = ".litelm-part"  # suffix of temporary uploads; stale ones are removed by the next push
+
+
+@dataclass
+class PushResult:
+    remote_dir: str
+    sent: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    bytes_sent: int = 0  # file data uploaded, bytes
+    seconds: float = 0.0
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(artifact_dir: str | Path) -> dict:
+    path = Path(artifact_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{artifact_dir}: no manifest.json: pass a folder made by `litelm-edge build`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON ({e}): rebuild the artifact") from e
+    if manifest.get("format") != "litelm-edge-artifact" or not isinstance(manifest.get("files"), dict):
+        raise UserError(f"{path}: not a litelm-edge artifact manifest: rebuild the artifact")
+    return manifest
+
+
+def artifact_id(artifact_dir: str | Path) -> str:
+    return hashlib.sha256((Path(artifact_dir) / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
+def local_files(artifact_dir: str | Path) -> dict[str, tuple[Path, str, int]]:
+    """name -> (local path, sha256, size), checked against the manifest; manifest.json last."""
+    root = Path(artifact_dir)
+    out = {}
+    for name, meta in read_manifest(root)["files"].items():
+        p = root / name
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise UserError(f"manifest file name '{name}' leaves the artifact: rebuild the artifact")
+        if not p.is_file() or p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
+            raise UserError(f"{p} does not match its manifest sha256/size: rebuild the artifact")
+        out[name] = (p, meta["sha256"], meta["size"])
+    m = root / "manifest.json"
+    out["manifest.json"] = (m, sha256_file(m), m.stat().st_size)
+    return out
+
+
+def cache_dir(remote: Remote) -> str:
+    """The device user's litelm-edge cache folder, absolute."""
+    script = 'printf %s "${XDG_CACHE_HOME:-$HOME/.cache}/litelm-edge"'
+    return remote.run(["sh", "-c", script], STEP_TIMEOUT).stdout.strip()
+
+
+def remote_hashes(remote: Remote, folder: str, names: list[str]) -> dict[str, str]:
+    """sha256 of those names that exist in folder on the device."""
+    script = 'cd "$1" && shift && for f; do [ -f "$f" ] && sha256sum -- "$f"; done; exit 0'
+    out = remote.run(["sh", "-c", script, "sh", folder, *names], STEP_TIMEOUT).stdout
+    return {line[66:]: line[:64] for line in out.splitlines() if len(line) > 66}
+
+
+def free_bytes(remote: Remote, folder: str) -> int:
+    out = remote.run(["df", "-Pk", folder], STEP_TIMEOUT).stdout.splitlines()
+    return int(out[-1].split()[3]) * 1024
+
+
+def _disk_full(remote: Remote, folder: str, need: int) -> RemoteError:
+    free = free_bytes(remote, folder)
+    return RemoteError(f"{remote.label}: disk full in {folder}: need {need / 1e6:.2f} MB, "
+                       f"{free / 1e6:.2f} MB free: free space on the device and push again")
+
+
+def upload(remote: Remote, local: Path, final: str, sha256: str, progress=None) -> int:
+    """Upload to a temporary name, verify sha256 on the device, rename. Returns bytes sent."""
+    p = PurePosixPath(final)
+    tmp = str(p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}{PART}")
+    size = local.stat().st_size
+    sent = 0
+
+    def cb(done, total):
+        nonlocal sent
+        sent = done
+        if progress:
+            progress(p.name, done, total)
+
+    try:
+        remote.sftp.get_channel().settimeout(IO_TIMEOUT)
+        remote.sftp.put(str(local), tmp, callback=cb, confirm=True)
+        got = remote.run(["sha256sum", "--", tmp], STEP_TIMEOUT).stdout.split()[:1]
+        if got != [sha256]:
+            raise RemoteError(f"{remote.label}: {p.name} arrived corrupted (sha256 mismatch): "
+                              "push again")
+        remote.sftp.posix_rename(tmp, final)
+        return sent
+    except (OSError, EOFError) as e:
+        _discard(remote, tmp)
+        if remote.alive() and free_bytes(remote, str(p.parent)) < size:
+            raise _disk_full(remote, str(p.parent), size) from e
+        raise RemoteError(f"{remote.label}: upload of {p.name} failed after {sent} of {size} "
+                          f"bytes ({e or type(e).__name__}): check the device and push again; "
+                          "the partial file is never used") from e
+
+
+def _discard(remote: Remote, tmp: str):
+    if remote.alive():
+        try:
+            remote.run(["rm", "-f", "--", tmp], STEP_TIMEOUT, check=False)
+        except (UserError, OSError, EOFError):
+            pass  # best effort: the next push removes stale parts too
+
+
+def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | None = None
+         ) -> PushResult:
+    """Make the artifact present and verified on the device; send only what is missing.
+
+    root: device folder that holds artifacts/ (default: the device user's litelm-edge cache).
+    """
+    t0 = time.perf_counter()
+    files = local_files(artifact_dir)
+    if root is not None and not root.startswith("/"):
+        raise UserError(f"--remote-dir '{root}' must be an absolute path on the device")
+    folder = f"{root or cache_dir(remote)}/artifacts/{artifact_id(artifact_dir)}"
+    subdirs = sorted({str(PurePosixPath(folder, n).parent) for n in files})
+    remote.run(["mkdir", "-p", "--", *subdirs], STEP_TIMEOUT)
+    remote.run(["find", folder, "-name", f"*{PART}", "-type", "f", "-delete"], STEP_TIMEOUT)
+    have = remote_hashes(remote, folder, list(files))
+    todo = [n for n, (_, sha, _) in files.items() if have.get(n) != sha]
+    need = sum(files[n][2] for n in todo)
+    if todo and free_bytes(remote, folder) < need:
+        raise _disk_full(remote, folder, need)
+    result = PushResult(folder, skipped=[n for n in files if n not in todo])
+    for name in todo:  # manifest.json is last: its presence means the rest is in place
+        path, sha, _ = files[name]
+        result.bytes_sent += upload(remote, path, f"{folder}/{name}", sha, progress)
+        result.sent.append(name)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def fetch(remote: Remote, remote_path: str, local_path: str | Path) -> Path:
+    """Copy one file back; the local file appears complete or not at all."""
+    local_path = Path(local_path)
+    tmp = local_path.with_name(local_path.name + PART)
+    try:
+        remote.sftp.get_channel().settimeout(IO_TIMEOUT)
+        remote.sftp.get(remote_path, str(tmp))
+    except (OSError, EOFError) as e:
+        tmp.unlink(missing_ok=True)
+        raise RemoteError(f"{remote.label}: cannot fetch {shlex.quote(remote_path)} ({e}): "
+                          "check the device and retry") from e
+    return tmp.replace(local_path)
