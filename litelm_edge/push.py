@@ -74,17 +74,23 @@ def local_files(artifact_dir: str | Path) -> dict[str, tuple[Path, str, int]]:
     return out
 
 
-def cache_dir(remote: Remote) -> str:
-    """The device user's litelm-edge cache folder, absolute."""
-    script = 'printf %s "${XDG_CACHE_HOME:-$HOME/.cache}/litelm-edge"'
-    return remote.run(["sh", "-c", script], STEP_TIMEOUT).stdout.strip()
+# One round trip before any upload: make the folders, drop stale parts, report the folder, its
+# free space and the sha256 of the files already there. $1: root or "", $2: artifact id.
+_PREPARE = r"""set -e
+root=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/litelm-edge}; dir=$root/artifacts/$2; shift 2
+for f; do mkdir -p -- "$(dirname -- "$dir/$f")"; done
+find "$dir" -name '*%s' -type f -delete
+printf 'dir %%s\n' "$dir"
+df -Pk "$dir" | awk 'END {print "free", $4}'
+cd "$dir"; for f; do if [ -f "$f" ]; then sha256sum -- "$f"; fi; done""" % PART
 
 
-def remote_hashes(remote: Remote, folder: str, names: list[str]) -> dict[str, str]:
-    """sha256 of those names that exist in folder on the device."""
-    script = 'cd "$1" && shift && for f; do [ -f "$f" ] && sha256sum -- "$f"; done; exit 0'
-    out = remote.run(["sh", "-c", script, "sh", folder, *names], STEP_TIMEOUT).stdout
-    return {line[66:]: line[:64] for line in out.splitlines() if len(line) > 66}
+def prepare(remote: Remote, root: str | None, art_id: str, names: list[str]):
+    """-> (device folder, free bytes there, {name: sha256} of files already present)."""
+    out = remote.run(["sh", "-c", _PREPARE, "sh", root or "", art_id, *names], STEP_TIMEOUT)
+    lines = out.stdout.splitlines()
+    folder, free = lines[0][4:], int(lines[1].split()[1]) * 1024  # df -k: KiB
+    return folder, free, {line[66:]: line[:64] for line in lines[2:] if len(line) > 66}
 
 
 def free_bytes(remote: Remote, folder: str) -> int:
@@ -92,8 +98,7 @@ def free_bytes(remote: Remote, folder: str) -> int:
     return int(out[-1].split()[3]) * 1024
 
 
-def _disk_full(remote: Remote, folder: str, need: int) -> RemoteError:
-    free = free_bytes(remote, folder)
+def _disk_full(remote: Remote, folder: str, need: int, free: int) -> RemoteError:
     return RemoteError(f"{remote.label}: disk full in {folder}: need {need / 1e6:.2f} MB, "
                        f"{free / 1e6:.2f} MB free: free space on the device and push again")
 
@@ -122,8 +127,9 @@ def upload(remote: Remote, local: Path, final: str, sha256: str, progress=None) 
         return sent
     except (OSError, EOFError) as e:
         _discard(remote, tmp)
-        if remote.alive() and free_bytes(remote, str(p.parent)) < size:
-            raise _disk_full(remote, str(p.parent), size) from e
+        free = free_bytes(remote, str(p.parent)) if remote.alive() else size
+        if free < size:
+            raise _disk_full(remote, str(p.parent), size, free) from e
         raise RemoteError(f"{remote.label}: upload of {p.name} failed after {sent} of {size} "
                           f"bytes ({e or type(e).__name__}): check the device and push again; "
                           "the partial file is never used") from e
@@ -147,15 +153,11 @@ def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | No
     files = local_files(artifact_dir)
     if root is not None and not root.startswith("/"):
         raise UserError(f"--remote-dir '{root}' must be an absolute path on the device")
-    folder = f"{root or cache_dir(remote)}/artifacts/{artifact_id(artifact_dir)}"
-    subdirs = sorted({str(PurePosixPath(folder, n).parent) for n in files})
-    remote.run(["mkdir", "-p", "--", *subdirs], STEP_TIMEOUT)
-    remote.run(["find", folder, "-name", f"*{PART}", "-type", "f", "-delete"], STEP_TIMEOUT)
-    have = remote_hashes(remote, folder, list(files))
+    folder, free, have = prepare(remote, root, artifact_id(artifact_dir), list(files))
     todo = [n for n, (_, sha, _) in files.items() if have.get(n) != sha]
     need = sum(files[n][2] for n in todo)
-    if todo and free_bytes(remote, folder) < need:
-        raise _disk_full(remote, folder, need)
+    if need > free:
+        raise _disk_full(remote, folder, need, free)
     result = PushResult(folder, skipped=[n for n in files if n not in todo])
     for name in todo:  # manifest.json is last: its presence means the rest is in place
         path, sha, _ = files[name]

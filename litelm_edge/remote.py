@@ -247,7 +247,7 @@ class Remote:
                 elif not self.alive():
                     raise EOFError("connection closed")
                 else:
-                    select.select([chan], [], [], 0.1)
+                    select.select([chan], [], [], 0.02)
         except (KeyboardInterrupt, _Timeout):
             if pgid:
                 self.kill_group(pgid)
