@@ -75,9 +75,9 @@ def local_files(artifact_dir: str | Path) -> dict[str, tuple[Path, str, int]]:
 
 
 # One round trip before any upload: make the folders, drop stale parts, report the folder, its
-# free space and the sha256 of the files already there. $1: root or "", $2: artifact id.
+# free space and the sha256 of the files already there. $1: root or "", $2: folder under root.
 _PREPARE = r"""set -e
-root=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/litelm-edge}; dir=$root/artifacts/$2; shift 2
+root=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/litelm-edge}; dir=$root/$2; shift 2
 for f; do mkdir -p -- "$(dirname -- "$dir/$f")"; done
 find "$dir" -name '*%s' -type f -delete
 printf 'dir %%s\n' "$dir"
@@ -85,9 +85,9 @@ df -Pk "$dir" | awk 'END {print "free", $4}'
 cd "$dir"; for f; do if [ -f "$f" ]; then sha256sum -- "$f"; fi; done""" % PART
 
 
-def prepare(remote: Remote, root: str | None, art_id: str, names: list[str]):
-    """-> (device folder, free bytes there, {name: sha256} of files already present)."""
-    out = remote.run(["sh", "-c", _PREPARE, "sh", root or "", art_id, *names], STEP_TIMEOUT)
+def prepare(remote: Remote, root: str | None, sub: str, names: list[str]):
+    """-> (device folder root/sub, free bytes there, {name: sha256} of files already present)."""
+    out = remote.run(["sh", "-c", _PREPARE, "sh", root or "", sub, *names], STEP_TIMEOUT)
     lines = out.stdout.splitlines()
     folder, free = lines[0][4:], int(lines[1].split()[1]) * 1024  # df -k: KiB
     return folder, free, {line[66:]: line[:64] for line in lines[2:] if len(line) > 66}
@@ -143,28 +143,55 @@ def _discard(remote: Remote, tmp: str):
             pass  # best effort: the next push removes stale parts too
 
 
-def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | None = None
+def sync(remote: Remote, sub: str, files: dict, root: str | None = None, progress=None
          ) -> PushResult:
-    """Make the artifact present and verified on the device; send only what is missing.
+    """Make files {name: (local path, sha256, size)} present and verified in root/sub.
 
-    root: device folder that holds artifacts/ (default: the device user's litelm-edge cache).
+    root: device folder (default: the device user's litelm-edge cache). Files go in dict order.
     """
     t0 = time.perf_counter()
-    files = local_files(artifact_dir)
     if root is not None and not root.startswith("/"):
         raise UserError(f"--remote-dir '{root}' must be an absolute path on the device")
-    folder, free, have = prepare(remote, root, artifact_id(artifact_dir), list(files))
+    folder, free, have = prepare(remote, root, sub, list(files))
     todo = [n for n, (_, sha, _) in files.items() if have.get(n) != sha]
     need = sum(files[n][2] for n in todo)
     if need > free:
         raise _disk_full(remote, folder, need, free)
     result = PushResult(folder, skipped=[n for n in files if n not in todo])
-    for name in todo:  # manifest.json is last: its presence means the rest is in place
+    for name in todo:
         path, sha, _ = files[name]
         result.bytes_sent += upload(remote, path, f"{folder}/{name}", sha, progress)
         result.sent.append(name)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | None = None
+         ) -> PushResult:
+    """Make the artifact present and verified on the device; send only what is missing.
+
+    manifest.json goes last: its presence means every other file is in place.
+    """
+    files = local_files(artifact_dir)
+    return sync(remote, f"artifacts/{artifact_id(artifact_dir)}", files, root, progress)
+
+
+def bar():
+    """A progress callback for push: a tqdm bar on stderr for each file of 1 MB or more."""
+    from tqdm import tqdm
+
+    bars = {}
+
+    def update(name, done, total):
+        if total < 1 << 20:
+            return
+        b = bars.get(name) or bars.setdefault(name, tqdm(total=total, unit="B", unit_scale=True,
+                                                         desc=name, leave=False))
+        b.update(done - b.n)
+        if done >= total:
+            b.close()
+
+    return update
 
 
 def fetch(remote: Remote, remote_path: str, local_path: str | Path) -> Path:

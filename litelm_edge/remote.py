@@ -30,6 +30,10 @@ class _Timeout(Exception):
     pass
 
 
+class _Cancelled(Exception):
+    pass
+
+
 class RemoteError(UserError):
     """A device or transport fault: one line naming the problem and the fix; the CLI exits 3."""
 
@@ -183,6 +187,7 @@ class Remote:
             sock = _tunnel(client, nxt)
         self.client, self.label, _ = _connect_one(address, accept_new, sock, timeout)
         self._sftp = None
+        self.cancel = None  # a threading.Event: when set, a running command is killed (fleet Ctrl-C)
 
     def __enter__(self):
         return self
@@ -213,6 +218,9 @@ class Remote:
         except _Timeout:
             raise RemoteError(f"{self.label}: {argv[0]} exceeded its {timeout:g} s timeout and "
                               "was killed: raise --timeout if the device is only slow") from None
+        except _Cancelled:
+            raise RemoteError(f"{self.label}: interrupted; {argv[0]} was stopped on the device"
+                              ) from None
         except (OSError, EOFError) as e:
             raise RemoteError(f"{self.label}: connection lost while running {argv[0]} ({e}): "
                               "check the device and retry") from e
@@ -244,11 +252,13 @@ class Remote:
                     break
                 elif time.monotonic() > deadline:
                     raise _Timeout
+                elif self.cancel is not None and self.cancel.is_set():
+                    raise _Cancelled
                 elif not self.alive():
                     raise EOFError("connection closed")
                 else:
                     select.select([chan], [], [], 0.02)
-        except (KeyboardInterrupt, _Timeout):
+        except (KeyboardInterrupt, _Timeout, _Cancelled):
             if pgid:
                 self.kill_group(pgid)
             chan.close()
