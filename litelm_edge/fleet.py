@@ -89,7 +89,7 @@ def run_fleet(devices: list[Device], target: str, bench_one, workers: int = WORK
             raise
 
 
-def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None, accept_new=False,
+def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None,
                 workers: int = WORKERS, log=print, **kw) -> dict:
     from .bench import read_manifest
     from .remote_bench import bench_remote
@@ -97,7 +97,7 @@ def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None, ac
     manifest = read_manifest(art_dir)
 
     def bench_one(device, cancel):
-        return bench_remote(device.address, art_dir, protocol, baseline, accept_new,
+        return bench_remote(device.address, art_dir, protocol, baseline,
                             log=lambda m: log(f"[{device.name}] {m}"), cancel=cancel, **kw)
 
     rows = run_fleet(devices, manifest["target"], bench_one, workers)
@@ -144,3 +144,25 @@ def write_fleet(report: dict, out_dir) -> dict:
     write_atomic(paths["json"], json.dumps(report, indent=1))
     write_atomic(paths["md"], fleet_markdown(report))
     return paths
+
+
+def bench_devices(art_dir, remotes: list[str], inventory, protocol: dict, baseline, out_dir,
+                  check: bool = False, workers: int = WORKERS, log=print, **kw) -> tuple[int, str]:
+    """The CLI's remote bench: one --remote gives the local bench's report, more give a fleet's.
+
+    Returns (exit code, Markdown). Exit 1 when a device failed or its parity failed (a mismatch is
+    a failed bench), or with check=True when a threshold failed.
+    """
+    from . import report
+    from .remote_bench import bench_remote, transport_line
+
+    if len(remotes) == 1 and not inventory:
+        res = bench_remote(remotes[0], art_dir, protocol, baseline, log=log, **kw)
+        report.write(res, out_dir)
+        bad = not res["parity"]["ok"] or (check and not res["ok"])
+        return int(bad), report.to_markdown(res) + "\n" + transport_line(res) + "\n"
+    devices = devices_from(remotes, inventory)
+    fleet = bench_fleet(devices, art_dir, protocol, baseline, workers, log=log, **kw)
+    write_fleet(fleet, out_dir)
+    bad = any(r["error"] for r in fleet["devices"]) or (check and not fleet["ok"])
+    return int(bad), fleet_markdown(fleet)

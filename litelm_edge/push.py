@@ -103,42 +103,43 @@ def _disk_full(remote: Remote, folder: str, need: int, free: int) -> RemoteError
                        f"{free / 1e6:.2f} MB free: free space on the device and push again")
 
 
-def upload(remote: Remote, local: Path, final: str, sha256: str, progress=None) -> int:
-    """Upload to a temporary name, verify sha256 on the device, rename. Returns bytes sent."""
-    p = PurePosixPath(final)
-    tmp = str(p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}{PART}")
-    size = local.stat().st_size
-    sent = 0
+def upload(remote: Remote, local: Path, tmp: str, progress=None) -> int:
+    """Upload one file to its temporary name on the device. Returns bytes sent."""
+    size, sent = local.stat().st_size, 0
 
     def cb(done, total):
         nonlocal sent
         sent = done
         if progress:
-            progress(p.name, done, total)
+            progress(local.name, done, total)
 
     try:
         remote.sftp.get_channel().settimeout(IO_TIMEOUT)
         remote.sftp.put(str(local), tmp, callback=cb, confirm=True)
-        got = remote.run(["sha256sum", "--", tmp], STEP_TIMEOUT).stdout.split()[:1]
-        if got != [sha256]:
-            raise RemoteError(f"{remote.label}: {p.name} arrived corrupted (sha256 mismatch): "
-                              "push again")
-        remote.sftp.posix_rename(tmp, final)
         return sent
     except (OSError, EOFError) as e:
-        _discard(remote, tmp)
-        free = free_bytes(remote, str(p.parent)) if remote.alive() else size
-        if free < size:
-            raise _disk_full(remote, str(p.parent), size, free) from e
-        raise RemoteError(f"{remote.label}: upload of {p.name} failed after {sent} of {size} "
+        raise RemoteError(f"{remote.label}: upload of {local.name} failed after {sent} of {size} "
                           f"bytes ({e or type(e).__name__}): check the device and push again; "
                           "the partial file is never used") from e
 
 
-def _discard(remote: Remote, tmp: str):
-    if remote.alive():
+# After all uploads, one round trip: check each temporary file's sha256, then rename it to its
+# final name, in order ($1: folder, then tmp final sha256 triples). A mismatch stops everything.
+_FINALIZE = r"""set -e
+cd "$1"; shift
+while [ $# -ge 3 ]; do
+    got=$(sha256sum -- "$1" | cut -c1-64)
+    if [ "$got" != "$3" ]; then echo "$2 arrived corrupted (sha256 mismatch)" >&2; exit 5; fi
+    mv -f -- "$1" "$2"
+    shift 3
+done"""
+
+
+def _discard(remote: Remote, folder: str, tmps: list[str]):
+    if remote.alive() and tmps:
         try:
-            remote.run(["rm", "-f", "--", tmp], STEP_TIMEOUT, check=False)
+            remote.run(["sh", "-c", 'cd "$1" && shift && rm -f -- "$@"', "sh", folder, *tmps],
+                       STEP_TIMEOUT, check=False)
         except (UserError, OSError, EOFError):
             pass  # best effort: the next push removes stale parts too
 
@@ -147,7 +148,8 @@ def sync(remote: Remote, sub: str, files: dict, root: str | None = None, progres
          ) -> PushResult:
     """Make files {name: (local path, sha256, size)} present and verified in root/sub.
 
-    root: device folder (default: the device user's litelm-edge cache). Files go in dict order.
+    Uploads go to temporary names; then each is checked and renamed, in dict order.
+    root: device folder (default: the device user's litelm-edge cache).
     """
     t0 = time.perf_counter()
     if root is not None and not root.startswith("/"):
@@ -158,11 +160,24 @@ def sync(remote: Remote, sub: str, files: dict, root: str | None = None, progres
     if need > free:
         raise _disk_full(remote, folder, need, free)
     result = PushResult(folder, skipped=[n for n in files if n not in todo])
-    for name in todo:
-        path, sha, _ = files[name]
-        result.bytes_sent += upload(remote, path, f"{folder}/{name}", sha, progress)
-        result.sent.append(name)
-    result.seconds = time.perf_counter() - t0
+    tag = uuid.uuid4().hex[:8]
+    tmps = {n: str(PurePosixPath(n).parent / f".{PurePosixPath(n).name}.{tag}{PART}") for n in todo}
+    try:
+        for name in todo:
+            result.bytes_sent += upload(remote, files[name][0], f"{folder}/{tmps[name]}", progress)
+        triples = [x for n in todo for x in (tmps[n], n, files[n][1])]
+        done = remote.run(["sh", "-c", _FINALIZE, "sh", folder, *triples], STEP_TIMEOUT,
+                          check=False)
+        if done.rc:
+            raise RemoteError(f"{remote.label}: {done.stderr.strip().splitlines()[-1]}: push again")
+    except BaseException as e:
+        _discard(remote, folder, list(tmps.values()))
+        if isinstance(e, RemoteError) and remote.alive():  # an upload failed: was it space?
+            free = free_bytes(remote, folder)  # with this push's partial files removed
+            if free < need:
+                raise _disk_full(remote, folder, need, free) from e
+        raise
+    result.sent, result.seconds = todo, time.perf_counter() - t0
     return result
 
 
@@ -174,6 +189,14 @@ def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | No
     """
     files = local_files(artifact_dir)
     return sync(remote, f"artifacts/{artifact_id(artifact_dir)}", files, root, progress)
+
+
+def push_to(address: str, artifact_dir, accept_new: bool = False, root: str | None = None,
+            progress=None) -> tuple[str, PushResult]:
+    """Open the device, push, close: (device label, what was sent)."""
+    read_manifest(artifact_dir)
+    with Remote(address, accept_new) as remote:
+        return remote.label, push(remote, artifact_dir, progress, root)
 
 
 def bar():

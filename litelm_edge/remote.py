@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import select
@@ -21,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import UserError
+
+# paramiko's transport thread logs socket errors; with no handler Python would print them to
+# stderr beside our one-line error. Callers that want them can still attach a handler.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 15.0  # s, TCP connect + banner + auth, each
 KILL_GRACE = 1.0  # s between SIGTERM and SIGKILL of a remote process group

@@ -80,3 +80,12 @@ def bench_remote(address: str, art_dir, protocol: dict | None = None, baseline=N
     res = finish(raw, manifest, f"measured on {facts['address']} over SSH (remote bench)", base)
     res["remote"] = {**facts, "connect_s": connect_s, "total_s": time.perf_counter() - t0}
     return res
+
+
+def transport_line(res: dict) -> str:
+    """What the SSH transport cost, kept apart from the runner's figures."""
+    t, p = res["remote"], res["remote"]["push"]
+    return (f"Transport to {t['address']} (not in the figures above): connect {t['connect_s']:.2f} s, "
+            f"push {t['push_s']:.2f} s ({p['bytes_sent'] / 1e6:.2f} MB sent, "
+            f"{len(p['files_skipped'])} files already there), run {t['run_s']:.2f} s, "
+            f"fetch {t['fetch_s']:.2f} s, total {t['total_s']:.2f} s")

@@ -91,12 +91,13 @@ def test_sshd_killed_mid_upload_then_next_push_completes(sshd, ssh_home, tmp_pat
         with pytest.raises(RemoteError, match=r"upload of big.bin failed after \d+ of 16000000"):
             P.push(r, art, progress=kill_midway)
     dest = sshd.dir / "device-cache/litelm-edge/artifacts" / P.artifact_id(art)
-    assert not (dest / "big.bin").exists() and not (dest / "manifest.json").exists()
-    assert (dest / "small.bin").exists()  # verified and renamed before the crash: kept
+    left = sorted(p.name for p in dest.iterdir())  # only hidden partials, never a final name
+    assert left and all(n.startswith((".big.bin.", ".small.bin.")) and n.endswith(P.PART)
+                        for n in left)
     sshd.start()
     with Remote(sshd.address) as r:
         res = P.push(r, art)
-    assert res.sent == ["big.bin", "manifest.json"] and res.skipped == ["small.bin"]
+    assert res.sent == ["small.bin", "big.bin", "manifest.json"]
     assert _same_tree(art, dest)  # and no *.litelm-part left behind
 
 
