@@ -173,7 +173,10 @@ def sync(remote: Remote, sub: str, files: dict, root: str | None = None, progres
     except BaseException as e:
         _discard(remote, folder, list(tmps.values()))
         if isinstance(e, RemoteError) and remote.alive():  # an upload failed: was it space?
-            free = free_bytes(remote, folder)  # with this push's partial files removed
+            try:
+                free = free_bytes(remote, folder)  # with this push's partial files removed
+            except RemoteError:
+                raise e from None  # the connection is gone too: the upload error says it
             if free < need:
                 raise _disk_full(remote, folder, need, free) from e
         raise
