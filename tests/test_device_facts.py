@@ -1,4 +1,4 @@
-"""Device facts and energy readers against fake /proc, /etc and /sys trees."""
+"""Device facts and energy readers of device_runner.py against fake /proc, /etc and /sys trees."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from litelm_edge import device_probe as D
+from litelm_edge import device_runner as D
 
 PI_CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\n"
                      for i in range(4)) + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
@@ -29,7 +29,7 @@ def test_pi_facts(tmp_path):
         "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor": "ondemand\n",
         "sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq": "1500000\n",
         "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq": "1800000\n"})
-    f = D.device_facts(str(root), str(root / "sys"))
+    f = D.probe_facts(str(root), str(root / "sys"))
     assert (f["cpu_model"], f["cores"], f["board"]) == (
         "Cortex-A72", 4, "Raspberry Pi 4 Model B Rev 1.4")
     assert f["mem_total_mb"] == 3793.4 and f["os"] == "Debian GNU/Linux 12 (bookworm)"
@@ -41,7 +41,7 @@ def test_x86_facts(tmp_path):
     cpuinfo = "".join(f"processor\t: {i}\nmodel name\t: AMD EPYC 9654 96-Core Processor\n\n"
                       for i in range(2))
     root = _tree(tmp_path, {"proc/cpuinfo": cpuinfo})
-    f = D.device_facts(str(root), str(root / "sys"))
+    f = D.probe_facts(str(root), str(root / "sys"))
     assert (f["cpu_model"], f["cores"], f["mem_total_mb"], f["temperatures_c"]) == (
         "AMD EPYC 9654 96-Core Processor", 2, None, {})
 
