@@ -399,10 +399,17 @@ class EnergyMeter:
                 else None, "source": self.source, "method": "measured"}
 
 
+def emulated() -> bool:
+    """Running under qemu-user: the kernel runs this architecture's binaries through a qemu binfmt
+    handler (a board never registers one for its own architecture). Timings are then no speed claim."""
+    return Path(f"/proc/sys/fs/binfmt_misc/qemu-{platform.machine()}").exists()
+
+
 def device_facts() -> dict:
     """The keys the report prints (cpu, cores, machine, os, mem_gb) plus the probe's details."""
     f = probe_facts()
-    return {**f, "cpu": f["cpu_model"], "machine": platform.machine(), "system": platform.system(),
+    return {**f, "cpu": f["cpu_model"], "machine": platform.machine(), "emulated": emulated(),
+            "system": platform.system(),
             "release": platform.release(), "python": platform.python_version(),
             "numpy": np.__version__, "mem_gb": round((f["mem_total_mb"] or 0) / 1024, 2)}
 

@@ -1,0 +1,71 @@
+"""The rpi4 (aarch64) artifact on an emulated Pi: an arm64 Debian under qemu-user + binfmt with
+python3, numpy and the aarch64 apache-tvm wheel, reached with `bench --remote` like a real Pi.
+On-device parity is checked against the torch reference in the manifest. Timings from here are
+marked emulated by the runner: a function check, never a speed claim."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from litelm_edge import backend_tvm, export  # noqa: E402
+from litelm_edge.config import UserError  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location(
+    "emulated_device", Path(__file__).resolve().parents[1] / "tools" / "emulated_device.py")
+emu = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(emu)
+
+PI_PACKAGES = ("numpy==2.4.6", "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0")
+PROTOCOL = {"reps": 1, "warmup": 0, "prompt_len": 16, "gen_len": 8, "concurrency": 1}
+
+
+@pytest.fixture(scope="module")
+def pi(tmp_path_factory):
+    ok, why = emu.enable_binfmt()
+    if not ok:
+        print(f"SKIP emulated Pi: {why}")
+        pytest.skip(f"binfmt cannot be enabled here: {why}")
+    t0 = time.time()
+    rootfs = emu.build_rootfs(packages=PI_PACKAGES)
+    print(f"emulated Pi rootfs ready in {time.time() - t0:.0f} s")
+    with emu.start_device(rootfs) as dev:
+        yield dev
+
+
+@pytest.fixture()
+def pi_home(pi, tmp_path, monkeypatch):
+    """HOME whose ssh key and known_hosts are the emulated device's, as a user would set up."""
+    ssh = tmp_path / "home" / ".ssh"
+    ssh.mkdir(parents=True, mode=0o700)
+    shutil.copy(pi.key_path, ssh / "id_ed25519")
+    (ssh / "id_ed25519").chmod(0o600)
+    (ssh / "known_hosts").write_text(pi.host_key_line + "\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return pi
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_rpi4_artifact_runs_on_emulated_pi(precision, pi_home, tiny_run, data_dir, tmp_path):
+    from litelm_edge.remote_bench import bench_remote
+    try:
+        backend_tvm.python()
+    except UserError as e:
+        pytest.skip(f"TVM toolchain venv cannot be made here: {e}")
+    art = tmp_path / f"rpi4-{precision}"
+    export.build(tiny_run, "rpi4", art, precision, data=data_dir, log=lambda m: None)
+    dev = pi_home
+    res = bench_remote(f"{dev.user}@{dev.host}:{dev.port}", art, PROTOCOL, log=lambda m: None)
+    parity = res["parity"]
+    print(f"emulated rpi4 {precision}: parity {parity}")
+    assert parity["ok"], parity
+    assert res["device"]["machine"] == "aarch64"
+    assert res["provenance"].startswith("emulated device")
