@@ -5,7 +5,8 @@
 SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"), target (a TVM tag string or a target
 dict), cc (the C++ compiler that links the target's library), host_dir (null, or a folder for
 the same module compiled for this machine: the host-side parity library of a cross build),
-tile ([MT, NJ] register tile, or null)}.
+tile ([MT, NJ] register tile, or null), schedule (default true; false = TVM's default
+unscheduled pipeline, for benchmarks)}.
 
 Writes out_dir/model.so, out_dir/convert.json (timings, weight bytes by dtype), and
 host_dir/model.so. The library has one function, `forward(idx (1, T) int64, k, v
@@ -46,13 +47,14 @@ def relax_module(checkpoint: str, precision: str):
     return mod, nbytes
 
 
-def compile_to(mod, target, path: Path, cc: str | None, tile) -> float:
-    """Compile with the scheduled pipeline and link `path`; -> seconds."""
+def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True) -> float:
+    """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`."""
     import tvm
     from tvm.support import cc as tvm_cc
     from litelm_edge import tvm_schedule
     t0 = time.time()
-    ex = tvm.compile(mod, target=target, relax_pipeline=tvm_schedule.pipeline(target, tile))
+    pipeline = tvm_schedule.pipeline(target, tile) if schedule else "default"
+    ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
     return time.time() - t0
 
@@ -68,7 +70,8 @@ def main(spec_path: str) -> int:
     report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile)}
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
-    report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile), 2)
+    report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile,
+                                                   spec.get("schedule", True)), 2)
     so = (out / "model.so").stat().st_size
     if so < sum(nbytes.values()):  # the weights are embedded in the library: it cannot be smaller
         raise RuntimeError(f"model.so is {so} bytes, less than its {sum(nbytes.values())} weight bytes")

@@ -32,7 +32,7 @@ MIRROR = "http://deb.debian.org/debian"
 PYTHON_VERSION = "3.11"  # the suite's python3; wheels are picked for this version
 SITE_DIR = "usr/local/lib/python3.11/dist-packages"  # on the device python's default sys.path
 DEBS = "python3,openssh-server"  # on top of debootstrap's minbase variant
-FORMAT = 2  # bump when the rootfs layout changes, so old caches are not reused
+FORMAT = 3  # bump when the rootfs layout changes, so old caches are not reused
 # Every runtime the targets use, pinned to versions seen working under qemu-aarch64; rpi4 needs
 # only tvm, android only litert, and a "runtime missing" test none (see --packages).
 DEFAULT_PACKAGES = ("numpy==2.4.6", "onnxruntime==1.32.0", "apache-tvm==0.27.0.post1",
@@ -167,6 +167,9 @@ def _configure(root: Path) -> None:
     (root / "etc/hostname").write_text("emulated-arm64\n")
     (root / "etc/hosts").write_text("127.0.0.1 localhost emulated-arm64\n")
     (root / "root").mkdir(mode=0o700, exist_ok=True)
+    awk = root / "usr/bin/awk"  # mawk's postinst (update-alternatives) never ran; remote.py's push uses awk
+    if not awk.exists() and (root / "usr/bin/mawk").exists():
+        awk.symlink_to("mawk")
     if (root / "proc").is_symlink():  # debootstrap in a container links proc -> the host's /proc
         (root / "proc").unlink()
         (root / "proc").mkdir()
