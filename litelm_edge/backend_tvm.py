@@ -73,6 +73,23 @@ class HostParity:
     __del__ = close
 
 
+def tile_of(tvm_cfg: dict, recipe: dict) -> list[int] | None:
+    """The matmul register tile: --set tvm.tile=MT,NJ, else the target's [tvm] tile."""
+    unknown = sorted(k for k in recipe if k != "tvm.tile")
+    if unknown:
+        raise UserError(f"unknown --set key(s) for the tvm backend: {', '.join(unknown)}; have: tvm.tile")
+    tile = recipe.get("tvm.tile", tvm_cfg.get("tile"))
+    if isinstance(tile, str):
+        tile = tile.split(",")
+    try:
+        tile = [int(x) for x in tile] if tile is not None else None
+    except ValueError:
+        tile = []
+    if tile is not None and (len(tile) != 2 or min(tile) < 1):
+        raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {recipe.get('tvm.tile')!r}")
+    return tile
+
+
 def _meta(ctx, convert: dict) -> dict:
     c = ctx.model.cfg
     return {"library": "model.so", "precision": ctx.precision, "target": convert["target"],
@@ -90,7 +107,7 @@ def build(ctx) -> dict:
     host_dir = Path(tempfile.mkdtemp(prefix="litelm-tvm-host-"))
     spec = {"checkpoint": str(ctx.checkpoint), "out_dir": str(ctx.out_dir), "precision": ctx.precision,
             "target": tvm_cfg["target"], "cc": cc, "host_dir": str(host_dir) if cc else None,
-            "tile": tvm_cfg.get("tile")}
+            "tile": tile_of(tvm_cfg, getattr(ctx, "recipe", {}) or {})}
     (host_dir / "spec.json").write_text(json.dumps(spec))
     ctx.log(f"tvm: compiling for {tvm_cfg['target']} ({ctx.precision})")
     toolchain.run(py, "litelm_edge.tvm_convert", [str(host_dir / "spec.json")], ctx.log)

@@ -82,11 +82,19 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
 @click.option("--precision", help="fp32 or int8 (default: the target's).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
+@click.option("--tune", is_flag=True, help="TVM targets: pick the schedule's tile by benching on --remote.")
+@click.option("--remote", "tune_remote", help="user@host[:port] of the device that --tune measures on.")
 @SET
-def build(target, checkpoint, out, precision, data_dir, sets):
+def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, sets):
     """Build a checkpoint for a target; fails when the artifact disagrees with torch."""
     from .export import build as do_build
-    m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets))
+    if tune:
+        if not tune_remote:
+            raise UserError("--tune needs --remote user@host: the device is the tuner's runner")
+        from .tvm_tune import tune as do_tune
+        m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets), log=click.echo)
+    else:
+        m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets))
     p = m["parity"]
     click.echo(f"{m['target']}/{m['precision']}: {m['size_bytes'] / 1e6:.2f} MB, parity top-1 "
                f"{p['top1_agreement']:.3f}, max abs {p['max_abs_err']:.2e} -> {out}")

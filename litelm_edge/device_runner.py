@@ -400,9 +400,18 @@ class EnergyMeter:
 
 
 def emulated() -> bool:
-    """Running under qemu-user: the kernel runs this architecture's binaries through a qemu binfmt
-    handler (a board never registers one for its own architecture). Timings are then no speed claim."""
-    return Path(f"/proc/sys/fs/binfmt_misc/qemu-{platform.machine()}").exists()
+    """Running under qemu-user (timings are then no speed claim): the kernel's CPU is another
+    architecture (an x86 /proc/cpuinfo under an aarch64 python), or a qemu binfmt handler is
+    registered for this very architecture (a board never registers one for itself)."""
+    machine = platform.machine()
+    if Path(f"/proc/sys/fs/binfmt_misc/qemu-{machine}").exists():
+        return True
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    x86_kernel = "GenuineIntel" in cpuinfo or "AuthenticAMD" in cpuinfo
+    return x86_kernel != (machine in ("x86_64", "i686", "i386"))
 
 
 def device_facts() -> dict:
