@@ -44,11 +44,13 @@ def _schedule_block(sch: s_tir.Schedule, block, tile: tuple[int, int]):
     io, ii = sch.split(i, [None, mt])
     sch.reorder(*batch, jo, io, k, ii, ji)
     sch.parallel(sch.fuse(*batch, jo))
+    if vector:  # before decompose_reduction: TVM refuses to vectorise the update block after it
+        sch.unroll(ii)
+        sch.vectorize(ji)
     acc = sch.cache_write(block, 0, "local")  # the register tile, written back once
     sch.reverse_compute_at(acc, io)
     sch.decompose_reduction(block, k)
-    if vector:  # the update's ji loop is left to LLVM: TVM refuses to vectorise a reduction block
-        sch.unroll(ii)
+    if vector:
         sch.vectorize(sch.get_loops(acc)[-1])
 
 
