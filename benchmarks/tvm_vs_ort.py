@@ -49,10 +49,10 @@ def ort_times(path: Path, cfg, threads: int, reps: int) -> dict:
     return {"prefill_ms": pre, "decode_ms": dec[2:]}
 
 
-def tvm_build(py, ckpt: Path, out: Path, schedule: bool) -> float:
+def tvm_build(py, ckpt: Path, out: Path, schedule: bool, tile=None) -> float:
     out.mkdir(parents=True)
     spec = {"checkpoint": str(ckpt), "out_dir": str(out), "precision": "fp32", "target": "host",
-            "cc": None, "host_dir": None, "tile": None, "schedule": schedule}
+            "cc": None, "host_dir": None, "tile": tile, "schedule": schedule}
     (out / "spec.json").write_text(json.dumps(spec))
     toolchain.run(py, "litelm_edge.tvm_convert", [str(out / "spec.json")])
     return json.loads((out / "convert.json").read_text())["compile_s"]
@@ -77,6 +77,7 @@ def main():
     ap.add_argument("--preset", default="minimind-26m")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--tile", default="8,32", help="matmul register tile MT,NJ of the scheduled build")
     ap.add_argument("--no-default", action="store_true", help="skip TVM's slow unscheduled pipeline")
     a = ap.parse_args()
     import torch
@@ -87,14 +88,15 @@ def main():
         td = Path(td)
         ckpt = checkpoint.save(td / "ckpt", Transformer(cfg).eval(), "{}", {"step": 0})
         export_onnx(checkpoint.load(ckpt)[0], td / "model.onnx", log=lambda m: None)
-        builds = {"tvm scheduled": tvm_build(py, ckpt, td / "sched", True)}
+        tile = [int(x) for x in a.tile.split(",")]
+        builds = {"tvm scheduled": tvm_build(py, ckpt, td / "sched", True, tile)}
         if not a.no_default:
             builds["tvm default pipeline"] = tvm_build(py, ckpt, td / "default", False)
         res = {"ort fp32": ort_times(td / "model.onnx", cfg, a.threads, a.reps)}
         for name in builds:  # measured right after ORT, same threads, same machine
             lib = td / ("sched" if name == "tvm scheduled" else "default")
             res[name] = tvm_times(py, lib, cfg, a.threads, a.reps)
-    print(f"\n{a.preset}, {a.threads} threads, prefill 64 tokens x {a.reps}, decode 30 steps; ratio = TVM / ORT\n")
+    print(f"\n{a.preset}, {a.threads} threads, tile {a.tile}, prefill 64 tokens x {a.reps}, decode 30 steps; ratio = TVM / ORT\n")
     print("| runtime                  | prefill ms (mean ± std) | decode ms (mean ± std) | ratio pre   dec |")
     print("|---|---|---|---|")
     for name, t in res.items():

@@ -54,7 +54,8 @@ def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = T
     from litelm_edge import tvm_schedule
     t0 = time.time()
     pipeline = tvm_schedule.pipeline(target, tile) if schedule else "default"
-    ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
+        ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
     return time.time() - t0
 

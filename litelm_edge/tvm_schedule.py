@@ -19,6 +19,9 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
 
+# Split a tiled loop over the symbolic T into full tiles (no bounds test in the inner loops) and a
+# tail: the register tile's row predicate otherwise sits inside the k loop.
+PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
 DEFAULT_TILE = (4, 16)  # MT rows x NJ columns: 4x16 fp32 = 8 AVX2 / 16 NEON accumulators
 
 
