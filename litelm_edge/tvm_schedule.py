@@ -42,7 +42,8 @@ def _schedule_block(sch: s_tir.Schedule, block, tile: tuple[int, int]):
     *batch, i, j, k = sch.get_loops(block)
     mt, nj = tile
     n = _static(sch.get(j).extent)
-    vector = n is not None and n % nj == 0  # ragged or symbolic N (attention): no vector tail
+    # symbolic N (attention scores over the cache): LoopPartition peels the ragged tail
+    vector = n is None or n % nj == 0
     jo, ji = sch.split(j, [None, nj if vector else 1])
     io, ii = sch.split(i, [None, mt])
     sch.reorder(*batch, jo, io, k, ii, ji)
