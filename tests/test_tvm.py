@@ -82,3 +82,25 @@ def test_missing_cross_compiler_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None if "aarch64" in name else "/usr/bin/" + name)
     with pytest.raises(UserError, match=r"^aarch64-linux-gnu-g\+\+ not found: apt-get install g\+\+-aarch64-linux-gnu"):
         backend_tvm.check_cc({"cc": "aarch64-linux-gnu-g++", "cc_package": "g++-aarch64-linux-gnu"})
+
+
+def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_path):
+    """The tuner's loop with the device and builds faked: the data it keeps beside the artifact."""
+    from litelm_edge import export as export_mod, remote_bench, tvm_tune
+    built = []
+    monkeypatch.setattr(export_mod, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
+    fake_ms = {(4, 16): 30.0, (8, 8): 20.0, (1, 32): 25.0}
+    monkeypatch.setattr(remote_bench, "bench_remote", lambda addr, art, proto, log: {
+        "prefill_ms": {"mean": fake_ms[tuple(built[-1])]}, "decode_ms": {"mean": 1.0}, "provenance": "fake"})
+    m = tvm_tune.tune("ckpt", "rpi4", tmp_path / "art", "pi@host", candidates=([4, 16], [8, 8], [1, 32]),
+                      log=lambda msg: None)
+    db = json.loads((tmp_path / "art.tuning.json").read_text())
+    assert db["best"] == [8, 8] and m["tvm"]["tile"] == [8, 8] and len(db["candidates"]) == 3
+
+
+def test_tile_override_is_checked():
+    assert backend_tvm.tile_of({"tile": [4, 16]}, {"tvm.tile": "8,32"}) == [8, 32]
+    with pytest.raises(UserError, match="two positive ints"):
+        backend_tvm.tile_of({}, {"tvm.tile": "8"})
+    with pytest.raises(UserError, match="unknown --set key"):
+        backend_tvm.tile_of({}, {"tvm.tiles": "8,32"})
