@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from sshd import sshd, ssh_home, trust  # noqa: F401
+from sshd import trust
 from x86_artifact import x86_artifact
 
 FAST = ["--reps", "1", "--warmup", "1", "--prompt-len", "16", "--gen-len", "8", "--concurrency", "2",

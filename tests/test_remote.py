@@ -11,7 +11,7 @@ from fake_artifact import make_artifact
 from litelm_edge import push as P
 from litelm_edge.config import UserError
 from litelm_edge.remote import Remote, RemoteError, parse_address
-from sshd import keygen, netns_sshd, sshd, ssh_home, trust  # noqa: F401
+from sshd import keygen, trust
 
 
 def test_parse_address():
