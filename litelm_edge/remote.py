@@ -173,7 +173,8 @@ def _tunnel(client, address: str):
     cfg = _lookup(alias)
     dest = (cfg.get("hostname", alias), port or int(cfg.get("port", 22)))
     try:
-        return client.get_transport().open_channel("direct-tcpip", dest, ("127.0.0.1", 0))
+        return client.get_transport().open_channel("direct-tcpip", dest, ("127.0.0.1", 0),
+                                                   timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001
         raise RemoteError(f"jump host cannot reach {dest[0]}:{dest[1]} ({e}): check ProxyJump "
                           "in ~/.ssh/config") from e
@@ -284,4 +285,4 @@ class Remote:
         script = (f"kill -TERM -- -{pgid} 2>/dev/null || exit 0; sleep {KILL_GRACE}; "
                   f"kill -KILL -- -{pgid} 2>/dev/null; exit 0")
         _, stdout, _ = self.client.exec_command(script, timeout=10)
-        stdout.channel.recv_exit_status()
+        stdout.channel.status_event.wait(10 + KILL_GRACE)  # bounded, like every remote step
