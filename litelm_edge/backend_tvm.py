@@ -115,5 +115,5 @@ def build(ctx) -> dict:
     if not cc:  # a native build: the parity library is the shipped one
         shutil.copy(Path(ctx.out_dir) / "model.so", host_dir / "model.so")
     meta = _meta(ctx, convert)
-    return {"runtime": "tvm", "weight_bytes": sum(convert["weight_bytes"].values()),
+    return {"runtime": "tvm", "weight_bytes": convert["weight_bytes"],  # {dtype: bytes} embedded in model.so
             "parity_runtime": HostParity(py, host_dir, {"tvm": meta}), "extra": {"tvm": meta}}

@@ -10,6 +10,7 @@ Protocol (llama-bench style): load, on-device parity against the manifest's refe
 then `warmup` untimed rounds and `reps` timed rounds of: prefill of a `prompt_len` prompt
 (`iters` samples a round), decode of `gen_len` tokens with the KV cache, and `concurrency`
 sessions prefilling in parallel (QPS). Exit 0 ok, 3 runtime missing, 4 parity failed.
+It stays one file, past the ~300-line guide, because a device receives exactly this file.
 """
 from __future__ import annotations
 

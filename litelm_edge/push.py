@@ -119,7 +119,7 @@ def upload(remote: Remote, local: Path, tmp: str, progress=None) -> int:
         return sent
     except (OSError, EOFError) as e:
         raise RemoteError(f"{remote.label}: upload of {local.name} failed after {sent} of {size} "
-                          f"bytes ({e or type(e).__name__}): check the device and push again; "
+                          f"bytes ({str(e) or 'connection closed'}): check the device and push again; "
                           "the partial file is never used") from e
 
 
@@ -167,8 +167,8 @@ def sync(remote: Remote, sub: str, files: dict, root: str | None = None, progres
             result.bytes_sent += upload(remote, files[name][0], f"{folder}/{tmps[name]}", progress)
         triples = [x for n in todo for x in (tmps[n], n, files[n][1])]
         done = remote.run(["sh", "-c", _FINALIZE, "sh", folder, *triples], STEP_TIMEOUT,
-                          check=False)
-        if done.rc:
+                          check=False) if todo else None
+        if done and done.rc:
             raise RemoteError(f"{remote.label}: {done.stderr.strip().splitlines()[-1]}: push again")
     except BaseException as e:
         _discard(remote, folder, list(tmps.values()))

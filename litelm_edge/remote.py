@@ -146,7 +146,8 @@ def _connect_message(e: Exception, label: str, keys: list[str]) -> str:
     import paramiko
 
     if isinstance(e, paramiko.BadHostKeyException):
-        host = label.split("@", 1)[1]
+        host, port = label.split("@", 1)[1].rsplit(":", 1)
+        host = host if port == "22" else f"[{host}]:{port}"  # as known_hosts names it
         return (f"host key for {host} CHANGED ({fingerprint(e.key)}, known_hosts has "
                 f"{fingerprint(e.expected_key)}): if the device was reinstalled, remove the old "
                 f"key with ssh-keygen -R '{host}'")
@@ -172,7 +173,8 @@ def _tunnel(client, address: str):
     cfg = _lookup(alias)
     dest = (cfg.get("hostname", alias), port or int(cfg.get("port", 22)))
     try:
-        return client.get_transport().open_channel("direct-tcpip", dest, ("127.0.0.1", 0))
+        return client.get_transport().open_channel("direct-tcpip", dest, ("127.0.0.1", 0),
+                                                   timeout=CONNECT_TIMEOUT)
     except Exception as e:  # noqa: BLE001
         raise RemoteError(f"jump host cannot reach {dest[0]}:{dest[1]} ({e}): check ProxyJump "
                           "in ~/.ssh/config") from e
@@ -214,20 +216,25 @@ class Remote:
         t = self.client.get_transport()
         return t is not None and t.is_active()
 
-    def run(self, argv: list[str], timeout: float, on_line=None, check: bool = True) -> Completed:
-        """Run argv (each item shell-quoted) with a deadline; kill its process group on expiry."""
+    def run(self, argv: list[str], timeout: float, on_line=None, check: bool = True,
+            what: str | None = None) -> Completed:
+        """Run argv (each item shell-quoted) with a deadline; kill its process group on expiry.
+
+        on_line gets each stderr line as it comes; `what` names the command in errors.
+        """
+        what = what or argv[0]
         inner = 'echo "@pgid $$" >&2; exec "$@"'
         cmd = f"setsid -w sh -c {shlex.quote(inner)} sh {shlex.join(argv)}"
         try:
             rc, out, err = self._stream(cmd, timeout, on_line)
         except _Timeout:
-            raise RemoteError(f"{self.label}: {argv[0]} exceeded its {timeout:g} s timeout and "
+            raise RemoteError(f"{self.label}: {what} exceeded its {timeout:g} s timeout and "
                               "was killed: raise --timeout if the device is only slow") from None
         except _Cancelled:
-            raise RemoteError(f"{self.label}: interrupted; {argv[0]} was stopped on the device"
+            raise RemoteError(f"{self.label}: interrupted; {what} was stopped on the device"
                               ) from None
         except (OSError, EOFError) as e:
-            raise RemoteError(f"{self.label}: connection lost while running {argv[0]} ({e}): "
+            raise RemoteError(f"{self.label}: connection lost while running {what} ({e}): "
                               "check the device and retry") from e
         if check and rc != 0:
             last = err.strip().splitlines()[-1] if err.strip() else f"exit code {rc}"
@@ -278,4 +285,4 @@ class Remote:
         script = (f"kill -TERM -- -{pgid} 2>/dev/null || exit 0; sleep {KILL_GRACE}; "
                   f"kill -KILL -- -{pgid} 2>/dev/null; exit 0")
         _, stdout, _ = self.client.exec_command(script, timeout=10)
-        stdout.channel.recv_exit_status()
+        stdout.channel.status_event.wait(10 + KILL_GRACE)  # bounded, like every remote step

@@ -53,13 +53,14 @@ def run_on_device(remote: Remote, art_dir, protocol: dict | None = None, python:
     cmd = runner_command(python, f"{up.remote_dir}/{next(iter(runner))}", pushed.remote_dir, out,
                          protocol or {}, install_runtime)
     t1 = time.perf_counter()
-    done = remote.run(cmd, timeout, on_line=lambda m: log(f"{remote.label} {m}"), check=False)
+    show = lambda m: m.startswith("[runner]") and log(f"{remote.label} {m}")  # noqa: E731
+    done = remote.run(cmd, timeout, on_line=show, check=False, what="the device runner")
     t2 = time.perf_counter()
     _check_exit(remote, done.rc, done.stderr, python)
     with tempfile.TemporaryDirectory() as td:
         local = P.fetch(remote, out, Path(td) / "result.json")
         raw = json.loads(local.read_text())
-    remote.run(["rm", "-f", "--", out], P.STEP_TIMEOUT, check=False)
+    remote.sftp.remove(out)
     facts = {"address": remote.label, "remote_dir": pushed.remote_dir,
              "push": {"seconds": pushed.seconds, "bytes_sent": pushed.bytes_sent,
                       "files_sent": pushed.sent, "files_skipped": pushed.skipped},

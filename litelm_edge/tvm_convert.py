@@ -39,7 +39,8 @@ def relax_module(checkpoint: str, precision: str):
     tvm_graph.prepare(model.float().eval(), precision)
     nbytes: dict[str, int] = {}
     for t in model.buffers():
-        nbytes[str(t.dtype)] = nbytes.get(str(t.dtype), 0) + t.numel() * t.element_size()
+        name = str(t.dtype).removeprefix("torch.")  # "int8", "float32": the names export checks
+        nbytes[name] = nbytes.get(name, 0) + t.numel() * t.element_size()
     with torch.no_grad():
         mod = from_exported_program(tvm_graph.export(model))
     mod["forward"] = mod["main"].with_attr("global_symbol", "forward")

@@ -3,7 +3,7 @@
 `sshd` listens on 127.0.0.1; `netns_sshd` (root only) runs it inside a network namespace with its
 own address 10.199.<n>.2, reached over a veth pair from 10.199.<n>.1. `ssh_home` points HOME at a
 temp folder holding the user key (~/.ssh/id_ed25519) and an empty known_hosts, and hides any agent.
-Import the fixtures in a test module: `from sshd import sshd, ssh_home  # noqa: F401`.
+tests/conftest.py loads this file as a plugin (pytest_plugins), so any test can ask for them.
 """
 from __future__ import annotations
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
-from sshd import sshd, ssh_home, trust  # noqa: F401
+from sshd import trust
 from x86_artifact import x86_artifact
 
 FAST = ["--reps", "1", "--warmup", "1", "--prompt-len", "16", "--gen-len", "8", "--concurrency", "2",
@@ -77,3 +80,26 @@ def test_fleet_one_device_down(sshd, ssh_home, x86_art, tmp_path):
     assert down["result"] is None and "connection refused" in down["error"]
     md = (tmp_path / "rep/fleet.md").read_text()
     assert "| good |" in md and "| down |" in md and "**FAILED**" in md
+
+
+def test_ctrl_c_during_remote_bench_leaves_no_runner(sshd, ssh_home, x86_art, tmp_path):
+    trust(ssh_home, sshd)
+    args = ["--reps", "100000", *FAST[2:]]  # FAST starts with --reps 1: make it run for ever
+    p = subprocess.Popen([sys.executable, "-m", "litelm_edge.cli", "bench", "--remote", sshd.address,
+                          str(x86_art), "--report-dir", str(tmp_path), *args],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # wait until the runner is measuring on the device
+        if "[runner] parity" in line:
+            break
+    assert _runners(), "the runner should be running on the device now"
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=30) == 130
+    deadline = time.monotonic() + 10
+    while _runners() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _runners() == [] and not (tmp_path / "bench.json").exists()
+
+
+def _runners() -> list:
+    return [p for p in psutil.process_iter(["cmdline", "status"]) if p.info["status"] != "zombie"
+            and any("device_runner-" in a for a in p.info["cmdline"] or [])]

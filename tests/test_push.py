@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from fake_artifact import make_artifact
 from litelm_edge import push as P
 from litelm_edge.config import UserError
 from litelm_edge.remote import Remote, RemoteError
-from sshd import sshd, ssh_home, trust  # noqa: F401
+from sshd import trust
 
 
 def _sha(p: Path) -> str:

@@ -7,9 +7,11 @@ import time
 import psutil
 import pytest
 
+from fake_artifact import make_artifact
+from litelm_edge import push as P
 from litelm_edge.config import UserError
 from litelm_edge.remote import Remote, RemoteError, parse_address
-from sshd import keygen, netns_sshd, sshd, ssh_home, trust  # noqa: F401
+from sshd import keygen, trust
 
 
 def test_parse_address():
@@ -130,12 +132,14 @@ def sys_executable():
     return sys.executable
 
 
-def test_netns_device_and_proxyjump(netns_sshd, sshd, ssh_home):
+def test_netns_device_and_proxyjump(netns_sshd, sshd, ssh_home, tmp_path):
     """A device with its own address in a network namespace, directly and through a jump host."""
     trust(ssh_home, netns_sshd)
+    art = make_artifact(tmp_path / "art", {"w.bin": 300_000})
     with Remote(netns_sshd.address) as r:
         assert r.label == f"{netns_sshd.user}@{netns_sshd.host}:22"
-        assert "10.199." in r.run(["ip", "-o", "addr"], timeout=10).stdout
+        assert f"inet {netns_sshd.host}/24" in r.run(["ip", "-o", "addr"], timeout=10).stdout
+        assert P.push(r, art).bytes_sent == 300_000 + (art / "manifest.json").stat().st_size
     trust(ssh_home, sshd)
     (ssh_home / ".ssh/config").write_text(
         f"Host dev\n  HostName {netns_sshd.host}\n  ProxyJump jump\n"

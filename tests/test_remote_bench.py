@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from litelm_edge.device_runner import EnergyMeter
 from litelm_edge.remote import RemoteError
 from litelm_edge.remote_bench import bench_remote
-from sshd import sshd, ssh_home, trust  # noqa: F401
+from sshd import trust
 from x86_artifact import x86_artifact
 
 PROTO = {"reps": 1, "warmup": 1, "prompt_len": 16, "gen_len": 8, "concurrency": 2}
