@@ -65,7 +65,8 @@ class OrtRuntime:
         path = str(Path(art_dir) / manifest["graphs"]["decoder"])
         self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         m = manifest["model"]
-        self.empty = np.zeros((m["n_layer"], 1, m["n_kv_head"], 0, m["n_embd"] // m["n_head"]), np.float32)
+        hd = m.get("head_dim") or m["n_embd"] // m["n_head"]  # head pruning decouples it from n_embd
+        self.empty = np.zeros((m["n_layer"], 1, m["n_kv_head"], 0, hd), np.float32)
         self.k = self.v = self.empty
 
     def _run(self, ids: np.ndarray, k, v):
