@@ -8,9 +8,10 @@ weights as they learn, so the export is equivalent rather than special: `snap` r
 onto its grid, and a per-channel max-abs quantiser (ORT's) then lands on exactly the same grid —
 the int8 artifact holds the weights QAT trained with, not a fresh rounding of float weights.
 
-qmax defaults to 64 because ORT's dynamic MatMulInteger quantises weights with reduce_range
-([-64, 64]); use 127 for runtimes with full-range int8 weights. ORT quantises activations per
-tensor (uint8, per call), coarser than the per-token simulation here: measure, do not assume.
+qmax = 127 matches ORT's dynamic per-channel MatMul weights as measured here (int8 values reach
++-127; tests/test_compress.py checks that dequantised ORT weights equal the snapped torch weights).
+ORT quantises activations per tensor (uint8, per call), coarser than the per-token simulation
+here, and its embedding Gather per tensor: measure the artifact, do not assume.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 @dataclass
 class QATConfig:
-    weight_qmax: int = 64  # weight grid [-qmax, qmax]: 64 = ORT dynamic MatMulInteger, 127 = full int8
+    weight_qmax: int = 127  # weight grid [-qmax, qmax]; 127 = ORT dynamic per-channel int8 (measured)
     act_qmax: int = 127  # per-token activation grid; 0 disables activation fake-quant
     lm_head: bool = True  # fake-quant (and snap) the output projection too (tied: the embedding)
 
