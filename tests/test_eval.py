@@ -28,7 +28,7 @@ def test_windows_are_held_out_and_capped(data_dir):
 def test_checkpoint_ppl_agrees_with_training_val_loss(tiny_run, data_dir):
     r = eval_checkpoint(tiny_run, data_dir)
     t = ckpt.load(tiny_run)[2]
-    assert r["runtime"] == "torch" and r["tokens"] > 1000
+    assert r["runtime"] == "torch" and r["tokens"] > 500
     assert abs(math.log(r["ppl"]) - t["val_loss"]) < 0.15  # other windows, same model
 
 
