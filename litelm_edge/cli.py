@@ -166,7 +166,7 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
 @click.argument("recipe")
 @SET
 def run(recipe, sets):
-    """Run a recipe end to end: data -> train -> build -> bench -> report (e.g. `run quickstart`)."""
+    """Run a recipe: data -> train -> [compress] -> build -> bench -> report, with its [gates] (e.g. `run quickstart`)."""
     from .pipeline import run_recipe
     run_recipe(recipe, parse_sets(sets), log=click.echo)
 
