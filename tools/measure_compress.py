@@ -51,7 +51,7 @@ def step(name, method, sets, how, **kw):
 
 row("fp32 base", base, json.load(open(Path(base) / "training.json")).get("elapsed_s"), "trained by the quickstart recipe", ("fp32", "int8"))
 step("finetune-control", "prune", {}, f"plain fine-tune {ft} steps (control for QAT)")
-step("qat", "qat", {}, f"QAT {ft} steps, weights snapped to the qmax=64 grid")
+step("qat", "qat", {}, f"QAT {ft} steps, weights snapped to the int8 grid")
 step("prune30", "prune", {"sparsity": 0.3}, f"global magnitude 30%, {ft} steps with masks")
 step("prune50", "prune", {"sparsity": 0.5}, f"global magnitude 50%, {ft} steps with masks")
 step("structured", "prune", {"ffn": 0.5, "heads": 0.5}, f"half the FFN channels and query heads, {ft} steps", precisions=("fp32", "int8"))
