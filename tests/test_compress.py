@@ -42,7 +42,6 @@ def _int8_weights(onnx_path):
     for n in g.graph.node:
         if n.op_type == "MatMulInteger" and n.input[1] in init:
             w = init[n.input[1]].astype(np.float32)
-            scale = [x for x in g.graph.node if n.input[1] in x.output]
             out.append((n.input[1], w))
     return init, out
 
