@@ -4,7 +4,7 @@
 
 SPEC: {checkpoint, out_dir, precision, prefill_len, capacity, mask_value, calib (npz of held-out
 windows, or null)}. Writes out_dir/model.tflite and out_dir/convert.json (timings, size breakdown,
-weight dtypes). One precision is one quantization recipe, named in PRECISIONS.
+weight dtypes). One precision is one quantization recipe, listed in PRECISIONS.
 """
 from __future__ import annotations
 
@@ -13,24 +13,30 @@ import sys
 import time
 from pathlib import Path
 
-PRECISIONS = {  # name -> (ai-edge-quantizer recipe, needs calibration)
+PRECISIONS = {  # name -> what ai-edge-quantizer does to the float model
     "fp32": None,
-    "int8": "dynamic_wi8_afp32",  # INT8 weights, activations quantized on the fly
-    "int8-full": "static_wi8_ai8",  # INT8 weights and activations, calibrated on held-out text
-    "int4-b32": "dynamic_wi4_b32",  # INT4 weights in blocks of 32 (fp16 scales): the 15 MB recipe
-    "int4-c": "dynamic_wi4_afp32",  # INT4 weights, one scale per output channel
+    "int8": "INT8 weights per channel, activations quantized on the fly (dynamic_wi8_afp32)",
+    "int8-full": "INT8 weights and activations (static_wi8_ai8), calibrated on held-out text",
+    "int4-b32": "INT4 weights in blocks of 32 with fp16 scales, embeddings included (the 15 MB recipe)",
+    "int4-b64": "INT4 weights in blocks of 64 with fp16 scales, embeddings included",
 }
 
 
-def _recipe(name: str):
-    from ai_edge_quantizer import qtyping, recipe, recipe_manager
-    if name != "dynamic_wi4_b32":
-        return getattr(recipe, name)()
+def _recipe(precision: str):
+    """The quantization recipe. The tied embedding is used by EMBEDDING_LOOKUP and the head's
+    FULLY_CONNECTED: both get the same config, else the quantizer stores it twice per signature."""
+    from ai_edge_quantizer import qtyping, recipe_manager
+    op, gran = qtyping.TFLOperationName, qtyping.QuantGranularity
     rm = recipe_manager.RecipeManager()
-    rm.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
-                          num_bits=4, granularity=qtyping.QuantGranularity.BLOCKWISE_32)
-    rm.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.EMBEDDING_LOOKUP,
-                          num_bits=8)
+    if precision == "int8":
+        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=8)
+    elif precision == "int8-full":
+        rm.add_static_config(regex=".*", operation_name=op.ALL_SUPPORTED, activation_num_bits=8,
+                             weight_num_bits=8)
+        rm.add_dynamic_config(regex=".*", operation_name=op.EMBEDDING_LOOKUP, num_bits=8)
+    else:
+        block = {"int4-b32": gran.BLOCKWISE_32, "int4-b64": gran.BLOCKWISE_64}[precision]
+        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=4, granularity=block)
     return rm.get_quantization_recipe()
 
 
@@ -73,7 +79,7 @@ def calibration_data(float_path: Path, windows, prefill_len: int) -> dict:
 def quantize(float_path: Path, path: Path, precision: str, calib: list | None, prefill_len: int):
     from ai_edge_quantizer import quantizer
     qt = quantizer.Quantizer(str(float_path))
-    qt.load_quantization_recipe(_recipe(PRECISIONS[precision]))
+    qt.load_quantization_recipe(_recipe(precision))
     result = None
     if qt.need_calibration:
         if not calib:
