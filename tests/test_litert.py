@@ -6,6 +6,7 @@ cannot be made. A random-weight tiny model (4 layers, 128 wide) converts in ~15 
 from __future__ import annotations
 
 import os
+import sys
 import types
 from pathlib import Path
 
@@ -120,3 +121,67 @@ def test_size_breakdown_sums_to_file_size(built):
     b = built["fp32"][1]["extra"]["size_breakdown"]
     assert b["other"] < 0.05 * b["total"]  # the weights are where the bytes are
     assert b["embeddings"] == 4096 * 128 * 4  # tied: stored once for both signatures
+
+
+DEVICE_SCRIPT = """
+import json, sys, numpy as np
+sys.path.insert(0, "/tmp/art")
+from runtime_litert import LiteRTRuntime
+rt = LiteRTRuntime("/tmp/art", {}, 2)
+ids = np.array(json.loads(sys.argv[1]), np.int64)
+logits = rt.prefill(ids)
+out, last = [], logits[-1]
+for _ in range(8):
+    out.append(int(last.argmax())); last = rt.decode(out[-1])
+import platform
+print(json.dumps(dict(machine=platform.machine(), runtime=rt.runtime_name,
+                      top1=logits.argmax(-1).tolist(), greedy=out)))
+"""
+
+
+def _emulator():
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "tools" / "emulated_device.py"
+    if not path.is_file():
+        pytest.skip("tools/emulated_device.py not here (branch emu not merged)")
+    spec = importlib.util.spec_from_file_location("emulated_device", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["emulated_device"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _push(dev, local: Path, remote: str):
+    import subprocess
+    r = subprocess.run(dev.ssh_args() + [f"cat > {remote}"], input=local.read_bytes(),
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_emulated_arm64_device_runs_int8_with_parity(built, tmp_path):
+    """The android artifact on an arm64 Debian (qemu-user) over SSH: on-device parity vs torch."""
+    import json
+    emu = _emulator()
+    ok, why = emu.enable_binfmt()
+    if not ok:
+        pytest.skip(why)
+    try:
+        rootfs = emu.build_rootfs(packages=emu.DEFAULT_PACKAGES)
+    except emu.DeviceError as e:
+        pytest.skip(f"no arm64 rootfs: {e}")
+    art = built["int8"][0]
+    (tmp_path / "run.py").write_text(DEVICE_SCRIPT)
+    ids = np.random.default_rng(3).integers(0, 4096, 24)
+    with emu.start_device(rootfs) as dev:
+        assert dev.ssh("mkdir -p /tmp/art").returncode == 0
+        _push(dev, art / "model.tflite", "/tmp/art/model.tflite")
+        _push(dev, Path(backend_litert.__file__).parent / "runtime_litert.py", "/tmp/art/runtime_litert.py")
+        _push(dev, tmp_path / "run.py", "/tmp/art/run.py")
+        r = dev.ssh(f"python3 /tmp/art/run.py '{json.dumps(ids.tolist())}'", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["machine"] == "aarch64" and got["runtime"] == "ai_edge_litert"
+    ref = tiny_model()(torch.from_numpy(ids)[None])[0][0].detach().numpy().argmax(-1)
+    assert (np.array(got["top1"]) == ref).mean() >= 0.95
+    assert got["greedy"] == greedy(runtime(art), ids, 8)  # same tokens as LiteRT on the host
