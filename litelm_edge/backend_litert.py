@@ -74,12 +74,15 @@ def size_verdict(size: int, target: dict) -> dict:
         return {}
     ok = size <= limit * MB
     note = (f"{size / MB:.1f} MB {'meets' if ok else 'misses'} the {limit} MB threshold"
-            + ("" if ok else ": build with --recipe android-15mb (INT4 blockwise weights)"))
+            + ("" if ok else ": use recipes/android-15mb.toml (--precision int4-b32, INT4 blockwise weights)"))
     return dict(meets_size=ok, size_note=note)
 
 
 def build(ctx) -> dict:
     from . import litert_toolchain
+    from .litert_convert import PRECISIONS
+    if ctx.precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{ctx.precision}' for litert, have: {', '.join(PRECISIONS)}")
     s = settings(ctx.target)
     python = litert_toolchain.ensure(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
