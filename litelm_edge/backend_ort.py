@@ -1,0 +1,76 @@
+"""ONNX Runtime backend (target x86 and any CPU with an ORT wheel).
+
+One ONNX graph, `decoder.onnx`, serves both entry points and stores the weights once:
+  prefill: input_ids (1, T) with empty past (P = 0)  -> logits (1, T, V), present k/v (L, 1, nkv, T, hd)
+  decode:  input_ids (1, 1) with the past of length P -> logits (1, 1, V), present k/v of length P+1
+T and P are dynamic (RoPE and mask come from torch.arange inside the graph).
+int8 is ORT dynamic quantisation: per-channel int8 weights for MatMul and Gather (embeddings),
+activations quantised per call.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import UserError
+
+GRAPH = "decoder.onnx"
+
+
+def _decoder(model):
+    import torch
+
+    class Decoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, past_k, past_v):
+            return self.m.forward_cached(input_ids, past_k, past_v)
+
+    return Decoder(model).eval()
+
+
+def export_onnx(model, path: Path, log=print):
+    """torch.export (dynamo) -> ONNX with dynamic T and P; weights beside the graph (.data)."""
+    import torch
+    from torch.export import Dim
+    c = model.cfg
+    ids = torch.randint(0, c.vocab_size, (1, 8))
+    shape = (c.n_layer, 1, c.n_kv_head, 4, c.head_dim)
+    # two distinct tensors: torch.export would merge identical example inputs into one
+    past = (torch.zeros(shape), torch.ones(shape))
+    T, P = Dim("T", min=1, max=c.max_seq_len), Dim("P", min=0, max=c.max_seq_len)
+    log(f"exporting ONNX graph to {path.name} ...")
+    torch.onnx.export(_decoder(model), (ids, *past), str(path), dynamo=True, optimize=True, verbose=False,
+                      input_names=["input_ids", "past_k", "past_v"],
+                      output_names=["logits", "present_k", "present_v"],
+                      dynamic_shapes={"input_ids": {1: T}, "past_k": {3: P}, "past_v": {3: P}})
+
+
+def quantize_int8(src: Path, dst: Path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gather"])
+
+
+def build(ctx) -> dict:
+    import logging
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
+    if ctx.precision not in ("fp32", "int8"):
+        raise UserError(f"unknown precision '{ctx.precision}' for onnxruntime, have: fp32, int8")
+    out = Path(ctx.out_dir)
+    if ctx.precision == "fp32":
+        export_onnx(ctx.model, out / GRAPH, ctx.log)
+    else:
+        work = out / ".fp32"
+        work.mkdir()
+        export_onnx(ctx.model, work / GRAPH, ctx.log)
+        ctx.log("quantising to int8 (dynamic, per-channel weights) ...")
+        quantize_int8(work / GRAPH, out / GRAPH)
+        for p in work.iterdir():
+            os.remove(p)
+        work.rmdir()
+    return {"runtime": "onnxruntime", "tools": ("onnx", "onnxruntime", "onnxscript"),
+            "extra": {"graphs": {"decoder": GRAPH}, "entry_points": {
+                "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}}}

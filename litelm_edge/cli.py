@@ -1,0 +1,167 @@
+"""The litelm-edge command line: each verb parses, calls one library function, prints.
+
+Heavy libraries (torch, onnxruntime, TVM, LiteRT) are imported inside the library functions, so
+`litelm-edge --help` stays fast and needs none of them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .config import UserError, parse_sets, split_sets
+
+SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="litelm-edge")
+def cli():
+    """Take a tiny language model from data to a measured deployment on edge devices."""
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="Existing tokenizer.json (else one is trained).")
+@click.option("--vocab", default=4096, show_default=True, help="Vocabulary size when training a tokenizer.")
+@SET
+def data(inputs, out, tokenizer, vocab, sets):
+    """Clean, dedup, split and tokenise .txt/.jsonl INPUTS (files or folders; 'default' = bundled corpus)."""
+    from .config import override
+    from .data import DataConfig, default_corpus, prepare
+    inputs = [default_corpus() if i == "default" else i for i in inputs]
+    prepare(inputs, out, tokenizer, vocab, override(DataConfig(), parse_sets(sets), "--set (data)"))
+
+
+@cli.group()
+def tokenizer():
+    """Byte-level BPE tokenizer."""
+
+
+@tokenizer.command("train")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--vocab", default=4096, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="tokenizer.json to write.")
+def tokenizer_train(inputs, vocab, out):
+    """Train a byte-level BPE tokenizer on INPUTS."""
+    from .data import DataConfig, expand_inputs, read_documents
+    from .tokenizer import train
+    tok = train(read_documents(expand_inputs(inputs), DataConfig()), vocab)
+    tok.save(out)
+    click.echo(f"tokenizer with {tok.vocab_size} tokens -> {out}")
+
+
+@cli.command("train")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder from `litelm-edge data`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, tb/).")
+@click.option("--preset", default="tiny", show_default=True, help="Model preset in model/ (or a .toml path).")
+@click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint.")
+@SET
+def train_cmd(data_dir, out, preset, resume, sets):
+    """Train a model (DDP when launched with torchrun). --set model.n_layer=2 / --set max_steps=100."""
+    from .config import override
+    from .model import preset as model_preset
+    from .train import TrainConfig, train
+    model_sets, rest = split_sets(parse_sets(sets), "model")
+    s = train(data_dir, out, model_preset(preset, model_sets), override(TrainConfig(), rest, "--set (train)"), resume)
+    if s:
+        click.echo(f"step {s['step']}: val loss {s['val_loss']:.4f}, val ppl {s['val_ppl']:.2f} -> {out}")
+
+
+@cli.command()
+@click.option("--target", required=True, help="Target name in targets/ (or a .toml path).")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
+@click.option("--precision", help="fp32 or int8 (default: the target's).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
+@SET
+def build(target, checkpoint, out, precision, data_dir, sets):
+    """Build a checkpoint for a target; fails when the artifact disagrees with torch."""
+    from .export import build as do_build
+    m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets))
+    p = m["parity"]
+    click.echo(f"{m['target']}/{m['precision']}: {m['size_bytes'] / 1e6:.2f} MB, parity top-1 "
+               f"{p['top1_agreement']:.3f}, max abs {p['max_abs_err']:.2e} -> {out}")
+
+
+@cli.command("bench")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--reps", default=5, show_default=True, help="Timed repetitions.")
+@click.option("--warmup", default=2, show_default=True)
+@click.option("--prompt-len", default=64, show_default=True)
+@click.option("--gen-len", default=128, show_default=True)
+@click.option("--concurrency", default=4, show_default=True, help="Sessions for the QPS figure.")
+@click.option("--threads", type=int, help="Runtime threads per session (default: the runtime's).")
+@click.option("--baseline", type=click.Path(path_type=Path), help="bench.json of the fp32 build (energy reduction).")
+@click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
+@click.option("--check", is_flag=True, help="Exit 1 when a threshold or parity fails.")
+def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check):
+    """Benchmark a built artifact on this machine against its target's thresholds."""
+    from . import report
+    from .bench import bench
+    proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency, threads=threads)
+    r = bench(artifact, proto, baseline, log=lambda m: click.echo(m, err=True))
+    report.write(r, report_dir or artifact)
+    click.echo(report.to_markdown(r))
+    if check and not r["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Generate with torch from a checkpoint.")
+@click.option("--artifact", type=click.Path(path_type=Path), help="Generate through a built artifact's runtime.")
+@click.option("--prompt", default="ROMEO:", show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int)
+@click.option("--seed", default=0, show_default=True)
+def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, seed):
+    """Let the model speak: greedy or sampled text from a checkpoint or an artifact."""
+    from .generate import generate as gen
+    if bool(checkpoint) == bool(artifact):
+        raise UserError("pass exactly one of --checkpoint or --artifact")
+    click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed, from_artifact=bool(artifact)))
+
+
+@cli.command()
+@click.argument("recipe")
+@SET
+def run(recipe, sets):
+    """Run a recipe end to end: data -> train -> build -> bench -> report (e.g. `run quickstart`)."""
+    from .pipeline import run_recipe
+    run_recipe(recipe, parse_sets(sets), log=click.echo)
+
+
+@cli.command()
+def targets():
+    """List the targets in targets/."""
+    from .config import data_dir, read_toml
+    for p in sorted(data_dir("targets").glob("*.toml")):
+        t = read_toml(p).get("target", {})
+        click.echo(f"{p.stem:12s} {t.get('backend', '?'):8s} {t.get('description', '')}")
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC
+            click.echo(f"error: disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", err=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

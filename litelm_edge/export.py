@@ -1,0 +1,176 @@
+"""build: checkpoint -> artifact folder for a target, checked against torch before it is kept.
+
+The target TOML names a backend; `litelm_edge/backend_<name>.py` writes the files. This module does
+what every backend shares: held-out windows, the parity check, the fixed-prompt reference a device
+checks itself against, the manifest (sha256 and size of each file, tool versions), and the atomic
+rename into place. A failed check leaves no artifact behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .checkpoint import commit_dir, sha256_file
+from .config import UserError, named_toml
+
+FORMAT, VERSION = "litelm-edge-artifact", 1
+PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 8, 64, 32
+FP32_MAX_ABS = 1e-3  # logits, fp32 artifact vs torch
+INT8_MIN_TOP1 = 0.95  # next-token agreement with torch on held-out windows
+REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
+
+
+@dataclass
+class BuildContext:
+    model: object  # litelm_edge.model.Transformer, eval, fp32
+    checkpoint: Path
+    target: dict  # the whole target TOML
+    out_dir: Path  # temporary folder, renamed into place after the checks
+    precision: str
+    heldout: list  # np.int64 arrays of held-out token ids (parity, calibration)
+    recipe: dict = field(default_factory=dict)  # backend options from --set build.*
+    log: Callable[[str], None] = print
+
+
+def load_target(name: str) -> tuple[str, dict]:
+    path, t = named_toml("targets", name)
+    if "backend" not in t.get("target", {}):
+        raise UserError(f"{path}: [target] needs 'backend' (one of the litelm_edge/backend_*.py modules)")
+    return path.stem, t
+
+
+def backend_module(name: str):
+    try:
+        return importlib.import_module(f"litelm_edge.backend_{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"litelm_edge.backend_{name}":
+            have = sorted(p.stem[8:] for p in Path(__file__).parent.glob("backend_*.py"))
+            raise UserError(f"unknown backend '{name}', have: {', '.join(have)}") from e
+        raise UserError(f"backend '{name}' needs {e.name}: pip install 'litelm-edge[<target>]'") from e
+
+
+def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WINDOW_LEN) -> list:
+    """n evenly spaced windows of T tokens from val.bin (the held-out split of `litelm-edge data`)."""
+    val = Path(data_dir or "") / "val.bin"
+    if not data_dir or not val.is_file():
+        raise UserError(f"no held-out data at '{val}': pass --data DIR made by `litelm-edge data`")
+    ids = np.memmap(val, dtype=np.uint16, mode="r")
+    if len(ids) < T + 1:
+        raise UserError(f"{val} holds {len(ids)} tokens, fewer than one {T}-token window")
+    starts = np.linspace(0, len(ids) - T - 1, n).astype(int)
+    return [np.array(ids[s:s + T], dtype=np.int64) for s in starts]
+
+
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return model(torch.from_numpy(ids)[None])[0][0].float().numpy()
+
+
+def parity(model, rt, heldout: list, precision: str) -> dict:
+    """Prefill every window through the artifact and torch: max abs error, top-1 agreement."""
+    errs, agree = [], []
+    for ids in heldout:
+        ref, got = torch_logits(model, ids), rt.prefill(ids)
+        errs.append(float(np.abs(ref - got).max()))
+        agree.append(ref.argmax(-1) == got.argmax(-1))
+    p = {"windows": len(heldout), "window_len": int(len(heldout[0])), "max_abs_err": max(errs),
+         "top1_agreement": float(np.concatenate(agree).mean())}
+    if precision == "fp32":
+        p["ok"], p["rule"] = p["max_abs_err"] <= FP32_MAX_ABS, f"max_abs_err <= {FP32_MAX_ABS}"
+    else:
+        p["ok"], p["rule"] = p["top1_agreement"] >= INT8_MIN_TOP1, f"top1_agreement >= {INT8_MIN_TOP1}"
+    return p
+
+
+def reference(model, rt, prompt_ids: list[int], max_abs_err: float) -> dict:
+    """The fixed prompt a device replays: torch's greedy continuation and this host's logits."""
+    import torch
+    ids = torch.tensor([prompt_ids])
+    greedy = model.generate(ids, REF_STEPS)[0, len(prompt_ids):].tolist()
+    art_last = rt.prefill(np.array(prompt_ids, np.int64))[-1]
+    return {"prompt": REF_PROMPT, "prompt_ids": prompt_ids, "torch_greedy": greedy,
+            "artifact_last_logits": [round(float(x), 5) for x in art_last],
+            # a device may differ from this host by at most twice what this host differs from torch
+            "tolerance_basis": max_abs_err}
+
+
+def tool_versions(*mods: str) -> dict:
+    out = {"python": platform.python_version()}
+    for m in ("litelm_edge", "torch", "numpy") + mods:
+        try:
+            out[m] = getattr(importlib.import_module(m), "__version__", "unknown")
+        except ImportError:
+            out[m] = "not installed"
+    return out
+
+
+def files_table(d: Path) -> dict:
+    return {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+            for p in sorted(d.iterdir()) if p.is_file() and p.name != "manifest.json"}
+
+
+def check_really_quantised(files: dict, n_params: int, precision: str):
+    """An "int8" artifact must hold int8 weights: under half the fp32 weight bytes."""
+    size = sum(f["size"] for f in files.values())
+    if precision != "fp32" and size > 0.5 * 4 * n_params:
+        raise UserError(f"build claims {precision} but the artifact is {size / 1e6:.1f} MB for "
+                        f"{n_params / 1e6:.1f}M parameters (float-sized): the quantiser did not apply")
+
+
+def build(checkpoint, target: str, out, precision: str | None = None, data=None, recipe: dict | None = None,
+          log=print) -> dict:
+    from . import checkpoint as ckpt
+    from .device_runner import open_runtime
+    from .tokenizer import Tokenizer
+    name, tgt = load_target(target)
+    backend = backend_module(tgt["target"]["backend"])
+    model, tok_json, training = ckpt.load(checkpoint)
+    precision = precision or tgt["target"].get("precision", "int8")
+    heldout = heldout_windows(data or training.get("data_dir"))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        ctx = BuildContext(model, ckpt.resolve(checkpoint), tgt, tmp, precision, heldout, recipe or {}, log)
+        res = backend.build(ctx)
+        (tmp / "tokenizer.json").write_text(tok_json)
+        files = files_table(tmp)
+        check_really_quantised(files, model.num_params(), precision)
+        cfg = model.cfg
+        manifest = {"format": FORMAT, "version": VERSION, "target": name, "backend": tgt["target"]["backend"],
+                    "runtime": res["runtime"], "precision": precision, "checkpoint": str(ctx.checkpoint),
+                    "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
+                                                            "n_kv_head", "intermediate_size", "max_seq_len")},
+                    "n_params": model.num_params(), "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256")},
+                    "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
+                    "device": tgt.get("device", {}), "tools": tool_versions(*res.get("tools", ())),
+                    **res.get("extra", {})}
+        rt = res.get("parity_runtime") or open_runtime(tmp, manifest)
+        log(f"parity check on {len(heldout)} held-out windows ...")
+        p = parity(model, rt, heldout, precision)
+        if not p["ok"]:
+            raise UserError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
+                            f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written")
+        prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: cfg.max_seq_len // 2]
+        manifest["reference"] = reference(model, rt, prompt_ids, p["max_abs_err"])
+        tol = {"min_top1": INT8_MIN_TOP1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
+        manifest["parity"] = dict(p, on_device_tolerance=tol)
+        manifest["files"] = files
+        manifest["artifact_id"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        manifest["size_bytes"] = sum(f["size"] for f in files.values())
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
