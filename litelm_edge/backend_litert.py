@@ -24,23 +24,25 @@ DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0)
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 
 
-def settings(target: dict) -> dict:
+def settings(target: dict, recipe: dict | None = None) -> dict:
+    """DEFAULTS, then the target's [litert] table, then --set build.KEY=VALUE."""
     s = dict(DEFAULTS)
-    extra = set(target.get("litert", {})) - set(DEFAULTS)
-    if extra:
-        raise UserError(f"unknown key(s) {sorted(extra)} in [litert], have: {', '.join(DEFAULTS)}")
-    s.update(target.get("litert", {}))
+    for where, values in (("[litert]", target.get("litert", {})), ("--set build.*", recipe or {})):
+        extra = set(values) - set(DEFAULTS)
+        if extra:
+            raise UserError(f"unknown key(s) {sorted(extra)} in {where}, have: {', '.join(DEFAULTS)}")
+        s.update({k: type(DEFAULTS[k])(v) for k, v in values.items()})
     if s["capacity"] % s["prefill_len"]:
         raise UserError(f"litert capacity {s['capacity']} must be a multiple of prefill_len {s['prefill_len']}")
     return s
 
 
-def _calibration_file(heldout: list, n_tokens: int, path: Path, windows: int = 16) -> str | None:
-    """Held-out windows of n_tokens for full-integer calibration (npz), or None without text."""
-    ws = [np.asarray(h[i:i + n_tokens]) for h in heldout for i in range(0, len(h) - n_tokens, n_tokens)]
+def _calibration_file(heldout: list, path: Path, windows: int = 16) -> str | None:
+    """Held-out windows (>= 8 tokens each) for full-integer calibration (npz), or None without text."""
+    ws = [np.asarray(h) for h in heldout if len(h) >= 8][:windows]
     if not ws:
         return None
-    np.savez(path, *ws[:windows])
+    np.savez(path, *ws)
     return str(path)
 
 
@@ -83,12 +85,12 @@ def build(ctx) -> dict:
     from .litert_convert import PRECISIONS
     if ctx.precision not in PRECISIONS:
         raise UserError(f"unknown precision '{ctx.precision}' for litert, have: {', '.join(PRECISIONS)}")
-    s = settings(ctx.target)
+    s = settings(ctx.target, getattr(ctx, "recipe", None))
     python = litert_toolchain.ensure(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,
                     prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
-                    calib=_calibration_file(ctx.heldout, s["prefill_len"] + 4, Path(tmp) / "calib.npz"))
+                    calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
         report = _convert(python, spec, ctx.log)
         check_precision(ctx.precision, report)
         os.replace(Path(tmp) / "model.tflite", Path(ctx.out_dir) / "model.tflite")
@@ -96,7 +98,7 @@ def build(ctx) -> dict:
     verdict = size_verdict(size, ctx.target)
     ctx.log("litert: " + ", ".join(f"{k} {v / MB:.2f} MB" for k, v in report["breakdown"].items()
                                    if isinstance(v, int)) + (f"; {verdict['size_note']}" if verdict else ""))
-    extra = dict(size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
+    extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"], size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
                  convert_s=report["convert_s"], quantize_s=report["quantize_s"], threads=s["threads"],
                  prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"], **verdict)
-    return {"runtime": "litert", "files": ["model.tflite"], "parity_runtime": "litert", "extra": extra}
+    return {"runtime": "litert", "tools": ("ai_edge_litert",), "extra": extra}

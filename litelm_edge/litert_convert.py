@@ -62,7 +62,7 @@ def calibration_data(float_path: Path, windows, prefill_len: int) -> dict:
     out = {"prefill": [], "decode": []}
     for w in windows:
         w = np.asarray(w, np.int32)[:prefill_len + 4]
-        T = min(len(w) - 4, prefill_len)
+        T = min(len(w) - 4, prefill_len)  # the last 4 tokens feed decode steps
         caches = {n: np.zeros(spec[n]["shape"], np.float32) for n in names}
         ids = np.zeros((1, prefill_len), np.int32)
         ids[0, :T] = w[:T]
@@ -106,7 +106,8 @@ def main(spec_path: str) -> int:
         calib = list(np.load(spec["calib"]).values()) if spec.get("calib") else None
         quantize(float_path, path, spec["precision"], calib, spec["prefill_len"])
         float_path.unlink()
-    report = dict(convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2),
+    from importlib.metadata import version
+    report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")}, convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2),
                   breakdown=breakdown(path, model.cfg.vocab_size), weight_dtypes=sorted(weight_dtypes(path)))
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0
