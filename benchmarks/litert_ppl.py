@@ -40,7 +40,7 @@ def timed(fn, warmup: int = 5, reps: int = 30) -> tuple[float, float]:
 def main() -> None:
     import torch
     from litelm_edge.checkpoint import load
-    from litelm_edge.runtime_litert import LiteRTRuntime
+    from litelm_edge.device_runner import LiteRTRuntime
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
     ap.add_argument("heldout")
