@@ -54,6 +54,17 @@ def quantize_int8(src: Path, dst: Path):
                      op_types_to_quantize=["MatMul", "Gather"])
 
 
+def weight_bytes(path: Path) -> dict:
+    """{dtype name: bytes} of the graph's initializers, read back from the file written."""
+    import onnx
+    from onnx import helper, numpy_helper
+    out = {}
+    for init in onnx.load(str(path)).graph.initializer:
+        name = helper.tensor_dtype_to_np_dtype(init.data_type).name
+        out[name] = out.get(name, 0) + numpy_helper.to_array(init, base_dir=str(path.parent)).nbytes
+    return out
+
+
 def build(ctx) -> dict:
     import logging
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
@@ -71,6 +82,6 @@ def build(ctx) -> dict:
         for p in work.iterdir():
             os.remove(p)
         work.rmdir()
-    return {"runtime": "onnxruntime", "tools": ("onnx", "onnxruntime", "onnxscript"),
+    return {"runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH), "tools": ("onnx", "onnxruntime", "onnxscript"),
             "extra": {"graphs": {"decoder": GRAPH}, "entry_points": {
                 "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}}}

@@ -13,6 +13,11 @@ import click
 
 from .config import UserError, parse_sets, split_sets
 
+REMOTE = click.option("--remote", "remotes", multiple=True, metavar="USER@HOST[:PORT]",
+                      help="A device over SSH (user@host[:port] or ~/.ssh/config alias; repeatable).")
+ACCEPT = click.option("--accept-new-host-key", "accept_new", is_flag=True,
+                      help="Record an unknown device host key in ~/.ssh/known_hosts.")
+REMOTE_DIR = click.option("--remote-dir", "root", help="Absolute folder on the device (default: its ~/.cache/litelm-edge).")
 SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 
 
@@ -87,6 +92,22 @@ def build(target, checkpoint, out, precision, data_dir, sets):
                f"{p['top1_agreement']:.3f}, max abs {p['max_abs_err']:.2e} -> {out}")
 
 
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@REMOTE
+@ACCEPT
+@REMOTE_DIR
+def push(artifact, remotes, accept_new, root):
+    """Copy an artifact to devices: verified, atomic, skipping files already there."""
+    from .push import bar, push_to
+    if not remotes:
+        raise UserError("push needs --remote user@host[:port]")
+    for address in remotes:
+        label, r = push_to(address, artifact, accept_new, root, bar())
+        click.echo(f"{label}: {len(r.sent)} files sent ({r.bytes_sent / 1e6:.2f} MB), "
+                   f"{len(r.skipped)} already there, {r.seconds:.2f} s -> {r.remote_dir}")
+
+
 @cli.command("bench")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--reps", default=5, show_default=True, help="Timed repetitions.")
@@ -98,11 +119,26 @@ def build(target, checkpoint, out, precision, data_dir, sets):
 @click.option("--baseline", type=click.Path(path_type=Path), help="bench.json of the fp32 build (energy reduction).")
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
 @click.option("--check", is_flag=True, help="Exit 1 when a threshold or parity fails.")
-def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check):
-    """Benchmark a built artifact on this machine against its target's thresholds."""
+@REMOTE
+@click.option("--inventory", type=click.Path(path_type=Path), help="devices.toml: a fleet of [[device]] name/address/target/notes.")
+@ACCEPT
+@REMOTE_DIR
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds the device runner may take.")
+@click.option("--remote-python", "python", default="python3", show_default=True, help="Python on the device.")
+@click.option("--install-runtime", is_flag=True, help="Install a missing runtime into a venv on the device.")
+@click.option("--workers", default=4, show_default=True, help="Devices benchmarked at once.")
+def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check,
+              remotes, inventory, **remote):
+    """Benchmark a built artifact here, or on devices over SSH (--remote, --inventory)."""
     from . import report
     from .bench import bench
     proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency, threads=threads)
+    if remotes or inventory:
+        from .fleet import bench_devices
+        code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact, check,
+                                   log=lambda m: click.echo(m, err=True), **remote)
+        click.echo(text)
+        sys.exit(code)
     r = bench(artifact, proto, baseline, log=lambda m: click.echo(m, err=True))
     report.write(r, report_dir or artifact)
     click.echo(report.to_markdown(r))

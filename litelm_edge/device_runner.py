@@ -10,20 +10,28 @@ Protocol (llama-bench style): load, on-device parity against the manifest's refe
 then `warmup` untimed rounds and `reps` timed rounds of: prefill of a `prompt_len` prompt
 (`iters` samples a round), decode of `gen_len` tokens with the KV cache, and `concurrency`
 sessions prefilling in parallel (QPS). Exit 0 ok, 3 runtime missing, 4 parity failed.
+It stays one file, past the ~300-line guide, because a device receives exactly this file.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
+import re
 import resource
+import shutil
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # main() reports it with the install command (exit 3)
+    np = None
 
 SCHEMA = "litelm-edge-bench/1"
 EXIT_RUNTIME_MISSING, EXIT_PARITY = 3, 4
@@ -258,23 +266,209 @@ def run_qps(runtimes: list, prompt, iters: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Device facts
+# Device facts and energy meters, read from /proc, /etc and /sys. Every reader takes a root folder
+# so the tests use fake trees. Energy: RAPL (powercap intel-rapl:N/energy_uj, µJ counters) or hwmon
+# sensors (energy*_input µJ counters; power*_input µW, or INA3221 in*_input mV x curr*_input mA,
+# sampled and integrated); none exposed -> the host estimates with the target's power model.
+
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55",
+             "0xd07": "Cortex-A57", "0xd08": "Cortex-A72", "0xd09": "Cortex-A73",
+             "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76", "0xd0d": "Cortex-A77",
+             "0xd41": "Cortex-A78", "0xd44": "Cortex-X1", "0xd46": "Cortex-A510"}
+THROTTLE_BITS = {0: "under-voltage", 1: "arm-freq-capped", 2: "throttled", 3: "soft-temp-limit",
+                 16: "under-voltage-occurred", 17: "arm-freq-capped-occurred",
+                 18: "throttled-occurred", 19: "soft-temp-limit-occurred"}
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _int(path: str) -> int | None:
+    text = _read(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def cpu_facts(root: str = "/") -> dict:
+    """CPU model and core count from /proc/cpuinfo (x86 'model name', Pi 'Model', ARM parts)."""
+    text = _read(os.path.join(root, "proc/cpuinfo")) or ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        fields.setdefault(k.strip(), v.strip())
+    parts = sorted({ARM_PARTS.get(p, p) for p in re.findall(r"CPU part\s*:\s*(\S+)", text)})
+    model = fields.get("model name") or (parts and " + ".join(parts)) or fields.get("Hardware")
+    cores = len(re.findall(r"^processor\s*:", text, re.M)) or os.cpu_count()
+    return {"cpu_model": model or platform.processor() or "unknown", "cores": cores,
+            "board": fields.get("Model"), "arch": platform.machine()}
+
+
+def mem_total_mb(root: str = "/") -> float | None:
+    m = re.search(r"MemTotal:\s*(\d+)\s*kB", _read(os.path.join(root, "proc/meminfo")) or "")
+    return round(int(m.group(1)) / 1024, 1) if m else None
+
+
+def os_name(root: str = "/") -> str:
+    text = _read(os.path.join(root, "etc/os-release")) or ""
+    m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.M)
+    return m.group(1) if m else platform.system()
+
+
+def temperatures(sysfs_root: str = "/sys") -> dict[str, float]:
+    """°C per thermal zone, keyed by zone type (x86_pkg_temp, cpu-thermal, ...)."""
+    out = {}
+    for zone in sorted(glob.glob(os.path.join(sysfs_root, "class/thermal/thermal_zone*"))):
+        milli = _int(os.path.join(zone, "temp"))
+        if milli is not None:
+            name = _read(os.path.join(zone, "type")) or os.path.basename(zone)
+            out[name if name not in out else os.path.basename(zone)] = milli / 1000.0
+    return out
+
+
+def cpufreq(sysfs_root: str = "/sys") -> dict:
+    base = os.path.join(sysfs_root, "devices/system/cpu/cpu0/cpufreq")
+    cur, top = _int(base + "/scaling_cur_freq"), _int(base + "/cpuinfo_max_freq")
+    return {"governor": _read(base + "/scaling_governor"),
+            "cur_mhz": cur // 1000 if cur else None, "max_mhz": top // 1000 if top else None}
+
+
+def decode_throttled(text: str) -> dict:
+    """'throttled=0x50005' (vcgencmd get_throttled) -> {'raw': '0x50005', 'flags': [...]}."""
+    m = re.search(r"0x[0-9a-fA-F]+", text or "")
+    if not m:
+        return {"raw": text, "flags": []}
+    value = int(m.group(0), 16)
+    return {"raw": m.group(0), "flags": [n for b, n in THROTTLE_BITS.items() if value >> b & 1]}
+
+
+def throttling() -> dict | None:
+    """Raspberry Pi firmware throttling flags, when vcgencmd is installed."""
+    exe = shutil.which("vcgencmd")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return decode_throttled(out.stdout) if out.returncode == 0 else None
+
+
+def probe_facts(root: str = "/", sysfs_root: str = "/sys") -> dict:
+    return {**cpu_facts(root), "mem_total_mb": mem_total_mb(root), "os": os_name(root),
+            "kernel": platform.release(), "temperatures_c": temperatures(sysfs_root),
+            "cpufreq": cpufreq(sysfs_root), "throttling": throttling()}
+
+
+def _rapl(sysfs_root: str) -> tuple[list, str | None]:
+    """Top-level RAPL zones as (label, energy_uj path, wrap µJ); packages only when present."""
+    zones = [z for z in sorted(glob.glob(os.path.join(sysfs_root, "class/powercap/intel-rapl:*")))
+             if re.search(r"intel-rapl:\d+$", z)]
+    found = [((_read(z + "/name") or os.path.basename(z)), z + "/energy_uj",
+              _int(z + "/max_energy_range_uj") or 2**32) for z in zones]
+    readable = [f for f in found if _int(f[1]) is not None]
+    if found and not readable:
+        return [], "RAPL present but energy_uj is not readable (root only): run the bench as root"
+    packages = [f for f in readable if f[0].startswith("package")]
+    return packages or readable, None
+
+
+def _hwmon(sysfs_root: str) -> tuple[list, list]:
+    """hwmon energy counters (label, path, wrap) and power readers (label, [paths], scale)."""
+    counters, powers = [], []
+    for d in sorted(glob.glob(os.path.join(sysfs_root, "class/hwmon/hwmon*"))):
+        chip = _read(d + "/name") or os.path.basename(d)
+        for p in sorted(glob.glob(d + "/energy*_input")):
+            if _int(p) is not None:
+                counters.append((f"{chip}/{os.path.basename(p)[:-6]}", p, 2**64))
+        pw = [p for p in sorted(glob.glob(d + "/power*_input")) if _int(p) is not None]
+        powers += [(f"{chip}/{os.path.basename(p)[:-6]}", [p], 1) for p in pw]
+        if not pw:  # INA3221: bus mV x current mA = µW per channel
+            for v in sorted(glob.glob(d + "/in*_input")):
+                c = d + "/curr" + os.path.basename(v)[2:]
+                if os.path.exists(c) and _int(v) is not None and _int(c) is not None:
+                    powers.append((f"{chip}/ch{os.path.basename(v)[2:-6]}", [v, c], 1))
+    return counters, powers
+
+
+class EnergyMeter:
+    """Measured energy between start() and stop(); `source` is None when nothing is exposed."""
+
+    def __init__(self, sysfs_root: str = "/sys", period: float = 0.05):
+        self.period = period  # s between power samples
+        self.counters, self.note = _rapl(sysfs_root)
+        kind = "rapl"
+        hw_counters, self.powers = _hwmon(sysfs_root)
+        if not self.counters and hw_counters:
+            self.counters, kind = hw_counters, "hwmon"
+        if self.counters:
+            self.powers = []
+        elif self.powers:
+            kind = "hwmon"
+        labels = [c[0] for c in self.counters] + [p[0] for p in self.powers]
+        self.source = f"{kind}:{'+'.join(labels)}" if labels else None
+        self._thread = None
+
+    def _power_uw(self) -> float:
+        total = 0.0
+        for _, paths, _ in self.powers:
+            vals = [_int(p) or 0 for p in paths]
+            total += vals[0] if len(vals) == 1 else vals[0] * vals[1]
+        return total
+
+    def _sample(self):
+        prev_t, prev_p = self._t0, self._power_uw()
+        while not self._stop.wait(self.period):
+            t, p = time.perf_counter(), self._power_uw()
+            self._uj += (p + prev_p) / 2 * (t - prev_t)  # trapezoid, µW x s = µJ
+            prev_t, prev_p = t, p
+        t, p = time.perf_counter(), self._power_uw()
+        self._uj += (p + prev_p) / 2 * (t - prev_t)
+        self._t_end = t
+
+    def start(self):
+        self._t0 = time.perf_counter()
+        self._start = [_int(c[1]) or 0 for c in self.counters]
+        self._uj, self._stop = 0.0, threading.Event()
+        if self.powers:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> dict | None:
+        """{'joules', 'seconds', 'mean_watts', 'source', 'method': 'measured'} or None."""
+        if self.source is None:
+            return None
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+        seconds = (self._t_end if self._thread else time.perf_counter()) - self._t0
+        for (_, path, wrap), s in zip(self.counters, self._start):
+            e = _int(path) or 0
+            self._uj += e - s if e >= s else e + wrap - s  # the counter wrapped once
+        joules = self._uj / 1e6
+        return {"joules": joules, "seconds": seconds, "mean_watts": joules / seconds if seconds
+                else None, "source": self.source, "method": "measured"}
+
 
 def device_facts() -> dict:
-    facts = {"machine": platform.machine(), "system": platform.system(), "release": platform.release(),
-             "python": platform.python_version(), "numpy": np.__version__, "cores": os.cpu_count()}
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        names = [ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.lower().startswith(("model name", "hardware", "cpu part"))]
-        facts["cpu"] = names[0] if names else platform.processor()
-        mem = Path("/proc/meminfo").read_text().split("\n")[0].split()
-        facts["mem_gb"] = round(int(mem[1]) / 2**20, 2)
-        osr = dict(ln.split("=", 1) for ln in Path("/etc/os-release").read_text().splitlines() if "=" in ln)
-        facts["os"] = osr.get("PRETTY_NAME", "").strip('"')
-    except OSError:
-        pass
-    return facts
+    """The keys the report prints (cpu, cores, machine, os, mem_gb) plus the probe's details."""
+    f = probe_facts()
+    return {**f, "cpu": f["cpu_model"], "machine": platform.machine(), "system": platform.system(),
+            "release": platform.release(), "python": platform.python_version(),
+            "numpy": np.__version__, "mem_gb": round((f["mem_total_mb"] or 0) / 1024, 2)}
+
+
+def energy_record(meter, pre: dict | None, dec: dict | None) -> dict:
+    """Joules of the timed prefill and decode phases when a sensor exists (the host else estimates)."""
+    return {"prefill_j": pre and pre["joules"], "decode_j": dec and dec["joules"],
+            "sensor": meter.source, "prefill": pre, "decode": dec,
+            "note": meter.note or (None if meter.source else "no RAPL or hwmon power sensor")}
 
 
 def runtime_version(name: str) -> str:
@@ -301,13 +495,18 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
         time_prefill(rt, prompt, 1)
         time_decode(rt, prompt, min(gen_len, 8))
     prefill, decode = [], []
+    meter, temp0 = EnergyMeter(), temperatures()
+    meter.start()
     with Span() as sp_pre:
         for r in range(reps):
             prefill += time_prefill(rt, prompt, iters)
+    e_pre = meter.stop()
+    meter.start()
     with Span() as sp_dec:
         for r in range(reps):
             decode += time_decode(rt, prompt, gen_len)
             log(f"rep {r + 1}/{reps}: decode {1e3 / np.mean(decode[-gen_len:]):.1f} tok/s")
+    e_dec = meter.stop()
     sessions = [rt] + [open_runtime(art_dir, manifest, threads) for _ in range(concurrency - 1)]
     run_qps(sessions, prompt, 1)  # warmup
     qps = run_qps(sessions, prompt, qps_iters)
@@ -322,10 +521,61 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
         "decode_ms_per_token": dict(stats(decode), samples=decode, cpu_s=sp_dec.cpu_s, wall_s=sp_dec.wall_s),
         "decode_tok_s": stats(dec_tok_s), "qps": qps,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "energy": energy_record(meter, e_pre, e_dec),
+        "thermal": {"start_c": temp0, "end_c": temperatures(), "throttling": throttling()},
     }
 
 
+# ----------------------------------------------------------------------------------------------
+# A missing runtime: say how to install it, or (--install-runtime) install it into the runner's
+# venv (system site-packages stay visible, so a distro numpy is reused). A runner started outside
+# that venv re-executes itself inside it when it exists, so later runs need no flag.
+
+VENV = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                    "litelm-edge", "venv")
+PIP = "python3 -m pip install "
+
+
+def _venv_python() -> str:
+    return os.path.join(VENV, "bin", "python")
+
+
+def install_runtime(packages: list[str]):
+    if not os.path.exists(_venv_python()):
+        log(f"creating {VENV}")
+        r = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", VENV],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeMissing(f"cannot create a venv at {VENV}: install python3-venv "
+                                 f"({(r.stderr.strip().splitlines() or ['?'])[-1]})")
+    log(f"installing {' '.join(packages)} into {VENV}")
+    r = subprocess.run([_venv_python(), "-m", "pip", "install", "-q", *packages],
+                       capture_output=True, text=True)
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        raise RuntimeMissing(f"pip install {' '.join(packages)} into {VENV} failed: {last}")
+
+
+def runtime_missing(e: RuntimeMissing, argv: list[str], install: bool) -> int:
+    """Use (or with --install-runtime, make) the runner's venv; else print the install line."""
+    here = os.path.realpath(sys.prefix) == os.path.realpath(VENV)
+    rerun = [_venv_python(), os.path.abspath(__file__), *[a for a in argv if a != "--install-runtime"]]
+    if not here and os.path.exists(_venv_python()) and not install:
+        log(f"runtime not in {sys.executable}: running in {VENV}")
+        os.execv(rerun[0], rerun)
+    if install and PIP in str(e):
+        try:
+            install_runtime(str(e).split(PIP, 1)[1].split())
+        except RuntimeMissing as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_RUNTIME_MISSING
+        os.execv(rerun[0], rerun)
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_RUNTIME_MISSING
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifact", type=Path)
     ap.add_argument("--out", type=Path, required=True)
@@ -333,12 +583,15 @@ def main(argv=None) -> int:
                           ("concurrency", 4), ("qps-iters", 5)]:
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--install-runtime", action="store_true",
+                    help="install a missing runtime into a venv under ~/.cache/litelm-edge")
     a = ap.parse_args(argv)
     try:
+        if np is None:
+            raise RuntimeMissing(f"numpy is not installed: {PIP}numpy")
         res = bench(a.artifact, a.warmup, a.reps, a.iters, a.prompt_len, a.gen_len, a.concurrency, a.threads, a.qps_iters)
     except RuntimeMissing as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_RUNTIME_MISSING
+        return runtime_missing(e, argv, a.install_runtime)
     tmp = a.out.with_name(a.out.name + ".tmp")
     tmp.write_text(json.dumps(res))
     os.replace(tmp, a.out)

@@ -119,12 +119,26 @@ def files_table(d: Path) -> dict:
             for p in sorted(d.iterdir()) if p.is_file() and p.name != "manifest.json"}
 
 
-def check_really_quantised(files: dict, n_params: int, precision: str):
-    """An "int8" artifact must hold int8 weights: under half the fp32 weight bytes."""
-    size = sum(f["size"] for f in files.values())
-    if precision != "fp32" and size > 0.5 * 4 * n_params:
-        raise UserError(f"build claims {precision} but the artifact is {size / 1e6:.1f} MB for "
-                        f"{n_params / 1e6:.1f}M parameters (float-sized): the quantiser did not apply")
+def check_really_quantised(files: dict, n_params: int, precision: str, weight_bytes: dict | None):
+    """An "int8" artifact must hold int8 weights, not float ones.
+
+    weight_bytes: {dtype: bytes} of the stored weights, as the backend read them back from its
+    own files; without it, the files' total size (less the tokenizer) against fp32 size decides.
+    """
+    if precision == "fp32":
+        return
+    if weight_bytes:
+        low = sum(v for k, v in weight_bytes.items() if k in ("int8", "uint8", "int4", "uint4"))
+        high = sum(v for k, v in weight_bytes.items() if k not in ("int8", "uint8", "int4", "uint4"))
+        if low >= 2 * high:
+            return
+        detail = f"{low / 1e6:.2f} MB of int8 weights beside {high / 1e6:.2f} MB of float ones"
+    else:
+        size = sum(f["size"] for n, f in files.items() if n != "tokenizer.json")
+        if size <= 0.5 * 4 * n_params:
+            return
+        detail = f"{size / 1e6:.1f} MB for {n_params / 1e6:.1f}M parameters (float-sized)"
+    raise UserError(f"build claims {precision} but the artifact holds {detail}: the quantiser did not apply")
 
 
 def build(checkpoint, target: str, out, precision: str | None = None, data=None, recipe: dict | None = None,
@@ -145,7 +159,7 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         res = backend.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = files_table(tmp)
-        check_really_quantised(files, model.num_params(), precision)
+        check_really_quantised(files, model.num_params(), precision, res.get("weight_bytes"))
         cfg = model.cfg
         manifest = {"format": FORMAT, "version": VERSION, "target": name, "backend": tgt["target"]["backend"],
                     "runtime": res["runtime"], "precision": precision, "checkpoint": str(ctx.checkpoint),
@@ -154,6 +168,7 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
                     "n_params": model.num_params(), "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256")},
                     "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
                     "device": tgt.get("device", {}), "tools": tool_versions(*res.get("tools", ())),
+                    "weight_bytes": res.get("weight_bytes"),
                     **res.get("extra", {})}
         rt = res.get("parity_runtime") or open_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")

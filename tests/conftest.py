@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["sshd"]  # real OpenSSH server fixtures: sshd, netns_sshd, ssh_home (tests/sshd.py)
+
 WORDS = ("the king queen lord lady sword crown night day love war peace heart blood fair foul "
          "speak hear see know come go stay fly rise fall sweet bitter old young good ill").split()
 

@@ -1,0 +1,168 @@
+"""bench on a fleet: many devices in parallel, one combined report with a row per device.
+
+Devices come from repeated --remote or from an inventory TOML:
+
+    [[device]]
+    name = "pi-kitchen"          # unique, used in the report
+    address = "pi@10.0.0.21"     # user@host[:port] or a ~/.ssh/config alias
+    target = "rpi4"              # optional: checked against the artifact's target
+    notes = "heatsink, no fan"   # optional, copied into the report
+
+A bounded thread pool runs the devices; one failing (unreachable, parity, timeout) becomes a failed
+row and never loses the others' results. Ctrl-C stops every device's remote run before exiting.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import UserError, read_toml
+
+WORKERS = 4  # devices benchmarked at once
+KEYS = {"name", "address", "target", "notes"}
+
+
+@dataclass
+class Device:
+    name: str
+    address: str
+    target: str | None = None  # None: whatever the artifact targets
+    notes: str = ""
+
+
+def read_inventory(path) -> list[Device]:
+    rows = read_toml(path).get("device")
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{path}: no [[device]] tables: list devices as [[device]] with name and "
+                        "address")
+    devices = []
+    for i, row in enumerate(rows):
+        unknown = set(row) - KEYS
+        if unknown or not {"name", "address"} <= set(row):
+            raise UserError(f"{path}: device #{i + 1} needs name and address (allowed keys: "
+                            f"{', '.join(sorted(KEYS))}), got {', '.join(sorted(row))}")
+        devices.append(Device(**{k: str(v) for k, v in row.items()}))
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: device names must be unique, got {', '.join(names)}")
+    return devices
+
+
+def devices_from(remotes: list[str], inventory=None) -> list[Device]:
+    devices = read_inventory(inventory) if inventory else []
+    return devices + [Device(name=a, address=a) for a in remotes]
+
+
+def _one(device: Device, target: str, cancel: threading.Event, bench_one) -> dict:
+    row = {**asdict(device), "ok": False, "error": None, "result": None}
+    if device.target and device.target != target:
+        row["error"] = (f"device is {device.target} but the artifact is for {target}: build for "
+                        f"{device.target} and bench that artifact")
+        return row
+    try:
+        res = bench_one(device, cancel)
+    except UserError as e:
+        row["error"] = str(e)
+    except Exception as e:  # noqa: BLE001 - one device's bug must not lose the other rows
+        row["error"] = f"{type(e).__name__}: {e}"
+    else:
+        row.update(ok=bool(res["ok"]), result=res)
+        if not res["parity"]["ok"]:
+            row["error"] = "on-device parity failed: the artifact's outputs disagree with the reference"
+    return row
+
+
+def run_fleet(devices: list[Device], target: str, bench_one, workers: int = WORKERS) -> list[dict]:
+    """bench_one(device, cancel_event) -> result dict, for each device on a bounded pool."""
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(devices)))) as pool:
+        futures = [pool.submit(_one, d, target, cancel, bench_one) for d in devices]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            cancel.set()  # each running device kills its remote process group, then returns
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None,
+                workers: int = WORKERS, log=print, **kw) -> dict:
+    from .bench import read_manifest
+    from .remote_bench import bench_remote
+
+    manifest = read_manifest(art_dir)
+
+    def bench_one(device, cancel):
+        return bench_remote(device.address, art_dir, protocol, baseline,
+                            log=lambda m: log(f"[{device.name}] {m}"), cancel=cancel, **kw)
+
+    rows = run_fleet(devices, manifest["target"], bench_one, workers)
+    return {"schema": "litelm-edge-fleet/1", "artifact": str(art_dir),
+            "target": manifest["target"], "artifact_id": manifest.get("artifact_id"),
+            "protocol": protocol or {}, "ok": all(r["ok"] for r in rows), "devices": rows}
+
+
+def _cell(v, fmt="{:.1f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def fleet_markdown(report: dict) -> str:
+    """One row per device; failed devices say why in one line."""
+    out = [f"## Fleet bench: {report['target']} artifact {report.get('artifact_id') or ''}", "",
+           "| device | address | status | CPU | prefill p50, ms | decode, tok/s | QPS | "
+           "energy/inference, J | parity top-1 | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["devices"]:
+        res = r["result"]
+        if res is None:
+            out.append(f"| {r['name']} | {r['address']} | **FAILED**: {r['error']} | | | | | | | "
+                       f"{r['notes']} |")
+            continue
+        e = res["energy"]
+        status = "pass" if r["ok"] else f"**FAIL**{': ' + r['error'] if r['error'] else ''}"
+        energy = f"{_cell(e['j_per_inference'], '{:.4g}')} ({e['how'].split(' (')[0]})"
+        out.append(f"| {r['name']} | {res['remote']['address']} | {status} | "
+                   f"{res['device'].get('cpu_model') or res['device'].get('cpu', '?')} | "
+                   f"{_cell(res['prefill_ms']['p50'], '{:.2f}')} | {_cell(res['decode_tok_s']['mean'])} | "
+                   f"{_cell(res['qps']['qps'])} | {energy} | "
+                   f"{_cell(res['parity']['top1_agreement_vs_torch'], '{:.3f}')} | {r['notes']} |")
+    n_ok = sum(r["ok"] for r in report["devices"])
+    out += ["", f"{n_ok} of {len(report['devices'])} devices passed."]
+    return "\n".join(out) + "\n"
+
+
+def write_fleet(report: dict, out_dir) -> dict:
+    """fleet.json (every device's full result) and fleet.md in out_dir, written atomically."""
+    from .checkpoint import write_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "fleet.json", "md": out / "fleet.md"}
+    write_atomic(paths["json"], json.dumps(report, indent=1))
+    write_atomic(paths["md"], fleet_markdown(report))
+    return paths
+
+
+def bench_devices(art_dir, remotes: list[str], inventory, protocol: dict, baseline, out_dir,
+                  check: bool = False, workers: int = WORKERS, log=print, **kw) -> tuple[int, str]:
+    """The CLI's remote bench: one --remote gives the local bench's report, more give a fleet's.
+
+    Returns (exit code, Markdown). Exit 1 when a device failed or its parity failed (a mismatch is
+    a failed bench), or with check=True when a threshold failed.
+    """
+    from . import report
+    from .remote_bench import bench_remote, transport_line
+
+    if len(remotes) == 1 and not inventory:
+        res = bench_remote(remotes[0], art_dir, protocol, baseline, log=log, **kw)
+        report.write(res, out_dir)
+        bad = not res["parity"]["ok"] or (check and not res["ok"])
+        return int(bad), report.to_markdown(res) + "\n" + transport_line(res) + "\n"
+    devices = devices_from(remotes, inventory)
+    fleet = bench_fleet(devices, art_dir, protocol, baseline, workers, log=log, **kw)
+    write_fleet(fleet, out_dir)
+    bad = any(r["error"] for r in fleet["devices"]) or (check and not fleet["ok"])
+    return int(bad), fleet_markdown(fleet)

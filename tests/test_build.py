@@ -1,0 +1,90 @@
+"""The x86 (ONNX Runtime) artifact: golden greedy tokens, manifest, parity gate, bench."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from litelm_edge import checkpoint as ckpt
+from litelm_edge import export
+from litelm_edge.bench import bench
+from litelm_edge.config import UserError
+from litelm_edge.generate import generate_artifact
+from litelm_edge.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def artifact(request, tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / request.param
+    export.build(tiny_run, "x86", out, request.param, log=lambda m: None)
+    return out
+
+
+def test_golden_greedy_tokens_match_torch(artifact, tiny_run):
+    model, tok_json, _ = ckpt.load(tiny_run)
+    ids = Tokenizer(tok_json).encode("KING:\nSpeak")
+    want = model.generate(torch.tensor([ids]), 24)[0].tolist()
+    got = generate_artifact(artifact, ids, 24, 0.0, None, 0, eot=-1)
+    assert got == want
+
+
+def test_manifest_describes_the_artifact(artifact):
+    m = json.loads((artifact / "manifest.json").read_text())
+    assert m["format"] == "litelm-edge-artifact" and m["target"] == "x86" and m["runtime"] == "onnxruntime"
+    for name, f in m["files"].items():
+        assert ckpt.sha256_file(artifact / name) == f["sha256"] and (artifact / name).stat().st_size == f["size"]
+    assert m["parity"]["ok"] and m["thresholds"]["max_latency_ms"] == 100.0
+    assert len(m["reference"]["artifact_last_logits"]) == m["model"]["vocab_size"]
+    assert {"torch", "onnxruntime", "onnx"} <= set(m["tools"])
+    if m["precision"] == "fp32":
+        assert m["parity"]["max_abs_err"] < 1e-3
+    else:  # int8 weights really are int8, read back from the ONNX file
+        assert m["parity"]["top1_agreement"] >= 0.95
+        assert m["weight_bytes"]["int8"] + m["weight_bytes"]["uint8"] > 4 * m["weight_bytes"].get("float32", 0)
+
+
+def test_int8_is_smaller_than_fp32(tiny_run, tmp_path):
+    a = export.build(tiny_run, "x86", tmp_path / "a", "fp32", log=lambda m: None)
+    b = export.build(tiny_run, "x86", tmp_path / "b", "int8", log=lambda m: None)
+    assert b["size_bytes"] < 0.6 * a["size_bytes"]  # graph and tokenizer overhead dominate at 0.1M params
+    w8 = b["weight_bytes"]["int8"] + b["weight_bytes"].get("uint8", 0)  # ORT stores the quantised Gather as uint8
+    assert w8 == pytest.approx(4 * b["n_params"] / 4, rel=0.05)
+
+
+def test_failed_parity_fails_the_build_and_writes_nothing(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "INT8_MIN_TOP1", 1.01)
+    with pytest.raises(UserError, match="parity failed"):
+        export.build(tiny_run, "x86", tmp_path / "x", "int8", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_float_artifact_claiming_int8_fails(tiny_run, tmp_path, monkeypatch):
+    from litelm_edge import backend_ort
+    monkeypatch.setattr(backend_ort, "quantize_int8", lambda src, dst: dst.write_bytes(src.read_bytes()) or
+                        (dst.parent / (src.name + ".data")).write_bytes((src.parent / (src.name + ".data")).read_bytes()))
+    with pytest.raises(UserError, match="quantiser did not apply"):
+        export.build(tiny_run, "x86", tmp_path / "x", "int8", log=lambda m: None)
+
+
+def test_bench_protocol_and_report(artifact):
+    r = bench(artifact, dict(reps=2, warmup=1, iters=3, prompt_len=16, gen_len=8, concurrency=2, qps_iters=2), log=lambda m: None)
+    assert r["parity"]["ok"] and r["parity"]["top1_agreement_vs_torch"] >= 0.95
+    assert r["prefill_ms"]["n"] == 6 and len(r["decode_ms_per_token"]["samples"]) == 16
+    assert 0 < r["prefill_ms"]["p50"] <= r["prefill_ms"]["p99"]
+    assert r["qps"]["sessions"] == 2 and r["qps"]["qps"] > 0 and r["peak_rss_mb"] > 10
+    assert r["energy"]["how"].startswith("estimated (cpu-time-linear") and r["energy"]["j_per_inference"] > 0
+    assert {t["threshold"] for t in r["thresholds"]} == {"max_latency_ms", "min_inferences_per_s", "min_qps"}
+    assert r["provenance"] == "measured on this host (local bench)"
+
+
+def test_bench_fails_on_tampered_reference(artifact, tmp_path):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["reference"]["torch_greedy"] = [(t + 1) % m["model"]["vocab_size"] for t in m["reference"]["torch_greedy"]]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    r = bench(bad, dict(reps=1, warmup=0, iters=1, prompt_len=8, gen_len=2, concurrency=1, qps_iters=1), log=lambda m: None)
+    assert not r["parity"]["ok"] and not r["ok"]
