@@ -105,7 +105,8 @@ def build(ctx) -> dict:
     extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"], size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
                  convert_s=report["convert_s"], quantize_s=report["quantize_s"], threads=s["threads"],
                  prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"], **verdict)
-    res = {"runtime": "litert", "tools": ("ai_edge_litert",), "extra": extra}
+    res = {"runtime": "litert", "tools": ("ai_edge_litert",), "extra": extra,
+           "weight_bytes": report["breakdown"]["weights_by_dtype"]}
     if ctx.precision in MIN_TOP1:
         res["min_top1"] = MIN_TOP1[ctx.precision]
     return res

@@ -120,27 +120,18 @@ def test_size_breakdown_sums_to_file_size(built):
 def _emulator():
     import importlib.util
     path = Path(__file__).resolve().parent.parent / "tools" / "emulated_device.py"
-    if not path.is_file():
-        pytest.skip("tools/emulated_device.py not here (branch emu not merged)")
     spec = importlib.util.spec_from_file_location("emulated_device", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["emulated_device"] = mod  # its dataclasses look their module up
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(mod)
     return mod
 
 
-def _push(dev, local: Path, remote: str):
-    import subprocess
-    r = subprocess.run(dev.ssh_args() + [f"cat > {remote}"], input=local.read_bytes(),
-                       capture_output=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-
-
 @pytest.mark.slow
-def test_emulated_arm64_device_runs_int8_with_parity(built):
-    """The android artifact and the device runner on an arm64 Debian (qemu-user) over SSH."""
+def test_emulated_arm64_device_bench_remote_with_parity(built, tmp_path, monkeypatch):
+    """`litelm-edge bench --remote` of the android INT8 artifact on an arm64 Debian (qemu-user),
+    through ~/.ssh/config like a phone's Termux sshd: the device runner's on-device parity holds."""
     import json
-    from litelm_edge import device_runner
+    import subprocess
     emu = _emulator()
     ok, why = emu.enable_binfmt()
     if not ok:
@@ -149,16 +140,19 @@ def test_emulated_arm64_device_runs_int8_with_parity(built):
         rootfs = emu.build_rootfs(packages=emu.DEFAULT_PACKAGES)
     except emu.DeviceError as e:
         pytest.skip(f"no arm64 rootfs: {e}")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
     art = built["int8"][0]
-    quick = "--warmup 0 --reps 1 --iters 1 --gen-len 4 --concurrency 1 --qps-iters 1"
+    quick = ["--reps", "1", "--warmup", "0", "--prompt-len", "16", "--gen-len", "4", "--concurrency", "1"]
     with emu.start_device(rootfs) as dev:
-        assert dev.ssh("mkdir -p /tmp/art").returncode == 0
-        for f in sorted(art.iterdir()):
-            _push(dev, f, f"/tmp/art/{f.name}")
-        _push(dev, Path(device_runner.__file__), "/tmp/device_runner.py")
-        r = dev.ssh(f"python3 /tmp/device_runner.py /tmp/art --out /tmp/r.json {quick} && cat /tmp/r.json",
-                    timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["device"]["machine"] == "aarch64"
-    assert res["parity"]["ok"], res["parity"]  # on-device parity against torch and the host
+        (home / ".ssh" / "known_hosts").write_text(dev.host_key_line + "\n")
+        (home / ".ssh" / "config").write_text(f"Host phone\n  HostName {dev.host}\n  Port {dev.port}\n"
+                                              f"  User {dev.user}\n  IdentityFile {dev.key_path}\n")
+        p = subprocess.run([sys.executable, "-m", "litelm_edge.cli", "bench", "--remote", "phone", str(art),
+                            "--report-dir", str(tmp_path / "rep"), *quick],
+                           capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(next((tmp_path / "rep").rglob("bench.json")).read_text())
+    text = json.dumps(res)
+    assert "aarch64" in text and res["parity"]["ok"], res["parity"]  # on-device parity vs torch
