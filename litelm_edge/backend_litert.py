@@ -23,8 +23,8 @@ from .config import UserError
 DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0)
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 # Top-1 agreement with torch that parity demands. INT8 keeps export's 0.95. INT4 blockwise flips
-# more near-ties (0.92 on the tiny model) at no perplexity cost (107.0 vs 107.2), so it is held
-# to 0.90 and judged by perplexity (benchmarks/litert_ppl.py).
+# more near-ties (0.92-0.95 on tiny and minimind-26m) at no measurable perplexity cost (docs/android.md),
+# so it is held to 0.90 and judged by perplexity (benchmarks/litert_ppl.py).
 MIN_TOP1 = {"int4-b32": 0.90, "int4-b64": 0.90}
 
 
@@ -79,8 +79,8 @@ def size_verdict(size: int, target: dict) -> dict:
     if limit is None:
         return {}
     ok = size <= limit * MB
-    note = (f"{size / MB:.1f} MB {'meets' if ok else 'misses'} the {limit} MB threshold"
-            + ("" if ok else ": use recipes/android-15mb.toml (--precision int4-b32, INT4 blockwise weights)"))
+    note = (f"{size / MB:.2f} MB (model + tokenizer) {'meets' if ok else 'misses'} the {limit} MB threshold"
+            + ("" if ok else ": use recipes/android-15mb.toml (--precision int4-b64, INT4 blockwise weights)"))
     return dict(meets_size=ok, size_note=note)
 
 
@@ -98,7 +98,8 @@ def build(ctx) -> dict:
         report = _convert(python, spec, ctx.log)
         check_precision(ctx.precision, report)
         os.replace(Path(tmp) / "model.tflite", Path(ctx.out_dir) / "model.tflite")
-    size = report["breakdown"]["total"]
+    tok = Path(ctx.checkpoint) / "tokenizer.json"  # export ships it beside the model: it counts
+    size = report["breakdown"]["total"] + (tok.stat().st_size if tok.is_file() else 0)
     verdict = size_verdict(size, ctx.target)
     ctx.log("litert: " + ", ".join(f"{k} {v / MB:.2f} MB" for k, v in report["breakdown"].items()
                                    if isinstance(v, int)) + (f"; {verdict['size_note']}" if verdict else ""))

@@ -17,8 +17,8 @@ PRECISIONS = {  # name -> what ai-edge-quantizer does to the float model
     "fp32": None,
     "int8": "INT8 weights per channel, activations quantized on the fly (dynamic_wi8_afp32)",
     "int8-full": "INT8 weights and activations (static_wi8_ai8), calibrated on held-out text",
-    "int4-b32": "INT4 weights in blocks of 32 with fp16 scales, embeddings included (the 15 MB recipe)",
-    "int4-b64": "INT4 weights in blocks of 64 with fp16 scales, embeddings included",
+    "int4-b32": "INT4 weights in blocks of 32 with fp16 scales, embeddings included",
+    "int4-b64": "INT4 weights in blocks of 64 with fp16 scales, embeddings included (recipes/android-15mb)",
 }
 
 
