@@ -71,3 +71,25 @@ def test_corrupt_checkpoint_is_detected(tiny_run, tmp_path):
         ckpt.load(bad)
     with pytest.raises(UserError, match="not found"):
         ckpt.load(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_ddp_with_torchrun_two_processes(data_dir, tmp_path):
+    """torchrun launches two CPU workers (gloo); rank 0 writes the checkpoint, world size 2."""
+    import os
+    import subprocess
+    import sys
+    sets = [a for s in TINY_SETS + ["max_steps=6", "eval_every=6", "batch_size=4", "block_size=32", "eval_batches=2"]
+            for a in ("--set", s)]
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                        "-m", "litelm_edge.cli", "train", "--data", str(data_dir), "--out", str(tmp_path / "run"), *sets],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = ckpt.load(tmp_path / "run")[2]
+    assert t["world_size"] == 2 and t["step"] == 6
+    assert t["tokens_seen_this_run"] == 6 * 4 * 32 * 2

@@ -1,0 +1,112 @@
+"""x86 artifacts (ONNX Runtime fp32 and int8) against torch eager on the same checkpoint.
+
+Prints, from one run with the engines interleaved rep by rep, prefill latency of a 64-token prompt
+and decode tokens/s over 128 tokens with the KV cache, and the ratios to torch eager.
+
+    python benchmarks/ort_vs_torch.py --checkpoint runs/quickstart/run
+    python benchmarks/ort_vs_torch.py --preset minimind-26m      # untrained, default corpus tokenizer
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from litelm_edge import checkpoint as ckpt
+from litelm_edge.bench import read_manifest
+from litelm_edge.device_runner import open_runtime
+from litelm_edge.export import build
+
+
+class TorchEngine:
+    def __init__(self, model):
+        self.m = model
+
+    @torch.no_grad()
+    def prefill(self, ids):
+        k, v = self.m.empty_cache()
+        logits, self.k, self.v = self.m.forward_cached(torch.from_numpy(ids)[None], k, v)
+        return logits[0]
+
+    @torch.no_grad()
+    def decode(self, tok):
+        logits, self.k, self.v = self.m.forward_cached(torch.tensor([[tok]]), self.k, self.v)
+        return logits[0, -1]
+
+
+def measure(engine, prompt, gen_len):
+    t0 = time.perf_counter()
+    tok = int(engine.prefill(prompt)[-1].argmax())
+    t1 = time.perf_counter()
+    for _ in range(gen_len):
+        tok = int(engine.decode(tok).argmax())
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, gen_len / (t2 - t1)
+
+
+def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, None]:
+    from litelm_edge.model import Transformer, preset as model_preset
+    torch.manual_seed(0)
+    path = work / "ckpt"
+    ckpt.save(path, Transformer(model_preset(preset)), "{}", {"step": 0})
+    return path, None
+
+
+def raw_build(model, art: Path, precision: str) -> dict:
+    """The ORT backend's export without `build`'s parity gate: an untrained model's near-tied
+    logits make next-token agreement meaningless, and this script measures speed and size only."""
+    from litelm_edge import backend_ort
+    from litelm_edge.export import BuildContext
+    art.mkdir(parents=True)
+    res = backend_ort.build(BuildContext(model, art, {}, art, precision, [], log=lambda s: None))
+    c = model.cfg
+    return dict(res["extra"], runtime=res["runtime"], model={k: getattr(c, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head")})
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--preset", default="minimind-26m")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--gen-len", type=int, default=128)
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ort-vs-torch-"))
+    ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
+    if not a.checkpoint:
+        print(f"untrained {a.preset}: built without the parity gate (speed and size only)")
+    model = ckpt.load(ck)[0]
+    engines = {"torch eager fp32": TorchEngine(model)}
+    sizes = {"torch eager fp32": 4 * model.num_params() / 1e6}
+    for prec in ("fp32", "int8"):
+        art = work / f"x86-{prec}"
+        if a.checkpoint:
+            build(ck, "x86", art, prec, data, log=lambda s: None)
+            manifest = read_manifest(art)
+        else:
+            manifest = raw_build(model, art, prec)
+        engines[f"onnxruntime {prec}"] = open_runtime(art, manifest)
+        sizes[f"onnxruntime {prec}"] = sum(p.stat().st_size for p in art.iterdir()) / 1e6
+    prompt = np.random.default_rng(0).integers(0, model.cfg.vocab_size, 64, dtype=np.int64)
+    res = {k: [] for k in engines}
+    for e in engines.values():  # warmup
+        measure(e, prompt, 8)
+    for _ in range(a.reps):
+        for name, e in engines.items():
+            res[name].append(measure(e, prompt, a.gen_len))
+    base_pre = np.median([r[0] for r in res["torch eager fp32"]])
+    base_tok = np.median([r[1] for r in res["torch eager fp32"]])
+    print(f"{model.num_params() / 1e6:.1f}M params, torch threads {torch.get_num_threads()}, {a.reps} reps interleaved, median")
+    print(f"| engine | size MB | prefill-64 ms | decode tok/s | prefill speedup | decode speedup |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in res.items():
+        pre, tok = np.median([r[0] for r in rs]), np.median([r[1] for r in rs])
+        print(f"| {name} | {sizes[name]:.1f} | {pre:.2f} | {tok:.1f} | {base_pre / pre:.2f}x | {tok / base_tok:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

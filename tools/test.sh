@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# README command 2 (and CI): set up with the test tools, then run the test suite.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh --dev || exit $?
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+[ $rc = 5 ] && { echo "no tests collected"; exit 1; }
+exit $rc
