@@ -29,7 +29,7 @@ _HF_FIELDS = {  # ModelConfig field -> HF LlamaConfig field
     "intermediate_size": "intermediate_size", "max_seq_len": "max_position_embeddings",
     "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings",
 }
-_LITELM_FIELDS = ("gated_attn", "share_every", "dropout")
+_LITELM_FIELDS = ("gated_attn", "share_every", "dropout", "head_size")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -80,7 +80,7 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @click.option("--target", required=True, help="Target name in targets/ (or a .toml path).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-@click.option("--precision", help="fp32 or int8 (default: the target's).")
+@click.option("--precision", help="fp32, int8, or a backend's own (litert: int8-full, int4-b32, int4-b64); default: the target's.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
 @click.option("--tune", is_flag=True, help="TVM targets: pick the schedule's tile by benching on --remote.")
 @click.option("--remote", "tune_remote", help="user@host[:port] of the device that --tune measures on.")
@@ -174,9 +174,36 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
 @click.argument("recipe")
 @SET
 def run(recipe, sets):
-    """Run a recipe end to end: data -> train -> build -> bench -> report (e.g. `run quickstart`)."""
+    """Run a recipe: data -> train -> [compress] -> build -> bench -> report, with its [gates] (e.g. `run quickstart`)."""
     from .pipeline import run_recipe
     run_recipe(recipe, parse_sets(sets), log=click.echo)
+
+
+@cli.command("eval")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint or run folder (torch).")
+@click.option("--artifact", type=click.Path(path_type=Path), help="Built artifact (through its runtime).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Folder from `litelm-edge data` (default: the checkpoint's).")
+@SET
+def eval_cmd(checkpoint, artifact, data_dir, sets):
+    """Validation perplexity of a checkpoint or of a built artifact (--set windows=32 window_len=128)."""
+    from .eval import evaluate
+    r = evaluate(checkpoint, artifact, data_dir, parse_sets(sets))
+    click.echo(f"{r['what']} ({r['runtime']}): val ppl {r['ppl']:.3f} over {r['tokens']} tokens "
+               f"in {r['windows']} windows, {r['seconds']:.1f} s -> {r['path']}")
+
+
+@cli.command()
+@click.argument("method")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder (distill: the teacher).")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder from `litelm-edge data`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
+@SET
+def compress(method, checkpoint, data_dir, out, sets):
+    """Compress: METHOD is qat, prune, distill or share; train.* keys edit the fine-tuning."""
+    from .compress import compress as do_compress
+    r = do_compress(method, checkpoint, data_dir, out, parse_sets(sets), log=lambda m: click.echo(m, err=True))
+    click.echo(f"{method}: {r['params_before']:,} -> {r['params_after']:,} params, val ppl {r['ppl_before']:.2f} -> "
+               f"{r['ppl_after']:.2f}, {r['seconds']:.0f} s -> {r['checkpoint']}")
 
 
 @cli.command()

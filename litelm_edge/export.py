@@ -76,7 +76,7 @@ def torch_logits(model, ids: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(ids)[None])[0][0].float().numpy()
 
 
-def parity(model, rt, heldout: list, precision: str) -> dict:
+def parity(model, rt, heldout: list, precision: str, min_top1: float = INT8_MIN_TOP1) -> dict:
     """Prefill every window through the artifact and torch: max abs error, top-1 agreement."""
     errs, agree = [], []
     for ids in heldout:
@@ -88,7 +88,7 @@ def parity(model, rt, heldout: list, precision: str) -> dict:
     if precision == "fp32":
         p["ok"], p["rule"] = p["max_abs_err"] <= FP32_MAX_ABS, f"max_abs_err <= {FP32_MAX_ABS}"
     else:
-        p["ok"], p["rule"] = p["top1_agreement"] >= INT8_MIN_TOP1, f"top1_agreement >= {INT8_MIN_TOP1}"
+        p["ok"], p["rule"] = p["top1_agreement"] >= min_top1, f"top1_agreement >= {min_top1}"
     return p
 
 
@@ -164,7 +164,8 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         manifest = {"format": FORMAT, "version": VERSION, "target": name, "backend": tgt["target"]["backend"],
                     "runtime": res["runtime"], "precision": precision, "checkpoint": str(ctx.checkpoint),
                     "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
-                                                            "n_kv_head", "intermediate_size", "max_seq_len")},
+                                                            "n_kv_head", "intermediate_size", "max_seq_len")}
+                    | {"head_dim": cfg.head_dim},
                     "n_params": model.num_params(), "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256")},
                     "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
                     "device": tgt.get("device", {}), "tools": tool_versions(*res.get("tools", ())),
@@ -172,13 +173,14 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
                     **res.get("extra", {})}
         rt = res.get("parity_runtime") or open_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
-        p = parity(model, rt, heldout, precision)
+        min_top1 = res.get("min_top1", INT8_MIN_TOP1)  # a backend may set it per precision (INT4)
+        p = parity(model, rt, heldout, precision, min_top1)
         if not p["ok"]:
             raise UserError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
                             f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written")
         prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: cfg.max_seq_len // 2]
         manifest["reference"] = reference(model, rt, prompt_ids, p["max_abs_err"])
-        tol = {"min_top1": INT8_MIN_TOP1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
+        tol = {"min_top1": min_top1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
         manifest["parity"] = dict(p, on_device_tolerance=tol)
         manifest["files"] = files
         manifest["artifact_id"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]

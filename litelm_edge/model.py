@@ -30,10 +30,11 @@ class ModelConfig:
     gated_attn: bool = False  # sigmoid gate on the attention output (Qwen3-Next style)
     share_every: int = 1  # consecutive layers sharing one block's weights (1 = no sharing)
     dropout: float = 0.0  # residual/attention dropout at training time
+    head_size: int = 0  # per-head width; 0 = n_embd // n_head (structured head pruning sets it)
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def n_unique_layers(self) -> int:
@@ -41,7 +42,7 @@ class ModelConfig:
 
     def validate(self):
         from .config import UserError
-        if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
+        if (not self.head_size and self.n_embd % self.n_head) or self.n_head % self.n_kv_head:
             raise UserError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}) and "
                             f"n_head by n_kv_head ({self.n_kv_head})")
         if self.share_every < 1 or self.head_dim % 2:

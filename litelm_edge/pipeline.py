@@ -1,4 +1,7 @@
-"""run: a recipe (recipes/NAME.toml) end to end — data -> train -> build -> bench -> report.
+"""run: a recipe (recipes/NAME.toml) end to end — data -> train -> compress -> build -> bench -> report.
+
+With [gates] and [[compress]] steps (see gates.py) the build/bench part repeats: attempt 0 ships the
+trained model, and while a gate fails, attempt k applies compression step k, up to max_attempts.
 
 Each step's output lands in the recipe's workdir; a step whose output is already there and was
 made from the same inputs is reused, so a second run only redoes what changed.
@@ -50,30 +53,74 @@ def step_train(recipe: dict, data: Path, work: Path, log) -> dict:
     return train(data, work / "run", preset(t.get("preset", "tiny"), model_sets), cfg, resume=True, log=log)
 
 
-def run_recipe(name: str, sets: dict | None = None, log=print) -> dict:
-    from . import report
+def step_compress(step: dict, src: Path, data: Path, work: Path, k: int, log) -> dict:
+    """Apply one [[compress]] step (method + set) to checkpoint `src` -> work/compress-k-METHOD."""
+    from .compress import compress
+    if "method" not in step:
+        raise UserError(f"[[compress]] step {k} needs a 'method' (qat, prune, distill, share)")
+    out = work / f"compress-{k}-{step['method']}"
+    log(f"compress: attempt {k} applies {step['method']} {step.get('set', {})}")
+    return compress(step["method"], src, data, out, dict(step.get("set", {})), log=log)
+
+
+def attempt(k: int, label: str, ckpt: Path, recipe: dict, data: Path, work: Path, ref_ppl: float, log) -> dict:
+    """Build, eval (through the runtime) and bench every target; judge the gates."""
+    from . import gates, report
     from .bench import bench
+    from .eval import eval_artifact, eval_checkpoint
     from .export import build
+    b = recipe["build"]
+    c = eval_checkpoint(ckpt, data)
+    a = {"attempt": k, "step": label, "checkpoint": str(ckpt), "n_params": c["n_params"], "ckpt_ppl": c["ppl"],
+         "targets": [], "bench": {}}
+    for target in b["targets"]:
+        art = work / "artifacts" / f"{target}-{b.get('precision', 'default')}" / f"attempt-{k}"
+        m = build(ckpt, target, art, b.get("precision"), data, log=log)
+        log(f"build: {target}/{m['precision']} {m['size_bytes'] / 1e6:.2f} MB, parity top-1 {m['parity']['top1_agreement']:.3f}")
+        ppl = eval_artifact(art, data)["ppl"]
+        r = bench(art, dict(recipe.get("bench", {})), log=log)
+        report.write(r, art)
+        rows = gates.judge(recipe.get("gates", {}), ref_ppl, ppl, r)
+        a["targets"].append({"target": target, "precision": m["precision"], "size_mb": m["size_bytes"] / 1e6,
+                             "ppl": ppl, "gates": rows, "ok": gates.passed(rows)})
+        a["bench"][target] = r
+    a["ok"] = all(t["ok"] for t in a["targets"])
+    return a
+
+
+def run_recipe(name: str, sets: dict | None = None, log=print) -> dict:
+    """data -> train -> [compress -> build -> eval -> bench -> gates] until the gates pass."""
+    from . import gates, report
+    from .eval import eval_checkpoint
     path, recipe = named_toml("recipes", name)
     recipe = _apply_sets(recipe, sets or {})
     for table in ("recipe", "data", "train", "build"):
         if table not in recipe:
             raise UserError(f"{path}: recipe needs a [{table}] table")
+    steps = recipe.get("compress", [])
+    if not isinstance(steps, list):
+        raise UserError(f"{path}: write compression steps as [[compress]] tables (an array), not [compress]")
+    max_attempts, _, _ = gates.split(recipe.get("gates", {}))
     work = Path(recipe["recipe"].get("workdir", f"runs/{path.stem}"))
     data = step_data(recipe, work, log)
     summary = step_train(recipe, data, work, log)
     log(f"train: step {summary['step']}, val loss {summary['val_loss']:.4f}, val ppl {summary['val_ppl']:.2f}")
-    results, md = {}, [f"# {recipe['recipe'].get('name', path.stem)}\n",
-                       f"Model: {work / 'run'} — val perplexity {summary['val_ppl']:.2f} after {summary['step']} steps\n"]
-    for target in recipe["build"]["targets"]:
-        art = work / "artifacts" / f"{target}-{recipe['build'].get('precision', 'default')}"
-        m = build(work / "run", target, art, recipe["build"].get("precision"), data, log=log)
-        log(f"build: {target}/{m['precision']} {m['size_bytes'] / 1e6:.2f} MB, parity top-1 {m['parity']['top1_agreement']:.3f}")
-        r = bench(art, {k: v for k, v in recipe.get("bench", {}).items()}, log=log)
-        report.write(r, art)
-        results[target] = r
-        md.append(report.to_markdown(r))
-    text = "\n".join(md)
+    ref_ppl = eval_checkpoint(work / "run", data)["ppl"]
+    attempts, ckpt, label = [], work / "run", "trained model, no compression"
+    for k in range(min(max_attempts, len(steps) + 1)):
+        if k > 0:  # step k starts from the trained model, or from the last attempt with from = "previous"
+            src = ckpt if steps[k - 1].get("from", "base") == "previous" else work / "run"
+            c = step_compress(steps[k - 1], src, data, work, k, log)
+            ckpt, label = Path(c["checkpoint"]), f"{steps[k - 1]['method']} {steps[k - 1].get('set', {})}"
+        attempts.append(attempt(k, label, ckpt, recipe, data, work, ref_ppl, log))
+        if k > 0:
+            attempts[-1]["seconds"] = c["seconds"]
+        if attempts[-1]["ok"]:
+            break
+    md = [f"# {recipe['recipe'].get('name', path.stem)}\n",
+          f"Model: {work / 'run'} — val perplexity {ref_ppl:.2f} (eval windows) after {summary['step']} steps\n"]
+    md += [report.to_markdown(r) for r in attempts[-1]["bench"].values()]
+    text = "\n".join(md) + "\n" + gates.to_markdown(attempts)
     (work / "report.md").write_text(text)
     log(text)
-    return {"train": summary, "bench": results}
+    return {"train": summary, "bench": attempts[-1]["bench"], "attempts": attempts, "ok": attempts[-1]["ok"]}

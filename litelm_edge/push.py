@@ -81,7 +81,7 @@ root=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/litelm-edge}; dir=$root/$2; shift 2
 for f; do mkdir -p -- "$(dirname -- "$dir/$f")"; done
 find "$dir" -name '*%s' -type f -delete
 printf 'dir %%s\n' "$dir"
-df -Pk "$dir" | awk 'END {print "free", $4}'
+(set -- $(df -Pk "$dir" | tail -n 1); printf 'free %%s\n' "$4")  # no awk: minimal Debian lacks it
 cd "$dir"; for f; do if [ -f "$f" ]; then sha256sum -- "$f"; fi; done""" % PART
 
 

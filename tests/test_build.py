@@ -61,11 +61,16 @@ def test_failed_parity_fails_the_build_and_writes_nothing(tiny_run, tmp_path, mo
 
 
 def test_float_artifact_claiming_int8_fails(tiny_run, tmp_path, monkeypatch):
+    import shutil
     from litelm_edge import backend_ort
-    monkeypatch.setattr(backend_ort, "quantize_int8", lambda src, dst: dst.write_bytes(src.read_bytes()) or
-                        (dst.parent / (src.name + ".data")).write_bytes((src.parent / (src.name + ".data")).read_bytes()))
+
+    def no_quantisation(src, dst):  # a quantiser that silently leaves float weights
+        shutil.copy(src, dst)
+        shutil.copy(src.parent / (src.name + ".data"), dst.parent / (src.name + ".data"))
+    monkeypatch.setattr(backend_ort, "quantize_int8", no_quantisation)
     with pytest.raises(UserError, match="quantiser did not apply"):
         export.build(tiny_run, "x86", tmp_path / "x", "int8", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_protocol_and_report(artifact):

@@ -1,0 +1,117 @@
+"""Checkpoint -> model.tflite, run inside the LiteRT toolchain venv (litert-torch, ai-edge-quantizer).
+
+    python -m litelm_edge.litert_convert SPEC.json
+
+SPEC: {checkpoint, out_dir, precision, prefill_len, capacity, mask_value, calib (npz of held-out
+windows, or null)}. Writes out_dir/model.tflite and out_dir/convert.json (timings, size breakdown,
+weight dtypes). One precision is one quantization recipe, listed in PRECISIONS.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+PRECISIONS = {  # name -> what ai-edge-quantizer does to the float model
+    "fp32": None,
+    "int8": "INT8 weights per channel, activations quantized on the fly (dynamic_wi8_afp32)",
+    "int8-full": "INT8 weights and activations (static_wi8_ai8), calibrated on held-out text",
+    "int4-b32": "INT4 weights in blocks of 32 with fp16 scales, embeddings included",
+    "int4-b64": "INT4 weights in blocks of 64 with fp16 scales, embeddings included (recipes/android-15mb)",
+}
+
+
+def _recipe(precision: str):
+    """The quantization recipe. The tied embedding is used by EMBEDDING_LOOKUP and the head's
+    FULLY_CONNECTED: both get the same config, else the quantizer stores it twice per signature."""
+    from ai_edge_quantizer import qtyping, recipe_manager
+    op, gran = qtyping.TFLOperationName, qtyping.QuantGranularity
+    rm = recipe_manager.RecipeManager()
+    if precision == "int8":
+        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=8)
+    elif precision == "int8-full":
+        rm.add_static_config(regex=".*", operation_name=op.ALL_SUPPORTED, activation_num_bits=8,
+                             weight_num_bits=8)
+        rm.add_dynamic_config(regex=".*", operation_name=op.EMBEDDING_LOOKUP, num_bits=8)
+    else:
+        block = {"int4-b32": gran.BLOCKWISE_32, "int4-b64": gran.BLOCKWISE_64}[precision]
+        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=4, granularity=block)
+    return rm.get_quantization_recipe()
+
+
+def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float):
+    """Trace prefill (1, prefill_len) and decode (1, 1) signatures sharing one set of weights."""
+    import litert_torch
+    from .litert_graph import CachedLM, litert_update
+    g = CachedLM(model, capacity, mask_value, update=litert_update).eval()
+    conv = litert_torch.signature("prefill", g, sample_kwargs=g.sample_inputs(prefill_len))
+    conv = conv.signature("decode", g, sample_kwargs=g.sample_inputs(1))
+    conv.convert().export(str(path))
+
+
+def calibration_data(float_path: Path, windows, prefill_len: int) -> dict:
+    """Signature inputs for calibration: prefill on held-out windows, then decode steps that
+    continue each window from the caches the float model wrote (so decode sees real caches)."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(str(float_path))
+    pre, dec = it.get_signature_runner("prefill"), it.get_signature_runner("decode")
+    names = [n for n in it.get_signature_list()["prefill"]["inputs"] if n[:2] in ("k_", "v_")]
+    spec = it.get_signature_runner("prefill").get_input_details()
+    out = {"prefill": [], "decode": []}
+    for w in windows:
+        w = np.asarray(w, np.int32)[:prefill_len + 4]
+        T = min(len(w) - 4, prefill_len)  # the last 4 tokens feed decode steps
+        caches = {n: np.zeros(spec[n]["shape"], np.float32) for n in names}
+        ids = np.zeros((1, prefill_len), np.int32)
+        ids[0, :T] = w[:T]
+        feed = dict(tokens=ids, input_pos=np.arange(prefill_len, dtype=np.int32), **caches)
+        out["prefill"].append(feed)
+        caches = {n: v for n, v in pre(**feed).items() if n != "logits"}
+        for p in range(T, T + 4):
+            feed = dict(tokens=w[p:p + 1][None], input_pos=np.array([p], np.int32), **caches)
+            out["decode"].append(feed)
+            caches = {n: v for n, v in dec(**feed).items() if n != "logits"}
+    return out
+
+
+def quantize(float_path: Path, path: Path, precision: str, calib: list | None, prefill_len: int):
+    from ai_edge_quantizer import quantizer
+    qt = quantizer.Quantizer(str(float_path))
+    qt.load_quantization_recipe(_recipe(precision))
+    result = None
+    if qt.need_calibration:
+        if not calib:
+            raise SystemExit(f"precision {precision} needs held-out text for calibration: pass heldout")
+        result = qt.calibrate(calibration_data(float_path, calib, prefill_len))
+    qt.quantize(result).export_model(str(path), overwrite=True)
+
+
+def main(spec_path: str) -> int:
+    import numpy as np
+    from .checkpoint import load
+    from .litert_inspect import breakdown, weight_dtypes
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(spec["out_dir"])
+    if spec["precision"] not in PRECISIONS:
+        raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(PRECISIONS)}")
+    model = load(spec["checkpoint"])[0]
+    t0 = time.time()
+    float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")
+    to_tflite(model, float_path, spec["prefill_len"], spec["capacity"], spec["mask_value"])
+    t1 = time.time()
+    path = out / "model.tflite"
+    if spec["precision"] != "fp32":
+        calib = list(np.load(spec["calib"]).values()) if spec.get("calib") else None
+        quantize(float_path, path, spec["precision"], calib, spec["prefill_len"])
+        float_path.unlink()
+    from importlib.metadata import version
+    report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")}, convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2),
+                  breakdown=breakdown(path, model.cfg.vocab_size), weight_dtypes=sorted(weight_dtypes(path)))
+    (out / "convert.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

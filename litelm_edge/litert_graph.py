@@ -1,0 +1,90 @@
+"""The graph LiteRT runs: the model with a fixed-capacity KV cache, traced once per signature.
+
+LiteRT wants static shapes, so the cache does not grow by torch.cat as in `forward_cached`: each
+of the n_layer positions owns a (1, n_kv_head, capacity, hd) K and V buffer that the signature takes
+in and hands back updated, written at `input_pos` by an update function (litert-torch's
+dynamic_update_slice when converting, a plain slice copy in eager torch). The attention mask is
+finite (additive `mask_value`, about -30): -inf or -1e4 wrecks full-integer INT8 calibration.
+Weights and submodules are the Transformer's own, so prefill and decode share one set of tensors.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .model import Transformer, apply_rope, rope_tables
+
+
+def slice_update(cache, new, pos):
+    """Eager stand-in for dynamic_update_slice: cache (B, nkv, S, hd), new (B, nkv, T, hd) at pos."""
+    p = int(pos)
+    out = cache.clone()
+    out[:, :, p:p + new.shape[2]] = new
+    return out
+
+
+def litert_update(cache, new, pos):
+    """litert-torch's dynamic_update_slice (lowers to the TFLite op): only import in the toolchain venv."""
+    from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+    zero = torch.zeros([], dtype=torch.int32)
+    return dynamic_update_slice(cache, new, [zero, zero, pos.reshape([]).int(), zero])
+
+
+def cache_names(n_layer: int) -> list[str]:
+    return [f"k_{i}" for i in range(n_layer)] + [f"v_{i}" for i in range(n_layer)]
+
+
+class CachedLM(nn.Module):
+    """forward(tokens (1, T) int32, input_pos (T,) int32, k_0.., v_0..) -> {'logits', k_0.., v_0..}."""
+
+    def __init__(self, model: Transformer, capacity: int, mask_value: float = -30.0, update=slice_update):
+        super().__init__()
+        self.model, self.capacity, self.mask_value, self.update = model, capacity, mask_value, update
+
+    def empty_cache(self) -> dict:
+        c = self.model.cfg
+        shape = (1, c.n_kv_head, self.capacity, c.head_dim)
+        return {n: torch.zeros(shape) for n in cache_names(c.n_layer)}
+
+    def sample_inputs(self, T: int) -> dict:
+        return dict(tokens=torch.zeros((1, T), dtype=torch.int32),
+                    input_pos=torch.arange(T, dtype=torch.int32), **self.empty_cache())
+
+    def forward(self, tokens, input_pos, **caches):
+        m = self.model
+        T = tokens.shape[1]
+        cos, sin = rope_tables(m.cfg, input_pos[0].float(), T)  # (T, hd) for contiguous positions
+        k_pos = torch.arange(self.capacity, dtype=torch.int32)
+        mask = torch.where(k_pos[None, :] <= input_pos[:, None], 0.0, self.mask_value)  # (T, S)
+        x = m.embed_tokens(tokens)
+        out = {}
+        for i, li in enumerate(m.layer_order()):
+            blk = m.layers[li]
+            a, out[f"k_{i}"], out[f"v_{i}"] = self._attend(
+                blk.self_attn, blk.input_layernorm(x), cos, sin, caches[f"k_{i}"], caches[f"v_{i}"],
+                input_pos[0], mask)
+            x = x + a
+            x = x + blk.mlp(blk.post_attention_layernorm(x))
+        return {"logits": m.lm_head(m.norm(x)), **out}
+
+    def _attend(self, attn, x, cos, sin, k_cache, v_cache, pos, mask):
+        """Grouped-query attention over the whole fixed cache; x (B, T, C)."""
+        cfg = attn.cfg
+        B, T, _ = x.shape
+        hd, nh, nkv, S = cfg.head_dim, cfg.n_head, cfg.n_kv_head, self.capacity
+        q = attn.q_proj(x).view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = attn.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = attn.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache, v_cache = self.update(k_cache, k, pos), self.update(v_cache, v, pos)
+        rep = nh // nkv
+        kk = k_cache[:, :, None].expand(B, nkv, rep, S, hd).reshape(B, nh, S, hd)
+        vv = v_cache[:, :, None].expand(B, nkv, rep, S, hd).reshape(B, nh, S, hd)
+        att = (q @ kk.transpose(-2, -1)) * (1.0 / math.sqrt(hd)) + mask  # (B, nh, T, S)
+        y = torch.softmax(att, dim=-1) @ vv
+        y = y.transpose(1, 2).reshape(B, T, nh * hd)
+        if attn.g_proj is not None:
+            y = y * torch.sigmoid(attn.g_proj(x))
+        return attn.o_proj(y), k_cache, v_cache

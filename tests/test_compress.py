@@ -1,0 +1,197 @@
+"""Compression: each method does what it says, and its output is a normal checkpoint that builds."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, cli
+from litelm_edge import checkpoint as ckpt
+from litelm_edge import distill, prune, quant, share
+from litelm_edge.compress import compress
+from litelm_edge.config import UserError
+
+FT = {"train.max_steps": 4, "train.eval_every": 4, "train.eval_batches": 1, "train.batch_size": 4, "train.block_size": 32}
+quiet = dict(log=lambda m: None)
+
+
+def test_fake_quant_is_straight_through():
+    w = torch.randn(6, 10, requires_grad=True)
+    q = quant.fake_quant_weight(w, 127)
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # STE: identity gradient
+    s = quant.weight_scale(w, 127)
+    assert torch.allclose(q / s, (q / s).round(), atol=1e-4) and (q / s).abs().max() <= 127 + 1e-4
+
+
+def test_qat_weights_lie_on_the_grid(tiny_run, data_dir, tmp_path):
+    r = compress("qat", tiny_run, data_dir, tmp_path / "q", FT, **quiet)
+    model = ckpt.load(r["checkpoint"])[0]
+    assert r["grid_error"] < 1e-3 and quant.grid_error(model) < 1e-3
+    assert quant.grid_error(ckpt.load(tiny_run)[0]) > 0.4  # a plain model is off the grid
+    assert json.loads((ckpt.resolve(tmp_path / "q") / "training.json").read_text())["compression"]["method"] == "qat"
+
+
+def _int8_weights(onnx_path):
+    """Dequantised MatMulInteger weights (K, N) of an ORT int8 graph."""
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(str(onnx_path))
+    init = {i.name: numpy_helper.to_array(i, base_dir=str(onnx_path.parent)) for i in g.graph.initializer}
+    out = []
+    for n in g.graph.node:
+        if n.op_type == "MatMulInteger" and n.input[1] in init:
+            w = init[n.input[1]].astype(np.float32)
+            out.append((n.input[1], w))
+    return init, out
+
+
+def test_qat_export_is_lossless_in_ort(tiny_run, data_dir, tmp_path):
+    """ORT's per-channel int8 of a QAT checkpoint lands on QAT's grid: dequantised == torch weights."""
+    pytest.importorskip("onnxruntime")
+    from litelm_edge.export import build
+    r = compress("qat", tiny_run, data_dir, tmp_path / "q", FT, **quiet)
+    build(r["checkpoint"], "x86", tmp_path / "a", "int8", data_dir, **quiet)
+    model = ckpt.load(r["checkpoint"])[0]
+    torch_w = [m.weight.detach().numpy().T for m in quant.quantised_linears(model, quant.QATConfig())]
+    init, ws = _int8_weights(tmp_path / "a" / "decoder.onnx")
+    matched = 0
+    for name, w in ws:
+        scale = init[name.replace("_quantized", "_scale")]
+        deq = w * scale
+        matched += any(t.shape == deq.shape and np.abs(t - deq).max() < 1e-6 for t in torch_w)
+    assert ws and matched == len(ws)
+
+
+def test_magnitude_pruning_keeps_sparsity_through_finetune(tiny_run, data_dir, tmp_path):
+    r = compress("prune", tiny_run, data_dir, tmp_path / "p", dict(FT, sparsity=0.5), **quiet)
+    model = ckpt.load(r["checkpoint"])[0]
+    assert prune.sparsity(model) == pytest.approx(0.5, abs=0.01) and r["params_after"] == r["params_before"]
+    t = json.loads((ckpt.resolve(tmp_path / "p") / "training.json").read_text())
+    assert t["sparsity"] == pytest.approx(0.5, abs=0.01) and "does not make dense runtimes faster" in t["compression"]["note"]
+
+
+def test_threshold_and_per_layer_pruning(tiny_run):
+    model = ckpt.load(tiny_run)[0]
+    masks = prune.magnitude_masks(model, prune.PruneConfig(threshold=0.01))
+    prune.apply_masks(model, masks)
+    for w in prune.prunable(model).values():
+        assert not ((w.abs() < 0.01) & (w != 0)).any()
+    model = ckpt.load(tiny_run)[0]
+    prune.apply_masks(model, prune.magnitude_masks(model, prune.PruneConfig(sparsity=0.3, scope="layer")))
+    for w in prune.prunable(model).values():
+        assert float((w == 0).float().mean()) == pytest.approx(0.3, abs=0.02)
+
+
+def test_structured_pruning_shrinks_model_and_artifact(tiny_run, data_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from litelm_edge.export import build
+    r = compress("prune", tiny_run, data_dir, tmp_path / "s", dict(FT, ffn=0.5, heads=0.5, layers=1), **quiet)
+    model = ckpt.load(r["checkpoint"])[0]
+    c = model.cfg
+    assert (c.n_layer, c.n_head, c.n_kv_head, c.intermediate_size, c.head_dim) == (1, 2, 2, 64, 16)
+    assert r["params_after"] < 0.8 * r["params_before"]
+    small = build(r["checkpoint"], "x86", tmp_path / "a", "fp32", data_dir, **quiet)
+    big = build(tiny_run, "x86", tmp_path / "b", "fp32", data_dir, **quiet)
+    assert small["size_bytes"] < 0.85 * big["size_bytes"] and small["parity"]["ok"]
+
+
+def test_distillation_loss_is_ce_when_alpha_is_zero():
+    s, t, y = torch.randn(2, 5, 7), torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    ce = torch.nn.functional.cross_entropy(s.view(-1, 7), y.view(-1))
+    assert torch.allclose(distill.kd_loss(s, t, y, 0.0, 2.0), ce)
+    assert torch.allclose(distill.kd_loss(s, s, y, 0.5, 2.0), 0.5 * ce, atol=1e-6)  # KL(p || p) = 0
+
+
+def test_distill_trains_student_and_baseline(tiny_run, data_dir, tmp_path):
+    r = compress("distill", tiny_run, data_dir, tmp_path / "d",
+                 dict(FT, **{"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.n_kv_head": 1,
+                             "model.intermediate_size": 64, "model.max_seq_len": 128}), **quiet)
+    assert r["params_after"] < r["params_before"] and r["alone_ppl"] > 1 and r["ppl_after"] > 1
+    assert ckpt.load(tmp_path / "d-alone")[0].cfg.n_layer == 1
+
+
+def test_distill_rejects_another_tokenizer(tiny_run, data_dir, tmp_path):
+    import shutil
+    other = tmp_path / "data"
+    shutil.copytree(data_dir, other)
+    (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace('"<|endoftext|>"', '"<|eot|>"'))
+    with pytest.raises(UserError, match="another tokenizer"):
+        compress("distill", tiny_run, other, tmp_path / "d", FT, **quiet)
+
+
+def test_share_merges_layers_and_saves_parameters(tiny_run, data_dir, tmp_path):
+    base = ckpt.load(tiny_run)[0]
+    merged = share.merge_layers(base, share.ShareConfig(every=2, merge="first"))
+    assert merged.cfg.share_every == 2 and merged.num_params() < base.num_params()
+    x = torch.randint(0, 512, (1, 8))
+    with torch.no_grad():  # merge=first with 2 layers = layer 0 run twice
+        assert merged(x)[0].shape == base(x)[0].shape
+    r = compress("share", tiny_run, data_dir, tmp_path / "s", FT, **quiet)
+    assert ckpt.load(r["checkpoint"])[0].layer_order() == [0, 0] and r["params_after"] < r["params_before"]
+
+
+def test_compress_cli(tiny_run, data_dir, tmp_path):
+    r = cli("compress", "prune", "--checkpoint", tiny_run, "--data", data_dir, "--out", tmp_path / "p",
+            "--set", "sparsity=0.3", *[f"--set={k}={v}" for k, v in FT.items()])
+    assert "prune:" in r.stdout and "val ppl" in r.stdout
+    r = cli("compress", "squash", "--checkpoint", tiny_run, "--data", data_dir, "--out", tmp_path / "x", check=False)
+    assert r.returncode == 2 and "unknown compression method 'squash', have: qat" in r.stderr
+
+
+def test_failing_gate_applies_next_step_and_reports_attempts(corpus, tmp_path):
+    """An impossible perplexity gate: attempt 0 (PTQ) fails, attempt 1 (a compression step) runs too."""
+    pytest.importorskip("onnxruntime")
+    from conftest import TINY_SETS
+    from litelm_edge.pipeline import run_recipe
+    train_set = "\n".join(f'"{k}" = {v}' for k, v in (s.split("=") for s in TINY_SETS + TINY_TRAIN))
+    recipe = tmp_path / "gated.toml"
+    recipe.write_text(f"""
+[recipe]
+workdir = "{tmp_path / 'work'}"
+[data]
+inputs = ["{corpus}"]
+vocab = 512
+[train]
+preset = "tiny"
+[train.set]
+{train_set}
+[build]
+targets = ["x86"]
+precision = "int8"
+[bench]
+reps = 1
+warmup = 0
+iters = 2
+prompt_len = 8
+gen_len = 4
+concurrency = 1
+qps_iters = 1
+[gates]
+max_ppl_increase = -0.5
+max_attempts = 5
+[[compress]]
+method = "prune"
+set = {{ ffn = 0.5, "train.max_steps" = 2, "train.eval_every" = 2, "train.eval_batches" = 1 }}
+""")
+    r = run_recipe(str(recipe), log=lambda m: None)
+    assert not r["ok"] and [a["attempt"] for a in r["attempts"]] == [0, 1]  # one step: 2 attempts, not 5
+    a0, a1 = r["attempts"]
+    assert a1["n_params"] < a0["n_params"] and a1["step"].startswith("prune")
+    gate = a0["targets"][0]["gates"][0]
+    assert gate["gate"] == "max_ppl_increase" and gate["pass"] is False
+    text = (tmp_path / "work" / "report.md").read_text()
+    assert "### Attempt 0" in text and "### Attempt 1: prune" in text and "**Verdict: FAIL** after 2 attempt(s)" in text
+
+
+def test_gates_pass_with_room():
+    from litelm_edge import gates
+    bench = {"thresholds": [{"threshold": "max_latency_ms", "value": 5.0, "limit": 100, "pass": True, "note": ""}],
+             "parity": {"ok": True, "top1_agreement_vs_torch": 1.0}, "size_mb": 1.5,
+             "prefill_ms": {"p50": 5.0}, "inferences_per_s": 200.0, "qps": {"qps": 300.0}, "decode_tok_s": {"mean": 90.0},
+             "energy": {"j_per_inference": None}}
+    rows = gates.judge({"max_ppl_increase": 0.05, "max_size_mb": 2.0, "max_attempts": 2}, 100.0, 103.0, bench)
+    assert gates.passed(rows) and {r["gate"] for r in rows} == {"max_ppl_increase", "max_size_mb", "max_latency_ms", "parity"}
+    assert not gates.passed(gates.judge({"max_size_mb": 1.0}, 100.0, 100.0, bench))
+    with pytest.raises(UserError, match="max_attempts"):
+        gates.split({"max_attempts": 0})

@@ -1,0 +1,158 @@
+"""LiteRT backend: the fixed-cache graph, conversion of a tiny model, INT8 really INT8, sizes,
+and the artifact on an emulated arm64 device.
+
+Conversion needs the toolchain venv (tools/setup-litert.sh); the tests that need it skip when it
+cannot be made. The conftest's trained 2-layer model converts in ~15 s per precision.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from litelm_edge import backend_litert, checkpoint  # noqa: E402
+from litelm_edge.config import UserError  # noqa: E402
+from litelm_edge.litert_graph import CachedLM  # noqa: E402
+from litelm_edge.model import Transformer, preset  # noqa: E402
+
+TARGET = {"target": {"backend": "litert"}, "thresholds": {"max_size_mb": 15}}
+
+
+def test_fixed_cache_graph_matches_forward():
+    torch.manual_seed(0)
+    m = Transformer(preset("tiny")).eval()
+    g = CachedLM(m, capacity=32)
+    idx = torch.randint(0, m.cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        ref = m(idx)[0]
+        out = g(idx[:, :8].int(), torch.arange(8, dtype=torch.int32), **g.empty_cache())
+        caches = {k: v for k, v in out.items() if k != "logits"}
+        step = g(idx[:, 8:9].int(), torch.tensor([8], dtype=torch.int32), **caches)
+    assert torch.allclose(out["logits"], ref[:, :8], atol=1e-5)
+    assert torch.allclose(step["logits"][0, 0], ref[0, 8], atol=1e-5)
+
+
+def test_settings_and_size_verdict():
+    with pytest.raises(UserError, match="multiple of prefill_len"):
+        backend_litert.settings({"litert": {"prefill_len": 64, "capacity": 100}})
+    with pytest.raises(UserError, match="unknown key"):
+        backend_litert.settings({"litert": {"thread": 4}})
+    v = backend_litert.size_verdict(26_100_000, TARGET)
+    assert not v["meets_size"] and "android-15mb" in v["size_note"]
+    assert backend_litert.size_verdict(14_700_000, TARGET)["meets_size"]
+
+
+@pytest.fixture(scope="module")
+def toolchain():
+    from litelm_edge import litert_toolchain
+    pytest.importorskip("ai_edge_litert")
+    try:
+        return litert_toolchain.ensure()
+    except (UserError, OSError) as e:
+        pytest.skip(f"LiteRT toolchain venv cannot be made: {e}")
+
+
+@pytest.fixture(scope="module")
+def built(toolchain, data_dir, tmp_path_factory):
+    """{precision: (artifact dir, manifest)} of a `tiny` preset model built through export.build.
+
+    Random weights (seed 0): the conftest's 2-layer model is so small that graph overhead makes
+    its INT8 file more than half its float weights, which export rejects as "not quantised"."""
+    from litelm_edge.export import build
+    root = tmp_path_factory.mktemp("litert")
+    torch.manual_seed(0)
+    m = Transformer(preset("tiny")).eval()
+    ck = checkpoint.save(root / "ck", m, (data_dir / "tokenizer.json").read_text(), {"data_dir": str(data_dir)})
+    sets = {"prefill_len": 16, "capacity": 128}  # --set build.*: 2 prefill chunks for a 20-token prompt
+    return {p: (root / p, build(ck, "android", root / p, p, data_dir, sets, log=lambda m: None))
+            for p in ("fp32", "int8")}
+
+
+def runtime(art_dir):
+    import json
+    from litelm_edge.device_runner import open_runtime
+    return open_runtime(art_dir, json.loads((Path(art_dir) / "manifest.json").read_text()), threads=1)
+
+
+def greedy(rt, prompt, n):
+    logits, out = rt.prefill(prompt)[-1], []
+    for _ in range(n):
+        out.append(int(logits.argmax()))
+        logits = rt.decode(out[-1])
+    return out
+
+
+def test_golden_greedy_tokens_equal_torch(built):
+    m = checkpoint.load(built["fp32"][1]["checkpoint"])[0]
+    prompt = np.random.default_rng(1).integers(0, m.cfg.vocab_size, 20)  # 2 prefill chunks of 16
+    want = m.generate(torch.from_numpy(prompt)[None], 24)[0, 20:].tolist()
+    assert greedy(runtime(built["fp32"][0]), prompt, 24) == want
+
+
+def test_int8_is_int8_and_passes_parity(built):
+    from litelm_edge.litert_inspect import weight_dtypes
+    d, man = built["int8"]
+    assert weight_dtypes(d / "model.tflite") == {"int8"} and man["weight_dtypes"] == ["int8"]
+    assert man["parity"]["ok"] and man["parity"]["top1_agreement"] >= 0.95
+    with pytest.raises(UserError, match="float32 weights"):  # a float file labelled int8 fails
+        backend_litert.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
+
+
+def test_size_breakdown_sums_to_file_size(built):
+    for d, man in built.values():
+        b = man["size_breakdown"]
+        parts = sum(b[k] for k in ("embeddings", "attention", "mlp", "head", "other"))
+        assert parts == b["total"] == os.path.getsize(Path(d) / "model.tflite")
+    c = types.SimpleNamespace(**built["fp32"][1]["model"])
+    hd = c.n_embd // c.n_head
+    b = built["fp32"][1]["size_breakdown"]  # fp32: 4 bytes a weight, each stored once
+    assert b["embeddings"] == 4 * c.vocab_size * c.n_embd  # tied with the head
+    assert b["attention"] == 4 * c.n_layer * 2 * c.n_embd * (c.n_head + c.n_kv_head) * hd
+    assert b["mlp"] == 4 * c.n_layer * 3 * c.n_embd * c.intermediate_size
+
+
+def _emulator():
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "tools" / "emulated_device.py"
+    spec = importlib.util.spec_from_file_location("emulated_device", path)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_emulated_arm64_device_bench_remote_with_parity(built, tmp_path, monkeypatch):
+    """`litelm-edge bench --remote` of the android INT8 artifact on an arm64 Debian (qemu-user),
+    through ~/.ssh/config like a phone's Termux sshd: the device runner's on-device parity holds."""
+    import json
+    import subprocess
+    emu = _emulator()
+    ok, why = emu.enable_binfmt()
+    if not ok:
+        pytest.skip(why)
+    try:
+        rootfs = emu.build_rootfs(packages=emu.DEFAULT_PACKAGES)
+    except emu.DeviceError as e:
+        pytest.skip(f"no arm64 rootfs: {e}")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    art = built["int8"][0]
+    quick = ["--reps", "1", "--warmup", "0", "--prompt-len", "16", "--gen-len", "4", "--concurrency", "1"]
+    with emu.start_device(rootfs) as dev:
+        (home / ".ssh" / "known_hosts").write_text(dev.host_key_line + "\n")
+        (home / ".ssh" / "config").write_text(f"Host phone\n  HostName {dev.host}\n  Port {dev.port}\n"
+                                              f"  User {dev.user}\n  IdentityFile {dev.key_path}\n")
+        p = subprocess.run([sys.executable, "-m", "litelm_edge.cli", "bench", "--remote", "phone", str(art),
+                            "--report-dir", str(tmp_path / "rep"), *quick],
+                           capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(next((tmp_path / "rep").rglob("bench.json")).read_text())
+    text = json.dumps(res)
+    assert "aarch64" in text and res["parity"]["ok"], res["parity"]  # on-device parity vs torch
