@@ -101,7 +101,7 @@ def main():
     base_pre = np.median([r[0] for r in res["torch eager fp32"]])
     base_tok = np.median([r[1] for r in res["torch eager fp32"]])
     print(f"{model.num_params() / 1e6:.1f}M params, torch threads {torch.get_num_threads()}, {a.reps} reps interleaved, median")
-    print(f"| engine | size MB | prefill-64 ms | decode tok/s | prefill speedup | decode speedup |")
+    print("| engine | size MB | prefill-64 ms | decode tok/s | prefill speedup | decode speedup |")
     print("|---|---|---|---|---|---|")
     for name, rs in res.items():
         pre, tok = np.median([r[0] for r in rs]), np.median([r[1] for r in rs])

@@ -21,13 +21,13 @@ EXIT_RUNTIME_MISSING, EXIT_PARITY = 3, 4
 def read_manifest(art_dir) -> dict:
     p = Path(art_dir) / "manifest.json"
     if not p.is_file():
-        raise UserError(f"'{art_dir}' is not a built artifact (no manifest.json): run `litelm-edge build` first")
+        raise UserError(f"'{art_dir}' is not a built artifact (no manifest.json): pass a folder made by `litelm-edge build`")
     try:
         m = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{p}: corrupt manifest ({e}); rebuild the artifact") from e
-    if m.get("format") != "litelm-edge-artifact":
-        raise UserError(f"{p}: not a litelm-edge manifest")
+    if m.get("format") != "litelm-edge-artifact" or not isinstance(m.get("files"), dict):
+        raise UserError(f"{p}: not a litelm-edge artifact manifest: rebuild the artifact")
     return m
 
 

@@ -5,7 +5,6 @@ Heavy libraries (torch, onnxruntime, TVM, LiteRT) are imported inside the librar
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

@@ -9,13 +9,13 @@ under its final name. Files already present with the right hash are not sent aga
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .bench import read_manifest
 from .config import UserError
 from .remote import Remote, RemoteError
 
@@ -39,19 +39,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def read_manifest(artifact_dir: str | Path) -> dict:
-    path = Path(artifact_dir) / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{artifact_dir}: no manifest.json: pass a folder made by `litelm-edge build`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: malformed JSON ({e}): rebuild the artifact") from e
-    if manifest.get("format") != "litelm-edge-artifact" or not isinstance(manifest.get("files"), dict):
-        raise UserError(f"{path}: not a litelm-edge artifact manifest: rebuild the artifact")
-    return manifest
 
 
 def artifact_id(artifact_dir: str | Path) -> str:

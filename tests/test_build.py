@@ -1,7 +1,6 @@
 """The x86 (ONNX Runtime) artifact: golden greedy tokens, manifest, parity gate, bench."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

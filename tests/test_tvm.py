@@ -3,10 +3,8 @@ int8 weights a quarter of fp32 with >= 95% top-1 on held-out text, the missing-c
 the rpi4 artifact run on an emulated Pi (qemu-user + binfmt) with on-device parity."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
