@@ -507,6 +507,18 @@ def emulated() -> bool:
     return x86_kernel != (machine in ("x86_64", "i686", "i386"))
 
 
+def peak_rss_mb() -> float:
+    """This process's memory high-water mark. VmHWM belongs to the address space made at exec;
+    ru_maxrss can carry the forking parent's peak (a torch process for the local bench)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def device_facts() -> dict:
     """The keys the report prints (cpu, cores, machine, os, mem_gb) plus the probe's details."""
     f = probe_facts()
@@ -572,7 +584,7 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
         "prefill_ms": dict(stats(prefill), samples=prefill, cpu_s=sp_pre.cpu_s, wall_s=sp_pre.wall_s),
         "decode_ms_per_token": dict(stats(decode), samples=decode, cpu_s=sp_dec.cpu_s, wall_s=sp_dec.wall_s),
         "decode_tok_s": stats(dec_tok_s), "qps": qps,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "energy": energy_record(meter, e_pre, e_dec),
         "thermal": {"start_c": temp0, "end_c": temperatures(), "throttling": throttling()},
     }
