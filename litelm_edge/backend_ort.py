@@ -48,10 +48,64 @@ def export_onnx(model, path: Path, log=print):
                       dynamic_shapes={"input_ids": {1: T}, "past_k": {3: P}, "past_v": {3: P}})
 
 
+def fold_weight_transposes(src: Path, dst: Path):
+    """Replace Transpose(initializer) nodes by transposed initializers.
+
+    The exporter folds these itself, except for a weight used by several layers (cross-layer
+    sharing): there the MatMul's weight arrives through a Transpose node, and ORT's quantiser,
+    which quantises only initializer inputs, would leave the shared weights in float.
+    """
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    uses = {}
+    for n in g.node:
+        for x in n.input:
+            uses[x] = uses.get(x, 0) + 1
+    # a weight also read untransposed stays as it is: the tied embedding, which the Gather reads
+    # and lm_head reaches through a Transpose, would otherwise be stored twice once quantised
+    for node in [n for n in g.node if n.op_type == "Transpose" and uses.get(n.input[0]) == 1 and n.input[0] in inits]:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        w = numpy_helper.to_array(inits[node.input[0]], base_dir=str(src.parent))
+        g.initializer.append(numpy_helper.from_array(w.transpose(perm).copy(), node.output[0]))
+        g.node.remove(node)
+    used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+
+
 def quantize_int8(src: Path, dst: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+    folded = src.with_name("folded.onnx")
+    fold_weight_transposes(src, folded)
+    quantize_dynamic(str(folded), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Gather"])
+    dedupe_initializers(dst)
+
+
+def dedupe_initializers(path: Path):
+    """The quantiser writes one int8 copy of a weight per MatMul using it; keep one per content."""
+    import hashlib
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    g = model.graph
+    first, alias = {}, {}
+    for init in g.initializer:
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(numpy_helper.to_array(init).tobytes()).hexdigest())
+        alias[init.name] = first.setdefault(key, init.name)
+    for node in g.node:
+        for i, x in enumerate(node.input):
+            if alias.get(x, x) != x:
+                node.input[i] = alias[x]
+    keep = [i for i in g.initializer if alias[i.name] == i.name]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.save(model, str(path))
 
 
 def weight_bytes(path: Path) -> dict:

@@ -92,3 +92,24 @@ def test_bench_fails_on_tampered_reference(artifact, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(m))
     r = bench(bad, dict(reps=1, warmup=0, iters=1, prompt_len=8, gen_len=2, concurrency=1, qps_iters=1), log=lambda m: None)
     assert not r["parity"]["ok"] and not r["ok"]
+
+
+def test_shared_layers_build_as_int8_with_weights_stored_once(data_dir, tmp_path):
+    """Cross-layer sharing: the shared weights reach their MatMuls through one Transpose, which
+    ORT's quantiser skips unless the build folds it; the int8 bytes count each block once."""
+    from conftest import TINY_SETS
+    from litelm_edge.config import parse_sets, split_sets
+    from litelm_edge.model import Transformer, preset
+    from litelm_edge.tokenizer import Tokenizer as T
+    cfg = preset("tiny", dict(split_sets(parse_sets(TINY_SETS), "model")[0], n_layer=4, share_every=2))
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    model.embed_tokens.weight.data *= 30  # well-separated logits: parity is about the export, not ties
+    ckpt.save(tmp_path / "c", model, T.load(data_dir).to_str(), {"step": 0, "data_dir": str(data_dir)})
+    m = export.build(tmp_path / "c", "x86", tmp_path / "a", "int8", log=lambda s: None)
+    block = sum(p.numel() for n, p in model.layers[0].named_parameters() if p.dim() == 2)
+    emb = model.embed_tokens.weight.numel()
+    # the 2 unique blocks once each, and the tied embedding once (uint8, read by Gather and lm_head)
+    assert m["weight_bytes"]["int8"] == pytest.approx(2 * block, rel=0.03)
+    assert m["weight_bytes"]["uint8"] == pytest.approx(emb, rel=0.01)
+    assert m["weight_bytes"]["float32"] < 0.1 * m["weight_bytes"]["int8"]
