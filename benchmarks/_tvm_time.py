@@ -6,8 +6,19 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "litelm_edge"))
-from device_runner import TvmRuntime  # noqa: E402  (one file, numpy + runtime only)
+
+def _runner():
+    """litelm_edge/device_runner.py by path: this runs in the TVM venv, where litelm_edge is not
+    installed, and the runner is one file needing only numpy and the runtime."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "litelm_edge" / "device_runner.py"
+    spec = importlib.util.spec_from_file_location("device_runner", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TvmRuntime = _runner().TvmRuntime
 
 
 def main(lib_dir, cache_shape, threads, reps, vocab):

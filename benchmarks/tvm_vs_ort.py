@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from litelm_edge import backend_tvm, checkpoint, toolchain  # noqa: E402
-from litelm_edge.backend_ort import export_onnx  # noqa: E402
-from litelm_edge.model import Transformer, preset  # noqa: E402
+from litelm_edge import backend_tvm, checkpoint, toolchain
+from litelm_edge.backend_ort import export_onnx
+from litelm_edge.model import Transformer, preset
 
 
 def ort_times(path: Path, cfg, threads: int, reps: int) -> dict:
