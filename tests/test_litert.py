@@ -50,10 +50,9 @@ def test_settings_and_size_verdict():
 
 @pytest.fixture(scope="module")
 def toolchain():
-    from litelm_edge import litert_toolchain
     pytest.importorskip("ai_edge_litert")
     try:
-        return litert_toolchain.ensure()
+        return backend_litert.python()
     except (UserError, OSError) as e:
         pytest.skip(f"LiteRT toolchain venv cannot be made: {e}")
 
