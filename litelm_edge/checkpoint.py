@@ -13,6 +13,7 @@ where a good one was.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -83,10 +84,19 @@ def load_hf_state_dict(model, sd: dict):
     model.load_state_dict(ours, strict=True)
 
 
-def _atomic_dir(final: Path):
-    """A temporary sibling folder; call commit() to rename it over `final`."""
+@contextlib.contextmanager
+def atomic_dir(final):
+    """Yield a temporary sibling of `final` to fill; on success it replaces `final`, on any error
+    it is removed and `final` is untouched."""
+    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def commit_dir(tmp: Path, final: Path):
@@ -114,8 +124,7 @@ def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None)
     import torch
     from safetensors.torch import save_file
     final = Path(path)
-    tmp = _atomic_dir(final)
-    try:
+    with atomic_dir(final) as tmp:
         save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2))
         (tmp / "tokenizer.json").write_text(tokenizer_json)
@@ -124,10 +133,6 @@ def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None)
         (tmp / "training.json").write_text(json.dumps(training, indent=2))
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / "optimizer.pt")
-        commit_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -161,7 +161,7 @@ def write_tokens(docs: list[str], tok, path: Path) -> int:
 
 def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig = DataConfig(), log=print) -> dict:
     from . import tokenizer as T
-    from .checkpoint import commit_dir
+    from .checkpoint import atomic_dir
     files = expand_inputs(inputs)
     docs, stats = clean(read_documents(files, cfg), cfg)
     if not docs:
@@ -171,10 +171,7 @@ def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig
     tok = T.Tokenizer.load(tokenizer) if tokenizer else T.train(train, vocab_size)
     if tok.vocab_size > 65535:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens; the uint16 memmap holds at most 65535")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         n_train, n_val = write_tokens(train, tok, tmp / "train.bin"), write_tokens(val, tok, tmp / "val.bin")
         tok.save(tmp / "tokenizer.json")
         corpus_sha = hashlib.sha256("\x00".join(docs).encode()).hexdigest()
@@ -182,9 +179,5 @@ def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig
         meta = {"files": [str(f) for f in files], "config": asdict(cfg), "stats": stats, "corpus_sha256": corpus_sha,
                 "train_tokens": n_train, "val_tokens": n_val, "vocab_size": tok.vocab_size, "licence": licence}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"{n_train} train tokens, {n_val} val tokens, vocab {tok.vocab_size} -> {out}")
     return meta

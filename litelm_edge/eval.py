@@ -56,14 +56,16 @@ def perplexity(logits_fn, windows: list[np.ndarray]) -> dict:
             "seconds": time.time() - t0}
 
 
-def eval_model(model, data_dir, c: EvalConfig = EvalConfig()) -> dict:
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
+    """ids (T,) -> fp32 logits (T, V) of a torch model in eval mode."""
     import torch
-    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(ids)[None])[0][0].float().numpy()
 
-    def fn(ids):
-        with torch.no_grad():
-            return model(torch.from_numpy(ids)[None])[0][0].float().numpy()
-    return perplexity(fn, val_windows(data_dir, c, model.cfg.max_seq_len))
+
+def eval_model(model, data_dir, c: EvalConfig = EvalConfig()) -> dict:
+    model.eval()
+    return perplexity(lambda ids: torch_logits(model, ids), val_windows(data_dir, c, model.cfg.max_seq_len))
 
 
 def eval_checkpoint(checkpoint, data_dir=None, c: EvalConfig = EvalConfig()) -> dict:

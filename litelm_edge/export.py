@@ -11,16 +11,15 @@ import hashlib
 import importlib
 import json
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .checkpoint import commit_dir, sha256_file
+from .checkpoint import atomic_dir, sha256_file
 from .config import UserError, named_toml
+from .eval import EvalConfig, torch_logits, val_windows
 
 FORMAT, VERSION = "litelm-edge-artifact", 1
 PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 8, 64, 32
@@ -59,21 +58,8 @@ def backend_module(name: str):
 
 
 def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WINDOW_LEN) -> list:
-    """n evenly spaced windows of T tokens from val.bin (the held-out split of `litelm-edge data`)."""
-    val = Path(data_dir or "") / "val.bin"
-    if not data_dir or not val.is_file():
-        raise UserError(f"no held-out data at '{val}': pass --data DIR made by `litelm-edge data`")
-    ids = np.memmap(val, dtype=np.uint16, mode="r")
-    if len(ids) < T + 1:
-        raise UserError(f"{val} holds {len(ids)} tokens, fewer than one {T}-token window")
-    starts = np.linspace(0, len(ids) - T - 1, n).astype(int)
-    return [np.array(ids[s:s + T], dtype=np.int64) for s in starts]
-
-
-def torch_logits(model, ids: np.ndarray) -> np.ndarray:
-    import torch
-    with torch.no_grad():
-        return model(torch.from_numpy(ids)[None])[0][0].float().numpy()
+    """n evenly spaced windows of T tokens from val.bin: eval's windows, as model inputs only."""
+    return val_windows(data_dir, EvalConfig(windows=n, window_len=T - 1), max_seq_len=T - 1)
 
 
 def parity(model, rt, heldout: list, precision: str, min_top1: float = INT8_MIN_TOP1) -> dict:
@@ -141,6 +127,20 @@ def check_really_quantised(files: dict, n_params: int, precision: str, weight_by
     raise UserError(f"build claims {precision} but the artifact holds {detail}: the quantiser did not apply")
 
 
+def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: dict, training: dict) -> dict:
+    """What the artifact is and how it was built; parity, reference and files are added after."""
+    cfg, model = ctx.model.cfg, ctx.model
+    return {"format": FORMAT, "version": VERSION, "target": name, "backend": tgt["target"]["backend"],
+            "runtime": res["runtime"], "precision": precision, "checkpoint": str(ctx.checkpoint),
+            "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
+                                                    "n_kv_head", "intermediate_size", "max_seq_len")}
+            | {"head_dim": cfg.head_dim},
+            "n_params": model.num_params(), "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256")},
+            "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
+            "device": tgt.get("device", {}), "tools": tool_versions(*res.get("tools", ())),
+            "weight_bytes": res.get("weight_bytes"), **res.get("extra", {})}
+
+
 def build(checkpoint, target: str, out, precision: str | None = None, data=None, recipe: dict | None = None,
           log=print) -> dict:
     from . import checkpoint as ckpt
@@ -151,26 +151,13 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
     model, tok_json, training = ckpt.load(checkpoint)
     precision = precision or tgt["target"].get("precision", "int8")
     heldout = heldout_windows(data or training.get("data_dir"))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         ctx = BuildContext(model, ckpt.resolve(checkpoint), tgt, tmp, precision, heldout, recipe or {}, log)
         res = backend.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = files_table(tmp)
         check_really_quantised(files, model.num_params(), precision, res.get("weight_bytes"))
-        cfg = model.cfg
-        manifest = {"format": FORMAT, "version": VERSION, "target": name, "backend": tgt["target"]["backend"],
-                    "runtime": res["runtime"], "precision": precision, "checkpoint": str(ctx.checkpoint),
-                    "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
-                                                            "n_kv_head", "intermediate_size", "max_seq_len")}
-                    | {"head_dim": cfg.head_dim},
-                    "n_params": model.num_params(), "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256")},
-                    "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
-                    "device": tgt.get("device", {}), "tools": tool_versions(*res.get("tools", ())),
-                    "weight_bytes": res.get("weight_bytes"),
-                    **res.get("extra", {})}
+        manifest = base_manifest(name, tgt, precision, ctx, res, training)
         rt = res.get("parity_runtime") or open_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
         min_top1 = res.get("min_top1", INT8_MIN_TOP1)  # a backend may set it per precision (INT4)
@@ -178,7 +165,7 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         if not p["ok"]:
             raise UserError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
                             f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written")
-        prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: cfg.max_seq_len // 2]
+        prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: model.cfg.max_seq_len // 2]
         manifest["reference"] = reference(model, rt, prompt_ids, p["max_abs_err"])
         tol = {"min_top1": min_top1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
         manifest["parity"] = dict(p, on_device_tolerance=tol)
@@ -186,8 +173,4 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         manifest["artifact_id"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest["size_bytes"] = sum(f["size"] for f in files.values())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .bench import read_manifest
+from .checkpoint import sha256_file
 from .config import UserError
 from .remote import Remote, RemoteError
 
@@ -31,14 +32,6 @@ class PushResult:
     skipped: list[str] = field(default_factory=list)
     bytes_sent: int = 0  # file data uploaded, bytes
     seconds: float = 0.0
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def artifact_id(artifact_dir: str | Path) -> str:
