@@ -97,7 +97,8 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
     res["provenance"] = "emulated device: a function check, not a speed figure" if raw["device"].get("emulated") else provenance
     res["size_mb"] = manifest["size_bytes"] / 1e6
     res["inferences_per_s"] = 1e3 / raw["prefill_ms"]["mean"]
-    res["energy"] = energy(raw, manifest.get("power", {}))
+    # the judgement, with the runner's own reading kept beside it (sensor found, or why not)
+    res["energy"] = dict(energy(raw, manifest.get("power", {})), runner=raw.get("energy"))
     res["thresholds"] = verdicts(res, manifest.get("thresholds", {}), baseline)
     res["manifest"] = {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id",
                                                     "n_params", "size_bytes", "tools", "size_breakdown")}

@@ -79,6 +79,7 @@ def test_bench_protocol_and_report(artifact):
     assert 0 < r["prefill_ms"]["p50"] <= r["prefill_ms"]["p99"]
     assert r["qps"]["sessions"] == 2 and r["qps"]["qps"] > 0 and r["peak_rss_mb"] > 10
     assert r["energy"]["how"].startswith("estimated (cpu-time-linear") and r["energy"]["j_per_inference"] > 0
+    assert r["energy"]["runner"]["sensor"] is None and "no RAPL or hwmon" in r["energy"]["runner"]["note"]
     assert {t["threshold"] for t in r["thresholds"]} == {"max_latency_ms", "min_inferences_per_s", "min_qps"}
     assert r["provenance"] == "measured on this host (local bench)"
 
