@@ -67,7 +67,7 @@ def hf_state_dict(model) -> dict:
         for k, v in sd.items():
             if k.startswith(pre):
                 out[f"model.layers.{i}.{k[len(pre):]}"] = v.clone() if i != li else v
-    return {k: v.contiguous() for k, v in out.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
 def load_hf_state_dict(model, sd: dict):

@@ -40,6 +40,8 @@ def loss_fn(teacher, alpha: float, T: float):
     teacher.eval().requires_grad_(False)
 
     def fn(model, x, y):
+        if next(teacher.parameters()).device != x.device:  # train() moved the student to its device
+            teacher.to(x.device)
         logits, _ = model(x)
         with torch.no_grad():
             t, _ = teacher(x)

@@ -59,8 +59,9 @@ def perplexity(logits_fn, windows: list[np.ndarray]) -> dict:
 def torch_logits(model, ids: np.ndarray) -> np.ndarray:
     """ids (T,) -> fp32 logits (T, V) of a torch model in eval mode."""
     import torch
+    dev = next(model.parameters()).device
     with torch.no_grad():
-        return model(torch.from_numpy(ids)[None])[0][0].float().numpy()
+        return model(torch.from_numpy(ids)[None].to(dev))[0][0].float().cpu().numpy()
 
 
 def eval_model(model, data_dir, c: EvalConfig = EvalConfig()) -> dict:

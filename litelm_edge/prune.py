@@ -60,7 +60,7 @@ def apply_masks(model, masks: dict) -> list:
     handles = []
     for n, m in masks.items():
         params[n].mul_(m)
-        handles.append(params[n].register_hook(lambda g, m=m: g * m))
+        handles.append(params[n].register_hook(lambda g, m=m: g * m.to(g.device)))  # train() may move it
     return handles
 
 

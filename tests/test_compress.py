@@ -47,13 +47,13 @@ def _int8_weights(onnx_path):
 
 
 def test_qat_export_is_lossless_in_ort(tiny_run, data_dir, tmp_path):
-    """ORT's per-channel int8 of a QAT checkpoint lands on QAT's grid: dequantised == torch weights."""
+    """ORT's int8 of a QAT checkpoint lands on QAT's grids: dequantised == torch weights, embedding too."""
     pytest.importorskip("onnxruntime")
     from litelm_edge.export import build
     r = compress("qat", tiny_run, data_dir, tmp_path / "q", FT, **quiet)
     build(r["checkpoint"], "x86", tmp_path / "a", "int8", data_dir, **quiet)
     model = ckpt.load(r["checkpoint"])[0]
-    torch_w = [m.weight.detach().numpy().T for m in quant.quantised_linears(model, quant.QATConfig())]
+    torch_w = [m.weight.detach().numpy().T for m in quant.quantised_linears(model)]
     init, ws = _int8_weights(tmp_path / "a" / "decoder.onnx")
     matched = 0
     for name, w in ws:
@@ -61,6 +61,36 @@ def test_qat_export_is_lossless_in_ort(tiny_run, data_dir, tmp_path):
         deq = w * scale
         matched += any(t.shape == deq.shape and np.abs(t - deq).max() < 1e-6 for t in torch_w)
     assert ws and matched == len(ws)
+    emb = model.embed_tokens.weight.detach().numpy()
+    (q_name,) = [k for k, v in init.items() if v.dtype == np.uint8 and v.shape == emb.shape]
+    stem = q_name.replace("_quantized", "")
+    deq = (init[q_name].astype(np.float32) - init[stem + "_zero_point"].astype(np.float32)) * init[stem + "_scale"]
+    step = float(init[stem + "_scale"])
+    assert np.abs(deq - emb).max() < 1e-3 * step  # the uint8 embedding ORT ships is the one QAT trained
+
+
+def test_activation_fake_quant_is_orts_dynamic_quantize_linear():
+    """tensor_u8 rounds a sequence exactly as ORT's DynamicQuantizeLinear -> DequantizeLinear does."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+    g = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "dq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])])
+    sess = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    x = torch.randn(2, 16, 24) * torch.tensor([3.0, 0.2])[:, None, None] + 0.7  # two sequences, two ranges
+    ours = quant.fake_quant_act(x, "tensor_u8")
+    for b in range(2):  # one ORT call per sequence
+        theirs = sess.run(None, {"x": x[b].numpy()})[0]
+        step = float(x[b].max().clamp_min(0) - x[b].min().clamp_max(0)) / 255
+        assert np.abs(ours[b].numpy() - theirs).max() < 1e-3 * step
+    assert not torch.equal(ours, x)
+
+
+def test_qat_config_rejects_unknown_scheme(tiny_run, data_dir, tmp_path):
+    with pytest.raises(UserError, match="act=int4: use one of tensor_u8, token, none"):
+        compress("qat", tiny_run, data_dir, tmp_path / "q", dict(FT, act="int4"), **quiet)
 
 
 def test_magnitude_pruning_keeps_sparsity_through_finetune(tiny_run, data_dir, tmp_path):
