@@ -19,10 +19,13 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
 
+from litelm_edge import tvm_gemm
+
 # Split a tiled loop over the symbolic T into full tiles (no bounds test in the inner loops) and a
 # tail: the register tile's row predicate otherwise sits inside the k loop.
 PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
 DEFAULT_TILE = (4, 16)  # MT rows x NJ columns: 4x16 fp32 = 8 AVX2 / 16 NEON accumulators
+MAX_TILE_BYTES = 1024  # TVM keeps a smaller local buffer on the stack (registers), a larger one on the heap
 
 
 def _patterns():
@@ -77,6 +80,9 @@ def _has_root(sch) -> bool:
 class ScheduleMatmul:
     def __init__(self, tile=DEFAULT_TILE):
         self.tile = tuple(tile)
+        if self.tile[0] * self.tile[1] * 4 >= MAX_TILE_BYTES:
+            raise ValueError(f"tile {self.tile[0]}x{self.tile[1]} holds {self.tile[0] * self.tile[1] * 4} bytes of "
+                             f"fp32 accumulators; under {MAX_TILE_BYTES} stay in registers: pick e.g. 4,32 or 4,16")
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         out = tvm.IRModule(mod.functions, attrs=mod.attrs)
@@ -86,6 +92,10 @@ class ScheduleMatmul:
             sch = s_tir.Schedule(func)
             block = _matmul_block(sch)
             if block is None:
+                continue
+            shape = tvm_gemm.match(func)
+            if shape and shape[1] % self.tile[1] == 0 and shape[1] % tvm_gemm.NJ1 == 0:
+                out[gv] = tvm_gemm.gemm(*shape, tile=self.tile)
                 continue
             _schedule_block(sch, block, self.tile)
             out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
