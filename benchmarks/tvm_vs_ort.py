@@ -86,6 +86,11 @@ def tvm_build(py, ckpt: Path, out: Path, schedule: bool, tile=None) -> float:
     return json.loads((out / "convert.json").read_text())["compile_s"]
 
 
+def x86_tile() -> list[int]:
+    import tomllib
+    return tomllib.loads((ROOT / "targets" / "x86-tvm.toml").read_text())["tvm"]["tile"]
+
+
 def interleaved(ort: OrtRunner, tvm: TvmRunner, names: list[str], a) -> dict:
     """{name: [round, ...]} for "ort fp32" and each TVM library, rounds interleaved."""
     runs = ["ort fp32", *names]
@@ -120,7 +125,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3, help="timed prefills a round")
     ap.add_argument("--steps", type=int, default=16, help="timed decode steps a round")
-    ap.add_argument("--tile", default=None, help="matmul register tile MT,NJ (default: the pipeline's own)")
+    ap.add_argument("--tile", default=None, help="matmul register tile MT,NJ (default: targets/x86-tvm.toml's)")
     ap.add_argument("--no-default", action="store_true", help="skip TVM's slow unscheduled pipeline")
     a = ap.parse_args()
     import torch
@@ -131,7 +136,7 @@ def main():
         td = Path(td)
         ckpt = checkpoint.save(td / "ckpt", Transformer(cfg).eval(), "{}", {"step": 0})
         export_onnx(checkpoint.load(ckpt)[0], td / "model.onnx", log=lambda m: None)
-        tile = [int(x) for x in a.tile.split(",")] if a.tile else None
+        tile = [int(x) for x in a.tile.split(",")] if a.tile else x86_tile()
         builds = {"tvm scheduled": tvm_build(py, ckpt, td / "sched", True, tile)}
         if not a.no_default:
             builds["tvm default pipeline"] = tvm_build(py, ckpt, td / "default", False)
@@ -142,7 +147,7 @@ def main():
             res = interleaved(ort, tvm, names, a)
         finally:
             tvm.close()
-    print(f"\n{a.preset}, {a.threads} threads, tile {a.tile or 'default'}, {a.rounds} interleaved rounds of "
+    print(f"\n{a.preset}, {a.threads} threads, tile {tile}, {a.rounds} interleaved rounds of "
           f"1 warmup + {a.reps} prefills of 64 tokens + {a.steps} decode steps; ratio = TVM / ORT of the "
           "medians (range over rounds)\n")
     print("| runtime | prefill ms mean ± std | median | decode ms mean ± std | median | ratio prefill | ratio decode |")

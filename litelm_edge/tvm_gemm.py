@@ -99,3 +99,70 @@ def match(func: tirx.PrimFunc):
     if not static(a.shape[1]) or int(a.shape[1]) != K or not c.shape[0].same_as(a.shape[0]) or not static(c.shape[1]) or int(c.shape[1]) != N:
         return None
     return K, N, int8
+
+
+def scores(Bt: int, K: int, tile=TILE) -> tirx.PrimFunc:
+    """Attention scores C (Bt, M, N) = A (Bt, M, K) @ B (Bt, K, N), M = T and N = P + T symbolic,
+    one head a task; the parameter list (A, B, P, C) is FuseTIR's, P unused here."""
+    mt, nj = tile
+    Bt, K = tirx.IntImm("int64", Bt), tirx.IntImm("int64", K)
+
+    @T.prim_func(private=True, s_tir=False)
+    def main(a: T.handle, b: T.handle, p: T.int64, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        M, N = T.int64(), T.int64()
+        A = T.match_buffer(a, (Bt, M, K), "float32")
+        B = T.match_buffer(b, (Bt, K, N), "float32")
+        C = T.match_buffer(c, (Bt, M, N), "float32")
+        for h in T.parallel(Bt):
+            for io in range(M // mt):
+                for jo in range(N // nj):  # MT x NJ register tiles
+                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            acc[ii, ji] = T.float32(0)
+                    for k in range(K):
+                        for ii in T.unroll(mt):
+                            for ji in T.vectorized(nj):
+                                acc[ii, ji] = acc[ii, ji] + A[h, io * mt + ii, k] * B[h, k, jo * nj + ji]
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            C[h, io * mt + ii, jo * nj + ji] = acc[ii, ji]
+                for j in range(N // nj * nj, N):  # the last N % NJ columns
+                    for ii in range(mt):
+                        C[h, io * mt + ii, j] = T.float32(0)
+                        for k in range(K):
+                            C[h, io * mt + ii, j] = C[h, io * mt + ii, j] + A[h, io * mt + ii, k] * B[h, k, j]
+            for i in range(M // mt * mt, M):  # the last M % MT rows (decode: the only one)
+                for jo in range(N // nj):
+                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
+                    for ji in T.vectorized(nj):
+                        acc1[ji] = T.float32(0)
+                    for k in range(K):
+                        for ji in T.vectorized(nj):
+                            acc1[ji] = acc1[ji] + A[h, i, k] * B[h, k, jo * nj + ji]
+                    for ji in T.vectorized(nj):
+                        C[h, i, jo * nj + ji] = acc1[ji]
+                for j in range(N // nj * nj, N):
+                    C[h, i, j] = T.float32(0)
+                    for k in range(K):
+                        C[h, i, j] = C[h, i, j] + A[h, i, k] * B[h, k, j]
+
+    return main
+
+
+def match_scores(func: tirx.PrimFunc):
+    """(Bt, K) when `func` is the attention-scores matmul (A (Bt, M, K), B (Bt, K, N), P, C (Bt, M, N);
+    Bt and K static, M and N not), else None."""
+    ty = [p.ty for p in func.params]
+    if len(ty) != 4 or not all(isinstance(ty[i], tirx.buffer.BufferType) for i in (0, 1, 3)):
+        return None
+    a, b, c = ty[0], ty[1], ty[3]
+    static = lambda x: isinstance(x, tirx.IntImm)  # noqa: E731
+    if any(len(t.shape) != 3 or t.dtype != "float32" for t in (a, b, c)) or isinstance(ty[2], tirx.buffer.BufferType):
+        return None
+    if not (static(a.shape[0]) and static(a.shape[2]) and not static(a.shape[1]) and not static(b.shape[2])):
+        return None
+    if not (static(b.shape[0]) and static(b.shape[1])) or (int(b.shape[0]), int(b.shape[1])) != (int(a.shape[0]), int(a.shape[2])):
+        return None
+    return int(a.shape[0]), int(a.shape[2])

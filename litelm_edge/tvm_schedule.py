@@ -97,6 +97,10 @@ class ScheduleMatmul:
             if shape and shape[1] % self.tile[1] == 0 and shape[1] % tvm_gemm.NJ1 == 0:
                 out[gv] = tvm_gemm.gemm(*shape, tile=self.tile)
                 continue
+            heads = tvm_gemm.match_scores(func)
+            if heads:
+                out[gv] = tvm_gemm.scores(*heads, tile=self.tile)
+                continue
             _schedule_block(sch, block, self.tile)
             out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         return out
