@@ -6,9 +6,11 @@ on one core (~16x slower than torch). Here:
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
   2. LegalizeOps lowers everything to TIR; FuseTIR merges each pattern group into one PrimFunc.
-  3. `ScheduleMatmul` tiles each matmul into a register block of MT rows x NJ columns, streams
-     the (K, N) weight along N with vector loads, parallelises over column tiles (and batch), and
-     inlines the dequantisation into the inner loop.
+  3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) and the attention scores with the
+     hand-written TIR of `tvm_gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
+     and a GEMV for decode); any other matmul (attention x V) is scheduled here: tiled into a
+     register block, the (K, N) operand streamed along N with vector loads, parallel over column
+     tiles (and batch), the dequantisation inlined into the inner loop.
   4. The standard lowering and VM passes.
 
 Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`).
