@@ -1,11 +1,14 @@
 """TVM (x86 build of the rpi4 pipeline) vs ONNX Runtime fp32, side by side in one run.
 
-    python benchmarks/tvm_vs_ort.py [--preset minimind-26m] [--threads 2] [--reps 10]
+    python benchmarks/tvm_vs_ort.py [--preset minimind-26m] [--threads 2] [--rounds 8]
 
 Protocol: one random-init fp32 model, the same graph (forward_cached, dynamic T and P) exported
-once to ONNX and once to TVM (TVM's default unscheduled pipeline, and ours with schedules);
-each timed with the same thread count: 1 warmup, `reps` prefills of 64 tokens, 30 decode steps
-after it. Rounds alternate between runtimes; prints mean/std ms and the ratio TVM / ORT.
+once to ONNX and once to TVM (TVM's default unscheduled pipeline, and ours with schedules), all
+with the same thread count. Rounds interleave the runtimes (the order rotates each round), so a
+burst of load on this shared machine hits each about equally: a round is 1 warmup prefill, `reps`
+prefills of 64 tokens, then `steps` decode steps on that cache (the default pipeline, ~2 s a
+prefill, does 1 prefill a round). Prints mean ± std and median ms; the ratio TVM / ORT is of the
+medians, with its range over the rounds (each round's median over the neighbouring ORT round's).
 """
 from __future__ import annotations
 
@@ -25,26 +28,53 @@ from litelm_edge.backend_ort import export_onnx
 from litelm_edge.model import Transformer, preset
 
 
-def ort_times(path: Path, cfg, threads: int, reps: int) -> dict:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    empty = np.zeros((cfg.n_layer, 1, cfg.n_kv_head, 0, cfg.head_dim), np.float32)
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 64))
-    run = lambda x, k, v: sess.run(None, {"input_ids": x, "past_k": k, "past_v": v})  # noqa: E731
-    run(ids, empty, empty)
-    pre = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        _, k, v = run(ids, empty, empty)
-        pre.append((time.perf_counter() - t0) * 1e3)
-    dec = []
-    for tok in range(32):
-        t0 = time.perf_counter()
-        _, k, v = run(np.array([[tok]]), k, v)
-        dec.append((time.perf_counter() - t0) * 1e3)
-    return {"prefill_ms": pre, "decode_ms": dec[2:]}
+class OrtRunner:
+    def __init__(self, path: Path, cfg, threads: int):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.empty = np.zeros((cfg.n_layer, 1, cfg.n_kv_head, 0, cfg.head_dim), np.float32)
+        self.ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 64))
+
+    def _run(self, x, k, v):
+        return self.sess.run(None, {"input_ids": x, "past_k": k, "past_v": v})
+
+    def round(self, reps: int, steps: int) -> dict:  # the protocol of _tvm_time.round_ms
+        self._run(self.ids, self.empty, self.empty)
+        pre = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            _, k, v = self._run(self.ids, self.empty, self.empty)
+            pre.append((time.perf_counter() - t0) * 1e3)
+        dec = []
+        for tok in range(steps):
+            t0 = time.perf_counter()
+            _, k, v = self._run(np.array([[tok]]), k, v)
+            dec.append((time.perf_counter() - t0) * 1e3)
+        return {"prefill_ms": pre, "decode_ms": dec}
+
+
+class TvmRunner:
+    """The TVM libraries in one process of the TVM venv (benchmarks/_tvm_time.py), a round each."""
+
+    def __init__(self, py, libs: list[Path], cfg, threads: int):
+        shape = json.dumps([cfg.n_layer, 1, cfg.n_kv_head, 0, cfg.head_dim])
+        self.proc = subprocess.Popen([str(py), str(ROOT / "benchmarks" / "_tvm_time.py"), shape, str(threads),
+                                      str(cfg.vocab_size), *map(str, libs)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        while self.proc.stdout.readline().strip() != "ready":
+            if self.proc.poll() is not None:
+                raise RuntimeError("benchmarks/_tvm_time.py failed to load the TVM libraries")
+
+    def round(self, i: int, reps: int, steps: int) -> dict:
+        self.proc.stdin.write(f"{i} {reps} {steps}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def tvm_build(py, ckpt: Path, out: Path, schedule: bool, tile=None) -> float:
@@ -56,26 +86,46 @@ def tvm_build(py, ckpt: Path, out: Path, schedule: bool, tile=None) -> float:
     return json.loads((out / "convert.json").read_text())["compile_s"]
 
 
-def tvm_times(py, lib: Path, cfg, threads: int, reps: int) -> dict:
-    shape = json.dumps([cfg.n_layer, 1, cfg.n_kv_head, 0, cfg.head_dim])
-    r = subprocess.run([str(py), str(ROOT / "benchmarks" / "_tvm_time.py"), str(lib), shape, str(threads),
-                        str(reps), str(cfg.vocab_size)], capture_output=True, text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def x86_tile() -> list[int]:
+    import tomllib
+    return tomllib.loads((ROOT / "targets" / "x86-tvm.toml").read_text())["tvm"]["tile"]
 
 
-def row(name: str, t: dict, base: dict | None) -> str:
-    p, d = np.array(t["prefill_ms"]), np.array(t["decode_ms"])
-    ratio = "" if base is None else (f"{p.mean() / np.mean(base['prefill_ms']):6.2f}x "
-                                     f"{d.mean() / np.mean(base['decode_ms']):6.2f}x")
-    return f"| {name:<24} | {p.mean():8.1f} ± {p.std():5.1f} | {d.mean():7.2f} ± {d.std():5.2f} | {ratio:>16} |"
+def interleaved(ort: OrtRunner, tvm: TvmRunner, names: list[str], a) -> dict:
+    """{name: [round, ...]} for "ort fp32" and each TVM library, rounds interleaved."""
+    runs = ["ort fp32", *names]
+    res = {name: [] for name in runs}
+    for r in range(a.rounds):
+        for j in range(len(runs)):
+            name = runs[(r + j) % len(runs)]  # rotate who goes first
+            reps = 1 if name == "tvm default pipeline" else a.reps
+            res[name].append(ort.round(reps, a.steps) if name == "ort fp32"
+                             else tvm.round(names.index(name), reps, a.steps))
+    return res
+
+
+def row(name: str, rounds: list[dict], base: list[dict] | None) -> str:
+    cols = []
+    for key in ("prefill_ms", "decode_ms"):
+        x = np.concatenate([r[key] for r in rounds])
+        cols.append(f"{x.mean():8.2f} ± {x.std():6.2f} | {np.median(x):8.2f}")
+    ratio = ""
+    if base is not None:
+        for key in ("prefill_ms", "decode_ms"):
+            med = np.median(np.concatenate([r[key] for r in rounds]))
+            per = [np.median(r[key]) / np.median(b[key]) for r, b in zip(rounds, base)]
+            ratio += f" {med / np.median(np.concatenate([b[key] for b in base])):5.2f}x ({min(per):.2f}-{max(per):.2f}) |"
+    return f"| {name:<20} | {cols[0]} | {cols[1]} |{ratio}"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="minimind-26m")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--tile", default="8,32", help="matmul register tile MT,NJ of the scheduled build")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=3, help="timed prefills a round")
+    ap.add_argument("--steps", type=int, default=16, help="timed decode steps a round")
+    ap.add_argument("--tile", default=None, help="matmul register tile MT,NJ (default: targets/x86-tvm.toml's)")
     ap.add_argument("--no-default", action="store_true", help="skip TVM's slow unscheduled pipeline")
     a = ap.parse_args()
     import torch
@@ -86,19 +136,25 @@ def main():
         td = Path(td)
         ckpt = checkpoint.save(td / "ckpt", Transformer(cfg).eval(), "{}", {"step": 0})
         export_onnx(checkpoint.load(ckpt)[0], td / "model.onnx", log=lambda m: None)
-        tile = [int(x) for x in a.tile.split(",")]
+        tile = [int(x) for x in a.tile.split(",")] if a.tile else x86_tile()
         builds = {"tvm scheduled": tvm_build(py, ckpt, td / "sched", True, tile)}
         if not a.no_default:
             builds["tvm default pipeline"] = tvm_build(py, ckpt, td / "default", False)
-        res = {"ort fp32": ort_times(td / "model.onnx", cfg, a.threads, a.reps)}
-        for name in builds:  # measured right after ORT, same threads, same machine
-            lib = td / ("sched" if name == "tvm scheduled" else "default")
-            res[name] = tvm_times(py, lib, cfg, a.threads, a.reps)
-    print(f"\n{a.preset}, {a.threads} threads, tile {a.tile}, prefill 64 tokens x {a.reps}, decode 30 steps; ratio = TVM / ORT\n")
-    print("| runtime                  | prefill ms (mean ± std) | decode ms (mean ± std) | ratio pre   dec |")
-    print("|---|---|---|---|")
-    for name, t in res.items():
-        print(row(name, t, None if name == "ort fp32" else res["ort fp32"]))
+        names = list(builds)
+        libs = [td / ("sched" if n == "tvm scheduled" else "default") for n in names]
+        ort, tvm = OrtRunner(td / "model.onnx", cfg, a.threads), TvmRunner(py, libs, cfg, a.threads)
+        try:
+            res = interleaved(ort, tvm, names, a)
+        finally:
+            tvm.close()
+    print(f"\n{a.preset}, {a.threads} threads, tile {tile}, {a.rounds} interleaved rounds of "
+          f"1 warmup + {a.reps} prefills of 64 tokens + {a.steps} decode steps; ratio = TVM / ORT of the "
+          "medians (range over rounds)\n")
+    print("| runtime | prefill ms mean ± std | median | decode ms mean ± std | median | ratio prefill | ratio decode |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ["ort fp32", "tvm default pipeline", "tvm scheduled"]:
+        if name in res:
+            print(row(name, res[name], None if name == "ort fp32" else res["ort fp32"]))
     print("\ncompile s: " + ", ".join(f"{k} {v}" for k, v in builds.items()))
 
 

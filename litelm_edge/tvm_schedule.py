@@ -6,9 +6,11 @@ on one core (~16x slower than torch). Here:
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
   2. LegalizeOps lowers everything to TIR; FuseTIR merges each pattern group into one PrimFunc.
-  3. `ScheduleMatmul` tiles each matmul into a register block of MT rows x NJ columns, streams
-     the (K, N) weight along N with vector loads, parallelises over column tiles (and batch), and
-     inlines the dequantisation into the inner loop.
+  3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) and the attention scores with the
+     hand-written TIR of `tvm_gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
+     and a GEMV for decode); any other matmul (attention x V) is scheduled here: tiled into a
+     register block, the (K, N) operand streamed along N with vector loads, parallel over column
+     tiles (and batch), the dequantisation inlined into the inner loop.
   4. The standard lowering and VM passes.
 
 Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`).
@@ -19,10 +21,13 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
 
+from litelm_edge import tvm_gemm
+
 # Split a tiled loop over the symbolic T into full tiles (no bounds test in the inner loops) and a
 # tail: the register tile's row predicate otherwise sits inside the k loop.
 PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
 DEFAULT_TILE = (4, 16)  # MT rows x NJ columns: 4x16 fp32 = 8 AVX2 / 16 NEON accumulators
+MAX_TILE_BYTES = 1024  # TVM keeps a smaller local buffer on the stack (registers), a larger one on the heap
 
 
 def _patterns():
@@ -77,6 +82,9 @@ def _has_root(sch) -> bool:
 class ScheduleMatmul:
     def __init__(self, tile=DEFAULT_TILE):
         self.tile = tuple(tile)
+        if self.tile[0] * self.tile[1] * 4 >= MAX_TILE_BYTES:
+            raise ValueError(f"tile {self.tile[0]}x{self.tile[1]} holds {self.tile[0] * self.tile[1] * 4} bytes of "
+                             f"fp32 accumulators; under {MAX_TILE_BYTES} stay in registers: pick e.g. 4,32 or 4,16")
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         out = tvm.IRModule(mod.functions, attrs=mod.attrs)
@@ -86,6 +94,14 @@ class ScheduleMatmul:
             sch = s_tir.Schedule(func)
             block = _matmul_block(sch)
             if block is None:
+                continue
+            shape = tvm_gemm.match(func)
+            if shape and shape[1] % self.tile[1] == 0 and shape[1] % tvm_gemm.NJ1 == 0:
+                out[gv] = tvm_gemm.gemm(*shape, tile=self.tile)
+                continue
+            heads = tvm_gemm.match_scores(func)
+            if heads:
+                out[gv] = tvm_gemm.scores(*heads, tile=self.tile)
                 continue
             _schedule_block(sch, block, self.tile)
             out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -1,0 +1,168 @@
+"""Hand-written TIR for the weight matmuls `C (M, N) = A (M, K) @ W (K, N)`, M symbolic (T tokens).
+
+Written as loops rather than scheduled, because two things the schedule could not give:
+  - prefill: a register tile of MT rows x NJ columns with no row test inside the k loop (a
+    schedule's split of the symbolic M puts one there, and LoopPartition cannot peel a symbolic
+    loop), plus a tail of single rows;
+  - decode (M = 1): a GEMV that streams W along N, NJ1 columns a task, not a tile padded to MT rows.
+Each accumulator is one `local` buffer under 1024 bytes: TVM keeps smaller ones on the stack, where
+LLVM turns them into vector registers; a larger one goes to a heap workspace, read and written
+every k step. W is fp32, or int8 with one fp32 scale a column (weight-only, `tvm_graph.py`),
+applied once to the finished sum: (sum_k a_k q_kj) s_j.
+"""
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+TILE = (4, 32)  # MT x NJ fp32 = 8 AVX-512 (16 AVX2 / 32 NEON) accumulators, 512 bytes
+NJ1 = 64        # decode GEMV columns a task: 4 AVX-512 accumulators, 256 contiguous bytes of W a row
+
+
+def _b(W, S, k, j, int8: bool):
+    return T.Cast("float32", W[k, j]) if int8 else W[k, j]
+
+
+def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1) -> tirx.PrimFunc:
+    """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1."""
+    mt, nj = tile
+    K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)  # the shapes' dtype in Relax
+    wdtype = "int8" if int8 else "float32"
+
+    def scale(S, j):
+        return S[j] if int8 else T.float32(1)
+
+    @T.prim_func(private=True, s_tir=False)
+    def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        M = T.int64()
+        A = T.match_buffer(a, (M, K), "float32")
+        W = T.match_buffer(w, (K, N), wdtype)
+        S = T.match_buffer(s, (N,), "float32")
+        C = T.match_buffer(c, (M, N), "float32")
+        if M == 1:  # decode: y (N,) += a_k * W[k, :], each task NJ1 columns
+            for jo in T.parallel(N // nj1):
+                acc = T.decl_buffer((nj1,), "float32", scope="local")
+                for ji in T.vectorized(nj1):
+                    acc[ji] = T.float32(0)
+                for k in range(K):
+                    for ji in T.vectorized(nj1):
+                        acc[ji] = acc[ji] + A[0, k] * _b(W, S, k, jo * nj1 + ji, int8)
+                for ji in T.vectorized(nj1):
+                    C[0, jo * nj1 + ji] = acc[ji] * scale(S, jo * nj1 + ji)
+        else:
+            for jo in T.parallel(N // nj):
+                for io in range(M // mt):  # full MT-row tiles
+                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            acc[ii, ji] = T.float32(0)
+                    for k in range(K):
+                        for ii in T.unroll(mt):
+                            for ji in T.vectorized(nj):
+                                acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * _b(W, S, k, jo * nj + ji, int8)
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            C[io * mt + ii, jo * nj + ji] = acc[ii, ji] * scale(S, jo * nj + ji)
+                for i in range(M // mt * mt, M):  # the last M % MT rows, one at a time
+                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
+                    for ji in T.vectorized(nj):
+                        acc1[ji] = T.float32(0)
+                    for k in range(K):
+                        for ji in T.vectorized(nj):
+                            acc1[ji] = acc1[ji] + A[i, k] * _b(W, S, k, jo * nj + ji, int8)
+                    for ji in T.vectorized(nj):
+                        C[i, jo * nj + ji] = acc1[ji] * scale(S, jo * nj + ji)
+
+    if int8:
+        return main
+    s = main.params[2]  # fp32: no scale parameter (the body never reads S)
+    return tirx.PrimFunc([p for p in main.params if not p.same_as(s)], main.body, main.ret_type, main.attrs)
+
+
+def match(func: tirx.PrimFunc):
+    """(K, N, int8) when `func` is a weight matmul of FuseOpsByPattern's groups (params A (M, K),
+    W (K, N) [, S (N,)], C (M, N); M symbolic, K and N static), else None."""
+    bufs = [p.ty for p in func.params]  # a buffer parameter's type holds its shape and dtype
+    if len(bufs) not in (3, 4) or not all(isinstance(b, tirx.buffer.BufferType) for b in bufs):
+        return None
+    a, w, c = bufs[0], bufs[1], bufs[-1]
+    static = lambda x: isinstance(x, tirx.IntImm)  # noqa: E731
+    if len(a.shape) != 2 or static(a.shape[0]) or len(w.shape) != 2 or not all(map(static, w.shape)):
+        return None
+    K, N = int(w.shape[0]), int(w.shape[1])
+    int8 = len(bufs) == 4
+    if (a.dtype, c.dtype, w.dtype) != ("float32", "float32", "int8" if int8 else "float32"):
+        return None
+    if int8 and (len(bufs[2].shape) != 1 or bufs[2].dtype != "float32" or int(bufs[2].shape[0]) != N):
+        return None
+    if not static(a.shape[1]) or int(a.shape[1]) != K or not c.shape[0].same_as(a.shape[0]) or not static(c.shape[1]) or int(c.shape[1]) != N:
+        return None
+    return K, N, int8
+
+
+def scores(Bt: int, K: int, tile=TILE) -> tirx.PrimFunc:
+    """Attention scores C (Bt, M, N) = A (Bt, M, K) @ B (Bt, K, N), M = T and N = P + T symbolic,
+    one head a task; the parameter list (A, B, P, C) is FuseTIR's, P unused here."""
+    mt, nj = tile
+    Bt, K = tirx.IntImm("int64", Bt), tirx.IntImm("int64", K)
+
+    @T.prim_func(private=True, s_tir=False)
+    def main(a: T.handle, b: T.handle, p: T.int64, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        M, N = T.int64(), T.int64()
+        A = T.match_buffer(a, (Bt, M, K), "float32")
+        B = T.match_buffer(b, (Bt, K, N), "float32")
+        C = T.match_buffer(c, (Bt, M, N), "float32")
+        for h in T.parallel(Bt):
+            for io in range(M // mt):
+                for jo in range(N // nj):  # MT x NJ register tiles
+                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            acc[ii, ji] = T.float32(0)
+                    for k in range(K):
+                        for ii in T.unroll(mt):
+                            for ji in T.vectorized(nj):
+                                acc[ii, ji] = acc[ii, ji] + A[h, io * mt + ii, k] * B[h, k, jo * nj + ji]
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            C[h, io * mt + ii, jo * nj + ji] = acc[ii, ji]
+                for j in range(N // nj * nj, N):  # the last N % NJ columns
+                    for ii in range(mt):
+                        C[h, io * mt + ii, j] = T.float32(0)
+                        for k in range(K):
+                            C[h, io * mt + ii, j] = C[h, io * mt + ii, j] + A[h, io * mt + ii, k] * B[h, k, j]
+            for i in range(M // mt * mt, M):  # the last M % MT rows (decode: the only one)
+                for jo in range(N // nj):
+                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
+                    for ji in T.vectorized(nj):
+                        acc1[ji] = T.float32(0)
+                    for k in range(K):
+                        for ji in T.vectorized(nj):
+                            acc1[ji] = acc1[ji] + A[h, i, k] * B[h, k, jo * nj + ji]
+                    for ji in T.vectorized(nj):
+                        C[h, i, jo * nj + ji] = acc1[ji]
+                for j in range(N // nj * nj, N):
+                    C[h, i, j] = T.float32(0)
+                    for k in range(K):
+                        C[h, i, j] = C[h, i, j] + A[h, i, k] * B[h, k, j]
+
+    return main
+
+
+def match_scores(func: tirx.PrimFunc):
+    """(Bt, K) when `func` is the attention-scores matmul (A (Bt, M, K), B (Bt, K, N), P, C (Bt, M, N);
+    Bt and K static, M and N not), else None."""
+    ty = [p.ty for p in func.params]
+    if len(ty) != 4 or not all(isinstance(ty[i], tirx.buffer.BufferType) for i in (0, 1, 3)):
+        return None
+    a, b, c = ty[0], ty[1], ty[3]
+    static = lambda x: isinstance(x, tirx.IntImm)  # noqa: E731
+    if any(len(t.shape) != 3 or t.dtype != "float32" for t in (a, b, c)) or isinstance(ty[2], tirx.buffer.BufferType):
+        return None
+    if not (static(a.shape[0]) and static(a.shape[2]) and not static(a.shape[1]) and not static(b.shape[2])):
+        return None
+    if not (static(b.shape[0]) and static(b.shape[1])) or (int(b.shape[0]), int(b.shape[1])) != (int(a.shape[0]), int(a.shape[2])):
+        return None
+    return int(a.shape[0]), int(a.shape[2])
