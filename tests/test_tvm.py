@@ -89,7 +89,7 @@ def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_pa
     monkeypatch.setattr(export_mod, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
     fake_ms = {(4, 16): 30.0, (8, 8): 20.0, (1, 32): 25.0}
     monkeypatch.setattr(remote_bench, "bench_remote", lambda addr, art, proto, log: {
-        "prefill_ms": {"mean": fake_ms[tuple(built[-1])]}, "decode_ms": {"mean": 1.0}, "provenance": "fake"})
+        "prefill_ms": {"mean": fake_ms[tuple(built[-1])]}, "decode_ms_per_token": {"mean": 1.0}, "provenance": "fake"})
     m = tvm_tune.tune("ckpt", "rpi4", tmp_path / "art", "pi@host", candidates=([4, 16], [8, 8], [1, 32]),
                       log=lambda msg: None)
     db = json.loads((tmp_path / "art.tuning.json").read_text())

@@ -76,3 +76,26 @@ def test_rpi4_fp32_and_int8_run_on_emulated_pi(pi_home, tiny_run, data_dir, tmp_
         baseline.write_text(json.dumps(res))
     energy_row = next(r for r in res["thresholds"] if r["threshold"] == "min_energy_reduction")
     assert energy_row["value"] is not None and energy_row["limit"] == 0.40
+
+
+@pytest.mark.slow
+def test_tune_on_emulated_pi_stores_the_database(pi_home, tiny_run, data_dir, tmp_path, monkeypatch):
+    """`build --tune --remote`'s loop against a device reached over SSH: every candidate built,
+    pushed and timed there; the database beside the artifact says the timings were emulated."""
+    import json
+    from litelm_edge import tvm_tune
+    try:
+        backend_tvm.python()
+    except UserError as e:
+        pytest.skip(f"TVM toolchain venv cannot be made here: {e}")
+    dev = pi_home
+    monkeypatch.setattr(tvm_tune, "PROTOCOL", dict(tvm_tune.PROTOCOL, reps=1, warmup=0, prompt_len=16, gen_len=4))
+    m = tvm_tune.tune(tiny_run, "rpi4", tmp_path / "art", f"{dev.user}@{dev.host}:{dev.port}", "int8", data_dir,
+                      candidates=([4, 16], [2, 16]), log=lambda m: None)
+    db = json.loads((tmp_path / "art.tuning.json").read_text())
+    assert [c["tile"] for c in db["candidates"]] == [[4, 16], [2, 16]]
+    assert all(c["provenance"].startswith("emulated device") and c["prefill_ms"] > 0 for c in db["candidates"])
+    assert db["best"] == min(db["candidates"], key=lambda c: c["score"])["tile"]
+    assert "emulated device" in db["note"]
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text()) == m
+    assert m["parity"]["ok"]
