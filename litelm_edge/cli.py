@@ -203,6 +203,8 @@ def compress(method, checkpoint, data_dir, out, sets):
     r = do_compress(method, checkpoint, data_dir, out, parse_sets(sets), log=lambda m: click.echo(m, err=True))
     click.echo(f"{method}: {r['params_before']:,} -> {r['params_after']:,} params, val ppl {r['ppl_before']:.2f} -> "
                f"{r['ppl_after']:.2f}, {r['seconds']:.0f} s -> {r['checkpoint']}")
+    if r.get("note"):
+        click.echo(f"note: {r['note']}")
 
 
 @cli.command()

@@ -69,7 +69,11 @@ def method_prune(base, data_dir, out, sets, model_sets, tc, log) -> dict:
     for h in hooks:
         h.remove()
     resave(out, model, {"sparsity": prune.sparsity(model)})
-    return {"config": asdict(c), "sparsity": prune.sparsity(model), "model": model}
+    res = {"config": asdict(c), "sparsity": prune.sparsity(model), "model": model}
+    if res["sparsity"] > 0:
+        res["note"] = (f"{res['sparsity']:.0%} of the weights are zero: unstructured sparsity does not make dense runtimes "
+                       "(ORT, TVM, LiteRT) faster or artifacts smaller; structured pruning (ffn, heads, layers) does")
+    return res
 
 
 def _calibration(data_dir, tc, n: int = 4):

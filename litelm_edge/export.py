@@ -28,6 +28,14 @@ INT8_MIN_TOP1 = 0.95  # next-token agreement with torch on held-out windows
 REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 
 
+class ParityError(UserError):
+    """The artifact does not compute what the checkpoint does, by the build's rule: not written."""
+
+    def __init__(self, msg: str, parity: dict):
+        super().__init__(msg)
+        self.parity = parity
+
+
 @dataclass
 class BuildContext:
     model: object  # litelm_edge.model.Transformer, eval, fp32
@@ -165,10 +173,10 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         min_top1 = res.get("min_top1", INT8_MIN_TOP1)  # a backend may set it per precision (INT4)
         p = parity(model, rt, heldout, precision, min_top1)
         if not p["ok"] and gate:
-            raise UserError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
+            raise ParityError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
                             f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written"
                             + ("" if precision == "fp32" else ": fine-tune for it with `litelm-edge compress qat`, "
-                               "or build a wider --precision (fp32)"))
+                               "or build a wider --precision (fp32)"), p)
         prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: model.cfg.max_seq_len // 2]
         manifest["reference"] = reference(model, rt, prompt_ids, p["max_abs_err"])
         tol = {"min_top1": min_top1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}

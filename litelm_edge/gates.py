@@ -56,7 +56,9 @@ def to_markdown(attempts: list[dict]) -> str:
                 f"Checkpoint {a['checkpoint']}: {a['n_params']:,} params, val ppl (torch fp32) {a['ckpt_ppl']:.3f}"
                 + (f"; compression took {a['seconds']:.0f} s" if a.get("seconds") is not None else ""), ""]
         for t in a["targets"]:
-            out += [f"Target {t['target']}/{t['precision']}: {t['size_mb']:.2f} MB, artifact val ppl {t['ppl']:.3f}", "",
+            built = (f"{t['size_mb']:.2f} MB, artifact val ppl {t['ppl']:.3f}" if t["size_mb"] is not None
+                     else "build refused by its parity check")
+            out += [f"Target {t['target']}/{t['precision']}: {built}", "",
                     "| gate | value | limit | verdict | note |", "|---|---|---|---|---|"]
             out += [f"| {r['gate']} | {_fmt(r['value'])} | {r['limit']} | "
                     f"{ {True: 'pass', False: '**FAIL**', None: 'not measured'}[r['pass']]} | {r['note']} |"

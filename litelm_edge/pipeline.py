@@ -68,14 +68,22 @@ def attempt(k: int, label: str, ckpt: Path, recipe: dict, data: Path, work: Path
     from . import gates, report
     from .bench import bench
     from .eval import eval_artifact, eval_checkpoint
-    from .export import build
+    from .export import ParityError, build
     b = recipe["build"]
     c = eval_checkpoint(ckpt, data)
     a = {"attempt": k, "step": label, "checkpoint": str(ckpt), "n_params": c["n_params"], "ckpt_ppl": c["ppl"],
          "targets": [], "bench": {}}
     for target in b["targets"]:
         art = work / "artifacts" / f"{target}-{b.get('precision', 'default')}" / f"attempt-{k}"
-        m = build(ckpt, target, art, b.get("precision"), data, log=log)
+        try:
+            m = build(ckpt, target, art, b.get("precision"), data, log=log)
+        except ParityError as e:  # a failed gate of this attempt, not the end of the run
+            log(f"build: {target}: {e}")
+            a["targets"].append({"target": target, "precision": b.get("precision") or "default", "size_mb": None,
+                                 "ppl": None, "ok": False, "gates": [
+                                     {"gate": "build parity", "value": e.parity["top1_agreement"], "limit": e.parity["rule"],
+                                      "pass": False, "note": "artifact vs torch on held-out text; not written, not benched"}]})
+            continue
         log(f"build: {target}/{m['precision']} {m['size_bytes'] / 1e6:.2f} MB, parity top-1 {m['parity']['top1_agreement']:.3f}")
         ppl = eval_artifact(art, data)["ppl"]
         r = bench(art, dict(recipe.get("bench", {})), log=log)
@@ -112,6 +120,7 @@ def run_recipe(name: str, sets: dict | None = None, log=print) -> dict:
             src = ckpt if steps[k - 1].get("from", "base") == "previous" else work / "run"
             c = step_compress(steps[k - 1], src, data, work, k, log)
             ckpt, label = Path(c["checkpoint"]), f"{steps[k - 1]['method']} {steps[k - 1].get('set', {})}"
+            label += f" ({c['note']})" if c.get("note") else ""
         attempts.append(attempt(k, label, ckpt, recipe, data, work, ref_ppl, log))
         if k > 0:
             attempts[-1]["seconds"] = c["seconds"]

@@ -1,11 +1,12 @@
 """Compression: each method does what it says, and its output is a normal checkpoint that builds."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cli
+from conftest import TINY_SETS, TINY_TRAIN, cli
 from litelm_edge import checkpoint as ckpt
 from litelm_edge import distill, prune, quant, share
 from litelm_edge.compress import compress
@@ -99,6 +100,7 @@ def test_magnitude_pruning_keeps_sparsity_through_finetune(tiny_run, data_dir, t
     assert prune.sparsity(model) == pytest.approx(0.5, abs=0.01) and r["params_after"] == r["params_before"]
     t = json.loads((ckpt.resolve(tmp_path / "p") / "training.json").read_text())
     assert t["sparsity"] == pytest.approx(0.5, abs=0.01) and "does not make dense runtimes faster" in t["compression"]["note"]
+    assert r["note"].startswith("50% of the weights are zero: unstructured sparsity does not make dense runtimes")
 
 
 def test_threshold_and_per_layer_pruning(tiny_run):
@@ -169,11 +171,7 @@ def test_compress_cli(tiny_run, data_dir, tmp_path):
     assert r.returncode == 2 and "unknown compression method 'squash', have: qat" in r.stderr
 
 
-def test_failing_gate_applies_next_step_and_reports_attempts(corpus, tmp_path):
-    """An impossible perplexity gate: attempt 0 (PTQ) fails, attempt 1 (a compression step) runs too."""
-    pytest.importorskip("onnxruntime")
-    from conftest import TINY_SETS
-    from litelm_edge.pipeline import run_recipe
+def _gated_recipe(corpus, tmp_path, gates: str) -> Path:
     train_set = "\n".join(f'"{k}" = {v}' for k, v in (s.split("=") for s in TINY_SETS + TINY_TRAIN))
     recipe = tmp_path / "gated.toml"
     recipe.write_text(f"""
@@ -198,12 +196,19 @@ gen_len = 4
 concurrency = 1
 qps_iters = 1
 [gates]
-max_ppl_increase = -0.5
-max_attempts = 5
+{gates}
 [[compress]]
 method = "prune"
 set = {{ ffn = 0.5, "train.max_steps" = 2, "train.eval_every" = 2, "train.eval_batches" = 1 }}
 """)
+    return recipe
+
+
+def test_failing_gate_applies_next_step_and_reports_attempts(corpus, tmp_path):
+    """An impossible perplexity gate: attempt 0 (PTQ) fails, attempt 1 (a compression step) runs too."""
+    pytest.importorskip("onnxruntime")
+    from litelm_edge.pipeline import run_recipe
+    recipe = _gated_recipe(corpus, tmp_path, "max_ppl_increase = -0.5\nmax_attempts = 5")
     r = run_recipe(str(recipe), log=lambda m: None)
     assert not r["ok"] and [a["attempt"] for a in r["attempts"]] == [0, 1]  # one step: 2 attempts, not 5
     a0, a1 = r["attempts"]
@@ -212,6 +217,31 @@ set = {{ ffn = 0.5, "train.max_steps" = 2, "train.eval_every" = 2, "train.eval_b
     assert gate["gate"] == "max_ppl_increase" and gate["pass"] is False
     text = (tmp_path / "work" / "report.md").read_text()
     assert "### Attempt 0" in text and "### Attempt 1: prune" in text and "**Verdict: FAIL** after 2 attempt(s)" in text
+
+
+def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, tmp_path, monkeypatch):
+    """An int8 build that fails its parity check fails that attempt's gate; the loop goes on."""
+    pytest.importorskip("onnxruntime")
+    from litelm_edge import export
+    from litelm_edge.pipeline import run_recipe
+    real, calls = export.build, []
+
+    def first_fails(*args, **kw):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise export.ParityError("parity failed for x86/int8: top-1 agreement 0.900",
+                                     {"top1_agreement": 0.9, "rule": "top1_agreement >= 0.95"})
+        return real(*args, **kw)
+    monkeypatch.setattr(export, "build", first_fails)
+    recipe = _gated_recipe(corpus, tmp_path, "max_ppl_increase = 10.0\nmax_attempts = 2")
+    r = run_recipe(str(recipe), log=lambda m: None)
+    a0, a1 = r["attempts"]
+    assert not a0["ok"] and a0["targets"][0]["gates"] == [
+        {"gate": "build parity", "value": 0.9, "limit": "top1_agreement >= 0.95", "pass": False,
+         "note": "artifact vs torch on held-out text; not written, not benched"}]
+    assert a1["ok"] and r["ok"] and len(calls) == 2
+    text = (tmp_path / "work" / "report.md").read_text()
+    assert "Target x86/int8: build refused by its parity check" in text and "### Attempt 1: prune" in text
 
 
 def test_gates_pass_with_room():
