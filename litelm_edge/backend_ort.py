@@ -4,8 +4,13 @@ One ONNX graph, `decoder.onnx`, serves both entry points and stores the weights 
   prefill: input_ids (1, T) with empty past (P = 0)  -> logits (1, T, V), present k/v (L, 1, nkv, T, hd)
   decode:  input_ids (1, 1) with the past of length P -> logits (1, 1, V), present k/v of length P+1
 T and P are dynamic (RoPE and mask come from torch.arange inside the graph).
-int8 is ORT dynamic quantisation: per-channel int8 weights for MatMul and Gather (embeddings),
-activations quantised per call.
+Precisions:
+  int8       ORT dynamic quantisation (W8A8): per-channel int8 MatMul weights, each MatMul input
+             quantised to one uint8 grid per call, the embedding Gather uint8 per tensor.
+  int8-b32   weight-only int8 in blocks of 32 along K (ORT's MatMulNBits, accuracy level 4: the
+  int4-b32   kernel rounds activations to int8 per block of 32 at run time, far finer than one grid
+  int4-b64   per call); lm_head gets its own copy of the tied embedding, quantised the same way,
+             and the Gather keeps a uint8 per-tensor copy. int8-b32 matches fp32 perplexity.
 """
 from __future__ import annotations
 
@@ -48,12 +53,14 @@ def export_onnx(model, path: Path, log=print):
                       dynamic_shapes={"input_ids": {1: T}, "past_k": {3: P}, "past_v": {3: P}})
 
 
-def fold_weight_transposes(src: Path, dst: Path):
+def fold_weight_transposes(src: Path, dst: Path, untie: bool = False):
     """Replace Transpose(initializer) nodes by transposed initializers.
 
     The exporter folds these itself, except for a weight used by several layers (cross-layer
     sharing): there the MatMul's weight arrives through a Transpose node, and ORT's quantiser,
     which quantises only initializer inputs, would leave the shared weights in float.
+    untie: also fold a weight that is read untransposed elsewhere (the tied embedding): lm_head
+    then gets its own (C, V) copy.
     """
     import onnx
     from onnx import numpy_helper
@@ -66,7 +73,8 @@ def fold_weight_transposes(src: Path, dst: Path):
             uses[x] = uses.get(x, 0) + 1
     # a weight also read untransposed stays as it is: the tied embedding, which the Gather reads
     # and lm_head reaches through a Transpose, would otherwise be stored twice once quantised
-    for node in [n for n in g.node if n.op_type == "Transpose" and uses.get(n.input[0]) == 1 and n.input[0] in inits]:
+    for node in [n for n in g.node if n.op_type == "Transpose" and n.input[0] in inits
+                 and (untie or uses.get(n.input[0]) == 1)]:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
         w = numpy_helper.to_array(inits[node.input[0]], base_dir=str(src.parent))
         g.initializer.append(numpy_helper.from_array(w.transpose(perm).copy(), node.output[0]))
@@ -84,6 +92,26 @@ def quantize_int8(src: Path, dst: Path):
     fold_weight_transposes(src, folded)
     quantize_dynamic(str(folded), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Gather"])
+    dedupe_initializers(dst)
+
+
+BLOCKS = {"int8-b32": (8, 32), "int4-b32": (4, 32), "int4-b64": (4, 64)}
+
+
+def quantize_blocks(src: Path, dst: Path, bits: int, block: int):
+    """Weight-only int{bits} MatMuls in blocks along K (MatMulNBits), then the Gather as uint8."""
+    import logging
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    folded, blocked = src.with_name("folded.onnx"), src.with_name("blocked.onnx")
+    fold_weight_transposes(src, folded, untie=True)
+    level = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level.setLevel(logging.ERROR)  # one INFO line per node otherwise
+    q = MatMulNBitsQuantizer(onnx.load(str(folded)), bits=bits, block_size=block, is_symmetric=True, accuracy_level=4)
+    q.process()
+    q.model.save_model_to_file(str(blocked), use_external_data_format=True)
+    quantize_dynamic(str(blocked), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
     dedupe_initializers(dst)
 
 
@@ -122,8 +150,9 @@ def weight_bytes(path: Path) -> dict:
 def build(ctx) -> dict:
     import logging
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
-    if ctx.precision not in ("fp32", "int8"):
-        raise UserError(f"unknown precision '{ctx.precision}' for onnxruntime, have: fp32, int8")
+    have = ("fp32", "int8", *BLOCKS)
+    if ctx.precision not in have:
+        raise UserError(f"unknown precision '{ctx.precision}' for onnxruntime, have: {', '.join(have)}")
     out = Path(ctx.out_dir)
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
@@ -131,11 +160,16 @@ def build(ctx) -> dict:
         work = out / ".fp32"
         work.mkdir()
         export_onnx(ctx.model, work / GRAPH, ctx.log)
-        ctx.log("quantising to int8 (dynamic, per-channel weights) ...")
-        quantize_int8(work / GRAPH, out / GRAPH)
+        if ctx.precision == "int8":
+            ctx.log("quantising to int8 (dynamic, per-channel weights) ...")
+            quantize_int8(work / GRAPH, out / GRAPH)
+        else:
+            ctx.log(f"quantising to {ctx.precision} (weight-only blocks, MatMulNBits) ...")
+            quantize_blocks(work / GRAPH, out / GRAPH, *BLOCKS[ctx.precision])
         for p in work.iterdir():
             os.remove(p)
         work.rmdir()
-    return {"runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH), "tools": ("onnx", "onnxruntime", "onnxscript"),
+    more = {"min_top1": 0.90} if ctx.precision.startswith("int4") else {}  # as LiteRT's int4 (export.py)
+    return {**more, "runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH), "tools": ("onnx", "onnxruntime", "onnxscript"),
             "extra": {"graphs": {"decoder": GRAPH}, "entry_points": {
                 "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}}}

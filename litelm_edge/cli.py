@@ -79,7 +79,7 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @click.option("--target", required=True, help="Target name in targets/ (or a .toml path).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-@click.option("--precision", help="fp32, int8, or a backend's own (litert: int8-full, int4-b32, int4-b64); default: the target's.")
+@click.option("--precision", help="fp32, int8, or a backend's own (ort: int8-b32, int4-b32, int4-b64; litert: int8-full, int4-b32, int4-b64); default: the target's.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
 @click.option("--tune", is_flag=True, help="TVM targets: pick the schedule's tile by benching on --remote.")
 @click.option("--remote", "tune_remote", help="user@host[:port] of the device that --tune measures on.")

@@ -52,6 +52,26 @@ def test_int8_is_smaller_than_fp32(tiny_run, tmp_path):
     assert w8 == pytest.approx(4 * b["n_params"] / 4, rel=0.05)
 
 
+def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir, tmp_path):
+    """int8-b32 / int4-b32: MatMulNBits weights, one Gather copy; int8-b32 is as good as fp32."""
+    import onnx
+    from litelm_edge.eval import eval_artifact, eval_checkpoint
+    ref = eval_checkpoint(tiny_run, data_dir)["ppl"]
+    got = {}
+    for p in ("int8-b32", "int4-b32"):
+        m = export.build(tiny_run, "x86", tmp_path / p, p, data_dir, log=lambda m: None)
+        ops = [n.op_type for n in onnx.load(str(tmp_path / p / "decoder.onnx")).graph.node]
+        assert ops.count("MatMulNBits") == 7 * m["model"]["n_layer"] + 1  # q k v o gate up down, lm_head
+        assert "MatMulInteger" not in ops and "MatMul" in ops  # only the attention's activation matmuls stay float
+        got[p] = (m, eval_artifact(tmp_path / p, data_dir)["ppl"])
+    (m8, ppl8), (m4, ppl4) = got["int8-b32"], got["int4-b32"]
+    assert m8["parity"]["top1_agreement"] >= 0.95 and abs(ppl8 / ref - 1) < 0.005
+    assert m4["parity"]["rule"] == "top1_agreement >= 0.9" and ppl4 > ppl8
+    assert m4["size_bytes"] < m8["size_bytes"]
+    with pytest.raises(UserError, match="unknown precision 'int3-b32' for onnxruntime, have: fp32, int8, int8-b32"):
+        export.build(tiny_run, "x86", tmp_path / "bad", "int3-b32", data_dir, log=lambda m: None)
+
+
 def test_failed_parity_fails_the_build_and_writes_nothing(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "INT8_MIN_TOP1", 1.01)
     with pytest.raises(UserError, match="parity failed"):
