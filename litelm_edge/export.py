@@ -175,8 +175,8 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         if not p["ok"] and gate:
             raise ParityError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
                             f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written"
-                            + ("" if precision == "fp32" else ": fine-tune for it with `litelm-edge compress qat`, "
-                               "or build a wider --precision (fp32)"), p)
+                            + {"fp32": "", "int8": ": fine-tune for int8 with `litelm-edge compress qat`, or build "
+                               "--precision fp32"}.get(precision, ": build a wider --precision (int8 or fp32)"), p)
         prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: model.cfg.max_seq_len // 2]
         manifest["reference"] = reference(model, rt, prompt_ids, p["max_abs_err"])
         tol = {"min_top1": min_top1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
