@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import toolchain_or_skip  # noqa: E402
 from litelm_edge import backend_litert, checkpoint  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
 from litelm_edge.litert_graph import CachedLM  # noqa: E402
@@ -51,10 +52,7 @@ def test_settings_and_size_verdict():
 @pytest.fixture(scope="module")
 def toolchain():
     pytest.importorskip("ai_edge_litert")
-    try:
-        return backend_litert.python()
-    except (UserError, OSError) as e:
-        pytest.skip(f"LiteRT toolchain venv cannot be made: {e}")
+    return toolchain_or_skip(backend_litert.python, "LiteRT")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import toolchain_or_skip  # noqa: E402
 from litelm_edge import backend_tvm, checkpoint, export  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
 
@@ -20,10 +21,7 @@ EM_AARCH64 = 183  # ELF e_machine of aarch64
 
 @pytest.fixture(scope="module")
 def tvm_python():
-    try:
-        return backend_tvm.python()
-    except UserError as e:
-        pytest.skip(f"TVM toolchain venv cannot be made here: {e}")
+    return toolchain_or_skip(backend_tvm.python, "TVM")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh --dev || exit $?
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+LITELM_EDGE_REQUIRE_TOOLCHAINS=1 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"  # setup.sh made them
 rc=$?
 [ $rc = 5 ] && { echo "no tests collected"; exit 1; }
 exit $rc
