@@ -16,7 +16,6 @@ import argparse
 import json
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,34 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from litelm_edge import backend_tvm, checkpoint, toolchain
 from litelm_edge.backend_ort import export_onnx
+from litelm_edge.device_runner import OrtRuntime
 from litelm_edge.model import Transformer, preset
-
-
-class OrtRunner:
-    def __init__(self, path: Path, cfg, threads: int):
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.empty = np.zeros((cfg.n_layer, 1, cfg.n_kv_head, 0, cfg.head_dim), np.float32)
-        self.ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 64))
-
-    def _run(self, x, k, v):
-        return self.sess.run(None, {"input_ids": x, "past_k": k, "past_v": v})
-
-    def round(self, reps: int, steps: int) -> dict:  # the protocol of _tvm_time.round_ms
-        self._run(self.ids, self.empty, self.empty)
-        pre = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            _, k, v = self._run(self.ids, self.empty, self.empty)
-            pre.append((time.perf_counter() - t0) * 1e3)
-        dec = []
-        for tok in range(steps):
-            t0 = time.perf_counter()
-            _, k, v = self._run(np.array([[tok]]), k, v)
-            dec.append((time.perf_counter() - t0) * 1e3)
-        return {"prefill_ms": pre, "decode_ms": dec}
+from _tvm_time import round_ms  # the one round protocol, ORT and TVM alike (benchmarks/ is on sys.path)
 
 
 class TvmRunner:
@@ -91,7 +65,7 @@ def x86_tile() -> list[int]:
     return tomllib.loads((ROOT / "targets" / "x86-tvm.toml").read_text())["tvm"]["tile"]
 
 
-def interleaved(ort: OrtRunner, tvm: TvmRunner, names: list[str], a) -> dict:
+def interleaved(ort: OrtRuntime, ids, tvm: TvmRunner, names: list[str], a) -> dict:
     """{name: [round, ...]} for "ort fp32" and each TVM library, rounds interleaved."""
     runs = ["ort fp32", *names]
     res = {name: [] for name in runs}
@@ -99,7 +73,7 @@ def interleaved(ort: OrtRunner, tvm: TvmRunner, names: list[str], a) -> dict:
         for j in range(len(runs)):
             name = runs[(r + j) % len(runs)]  # rotate who goes first
             reps = 1 if name == "tvm default pipeline" else a.reps
-            res[name].append(ort.round(reps, a.steps) if name == "ort fp32"
+            res[name].append(round_ms(ort, ids, reps, a.steps) if name == "ort fp32"
                              else tvm.round(names.index(name), reps, a.steps))
     return res
 
@@ -142,9 +116,12 @@ def main():
             builds["tvm default pipeline"] = tvm_build(py, ckpt, td / "default", False)
         names = list(builds)
         libs = [td / ("sched" if n == "tvm scheduled" else "default") for n in names]
-        ort, tvm = OrtRunner(td / "model.onnx", cfg, a.threads), TvmRunner(py, libs, cfg, a.threads)
+        model = {k: getattr(cfg, k) for k in ("n_layer", "n_kv_head", "head_dim", "n_embd", "n_head")}
+        ort = OrtRuntime(td, {"graphs": {"decoder": "model.onnx"}, "model": model}, a.threads)
+        ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 64)  # the ids _tvm_time.py times TVM on
+        tvm = TvmRunner(py, libs, cfg, a.threads)
         try:
-            res = interleaved(ort, tvm, names, a)
+            res = interleaved(ort, ids, tvm, names, a)
         finally:
             tvm.close()
     print(f"\n{a.preset}, {a.threads} threads, tile {tile}, {a.rounds} interleaved rounds of "

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from .config import UserError
+from .export import INT4_MIN_TOP1
 
 GRAPH = "decoder.onnx"
 
@@ -169,7 +170,7 @@ def build(ctx) -> dict:
         for p in work.iterdir():
             os.remove(p)
         work.rmdir()
-    more = {"min_top1": 0.90} if ctx.precision.startswith("int4") else {}  # as LiteRT's int4 (export.py)
+    more = {"min_top1": INT4_MIN_TOP1} if BLOCKS.get(ctx.precision, (8,))[0] == 4 else {}
     return {**more, "runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH), "tools": ("onnx", "onnxruntime", "onnxscript"),
             "extra": {"graphs": {"decoder": GRAPH}, "entry_points": {
                 "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}}}

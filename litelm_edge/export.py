@@ -25,6 +25,7 @@ FORMAT, VERSION = "litelm-edge-artifact", 1
 PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 8, 64, 32
 FP32_MAX_ABS = 1e-3  # logits, fp32 artifact vs torch
 INT8_MIN_TOP1 = 0.95  # next-token agreement with torch on held-out windows
+INT4_MIN_TOP1 = 0.90  # INT4 blocks: flips more near-ties; judged by perplexity too
 REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 
 

@@ -60,8 +60,15 @@ def apply_masks(model, masks: dict) -> list:
     handles = []
     for n, m in masks.items():
         params[n].mul_(m)
-        handles.append(params[n].register_hook(lambda g, m=m: g * m.to(g.device)))  # train() may move it
+        handles.append(params[n].register_hook(lambda g, n=n: g * _on(masks, n, g.device)))
     return handles
+
+
+def _on(masks: dict, n: str, device):
+    """masks[n] on `device`, moved there once (train() moves the model after the masks are made)."""
+    if masks[n].device != device:
+        masks[n] = masks[n].to(device)
+    return masks[n]
 
 
 def sparsity(model) -> float:

@@ -49,8 +49,8 @@ def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def weight_scale(w: torch.Tensor, qmax: int) -> torch.Tensor:
-    """(out, in) -> (out, 1) per-channel symmetric scales."""
-    return w.detach().abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax
+    """(..., C) -> (..., 1) symmetric scales, one a row: a weight's output channel, or a token."""
+    return w.detach().abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
 
 
 def round_channel(w: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -80,8 +80,7 @@ def fake_quant_act(x: torch.Tensor, how: str) -> torch.Tensor:
     if how == "none":
         return x
     if how == "token":
-        s = x.detach().abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127
-        return _ste(x, torch.clamp(torch.round(x.detach() / s), -127, 127) * s)
+        return _ste(x, round_channel(x, 127))
     return _ste(x, round_u8(x, tuple(range(1 if x.dim() > 2 else 0, x.dim()))))
 
 
@@ -105,7 +104,7 @@ def tied(model) -> bool:
     return model.lm_head.weight is model.embed_tokens.weight
 
 
-def quantised_linears(model, c: QATConfig | None = None) -> list[nn.Linear]:
+def quantised_linears(model) -> list[nn.Linear]:
     """The Linears that become int8 MatMuls (a tied lm_head goes with the embedding instead)."""
     return [m for m in model.modules() if isinstance(m, nn.Linear) and not (m is model.lm_head and tied(model))]
 
@@ -145,15 +144,8 @@ def snap(model, c: QATConfig = QATConfig()) -> int:
 @torch.no_grad()
 def grid_error(model, c: QATConfig = QATConfig()) -> float:
     """Largest distance, in grid steps, of any quantised weight from its grid (0 after snap)."""
-    worst = 0.0
-    for m in quantised_linears(model):
-        q = m.weight / weight_scale(m.weight, c.weight_qmax)
-        worst = max(worst, float((q - q.round()).abs().max()))
-    if c.embedding == "tensor_u8":
-        w = model.embed_tokens.weight
-        q = w / u8_grid(w, (0, 1))[0]
-        worst = max(worst, float((q - q.round()).abs().max()))  # zp is an integer: same distance
-    elif c.embedding == "channel":
-        q = model.embed_tokens.weight / weight_scale(model.embed_tokens.weight, 127)
-        worst = max(worst, float((q - q.round()).abs().max()))
-    return worst
+    pairs = [(m.weight, weight_scale(m.weight, c.weight_qmax)) for m in quantised_linears(model)]
+    w = model.embed_tokens.weight
+    if c.embedding != "none":  # a uint8 zero point is an integer: the distance is the same
+        pairs.append((w, u8_grid(w, (0, 1))[0] if c.embedding == "tensor_u8" else weight_scale(w, 127)))
+    return max((float((w / s - (w / s).round()).abs().max()) for w, s in pairs), default=0.0)
