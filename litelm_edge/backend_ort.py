@@ -148,6 +148,20 @@ def weight_bytes(path: Path) -> dict:
     return out
 
 
+def graph_kind(ctx) -> str:
+    """'fused' (backends/ort/fused.py) where the builder can express the model and precision, else
+    'export' (torch.export, below); --set build.graph=export forces the latter."""
+    from .backends.ort import fused
+    unknown = sorted(set(ctx.recipe or {}) - {"graph"})
+    want = (ctx.recipe or {}).get("graph", "fused")
+    if unknown or want not in ("fused", "export"):
+        raise UserError(f"onnxruntime build options: graph=fused|export, got {dict(ctx.recipe)}")
+    why = fused.unsupported(ctx.model.cfg) or ("" if ctx.precision in fused.PRECISIONS else f"{ctx.precision} (W8A8)")
+    if want == "fused" and why:
+        ctx.log(f"graph: torch.export (the fused graph does not express {why})")
+    return "fused" if want == "fused" and not why else "export"
+
+
 def build(ctx) -> dict:
     import logging
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
@@ -155,6 +169,13 @@ def build(ctx) -> dict:
     if ctx.precision not in have:
         raise UserError(f"unknown precision '{ctx.precision}' for onnxruntime, have: {', '.join(have)}")
     out = Path(ctx.out_dir)
+    more = {"min_top1": INT4_MIN_TOP1} if BLOCKS.get(ctx.precision, (8,))[0] == 4 else {}
+    if graph_kind(ctx) == "fused":
+        from .backends.ort import fused
+        tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
+        extra = fused.build(ctx.model, tok, out, ctx.precision, ctx.log)
+        return {**more, "runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH),
+                "tools": ("onnx", "onnxruntime", "onnxruntime_genai"), "extra": dict(extra, graph="fused")}
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
     else:
@@ -170,7 +191,6 @@ def build(ctx) -> dict:
         for p in work.iterdir():
             os.remove(p)
         work.rmdir()
-    more = {"min_top1": INT4_MIN_TOP1} if BLOCKS.get(ctx.precision, (8,))[0] == 4 else {}
     return {**more, "runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH), "tools": ("onnx", "onnxruntime", "onnxscript"),
-            "extra": {"graphs": {"decoder": GRAPH}, "entry_points": {
+            "extra": {"graph": "export", "graphs": {"decoder": GRAPH}, "entry_points": {
                 "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}}}

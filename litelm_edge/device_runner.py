@@ -50,20 +50,43 @@ def log(msg: str):
 # API: prefill(ids int64 (T,)) -> logits float32 (T, V), resetting and filling the KV cache;
 #      decode(token int) -> logits (V,), appending one position to the cache.
 
-class OrtRuntime:
-    install_hint = "python3 -m pip install onnxruntime numpy"
+def ort_session_options(ort, threads: int | None, spin: bool | None = None):
+    """One session's options: `threads` intra-op threads (None: ORT's default, all cores), spinning
+    workers only when asked (a spinning pool burns the cores a neighbour or a sibling session needs)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or 0
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if spin is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if os.environ.get("LITELM_ORT_PROFILE"):  # benchmarks/ort_profile.py: per-node timings
+        so.enable_profiling = True
+        so.profile_file_prefix = os.environ["LITELM_ORT_PROFILE"]
+    return so
 
-    def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise RuntimeMissing(f"onnxruntime is not installed: {self.install_hint}") from e
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or 0  # 0 = ORT's default (all cores)
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+
+def _import_ort(hint: str):
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise RuntimeMissing(f"onnxruntime is not installed: {hint}") from e
+    return ort
+
+
+class OrtRuntime:
+    """The torch.export graph: past KV in, past+new KV out (concatenated inside the graph)."""
+    install_hint = "python3 -m pip install onnxruntime numpy"
+    spins = True  # takes a spin policy for its intra-op workers
+
+    def __new__(cls, art_dir: Path, manifest: dict, threads: int | None, spin: bool | None = None):
+        if cls is OrtRuntime and manifest.get("kv_cache") == "shared-buffer":
+            cls = OrtSharedKvRuntime  # the fused graph (backends/ort/fused.py)
+        return super().__new__(cls)
+
+    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, spin: bool | None = None):
+        ort = _import_ort(self.install_hint)
         path = str(Path(art_dir) / manifest["graphs"]["decoder"])
-        self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(path, ort_session_options(ort, threads, spin), providers=["CPUExecutionProvider"])
         m = manifest["model"]
         hd = m.get("head_dim") or m["n_embd"] // m["n_head"]  # head pruning decouples it from n_embd
         self.empty = np.zeros((m["n_layer"], 1, m["n_kv_head"], 0, hd), np.float32)
@@ -76,9 +99,65 @@ class OrtRuntime:
         logits, self.k, self.v = self._run(ids, self.empty, self.empty)
         return logits[0]
 
+    def prefill_last(self, ids):
+        return self.prefill(ids)[-1]
+
     def decode(self, token):
         logits, self.k, self.v = self._run(np.array([token]), self.k, self.v)
         return logits[0, -1]
+
+
+class OrtSharedKvRuntime(OrtRuntime):
+    """The fused graph: GroupQueryAttention reads and writes one preallocated KV buffer per layer,
+    bound once as both past and present (IO binding), so a decode step writes its one position in
+    place; the last position's logits land in a preallocated array. Per call only the token ids,
+    the mask length and logits_to_keep are bound: no allocation, no copy of the cache."""
+
+    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, spin: bool | None = None):
+        self.ort = ort = _import_ort(self.install_hint)
+        path = str(Path(art_dir) / manifest["graphs"]["decoder"])
+        self.sess = ort.InferenceSession(path, ort_session_options(ort, threads, spin), providers=["CPUExecutionProvider"])
+        m, io = manifest["model"], manifest["io"]
+        self.S = m["max_seq_len"]
+        shape = (1, m["n_kv_head"], self.S, m.get("head_dim") or m["n_embd"] // m["n_head"])
+        self.io = self.sess.io_binding()
+        self.cache = []  # (1, nkv, S, hd) float32 per layer and k/v: past and present at once
+        for i in range(m["n_layer"]):
+            for kind in ("key", "value"):
+                buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+                self.io.bind_ortvalue_input(io["inputs"][f"past_{kind}_names"] % i, buf)
+                self.io.bind_ortvalue_output(io["outputs"][f"present_{kind}_names"] % i, buf)
+                self.cache.append(buf)
+        self.mask = np.ones((1, self.S), np.int64)
+        self.last = np.zeros((1, 1, m["vocab_size"]), np.float32)  # logits of one position
+        self.last_ov = ort.OrtValue.ortvalue_from_numpy(self.last)
+        self.one = np.array([1], np.int64)
+        self.P = 0  # positions in the cache
+
+    def _run(self, ids: np.ndarray, keep: int) -> np.ndarray:
+        """-> logits (keep, V) of the last `keep` positions, a copy the caller may hold."""
+        T = ids.size
+        if self.P + T > self.S:
+            raise ValueError(f"sequence of {self.P + T} tokens exceeds the KV cache ({self.S}, the model's max_seq_len)")
+        self.io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64).reshape(1, T))
+        self.io.bind_cpu_input("attention_mask", self.mask[:, :self.P + T])
+        self.io.bind_cpu_input("logits_to_keep", self.one if keep == 1 else np.array([keep], np.int64))
+        out = self.last if keep == 1 else np.empty((1, keep, self.last.shape[-1]), np.float32)
+        self.io.bind_ortvalue_output("logits", self.last_ov if keep == 1 else self.ort.OrtValue.ortvalue_from_numpy(out))
+        self.sess.run_with_iobinding(self.io)
+        self.P += T
+        return out[0].copy() if keep == 1 else out[0]
+
+    def prefill(self, ids):
+        self.P = 0
+        return self._run(ids, ids.size)
+
+    def prefill_last(self, ids):
+        self.P = 0
+        return self._run(ids, 1)[-1]
+
+    def decode(self, token):
+        return self._run(np.array([token], np.int64), 1)[-1]
 
 
 class TvmRuntime:
@@ -210,11 +289,13 @@ class LiteRTRuntime:
 RUNTIMES = {"onnxruntime": OrtRuntime, "litert": LiteRTRuntime, "tvm": TvmRuntime}
 
 
-def open_runtime(art_dir, manifest: dict, threads: int | None = None):
+def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool | None = None):
+    """spin: intra-op workers spin (True), sleep (False) or the runtime's default (None, ORT only)."""
     name = manifest["runtime"]
     if name not in RUNTIMES:
         raise RuntimeMissing(f"runtime '{name}' unknown to this runner, have: {', '.join(RUNTIMES)}")
-    return RUNTIMES[name](Path(art_dir), manifest, threads)
+    cls = RUNTIMES[name]
+    return cls(Path(art_dir), manifest, threads, **({"spin": spin} if getattr(cls, "spins", False) else {}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,18 +339,23 @@ class Span:
         self.cpu_s = time.process_time() - self.c0
 
 
+def prefill_last(rt, ids) -> np.ndarray:
+    """Serving's prefill: only the last position's logits (V,), where the runtime can skip the rest."""
+    return rt.prefill_last(ids) if hasattr(rt, "prefill_last") else rt.prefill(ids)[-1]
+
+
 def time_prefill(rt, prompt, iters: int) -> list[float]:
     out = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        rt.prefill(prompt)
+        prefill_last(rt, prompt)
         out.append((time.perf_counter() - t0) * 1e3)
     return out
 
 
 def time_decode(rt, prompt, gen_len: int) -> list[float]:
     """ms per token of a greedy decode of gen_len tokens after the prompt."""
-    tok = int(rt.prefill(prompt)[-1].argmax())
+    tok = int(prefill_last(rt, prompt).argmax())
     out = []
     for _ in range(gen_len):
         t0 = time.perf_counter()
@@ -285,7 +371,7 @@ def run_qps(runtimes: list, prompt, iters: int) -> dict:
     def work(rt):
         try:
             for _ in range(iters):
-                rt.prefill(prompt)
+                prefill_last(rt, prompt)
         except Exception as e:  # reported below, never swallowed
             errors.append(repr(e))
 
@@ -299,6 +385,31 @@ def run_qps(runtimes: list, prompt, iters: int) -> dict:
         raise RuntimeError(f"concurrent session failed: {errors[0]}")
     n = len(runtimes) * iters
     return {"sessions": len(runtimes), "inferences": n, "wall_s": sp.wall_s, "cpu_s": sp.cpu_s, "qps": n / sp.wall_s}
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads: chosen, not left to the runtime (ORT's default of one thread per core, times 4 sessions,
+# oversubscribes 2 cores 4x). Small models lose more to thread hand-offs than they gain from a
+# second core: about MB_PER_THREAD of weights read per token per thread pays for one more thread.
+MB_PER_THREAD = 8.0
+
+
+def usable_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def choose_threads(manifest: dict, sessions: int = 1) -> int:
+    """Intra-op threads per session: the CPUs this process may use, shared by the sessions, at most
+    one per MB_PER_THREAD of stored weights."""
+    share = max(1, len(usable_cpus()) // sessions)
+    by_size = int(manifest.get("size_bytes", 0) / 1e6 // MB_PER_THREAD)
+    return max(1, min(share, by_size))
+
+
+def choose_spin(threads: int, sessions: int = 1) -> bool:
+    """Spinning workers only when the cores are ours: one session and a load below the CPU count."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return threads > 1 and sessions == 1 and load < len(usable_cpus())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,11 +656,25 @@ def runtime_version(name: str) -> str:
 
 # ----------------------------------------------------------------------------------------------
 
+def thread_plan(manifest: dict, threads: int | None, spin: bool | None, concurrency: int) -> dict:
+    """Threads and spinning for the single stream and for each of the concurrent sessions."""
+    one = threads or choose_threads(manifest)
+    each = threads or choose_threads(manifest, concurrency)
+    return {"threads": one, "qps_threads_per_session": each, "chosen_by": "--threads" if threads else
+            f"CPU affinity ({len(usable_cpus())} CPUs) and weights ({MB_PER_THREAD:g} MB a thread)",
+            "spin": choose_spin(one) if spin is None else spin,
+            "qps_spin": choose_spin(each, concurrency) if spin is None else spin,
+            "affinity": usable_cpus(), "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
 def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128, concurrency=4,
-          threads=None, qps_iters=5) -> dict:
+          threads=None, qps_iters=5, spin=None) -> dict:
     manifest = json.loads((art_dir / "manifest.json").read_text())
+    plan = thread_plan(manifest, threads, spin, concurrency)
+    log(f"threads {plan['threads']} (QPS: {plan['qps_threads_per_session']} per session), spin {plan['spin']}, "
+        f"chosen by {plan['chosen_by']}")
     with Span() as sp_load:
-        rt = open_runtime(art_dir, manifest, threads)
+        rt = open_runtime(art_dir, manifest, plan["threads"], plan["spin"])
     log(f"loaded {manifest['runtime']} artifact in {sp_load.wall_s * 1e3:.0f} ms")
     parity = check_parity(rt, manifest["reference"], manifest["parity"]["on_device_tolerance"])
     log(f"parity: top-1 {parity['top1_agreement_vs_torch']:.3f}, max abs {parity['max_abs_err_vs_host']:.2e}")
@@ -571,7 +696,7 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
             decode += time_decode(rt, prompt, gen_len)
             log(f"rep {r + 1}/{reps}: decode {1e3 / np.mean(decode[-gen_len:]):.1f} tok/s")
     e_dec = meter.stop()
-    sessions = [rt] + [open_runtime(art_dir, manifest, threads) for _ in range(concurrency - 1)]
+    sessions = [open_runtime(art_dir, manifest, plan["qps_threads_per_session"], plan["qps_spin"]) for _ in range(concurrency)]
     run_qps(sessions, prompt, 1)  # warmup
     qps = run_qps(sessions, prompt, qps_iters)
     dec_tok_s = [1e3 / np.mean(decode[i:i + gen_len]) for i in range(0, len(decode), gen_len)]
@@ -579,7 +704,7 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
         "schema": SCHEMA, "artifact": {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id")},
         "runtime_version": runtime_version(manifest["runtime"]), "device": device_facts(),
         "protocol": {"warmup": warmup, "reps": reps, "iters": iters, "prompt_len": prompt_len, "gen_len": gen_len,
-                     "concurrency": concurrency, "qps_iters": qps_iters, "threads": threads},
+                     "concurrency": concurrency, "qps_iters": qps_iters, **plan},
         "load_ms": sp_load.wall_s * 1e3, "parity": parity,
         "prefill_ms": dict(stats(prefill), samples=prefill, cpu_s=sp_pre.cpu_s, wall_s=sp_pre.wall_s),
         "decode_ms_per_token": dict(stats(decode), samples=decode, cpu_s=sp_dec.cpu_s, wall_s=sp_dec.wall_s),
@@ -646,14 +771,16 @@ def main(argv=None) -> int:
     for name, default in [("warmup", 2), ("reps", 5), ("iters", 10), ("prompt-len", 64), ("gen-len", 128),
                           ("concurrency", 4), ("qps-iters", 5)]:
         ap.add_argument(f"--{name}", type=int, default=default)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="per session (default: chosen from the CPU affinity)")
+    ap.add_argument("--spin", choices=("on", "off"), default=None, help="ORT workers spin (default: only on idle cores)")
     ap.add_argument("--install-runtime", action="store_true",
                     help="install a missing runtime into a venv under ~/.cache/litelm-edge")
     a = ap.parse_args(argv)
     try:
         if np is None:
             raise RuntimeMissing(f"numpy is not installed: {PIP}numpy")
-        res = bench(a.artifact, a.warmup, a.reps, a.iters, a.prompt_len, a.gen_len, a.concurrency, a.threads, a.qps_iters)
+        res = bench(a.artifact, a.warmup, a.reps, a.iters, a.prompt_len, a.gen_len, a.concurrency, a.threads, a.qps_iters,
+                    None if a.spin is None else a.spin == "on")
     except RuntimeMissing as e:
         return runtime_missing(e, argv, a.install_runtime)
     tmp = a.out.with_name(a.out.name + ".tmp")

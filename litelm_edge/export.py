@@ -47,6 +47,7 @@ class BuildContext:
     heldout: list  # np.int64 arrays of held-out token ids (parity, calibration)
     recipe: dict = field(default_factory=dict)  # backend options from --set build.*
     log: Callable[[str], None] = print
+    tokenizer_json: str = ""  # the checkpoint's tokenizer (a backend's exporter may read it)
 
 
 def load_target(name: str) -> tuple[str, dict]:
@@ -163,7 +164,7 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
     precision = precision or tgt["target"].get("precision", "int8")
     heldout = heldout_windows(data or training.get("data_dir"))
     with atomic_dir(out) as tmp:
-        ctx = BuildContext(model, ckpt.resolve(checkpoint), tgt, tmp, precision, heldout, recipe or {}, log)
+        ctx = BuildContext(model, ckpt.resolve(checkpoint), tgt, tmp, precision, heldout, recipe or {}, log, tok_json)
         res = backend.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = files_table(tmp)
