@@ -30,21 +30,20 @@ PAIRS = {"fp32": "f32", "8-bit": "q8_0", "4-bit": "q4_0"}  # our class -> llama.
 CLASS = {"fp32": "fp32", "int8": "8-bit", "int8-b32": "8-bit", "int4-b32": "4-bit", "int4-b64": "4-bit"}
 
 
-def untrained_checkpoint(preset: str, work: Path, tokenizer: Path | None) -> Path:
+def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
+    """An untrained preset, with held-out data and a tokenizer made from the bundled corpus (llama.cpp's
+    converter needs a tokenizer; `build` needs held-out windows, where parity is recorded, not enforced)."""
     import torch
     from litelm_edge import checkpoint as ckpt
+    from litelm_edge.data import default_corpus, prepare
     from litelm_edge.model import Transformer, preset as model_preset
-    torch.manual_seed(0)
-    tok = tokenizer.read_text() if tokenizer else default_tokenizer(work, model_preset(preset).vocab_size)
-    return ckpt.save(work / "ckpt", Transformer(model_preset(preset)), tok, {"step": 0})
-
-
-def default_tokenizer(work: Path, vocab: int) -> str:
-    """A byte-level BPE trained on the bundled corpus (llama.cpp's converter needs a tokenizer)."""
-    from litelm_edge.data import DataConfig, default_corpus, expand_inputs, read_documents
-    from litelm_edge.tokenizer import train
-    train(read_documents(expand_inputs([default_corpus()]), DataConfig()), vocab).save(work / "tokenizer.json")
-    return (work / "tokenizer.json").read_text()
+    cfg = model_preset(preset)
+    if not (work / "data" / "val.bin").is_file():
+        prepare([default_corpus()], work / "data", vocab_size=cfg.vocab_size, log=lambda m: None)
+    if not (work / "ckpt").is_dir():
+        torch.manual_seed(0)
+        ckpt.save(work / "ckpt", Transformer(cfg), (work / "data" / "tokenizer.json").read_text(), {"step": 0})
+    return work / "ckpt", work / "data"
 
 
 def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path, dict]:
@@ -52,7 +51,8 @@ def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path,
     from litelm_edge.bench import read_manifest
     from litelm_edge.export import build
     art = work / f"x86-{graph}-{prec}"
-    build(ck, "x86", art, prec, data, recipe={"graph": graph}, log=lambda s: None, gate=False)
+    if not (art / "manifest.json").is_file():  # --work DIR keeps builds between runs
+        build(ck, "x86", art, prec, data, recipe={"graph": graph}, log=lambda s: None, gate=False)
     return art, read_manifest(art)
 
 
@@ -94,7 +94,7 @@ def table(res: dict, sizes: dict) -> list[str]:
 def engines(a, work: Path):
     """{name: (kind, handle)}, sizes MB, parity lines."""
     from litelm_edge.device_runner import open_runtime
-    ck = a.checkpoint or untrained_checkpoint(a.preset, work, a.tokenizer)
+    ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
     eng, sizes, notes = {}, {}, []
     for gguf_type in a.llama.split(","):
         f32 = llama.convert(ck, "f32", work / "gguf", log=print)
@@ -102,7 +102,7 @@ def engines(a, work: Path):
         eng[f"llama.cpp {gguf_type}"], sizes[f"llama.cpp {gguf_type}"] = ("llama", g), g.stat().st_size / 1e6
     for graph in (["export"] if a.before else []) + ["fused"]:
         for prec in a.precisions.split(","):
-            art, m = build_ours(ck, a.data, prec, graph, work)
+            art, m = build_ours(ck, data, prec, graph, work)
             name = f"ort {m.get('graph', 'export')} {prec}"
             eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))
             sizes[name] = m["size_bytes"] / 1e6
@@ -116,7 +116,6 @@ def main():
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--data", type=Path)
     ap.add_argument("--preset", default="minimind-26m")
-    ap.add_argument("--tokenizer", type=Path, help="tokenizer.json for an untrained preset")
     ap.add_argument("--precisions", default="fp32,int8-b32,int4-b32")
     ap.add_argument("--llama", default="f32,q8_0,q4_0", help="llama.cpp types")
     ap.add_argument("--before", action="store_true", help="also the torch.export graph (the graph before the fused one)")
@@ -127,8 +126,10 @@ def main():
     ap.add_argument("-p", type=int, default=64)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("--out", type=Path, help="JSON of every round")
+    ap.add_argument("--work", type=Path, help="folder for checkpoints, GGUF files and artifacts, reused when there")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="x86-vs-llamacpp-"))
+    work = a.work or Path(tempfile.mkdtemp(prefix="x86-vs-llamacpp-"))
+    work.mkdir(parents=True, exist_ok=True)
     eng, sizes, notes = engines(a, work)
     print("\n".join(notes) or "")
     prompt = np.random.default_rng(0).integers(0, 256, a.p, dtype=np.int64)

@@ -217,6 +217,10 @@ def targets():
 
 
 def main(argv=None):
+    import os
+    # before torch (and its OpenMP) loads: waiting workers sleep rather than spin, so a busy
+    # neighbour costs a fair share instead of a collapse (litelm_edge/train.py, cpu_threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as e:

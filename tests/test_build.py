@@ -61,8 +61,10 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
     for p in ("int8-b32", "int4-b32"):
         m = export.build(tiny_run, "x86", tmp_path / p, p, data_dir, log=lambda m: None)
         ops = [n.op_type for n in onnx.load(str(tmp_path / p / "decoder.onnx")).graph.node]
-        assert ops.count("MatMulNBits") == 7 * m["model"]["n_layer"] + 1  # q k v o gate up down, lm_head
-        assert "MatMulInteger" not in ops and "MatMul" in ops  # only the attention's activation matmuls stay float
+        assert m["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
+        assert ops.count("MatMulNBits") == 5 * m["model"]["n_layer"] + 1  # qkv o gate up down, lm_head
+        assert "MatMul" not in ops and "MatMulInteger" not in ops  # every weight is in 8- or 4-bit blocks
+        assert "GatherBlockQuantized" in ops  # the tied embedding reads the LM head's blocks
         got[p] = (m, eval_artifact(tmp_path / p, data_dir)["ppl"])
     (m8, ppl8), (m4, ppl4) = got["int8-b32"], got["int4-b32"]
     assert m8["parity"]["top1_agreement"] >= 0.95 and abs(ppl8 / ref - 1) < 0.005
