@@ -96,12 +96,13 @@ def engines(a, work: Path):
     from litelm_edge.device_runner import open_runtime
     ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
     eng, sizes, notes = {}, {}, []
-    for gguf_type in a.llama.split(","):
+    for gguf_type in filter(None, a.llama.split(",")):
         f32 = llama.convert(ck, "f32", work / "gguf", log=print)
         g = f32 if gguf_type == "f32" else llama.quantize(f32, gguf_type)
         eng[f"llama.cpp {gguf_type}"], sizes[f"llama.cpp {gguf_type}"] = ("llama", g), g.stat().st_size / 1e6
+    from litelm_edge.backends.ort.fused import PRECISIONS
     for graph in (["export"] if a.before else []) + ["fused"]:
-        for prec in a.precisions.split(","):
+        for prec in [p for p in a.precisions.split(",") if graph == "export" or p in PRECISIONS]:
             art, m = build_ours(ck, data, prec, graph, work)
             name = f"ort {m.get('graph', 'export')} {prec}"
             eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))
@@ -117,7 +118,7 @@ def main():
     ap.add_argument("--data", type=Path)
     ap.add_argument("--preset", default="minimind-26m")
     ap.add_argument("--precisions", default="fp32,int8-b32,int4-b32")
-    ap.add_argument("--llama", default="f32,q8_0,q4_0", help="llama.cpp types")
+    ap.add_argument("--llama", default="f32,q8_0,q4_0", help="llama.cpp types ('' leaves llama.cpp out)")
     ap.add_argument("--before", action="store_true", help="also the torch.export graph (the graph before the fused one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spin", choices=("on", "off", "default"), default="default")

@@ -88,6 +88,18 @@ def add_logits_to_keep(src: Path, dst: Path):
     onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
 
 
+def quantize_gather(path: Path, tmp: Path):
+    """8-bit builds: the builder's GatherBlockQuantized is 4-bit only, so it leaves the embedding
+    Gather in fp32 (13 MB for minimind-26m); ORT's quantiser makes it uint8 per tensor, as before."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+    model = onnx.load(str(tmp))
+    for f in (path, path.with_name(path.name + ".data")):
+        f.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
 def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> dict:
     """Write out/decoder.onnx(+.data); return the manifest fields the runtime needs."""
     work = out / ".builder"
@@ -95,6 +107,8 @@ def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> d
         src = hf_folder(model, tokenizer_json, work / "hf")
         run_builder(src, work / "onnx", precision, log)
         add_logits_to_keep(work / "onnx" / "model.onnx", out / GRAPH)
+        if PRECISIONS[precision][0] == "int8":
+            quantize_gather(out / GRAPH, work / "q.onnx")
         genai = json.loads((work / "onnx" / "genai_config.json").read_text())["model"]["decoder"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
