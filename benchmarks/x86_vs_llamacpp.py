@@ -48,7 +48,7 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
 
 def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path, dict]:
     """A full `build` (manifest, reference, parity recorded but not enforced: gate=False)."""
-    from litelm_edge.bench import read_manifest
+    from litelm_edge.manifest import read_manifest
     from litelm_edge.export import build
     art = work / f"x86-{graph}-{prec}"
     if not (art / "manifest.json").is_file():  # --work DIR keeps builds between runs

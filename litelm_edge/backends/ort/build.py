@@ -1,6 +1,12 @@
-"""ONNX Runtime backend (target x86 and any CPU with an ORT wheel).
+"""ONNX Runtime backend, build side: a checkpoint -> decoder.onnx (the table is in __init__.py).
 
-One ONNX graph, `decoder.onnx`, serves both entry points and stores the weights once:
+Two graphs. The default, "fused" (fused.py): ORT's contrib operators as onnxruntime-genai's model
+builder emits them (GroupQueryAttention over a KV buffer shared by past and present, MatMulNBits, a
+quantised LM head), for fp32, int8-b32, int4-b32 and int4-b64 on models the builder can express.
+"export" (below, `--set build.graph=export`): the torch.export graph, for int8 (W8A8) and for what
+the builder cannot express (a gated attention output, pruned heads).
+
+The export graph, `decoder.onnx`, serves both entry points and stores the weights once:
   prefill: input_ids (1, T) with empty past (P = 0)  -> logits (1, T, V), present k/v (L, 1, nkv, T, hd)
   decode:  input_ids (1, 1) with the past of length P -> logits (1, 1, V), present k/v of length P+1
 T and P are dynamic (RoPE and mask come from torch.arange inside the graph).
@@ -17,8 +23,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import UserError
-from .export import INT4_MIN_TOP1
+from ...config import UserError
+from .. import BackendBuild, precision as precision_of
+from . import RUNTIME
 
 GRAPH = "decoder.onnx"
 
@@ -96,9 +103,6 @@ def quantize_int8(src: Path, dst: Path):
     dedupe_initializers(dst)
 
 
-BLOCKS = {"int8-b32": (8, 32), "int4-b32": (4, 32), "int4-b64": (4, 64)}
-
-
 def quantize_blocks(src: Path, dst: Path, bits: int, block: int):
     """Weight-only int{bits} MatMuls in blocks along K (MatMulNBits), then the Gather as uint8."""
     import logging
@@ -149,9 +153,9 @@ def weight_bytes(path: Path) -> dict:
 
 
 def graph_kind(ctx) -> str:
-    """'fused' (backends/ort/fused.py) where the builder can express the model and precision, else
-    'export' (torch.export, below); --set build.graph=export forces the latter."""
-    from .backends.ort import fused
+    """'fused' (fused.py) where the builder can express the model and precision, else 'export'
+    (torch.export, below); --set build.graph=export forces the latter."""
+    from . import fused
     unknown = sorted(set(ctx.recipe or {}) - {"graph"})
     want = (ctx.recipe or {}).get("graph", "fused")
     if unknown or want not in ("fused", "export"):
@@ -162,20 +166,17 @@ def graph_kind(ctx) -> str:
     return "fused" if want == "fused" and not why else "export"
 
 
-def build(ctx) -> dict:
+def build(ctx) -> BackendBuild:
     import logging
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
-    have = ("fp32", "int8", *BLOCKS)
-    if ctx.precision not in have:
-        raise UserError(f"unknown precision '{ctx.precision}' for onnxruntime, have: {', '.join(have)}")
+    spec = precision_of("ort", ctx.precision)
     out = Path(ctx.out_dir)
-    more = {"min_top1": INT4_MIN_TOP1} if BLOCKS.get(ctx.precision, (8,))[0] == 4 else {}
     if graph_kind(ctx) == "fused":
-        from .backends.ort import fused
+        from . import fused
         tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
         extra = fused.build(ctx.model, tok, out, ctx.precision, ctx.log)
-        return {**more, "runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH),
-                "tools": ("onnx", "onnxruntime", "onnxruntime_genai"), "extra": dict(extra, graph="fused")}
+        return BackendBuild(RUNTIME, weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"),
+                            dict(extra, graph="fused"))
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
     else:
@@ -187,10 +188,10 @@ def build(ctx) -> dict:
             quantize_int8(work / GRAPH, out / GRAPH)
         else:
             ctx.log(f"quantising to {ctx.precision} (weight-only blocks, MatMulNBits) ...")
-            quantize_blocks(work / GRAPH, out / GRAPH, *BLOCKS[ctx.precision])
+            quantize_blocks(work / GRAPH, out / GRAPH, spec.bits, spec.block)
         for p in work.iterdir():
             os.remove(p)
         work.rmdir()
-    return {**more, "runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH), "tools": ("onnx", "onnxruntime", "onnxscript"),
-            "extra": {"graph": "export", "graphs": {"decoder": GRAPH}, "entry_points": {
-                "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}}}
+    return BackendBuild(RUNTIME, weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxscript"),
+                        {"graph": "export", "graphs": {"decoder": GRAPH}, "entry_points": {
+                            "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}})
