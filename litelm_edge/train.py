@@ -75,8 +75,8 @@ class Batches:
 def cpu_threads(world: int = 1) -> int:
     """The CPUs this process may run on (its affinity, not the machine's cores), shared by the local
     DDP processes. OpenMP's waiting workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set by
-    the CLI before torch loads): beside one busy neighbour, spinning workers that wait for a
-    descheduled sibling made a step 7x slower instead of about 2x (docs/x86-speed.md)."""
+    the CLI before torch loads): on 2 CPUs at load ~20, spinning workers that wait for a descheduled
+    sibling made a step 6-7x slower than sleeping ones (docs/x86-speed.md)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
 
