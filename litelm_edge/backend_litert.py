@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import asdict, dataclass
+
 from . import toolchain
-from .config import UserError
+from .config import UserError, at_least, from_dict, override
 from .export import INT4_MIN_TOP1
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
@@ -31,7 +33,23 @@ def python(log=lambda msg: None) -> Path:
     """The converter venv's python (made on first use; tools/setup-litert.sh makes it ahead)."""
     return toolchain.ensure(VENV, PACKAGES, log, imports=("litert_torch", "ai_edge_quantizer"))
 
-DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0)
+SECTION = "litert"  # the target TOML's table for this backend
+
+
+@dataclass
+class Settings:
+    threads: int = 4  # XNNPACK threads on the device
+    prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks
+    capacity: int = 512  # KV-cache length in tokens; a multiple of prefill_len
+    mask_value: float = -30.0  # finite additive attention mask: -1e4 wrecks full-integer INT8
+
+    def validate(self):
+        at_least(self, threads=1, prefill_len=1, capacity=1)
+        if self.capacity % self.prefill_len:
+            raise UserError(f"capacity {self.capacity} must be a multiple of prefill_len {self.prefill_len}")
+
+
+DEFAULTS = asdict(Settings())
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 # Top-1 agreement with torch that parity demands. INT8 keeps export's 0.95. INT4 blockwise flips
 # more near-ties (0.90-0.95 on tiny and minimind-26m; +1.7 to +2.5 % perplexity on a trained
@@ -41,16 +59,20 @@ MIN_TOP1 = {"int4-b32": INT4_MIN_TOP1, "int4-b64": INT4_MIN_TOP1}
 
 
 def settings(target: dict, recipe: dict | None = None) -> dict:
-    """DEFAULTS, then the target's [litert] table, then --set build.KEY=VALUE."""
-    s = dict(DEFAULTS)
-    for where, values in (("[litert]", target.get("litert", {})), ("--set build.*", recipe or {})):
-        extra = set(values) - set(DEFAULTS)
-        if extra:
-            raise UserError(f"unknown key(s) {sorted(extra)} in {where}, have: {', '.join(DEFAULTS)}")
-        s.update({k: type(DEFAULTS[k])(v) for k, v in values.items()})
-    if s["capacity"] % s["prefill_len"]:
-        raise UserError(f"litert capacity {s['capacity']} must be a multiple of prefill_len {s['prefill_len']}")
-    return s
+    """Settings defaults, then the target's [litert] table, then --set build.KEY=VALUE."""
+    s = from_dict(Settings, target.get(SECTION, {}), "[litert]")
+    return asdict(override(s, recipe or {}, "--set build.*"))
+
+
+def host_runtime_or_fail():
+    """The host-side LiteRT interpreter that the build's parity check needs, or one line saying
+    what to install (the converter's own venv cannot serve it to this process)."""
+    from .device_runner import RuntimeMissing, _interpreter_class
+    try:
+        _interpreter_class()
+    except RuntimeMissing as e:
+        raise UserError(f"the android build checks parity by running the .tflite on this machine, and {e}; "
+                        "or pip install 'litelm-edge[android]'") from None
 
 
 def _calibration_file(heldout: list, path: Path, windows: int = 16) -> str | None:
@@ -96,6 +118,7 @@ def build(ctx) -> dict:
     if ctx.precision not in PRECISIONS:
         raise UserError(f"unknown precision '{ctx.precision}' for litert, have: {', '.join(PRECISIONS)}")
     s = settings(ctx.target, getattr(ctx, "recipe", None))
+    host_runtime_or_fail()  # before the conversion: the parity check runs the .tflite here
     py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,21 @@ import numpy as np
 from . import toolchain
 from .config import UserError
 from .tvm_serve import recv, send
+
+SECTION = "tvm"  # the target TOML's table for this backend
+
+
+@dataclass
+class Settings:
+    target: str | dict | None = None  # a TVM tag ("raspberry-pi/4b-aarch64") or a table {kind, mtriple, mcpu, ...}
+    cc: str | None = None  # links the library; None: this machine's g++
+    cc_package: str = "g++-aarch64-linux-gnu"  # Debian package named when cc is missing
+    tile: list[int] | None = None  # matmul register tile, rows x columns
+
+    def validate(self):
+        if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
+            raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {self.tile!r}")
+
 
 VENV = "tvm-0.27"
 PACKAGES = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0", "safetensors>=0.4", "numpy"]
@@ -74,20 +90,10 @@ class HostParity:
 
 
 def tile_of(tvm_cfg: dict, recipe: dict) -> list[int] | None:
-    """The matmul register tile: --set tvm.tile=MT,NJ, else the target's [tvm] tile."""
-    unknown = sorted(k for k in recipe if k != "tvm.tile")
-    if unknown:
-        raise UserError(f"unknown --set key(s) for the tvm backend: {', '.join(unknown)}; have: tvm.tile")
-    tile = recipe.get("tvm.tile", tvm_cfg.get("tile"))
-    if isinstance(tile, str):
-        tile = tile.split(",")
-    try:
-        tile = [int(x) for x in tile] if tile is not None else None
-    except ValueError:
-        tile = []
-    if tile is not None and (len(tile) != 2 or min(tile) < 1):
-        raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {recipe.get('tvm.tile')!r}")
-    return tile
+    """The matmul register tile: --set tvm.tile=MT,NJ (checked by target.backend_sets), else the
+    target's [tvm] tile."""
+    tile = recipe.get("tile", tvm_cfg.get("tile"))
+    return [int(x) for x in tile] if tile is not None else None
 
 
 def _meta(ctx, convert: dict) -> dict:

@@ -50,10 +50,8 @@ class BuildContext:
 
 
 def load_target(name: str) -> tuple[str, dict]:
-    path, t = named_toml("targets", name)
-    if "backend" not in t.get("target", {}):
-        raise UserError(f"{path}: [target] needs 'backend' (one of the litelm_edge/backend_*.py modules)")
-    return path.stem, t
+    from .target import load_target as load
+    return load(name)
 
 
 def backend_module(name: str):
@@ -150,26 +148,38 @@ def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: 
             "weight_bytes": res.get("weight_bytes"), **res.get("extra", {})}
 
 
+def host_runtime(art_dir: Path, manifest: dict):
+    """The artifact's runtime on this machine, for the parity check; missing, it is one line."""
+    from .device_runner import RuntimeMissing, open_runtime
+    try:
+        return open_runtime(art_dir, manifest)
+    except RuntimeMissing as e:
+        raise UserError(f"the build checks parity by running the artifact on this machine, and {e}") from None
+
+
 def build(checkpoint, target: str, out, precision: str | None = None, data=None, recipe: dict | None = None,
-          log=print, gate: bool = True) -> dict:
+          log=print, gate: bool = True, tokenizer=None) -> dict:
     """checkpoint -> artifact folder for `target`. gate=False records a failed parity check in the
     manifest (parity.ok false) instead of refusing the artifact: for measuring, never for shipping."""
     from . import checkpoint as ckpt
     from .device_runner import open_runtime
     from .tokenizer import Tokenizer
+    from .target import backend_sets
     name, tgt = load_target(target)
     backend = backend_module(tgt["target"]["backend"])
-    model, tok_json, training = ckpt.load(checkpoint)
+    recipe = backend_sets(tgt["target"]["backend"], recipe or {})
+    model, tok_json, training = ckpt.load(checkpoint, tokenizer=tokenizer)
     precision = precision or tgt["target"].get("precision", "int8")
     heldout = heldout_windows(data or training.get("data_dir"))
     with atomic_dir(out) as tmp:
-        ctx = BuildContext(model, ckpt.resolve(checkpoint), tgt, tmp, precision, heldout, recipe or {}, log)
+        ctx = BuildContext(model, ckpt.resolve(checkpoint, need_tokenizer=False), tgt, tmp, precision, heldout,
+                           recipe, log)
         res = backend.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = files_table(tmp)
         check_really_quantised(files, model.num_params(), precision, res.get("weight_bytes"))
         manifest = base_manifest(name, tgt, precision, ctx, res, training)
-        rt = res.get("parity_runtime") or open_runtime(tmp, manifest)
+        rt = res.get("parity_runtime") or host_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
         min_top1 = res.get("min_top1", INT8_MIN_TOP1)  # a backend may set it per precision (INT4)
         p = parity(model, rt, heldout, precision, min_top1)
