@@ -96,7 +96,7 @@ def main(spec_path: str) -> int:
     out = Path(spec["out_dir"])
     if spec["precision"] not in PRECISIONS:
         raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(PRECISIONS)}")
-    model = load(spec["checkpoint"])[0]
+    model = load(spec["checkpoint"], tokenizer=False)[0]
     t0 = time.time()
     float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")
     to_tflite(model, float_path, spec["prefill_len"], spec["capacity"], spec["mask_value"])
