@@ -41,8 +41,7 @@ def runner_args(protocol: dict) -> list[str]:
 
 def bench_local(art_dir, protocol: dict | None = None, log=print) -> dict:
     """Run the device runner in a subprocess of this Python; returns its raw JSON."""
-    art_dir = Path(art_dir)
-    read_manifest(art_dir)
+    art_dir = Path(art_dir)  # bench() verified it against its manifest
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "result.json"
         cmd = [sys.executable, str(RUNNER), str(art_dir), "--out", str(out), *runner_args(protocol or {})]
@@ -108,7 +107,8 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
 
 def bench(art_dir, protocol: dict | None = None, baseline=None, log=print) -> dict:
     """The local bench: this machine is the device."""
-    manifest = read_manifest(art_dir)
+    from .manifest_check import verify_artifact
+    manifest = verify_artifact(art_dir)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log)
     return finish(raw, manifest, "measured on this host (local bench)", base)

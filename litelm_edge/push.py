@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .bench import read_manifest
 from .checkpoint import sha256_file
 from .config import UserError
 from .remote import Remote, RemoteError
@@ -40,15 +39,9 @@ def artifact_id(artifact_dir: str | Path) -> str:
 
 def local_files(artifact_dir: str | Path) -> dict[str, tuple[Path, str, int]]:
     """name -> (local path, sha256, size), checked against the manifest; manifest.json last."""
+    from .manifest_check import verify_artifact
     root = Path(artifact_dir)
-    out = {}
-    for name, meta in read_manifest(root)["files"].items():
-        p = root / name
-        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
-            raise UserError(f"manifest file name '{name}' leaves the artifact: rebuild the artifact")
-        if not p.is_file() or p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
-            raise UserError(f"{p} does not match its manifest sha256/size: rebuild the artifact")
-        out[name] = (p, meta["sha256"], meta["size"])
+    out = {name: (root / name, meta["sha256"], meta["size"]) for name, meta in verify_artifact(root)["files"].items()}
     m = root / "manifest.json"
     out["manifest.json"] = (m, sha256_file(m), m.stat().st_size)
     return out
@@ -177,7 +170,7 @@ def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | No
 def push_to(address: str, artifact_dir, accept_new: bool = False, root: str | None = None,
             progress=None) -> tuple[str, PushResult]:
     """Open the device, push, close: (device label, what was sent)."""
-    read_manifest(artifact_dir)
+    local_files(artifact_dir)  # every file against the manifest, before any connection
     with Remote(address, accept_new) as remote:
         return remote.label, push(remote, artifact_dir, progress, root)
 

@@ -71,6 +71,7 @@ def run_on_device(remote: Remote, art_dir, protocol: dict | None = None, python:
 def bench_remote(address: str, art_dir, protocol: dict | None = None, baseline=None,
                  accept_new: bool = False, log=print, cancel=None, **kw) -> dict:
     """The remote bench of one device: same protocol and judgement as the local bench."""
+    P.local_files(art_dir)  # every file against the manifest, before connecting
     manifest = read_manifest(art_dir)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     t0 = time.perf_counter()
