@@ -38,7 +38,41 @@ EXIT_RUNTIME_MISSING, EXIT_PARITY = 3, 4
 
 
 class RuntimeMissing(Exception):
-    pass
+    """A runtime (or numpy) is not importable; `packages` is what --install-runtime installs."""
+
+    def __init__(self, msg: str, packages: list[str] | None = None):
+        super().__init__(msg)
+        self.packages = packages or []
+
+
+def missing(runtime, module: str) -> RuntimeMissing:
+    """RuntimeMissing for a runtime class whose `packages` list is the data --install-runtime uses."""
+    note = f"  ({runtime.note})" if getattr(runtime, "note", "") else ""
+    return RuntimeMissing(f"{module} is not installed: {PIP}{' '.join(runtime.packages)}{note}", runtime.packages)
+
+
+def affinity() -> list[int]:
+    """The CPUs this process may run on (taskset, cgroup cpusets), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: every CPU
+        return list(range(os.cpu_count() or 1))
+
+
+def default_threads() -> int:
+    """Runtime threads when --threads is not given: one per CPU in the affinity, never more."""
+    return len(affinity())
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (taskset's notation)."""
+    out, start = [], None
+    for i, c in enumerate(cpus):
+        start = c if start is None else start
+        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
+            out.append(f"{start}-{c}" if c != start else str(c))
+            start = None
+    return ",".join(out)
 
 
 def log(msg: str):
@@ -51,15 +85,16 @@ def log(msg: str):
 #      decode(token int) -> logits (V,), appending one position to the cache.
 
 class OrtRuntime:
-    install_hint = "python3 -m pip install onnxruntime numpy"
+    packages = ["onnxruntime", "numpy"]
 
     def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise RuntimeMissing(f"onnxruntime is not installed: {self.install_hint}") from e
+            raise missing(self, "onnxruntime") from e
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or 0  # 0 = ORT's default (all cores)
+        self.threads = threads or default_threads()  # ORT's own default (0) ignores the affinity
+        so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         path = str(Path(art_dir) / manifest["graphs"]["decoder"])
@@ -85,18 +120,18 @@ class TvmRuntime:
     """Apache TVM: the Relax VM library `model.so`, one function `forward(idx, k, v)` serving
     prefill (empty cache) and decode (T = 1). TVM_USE_RUNTIME_LIB=1 loads only libtvm_runtime.so
     (3 MB), never the 250 MB compiler; the cache stays a TVM tensor between decode steps."""
-    install_hint = ("python3 -m pip install numpy apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post0 "
-                    "(aarch64 and x86_64 wheels; only its runtime library is loaded)")
+    packages = ["numpy", "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"]
+    note = "aarch64 and x86_64 wheels; only its runtime library is loaded"
 
     def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
         os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-        if threads:
-            os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
+        self.threads = threads or int(os.environ.get("TVM_NUM_THREADS") or default_threads())
+        os.environ["TVM_NUM_THREADS"] = str(self.threads)  # read when TVM's thread pool starts
         try:
             import tvm
             from tvm.runtime import vm as tvm_vm
         except ImportError as e:
-            raise RuntimeMissing(f"apache-tvm is not installed: {self.install_hint}") from e
+            raise missing(self, "apache-tvm") from e
         meta = manifest["tvm"]
         self.tensor = tvm.runtime.tensor
         lib = tvm.runtime.load_module(str(Path(art_dir) / meta["library"]))
@@ -130,7 +165,7 @@ def _interpreter_class():
     try:
         from tflite_runtime.interpreter import Interpreter
     except ImportError as e:
-        raise RuntimeMissing(f"ai_edge_litert is not installed: {LiteRTRuntime.install_hint}") from e
+        raise missing(LiteRTRuntime, "ai_edge_litert") from e
     log(TFLITE_RUNTIME_WARNING)
     return Interpreter, "tflite_runtime"
 
@@ -139,12 +174,15 @@ class LiteRTRuntime:
     """model.tflite with prefill/decode signatures that take the KV cache in and hand it back.
     Full-integer INT8 models have int8 inputs/outputs: values are (de)quantized with each tensor's
     scale and zero point, so callers always see float32 logits."""
-    install_hint = "pip install ai-edge-litert  (Linux/Android-Termux arm64 and x86_64 wheels on PyPI)"
+    packages = ["ai-edge-litert", "numpy"]
+    note = "Linux/Android-Termux arm64 and x86_64 wheels on PyPI"
 
     def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
         Interpreter, self.runtime_name = _interpreter_class()
         path = Path(art_dir) / manifest.get("graphs", {}).get("model", "model.tflite")
-        self.it = Interpreter(model_path=str(path), num_threads=threads or manifest.get("threads") or 1)
+        # the build's thread count for the device, never more than this process may use
+        self.threads = threads or min(manifest.get("threads") or 1, default_threads())
+        self.it = Interpreter(model_path=str(path), num_threads=self.threads)
         self.sig = {s: self.it.get_signature_runner(s) for s in ("prefill", "decode")}
         self.ins = {s: r.get_input_details() for s, r in self.sig.items()}
         self.outs = {s: r.get_output_details() for s, r in self.sig.items()}
@@ -523,6 +561,7 @@ def device_facts() -> dict:
     """The keys the report prints (cpu, cores, machine, os, mem_gb) plus the probe's details."""
     f = probe_facts()
     return {**f, "cpu": f["cpu_model"], "machine": platform.machine(), "emulated": emulated(),
+            "affinity": cpu_list(affinity()), "affinity_cpus": len(affinity()),
             "system": platform.system(),
             "release": platform.release(), "python": platform.python_version(),
             "numpy": np.__version__, "mem_gb": round((f["mem_total_mb"] or 0) / 1024, 2)}
@@ -579,7 +618,8 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
         "schema": SCHEMA, "artifact": {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id")},
         "runtime_version": runtime_version(manifest["runtime"]), "device": device_facts(),
         "protocol": {"warmup": warmup, "reps": reps, "iters": iters, "prompt_len": prompt_len, "gen_len": gen_len,
-                     "concurrency": concurrency, "qps_iters": qps_iters, "threads": threads},
+                     "concurrency": concurrency, "qps_iters": qps_iters, "threads": rt.threads,
+                     "threads_from": "--threads" if threads else "default: the CPUs in the process's affinity"},
         "load_ms": sp_load.wall_s * 1e3, "parity": parity,
         "prefill_ms": dict(stats(prefill), samples=prefill, cpu_s=sp_pre.cpu_s, wall_s=sp_pre.wall_s),
         "decode_ms_per_token": dict(stats(decode), samples=decode, cpu_s=sp_dec.cpu_s, wall_s=sp_dec.wall_s),
@@ -627,9 +667,9 @@ def runtime_missing(e: RuntimeMissing, argv: list[str], install: bool) -> int:
     if not here and os.path.exists(_venv_python()) and not install:
         log(f"runtime not in {sys.executable}: running in {VENV}")
         os.execv(rerun[0], rerun)
-    if install and PIP in str(e):
+    if install and e.packages:
         try:
-            install_runtime(str(e).split(PIP, 1)[1].split())
+            install_runtime(e.packages)
         except RuntimeMissing as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_RUNTIME_MISSING
@@ -652,7 +692,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         if np is None:
-            raise RuntimeMissing(f"numpy is not installed: {PIP}numpy")
+            raise RuntimeMissing(f"numpy is not installed: {PIP}numpy", ["numpy"])
         res = bench(a.artifact, a.warmup, a.reps, a.iters, a.prompt_len, a.gen_len, a.concurrency, a.threads, a.qps_iters)
     except RuntimeMissing as e:
         return runtime_missing(e, argv, a.install_runtime)
