@@ -79,20 +79,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_STALE = re.compile(r"^\..+\.(?:tmp-(?P<pid>\d+)-[a-z0-9_]+|old-(?P<old>\d+)|tmp-(?P<legacy>[a-z0-9_]{8}))$")
+
+
 def clean_stale(parent: Path):
-    """Remove `.NAME.tmp-PID-*` / `.NAME.old-PID` left by killed writers: their PID is dead (or,
-    for names without one, they are older than this run)."""
+    """Remove the temporaries of killed writers beside a write: `.NAME.tmp-PID-*` and
+    `.NAME.old-PID` whose PID is dead, and `.NAME.tmp-XXXXXXXX` (made before names carried a
+    PID) older than this run. Nothing else is touched."""
     for p in Path(parent).glob(".*.*-*"):
-        m = re.search(r"\.(tmp|old)-(\d+)?", p.name)
+        m = _STALE.match(p.name)
         if not m:
             continue
-        pid = int(m.group(2)) if m.group(2) else None
+        pid = m.group("pid") or m.group("old")
         try:
-            stale = (pid != os.getpid() and not _alive(pid)) if pid else p.stat().st_mtime < _RUN_START
+            stale = (int(pid) != os.getpid() and not _alive(int(pid))) if pid else p.stat().st_mtime < _RUN_START
         except OSError:
             continue
         if stale:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ def point(link: Path, target: Path):
     `--checkpoint runs/quickstart/run` names the run the last `litelm-edge run` used."""
     if link.exists() and not link.is_symlink():
         return  # a folder of the older layout: left as it is
+    link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target.name)
