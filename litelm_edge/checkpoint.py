@@ -189,7 +189,7 @@ def _read_json(p: Path, name: str) -> dict:
     try:
         d = json.loads((p / name).read_text()) if (p / name).is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"checkpoint '{p}': {name} is not valid JSON ({e}): restore it from a backup "
+        raise UserError(f"checkpoint '{p}': corrupt {name}, not valid JSON ({e}): restore it from a backup "
                         "or the checkpoint's source") from e
     if not isinstance(d, dict):
         raise UserError(f"checkpoint '{p}': {name} must be a JSON object")

@@ -92,6 +92,19 @@ def test_what_cannot_be_represented_is_refused(tmp_path, data_dir, change, messa
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_a_qwen2_checkpoint_is_refused_saying_why(tmp_path, data_dir):
+    torch.manual_seed(0)
+    c = transformers.Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    transformers.Qwen2ForCausalLM(c).save_pretrained(tmp_path / "qwen")
+    r = cli("build", "--target", "x86", "--checkpoint", tmp_path / "qwen", "--tokenizer", data_dir / "tokenizer.json",
+            "--data", data_dir, "--out", tmp_path / "art", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "model_type 'qwen2' is not supported (its attention has q/k/v biases" in lines[0]
+    assert "re-run train" not in lines[0] and not (tmp_path / "art").exists()
+
+
 def test_folder_without_tokenizer_needs_tokenizer_option(tmp_path, data_dir):
     hf_checkpoint(tmp_path / "hf")
     r = cli("eval", "--checkpoint", tmp_path / "hf", "--data", data_dir, check=False)
