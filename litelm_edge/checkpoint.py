@@ -16,30 +16,14 @@ names and shapes in model.safetensors and against training.json.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
-import os
-import re
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 from .config import UserError
+from .files import atomic_dir, sha256_file, write_atomic  # noqa: F401 (atomic_dir: callers import it from here)
 from .hf_config import check_tensors, check_training, config_from_hf, hf_config, tensor_shapes
-
-_RUN_START = time.time()  # temporaries older than this, without a live writer, are stale
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def hf_state_dict(model) -> dict:
     """Our state dict under HF Llama names, shared blocks expanded to one copy per layer."""
@@ -67,74 +51,6 @@ def load_hf_state_dict(model, sd: dict):
     if model.cfg.tie_embeddings:
         ours["lm_head.weight"] = ours["embed_tokens.weight"]
     model.load_state_dict(ours, strict=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-_STALE = re.compile(r"^\..+\.(?:tmp-(?P<pid>\d+)-[a-z0-9_]+|old-(?P<old>\d+)|tmp-(?P<legacy>[a-z0-9_]{8}))$")
-
-
-def clean_stale(parent: Path):
-    """Remove the temporaries of killed writers beside a write: `.NAME.tmp-PID-*` and
-    `.NAME.old-PID` whose PID is dead, and `.NAME.tmp-XXXXXXXX` (made before names carried a
-    PID) older than this run. Nothing else is touched."""
-    for p in Path(parent).glob(".*.*-*"):
-        m = _STALE.match(p.name)
-        if not m:
-            continue
-        pid = m.group("pid") or m.group("old")
-        try:
-            stale = (int(pid) != os.getpid() and not _alive(int(pid))) if pid else p.stat().st_mtime < _RUN_START
-        except OSError:
-            continue
-        if stale:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(final):
-    """Yield a temporary sibling of `final` to fill; on success it replaces `final`, on any error
-    it is removed and `final` is untouched."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
-        yield tmp
-        commit_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def commit_dir(tmp: Path, final: Path):
-    """Replace `final` by `tmp`; the old folder is moved aside first and removed last."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_atomic(path: Path, data: bytes | str):
-    path = Path(path)
-    clean_stale(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def special_tokens(tokenizer_json: str, max_len: int) -> tuple[dict, dict, dict]:
@@ -240,7 +156,3 @@ def update_latest(run_dir: Path, name: str, keep: int = 2):
     for d in steps[:-keep]:
         if d.name != name:
             shutil.rmtree(d, ignore_errors=True)
-
-
-def model_config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import click
 
+from .backends import precisions_help
 from .config import UserError, parse_sets, split_sets
+from .device_runner import EXIT_USER, Protocol
+
+PROTO = Protocol()  # the bench protocol's defaults
 
 REMOTE = click.option("--remote", "remotes", multiple=True, metavar="USER@HOST[:PORT]",
                       help="A device over SSH (user@host[:port] or ~/.ssh/config alias; repeatable).")
@@ -83,7 +87,7 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @click.option("--target", required=True, help="Target name in targets/ (or a .toml path).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-@click.option("--precision", help="fp32, int8, or a backend's own (ort: int8-b32, int4-b32, int4-b64; litert: int8-full, int4-b32, int4-b64); default: the target's.")
+@click.option("--precision", help=f"{precisions_help()}; default: the target's.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
 @click.option("--tune", is_flag=True, help="TVM targets: pick the schedule's tile by benching on --remote.")
 @click.option("--remote", "tune_remote", help="user@host[:port] of the device that --tune measures on.")
@@ -95,7 +99,7 @@ def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, token
     if tune:
         if not tune_remote:
             raise UserError("--tune needs --remote user@host: the device is the tuner's runner")
-        from .tvm_tune import tune as do_tune
+        from .backends.tvm.tune import tune as do_tune
         m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets), log=click.echo)
     else:
         m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets), tokenizer=tokenizer)
@@ -122,11 +126,11 @@ def push(artifact, remotes, accept_new, root):
 
 @cli.command("bench")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--reps", default=5, show_default=True, help="Timed repetitions.")
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--prompt-len", default=64, show_default=True)
-@click.option("--gen-len", default=128, show_default=True)
-@click.option("--concurrency", default=4, show_default=True, help="Sessions for the QPS figure.")
+@click.option("--reps", default=PROTO.reps, show_default=True, help="Timed repetitions.")
+@click.option("--warmup", default=PROTO.warmup, show_default=True)
+@click.option("--prompt-len", default=PROTO.prompt_len, show_default=True)
+@click.option("--gen-len", default=PROTO.gen_len, show_default=True)
+@click.option("--concurrency", default=PROTO.concurrency, show_default=True, help="Sessions for the QPS figure.")
 @click.option("--threads", type=int, help="Runtime threads per session (default: the runtime's).")
 @click.option("--baseline", type=click.Path(path_type=Path), help="bench.json of the fp32 build (energy reduction).")
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
@@ -222,16 +226,19 @@ def targets():
         click.echo(f"{p.stem:12s} {t.get('backend', '?'):8s} {t.get('description', '')}")
 
 
-EXTRAS = {"torch": "train", "safetensors": "train", "tokenizers": "train", "tensorboard": "train", "onnx": "x86",
-          "onnxruntime": "x86", "onnxscript": "x86", "ai_edge_litert": "android", "transformers": "dev"}
+EXTRAS = {"torch": "train", "safetensors": "train", "tokenizers": "train", "tensorboard": "train",
+          "transformers": "dev"}  # the backends' own: backends/<name>/__init__.py EXTRA, HOST_MODULES
 
 
 def missing_extra(e: ModuleNotFoundError) -> str | None:
     """The one line for a module of an extra that is not installed (a base install has none)."""
+    from . import backends
     top = (e.name or "").split(".")[0]
-    if top not in EXTRAS:
+    extra = EXTRAS.get(top) or next((m.EXTRA for m in map(backends.load, backends.names())
+                                     if top in m.HOST_MODULES), None)
+    if extra is None:
         return None
-    fix = f"pip install 'litelm-edge[{EXTRAS[top]}]'"
+    fix = f"pip install 'litelm-edge[{extra}]'"
     if top == "torch":  # a resolved torch is a multi-GB CUDA build: the CPU one first
         fix = "pip install torch --index-url https://download.pytorch.org/whl/cpu && " + fix
     return f"{top} is not installed (this command needs it): {fix}"
@@ -263,9 +270,9 @@ def main(argv=None):
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as e:
-        fail(str(e).replace("\n", " "), getattr(e, "exit_code", 2))
+        fail(str(e).replace("\n", " "), getattr(e, "exit_code", EXIT_USER))
     except RuntimeMissing as e:
-        fail(str(e), 2)
+        fail(str(e), EXIT_USER)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -274,11 +281,11 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except ModuleNotFoundError as e:
         line = missing_extra(e)
-        fail(line, 2) if line else fail(f"internal error ({e}); traceback in {crash_log(e)}", 70)
+        fail(line, EXIT_USER) if line else fail(f"internal error ({e}); traceback in {crash_log(e)}", 70)
     except OSError as e:
         if e.errno == 28:  # ENOSPC
-            fail(f"disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", 2)
-        fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its permissions", 2)
+            fail(f"disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", EXIT_USER)
+        fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its permissions", EXIT_USER)
     except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in the log
         fail(f"internal error ({type(e).__name__}: {str(e)[:200]}); traceback in {crash_log(e)}", 70)
 

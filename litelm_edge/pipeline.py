@@ -37,7 +37,7 @@ def point(link: Path, target: Path):
 
 def data_key(r: Recipe, inputs: list[str]) -> str:
     """Every input of the data step: its settings and the content of each input file."""
-    from .checkpoint import sha256_file
+    from .files import sha256_file
     from .data import expand_inputs
     files = expand_inputs(inputs) + ([Path(r.data.tokenizer)] if r.data.tokenizer else [])
     return _key(to_dict(r.data), inputs, [(str(f), sha256_file(f)) for f in files])

@@ -120,14 +120,16 @@ def check(r: Recipe, where: str):
     from .config import override, split_sets
     from .data import DataConfig
     from .model import preset
-    from .target import load_target
+    from .target import load_target, precision
     from .train import TrainConfig
     override(DataConfig(), r.data.set, f"{where} [data] set")
     model_sets, rest = split_sets(dict(r.train.set), "model")
     override(TrainConfig(), rest, f"{where} [train.set]")
     preset(r.train.preset, model_sets)
     for t in r.build.targets:
-        load_target(t)
+        _, tgt = load_target(t)
+        if r.build.precision:
+            precision(tgt["target"]["backend"], r.build.precision)
     for i, step in enumerate(r.compress):
         check_sets(step.method, step.set, f"{where} [[compress]] #{i + 1} set")
 

@@ -1,11 +1,10 @@
 """The schema of a target TOML (targets/*.toml): tables read by config.from_dict, strictly.
 
     [target]      backend, default precision, description      (TargetInfo)
-    [device]      what the device runs                         (DeviceInfo)
     [thresholds]  bench verdicts                               (Thresholds)
     [power]       the energy model when the device has no sensor (PowerModel)
-    [<backend>]   the backend's own keys: the backend module exposes SECTION (the table name) and
-                  Settings (a dataclass with defaults); nothing here knows which backends exist.
+    [<backend>]   the backend's own keys: backends/<name>/__init__.py exposes SECTION (the table
+                  name) and Settings (a dataclass with defaults); nothing here knows which exist.
 
 A misspelt key or table is an error naming the nearest valid one, so a threshold is never silently
 dropped and shown as "not measured".
@@ -19,16 +18,9 @@ from .config import UserError, at_least, from_dict, named_toml, override, to_dic
 
 @dataclass
 class TargetInfo:
-    backend: str  # a litelm_edge/backend_<name>.py module: ort, tvm, litert
+    backend: str  # a litelm_edge/backends/<name>/ package: ort, tvm, litert
     precision: str = "int8"  # the default --precision
     description: str = ""  # one line for `litelm-edge targets`
-
-
-@dataclass
-class DeviceInfo:
-    arch: str = ""  # `uname -m` of the device: x86_64, aarch64
-    runtime: str = ""  # what runs the artifact there
-    runtime_install: str = ""  # the command that installs it, shown when it is missing
 
 
 @dataclass
@@ -58,12 +50,18 @@ class PowerModel:
             raise UserError(f"full_load_w ({self.full_load_w}) must be >= idle_w ({self.idle_w})")
 
 
-TABLES = {"target": TargetInfo, "device": DeviceInfo, "thresholds": Thresholds, "power": PowerModel}
+TABLES = {"target": TargetInfo, "thresholds": Thresholds, "power": PowerModel}
+
+
+def precision(backend: str, name: str):
+    from . import backends
+    return backends.precision(backend, name)
 
 
 def backend_module(name: str):
-    from .export import backend_module as find
-    return find(name)
+    """The backend package: its tables (RUNTIME, PRECISIONS, SECTION, Settings), no heavy import."""
+    from . import backends
+    return backends.load(name)
 
 
 def load_target(name: str) -> tuple[str, dict]:
@@ -71,9 +69,11 @@ def load_target(name: str) -> tuple[str, dict]:
     path, raw = named_toml("targets", name)
     where = str(path)
     if not isinstance(raw.get("target"), dict) or "backend" not in raw["target"]:
-        raise UserError(f"{where}: [target] needs 'backend' (one of the litelm_edge/backend_*.py modules)")
+        from .backends import names
+        raise UserError(f"{where}: [target] needs 'backend' (one of: {', '.join(names())})")
     info = from_dict(TargetInfo, raw["target"], f"{where} [target]")
     backend = backend_module(info.backend)
+    precision(info.backend, info.precision)  # the default --precision is one the backend has
     section = getattr(backend, "SECTION", None)
     out = {}
     for table, value in raw.items():

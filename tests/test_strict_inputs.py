@@ -168,7 +168,7 @@ def test_model_preset_and_inventory_are_strict(tmp_path, data_dir):
     (lambda a: (a / "tokenizer.json").write_text((a / "tokenizer.json").read_text().replace('"<|im_end|>"', '"<|im_END|>"')),
      "tokenizer.json does not match its manifest sha256"),
     (lambda a: (a / "decoder.onnx").unlink(), "decoder.onnx is missing"),
-    (lambda a: edit_json(a / "manifest.json", lambda m: m.update(version=2)), "version 2"),
+    (lambda a: edit_json(a / "manifest.json", lambda m: m.update(version=99)), "artifact format version 99"),
 ])
 def test_changed_artifact_is_refused_locally(art, data_dir, tmp_path, change, needle):
     a = tmp_path / "a"
@@ -292,19 +292,27 @@ def test_pipeline_reuse_is_keyed_on_every_input(corpus, tmp_path, monkeypatch):
 
 # 8. --install-runtime from package lists, for every runtime ------------------------------------------
 
-def test_install_runtime_uses_each_runtimes_package_list(monkeypatch):
+def test_install_runtime_uses_each_runtimes_package_list(monkeypatch, tmp_path):
     from litelm_edge import device_runner as D
     installed = []
     monkeypatch.setattr(D, "install_runtime", lambda pkgs: installed.append(pkgs))
     monkeypatch.setattr(D.os, "execv", lambda *a: (_ for _ in ()).throw(SystemExit(0)))
-    monkeypatch.setattr(D, "VENV", "/nonexistent-venv")
-    for cls, module in [(D.TvmRuntime, "apache-tvm"), (D.LiteRTRuntime, "ai_edge_litert"), (D.OrtRuntime, "onnxruntime")]:
-        e = D.missing(cls, module)
-        assert e.packages == cls.packages and D.PIP + " ".join(cls.packages) in str(e)
+    monkeypatch.setattr(D, "VENV", str(tmp_path / "no-venv"))
+    wanted = []
+    for backend in ("tvm", "litert", "ort"):
+        mod = D.runtime_module(backend)
+
+        def absent(*a, _m=mod.MODULE):
+            raise ImportError(f"No module named '{_m}'", name=_m)
+        monkeypatch.setattr(mod, "Runtime", absent)
+        with pytest.raises(D.RuntimeMissing) as e:
+            D.open_runtime(tmp_path, {"backend": backend, "runtime": backend})
+        assert e.value.packages == mod.PACKAGES and D.PIP + " ".join(mod.PACKAGES) in str(e.value)
         with pytest.raises(SystemExit):
-            D.runtime_missing(e, ["art", "--install-runtime"], install=True)
-    assert installed == [D.TvmRuntime.packages, D.LiteRTRuntime.packages, D.OrtRuntime.packages]
-    assert "apache-tvm==0.27.0.post1" in D.TvmRuntime.packages and "ai-edge-litert" in D.LiteRTRuntime.packages
+            D.runtime_missing(e.value, ["art", "--install-runtime"], install=True)
+        wanted.append(mod.PACKAGES)
+    assert installed == wanted
+    assert "apache-tvm==0.27.0.post1" in wanted[0] and "ai-edge-litert" in wanted[1]
 
 
 # 9. threads follow the affinity; the report shows threads, affinity and CPU --------------------------
@@ -334,12 +342,13 @@ def test_requires_python_has_tomllib():
 # 11. a build whose host runtime is missing says what to run before converting ---------------------------
 
 def test_android_build_without_host_litert_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
-    from litelm_edge import backend_litert, cli as C, device_runner as D
+    from litelm_edge import cli as C
+    from litelm_edge.backends.litert import build as litert_build, runtime as litert_runtime
 
     def absent():
-        raise D.missing(D.LiteRTRuntime, "ai_edge_litert")
-    monkeypatch.setattr(D, "_interpreter_class", absent)
-    monkeypatch.setattr(backend_litert, "python", lambda *a: pytest.fail("converted before checking the runtime"))
+        raise ImportError("ai_edge_litert is not installed", name="ai_edge_litert")
+    monkeypatch.setattr(litert_runtime, "_interpreter_class", absent)
+    monkeypatch.setattr(litert_build, "python", lambda *a: pytest.fail("converted before checking the runtime"))
     with pytest.raises(SystemExit) as e:
         C.main(["build", "--target", "android", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -349,11 +358,15 @@ def test_android_build_without_host_litert_is_one_line(tiny_run, tmp_path, monke
 
 def test_runtime_missing_anywhere_is_one_line(art, tmp_path, monkeypatch, capsys):
     from litelm_edge import cli as C, device_runner as D
-    monkeypatch.setattr(D.OrtRuntime, "__init__", lambda *a: (_ for _ in ()).throw(D.missing(D.OrtRuntime, "onnxruntime")))
+    mod = D.runtime_module("ort")
+
+    def absent(*a):
+        raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
+    monkeypatch.setattr(mod, "Runtime", absent)
     with pytest.raises(SystemExit) as e:
         C.main(["generate", "--artifact", str(art)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err == [f"error: onnxruntime is not installed: {D.PIP}onnxruntime numpy"]
+    assert e.value.code == 2 and err == [f"error: onnxruntime is not installed: {D.PIP}{' '.join(mod.PACKAGES)}"]
 
 
 # 12. temp folders of killed runs; no usable SSH key ----------------------------------------------------
