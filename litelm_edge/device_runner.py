@@ -546,7 +546,7 @@ def runtime_version(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128, concurrency=4,
-          threads=None, qps_iters=5) -> dict:
+          threads=None, qps_iters=5, sysfs_root: str = "/sys") -> dict:
     manifest = json.loads((art_dir / "manifest.json").read_text())
     with Span() as sp_load:
         rt = open_runtime(art_dir, manifest, threads)
@@ -559,7 +559,7 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
         time_prefill(rt, prompt, 1)
         time_decode(rt, prompt, min(gen_len, 8))
     prefill, decode = [], []
-    meter, temp0 = EnergyMeter(), temperatures()
+    meter, temp0 = EnergyMeter(sysfs_root), temperatures(sysfs_root)
     meter.start()
     with Span() as sp_pre:
         for r in range(reps):
@@ -586,7 +586,7 @@ def bench(art_dir: Path, warmup=2, reps=5, iters=10, prompt_len=64, gen_len=128,
         "decode_tok_s": stats(dec_tok_s), "qps": qps,
         "peak_rss_mb": peak_rss_mb(),
         "energy": energy_record(meter, e_pre, e_dec),
-        "thermal": {"start_c": temp0, "end_c": temperatures(), "throttling": throttling()},
+        "thermal": {"start_c": temp0, "end_c": temperatures(sysfs_root), "throttling": throttling()},
     }
 
 
@@ -647,13 +647,16 @@ def main(argv=None) -> int:
                           ("concurrency", 4), ("qps-iters", 5)]:
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sysfs-root", default="/sys", help="where power sensors and thermal zones are read "
+                    "(the tests point it at fake RAPL / hwmon trees)")
     ap.add_argument("--install-runtime", action="store_true",
                     help="install a missing runtime into a venv under ~/.cache/litelm-edge")
     a = ap.parse_args(argv)
     try:
         if np is None:
             raise RuntimeMissing(f"numpy is not installed: {PIP}numpy")
-        res = bench(a.artifact, a.warmup, a.reps, a.iters, a.prompt_len, a.gen_len, a.concurrency, a.threads, a.qps_iters)
+        res = bench(a.artifact, a.warmup, a.reps, a.iters, a.prompt_len, a.gen_len, a.concurrency, a.threads,
+                    a.qps_iters, a.sysfs_root)
     except RuntimeMissing as e:
         return runtime_missing(e, argv, a.install_runtime)
     tmp = a.out.with_name(a.out.name + ".tmp")
