@@ -135,8 +135,8 @@ def qat_run(tiny_run, data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tvm_python():
-    from litelm_edge import backend_tvm
-    return toolchain_or_skip(backend_tvm.python, "TVM")
+    from litelm_edge.backends.tvm import build as tvm_build
+    return toolchain_or_skip(tvm_build.python, "TVM")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+from litelm_edge import manifest  # noqa: E402
 from litelm_edge.bench import bench  # noqa: E402
 
 QUICK = dict(reps=2, warmup=0, iters=3, prompt_len=16, gen_len=4, concurrency=1, qps_iters=1)
@@ -60,7 +61,7 @@ def art(x86_fp32, tmp_path):
 
 def _edit_manifest(art: Path, **kw):
     m = json.loads((art / "manifest.json").read_text())
-    (art / "manifest.json").write_text(json.dumps(dict(m, **kw)))
+    manifest.write(art, dict(m, **kw))  # re-sealed: a valid artifact id
 
 
 def test_ina219_power_is_measured_through_the_bench(art, tmp_path):
@@ -70,7 +71,7 @@ def test_ina219_power_is_measured_through_the_bench(art, tmp_path):
                                      "class/hwmon/hwmon2/name": "ina219", "class/hwmon/hwmon2/power1_input": "2500000",
                                      "class/thermal/thermal_zone0/type": "cpu-thermal",
                                      "class/thermal/thermal_zone0/temp": "47500"})
-    r = bench(art, dict(QUICK, sysfs_root=str(sysfs)), log=lambda m: None)
+    r = bench(art, QUICK, sysfs_root=sysfs, log=lambda m: None)
     e, runner = r["energy"], r["energy"]["runner"]
     assert e["how"] == "measured (hwmon:ina219/power1)" and runner["sensor"] == "hwmon:ina219/power1"
     pre = runner["prefill"]
@@ -84,7 +85,7 @@ def test_ina219_power_is_measured_through_the_bench(art, tmp_path):
 def test_rapl_counter_is_measured_through_the_bench(art, tmp_path):
     """Scripted package counter: prefill 5.0 -> 8.0 J, decode wraps at 1000 J (999.0 -> 0.5 J)."""
     rapl = ScriptedRapl(tmp_path / "sys", [1_000_000, 5_000_000, 8_000_000, 999_000_000, 500_000])
-    r = bench(art, dict(QUICK, sysfs_root=str(tmp_path / "sys")), log=lambda m: None)
+    r = bench(art, QUICK, sysfs_root=tmp_path / "sys", log=lambda m: None)
     assert rapl.reads == 5, "the runner read the counter another number of times than scripted"
     runner = r["energy"]["runner"]
     assert runner["sensor"] == "rapl:package-0" and r["energy"]["how"] == "measured (rapl:package-0)"
@@ -96,7 +97,7 @@ def test_cpu_time_linear_estimate_without_a_sensor(art, tmp_path):
     """No sensor in the tree: idle W for the wall time plus (full - idle) W x busy-core share."""
     (tmp_path / "empty").mkdir()
     _edit_manifest(art, power={"name": "test board", "idle_w": 2.0, "full_load_w": 10.0, "cores": 4})
-    r = bench(art, dict(QUICK, sysfs_root=str(tmp_path / "empty")), log=lambda m: None)
+    r = bench(art, QUICK, sysfs_root=tmp_path / "empty", log=lambda m: None)
     p = r["prefill_ms"]
     assert r["energy"]["runner"]["sensor"] is None and "no RAPL or hwmon" in r["energy"]["runner"]["note"]
     assert r["energy"]["how"] == "estimated (cpu-time-linear model, test board)"
@@ -112,7 +113,7 @@ def test_energy_reduction_verdict_against_the_fp32_baseline(art, tmp_path):
 
     def bench_at(name: str, prefill_uj: int, baseline=None) -> dict:
         ScriptedRapl(tmp_path / name, [0, 1_000_000, 1_000_000 + prefill_uj, 0, 0])
-        return bench(art, dict(QUICK, sysfs_root=str(tmp_path / name)), baseline, log=lambda m: None)
+        return bench(art, QUICK, baseline, sysfs_root=tmp_path / name, log=lambda m: None)
     base = tmp_path / "fp32-bench.json"
     base.write_text(json.dumps(bench_at("fp32", 3_000_000)))
     for name, uj, ok in (("good", 1_500_000, True), ("poor", 2_100_000, False)):
@@ -120,5 +121,5 @@ def test_energy_reduction_verdict_against_the_fp32_baseline(art, tmp_path):
         (row,) = r["thresholds"]
         assert row["threshold"] == "min_energy_reduction" and row["value"] == pytest.approx(1 - uj / 3_000_000)
         assert row["pass"] is ok and r["ok"] is ok
-    without = bench(art, dict(QUICK, sysfs_root=str(tmp_path / "empty-base")), log=lambda m: None)
+    without = bench(art, QUICK, sysfs_root=tmp_path / "empty-base", log=lambda m: None)
     assert without["thresholds"][0]["pass"] is None and "needs --baseline" in without["thresholds"][0]["note"]

@@ -12,7 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from litelm_edge import backend_tvm, checkpoint, export  # noqa: E402
+from litelm_edge import checkpoint, export  # noqa: E402
+from litelm_edge.backends.tvm import build as tvm_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
 
 EM_AARCH64 = 183  # ELF e_machine of aarch64
@@ -43,7 +44,7 @@ def test_x86_greedy_tokens_equal_torch(builds, tiny_run, tvm_python, tmp_path):
     want = model.generate(prompt, 24)[0, 16:].tolist()
     lib = tmp_path / "lib"
     shutil.copytree(builds["x86"], lib)
-    rt = backend_tvm.HostParity(tvm_python, lib, manifest(builds["x86"]))
+    rt = tvm_build.HostParity(tvm_python, lib, manifest(builds["x86"]))
     try:
         assert greedy(rt, prompt[0].numpy(), 24) == want
     finally:
@@ -62,7 +63,7 @@ def test_rpi4_int8_is_a_quarter_and_agrees(builds):
     """Weight bytes as the shipped aarch64 library embeds them (not the torch buffers it came from)."""
     m8, m32 = manifest(builds["rpi4-int8"]), manifest(builds["rpi4"])
     w8, w32 = m8["tvm"]["weight_bytes"], m32["tvm"]["weight_bytes"]
-    assert w8 == m8["weight_bytes"] == backend_tvm.embedded_weight_bytes(builds["rpi4-int8"] / "model.so")
+    assert w8 == m8["weight_bytes"] == tvm_build.embedded_weight_bytes(builds["rpi4-int8"] / "model.so")
     assert set(w32) == {"float32"} and w32["float32"] == pytest.approx(4 * m32["n_params"], rel=0.02)  # tied once
     assert w8["int8"] > 10 * w8["float32"]  # int8 matrices; float32 only scales and norms
     assert sum(w8.values()) / sum(w32.values()) < 0.27
@@ -77,22 +78,23 @@ def test_embedded_weight_bytes_reads_tvm_tensor_headers(tmp_path):
 
     def tensor(code, bits, shape):
         n = int(np.prod(shape)) * bits // 8
-        return (struct.pack("<QQiiI", backend_tvm.TENSOR_MAGIC, 0, 1, 0, len(shape)) + struct.pack("<BBH", code, bits, 1)
+        return (struct.pack("<QQiiI", tvm_build.TENSOR_MAGIC, 0, 1, 0, len(shape)) + struct.pack("<BBH", code, bits, 1)
                 + struct.pack(f"<{len(shape)}q", *shape) + struct.pack("<q", n) + bytes(n))
     blob = b"\x7fELF" + bytes(100) + tensor(0, 8, (64, 32)) + b"code" + tensor(2, 32, (32,)) + tensor(0, 8, (3,))
-    (tmp_path / "m.so").write_bytes(blob + struct.pack("<Q", backend_tvm.TENSOR_MAGIC) + bytes(30))  # cut short
-    assert backend_tvm.embedded_weight_bytes(tmp_path / "m.so") == {"int8": 64 * 32 + 3, "float32": 4 * 32}
+    (tmp_path / "m.so").write_bytes(blob + struct.pack("<Q", tvm_build.TENSOR_MAGIC) + bytes(30))  # cut short
+    assert tvm_build.embedded_weight_bytes(tmp_path / "m.so") == {"int8": 64 * 32 + 3, "float32": 4 * 32}
 
 
 def test_missing_cross_compiler_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None if "aarch64" in name else "/usr/bin/" + name)
     with pytest.raises(UserError, match=r"^aarch64-linux-gnu-g\+\+ not found: apt-get install g\+\+-aarch64-linux-gnu"):
-        backend_tvm.check_cc({"cc": "aarch64-linux-gnu-g++", "cc_package": "g++-aarch64-linux-gnu"})
+        tvm_build.check_cc({"cc": "aarch64-linux-gnu-g++", "cc_package": "g++-aarch64-linux-gnu"})
 
 
 def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_path):
     """The tuner's loop with the device and builds faked: the data it keeps beside the artifact."""
-    from litelm_edge import export as export_mod, remote_bench, tvm_tune
+    from litelm_edge import export as export_mod, remote_bench
+    from litelm_edge.backends.tvm import tune as tvm_tune
     built = []
     monkeypatch.setattr(export_mod, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
     fake_ms = {(4, 16): 30.0, (8, 8): 20.0, (1, 32): 25.0}
@@ -105,8 +107,8 @@ def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_pa
 
 
 def test_tile_override_is_checked():
-    assert backend_tvm.tile_of({"tile": [4, 16]}, {"tvm.tile": "8,32"}) == [8, 32]
+    assert tvm_build.tile_of({"tile": [4, 16]}, {"tvm.tile": "8,32"}) == [8, 32]
     with pytest.raises(UserError, match="two positive ints"):
-        backend_tvm.tile_of({}, {"tvm.tile": "8"})
+        tvm_build.tile_of({}, {"tvm.tile": "8"})
     with pytest.raises(UserError, match="unknown --set key"):
-        backend_tvm.tile_of({}, {"tvm.tiles": "8,32"})
+        tvm_build.tile_of({}, {"tvm.tiles": "8,32"})
