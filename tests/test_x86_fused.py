@@ -29,7 +29,7 @@ def test_fp32_fused_graph_passes_the_fp32_gate(art):
     assert m["graph"] == "fused" and m["kv_cache"] == "shared-buffer"
     assert ops.count("GroupQueryAttention") == m["model"]["n_layer"] and "Concat" not in ops
     assert "SkipSimplifiedLayerNormalization" in ops
-    assert m["parity"]["ok"] and m["parity"]["max_abs_err"] <= export.FP32_MAX_ABS
+    assert m["parity"]["ok"] and m["parity"]["max_abs_err"] <= 1e-3  # the fp32 gate, unchanged
     assert "onnxruntime_genai" in m["tools"]
 
 
@@ -58,7 +58,8 @@ def test_kv_cache_overflow_is_a_clear_error(art):
 
 
 def test_fused_build_is_refused_by_the_parity_gate(tiny_run, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "FP32_MAX_ABS", 0.0)
+    from litelm_edge import backends
+    monkeypatch.setattr(backends, "FP32_MAX_ABS", 0.0)  # the fp32 rule, read when parity is judged
     with pytest.raises(export.ParityError, match="parity failed for x86/fp32"):
         export.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, log=lambda s: None)
     assert list(tmp_path.iterdir()) == []
