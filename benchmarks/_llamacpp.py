@@ -13,7 +13,9 @@ API (used by benchmarks/x86_vs_llamacpp.py and the android comparison):
     q     = quantize(gguf, "q4_0")          llama-quantize (q8_0, q4_0, ...)
     r     = bench(q, threads=2, p=64, n=128, reps=5)
           -> {"prefill_ms": [...], "decode_tok_s": [...], "build": ..., "threads": 2, ...}
-The converter does not know our BPE pre-tokenizer's hash; it is mapped to "gpt-2" (byte-level BPE,
+Known limit: on a VM that reports AMX but does not let a process use it, the native build's prompt
+processing dies with SIGILL (llama-bench exit -4; docs/x86-speed.md); decode from an empty context
+(-p 0 -d 0) still runs. The converter does not know our BPE pre-tokenizer's hash; it is mapped to "gpt-2" (byte-level BPE,
 the same pre-tokenizer family) by patching the converter in the converting process only.
 """
 from __future__ import annotations
