@@ -265,7 +265,9 @@ def thread_plan(manifest: dict, threads: int | None, spin: bool | None, concurre
     """Threads and spinning for the single stream and for each of the concurrent sessions."""
     one = threads or choose_threads(manifest)
     each = threads or choose_threads(manifest, concurrency)
-    return {"threads": one, "qps_threads_per_session": each, "chosen_by": "--threads" if threads else
+    return {"threads": one, "qps_threads_per_session": each,
+            "threads_from": "--threads" if threads else "default: the CPUs in the process's affinity",
+            "chosen_by": "--threads" if threads else
             f"CPU affinity ({len(usable_cpus())} CPUs) and weights ({MB_PER_THREAD:g} MB a thread)",
             "spin": choose_spin(one) if spin is None else spin,
             "qps_spin": choose_spin(each, concurrency) if spin is None else spin,
