@@ -49,7 +49,9 @@ def test_manifest_describes_the_artifact(artifact):
 
 def test_int8_is_smaller_than_fp32(x86_fp32, x86_int8):
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (x86_fp32, x86_int8))
-    assert b["size_bytes"] < 0.6 * a["size_bytes"]  # graph and tokenizer overhead dominate at 0.1M params
+    # weights, not files: at 0.1M params the tokenizer and the int8 export graph's ~600 nodes weigh
+    # as much as the weights (and the fused fp32 graph has ~90 nodes)
+    assert sum(b["weight_bytes"].values()) < 0.35 * sum(a["weight_bytes"].values())
     w8 = b["weight_bytes"]["int8"] + b["weight_bytes"].get("uint8", 0)  # ORT stores the quantised Gather as uint8
     assert w8 == pytest.approx(4 * b["n_params"] / 4, rel=0.05)
 
