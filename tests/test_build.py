@@ -68,7 +68,9 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
         assert m["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
         assert ops.count("MatMulNBits") == 5 * m["model"]["n_layer"] + 1  # qkv o gate up down, lm_head
         assert "MatMul" not in ops and "MatMulInteger" not in ops  # every weight is in 8- or 4-bit blocks
-        assert "GatherBlockQuantized" in ops  # the tied embedding reads the LM head's blocks
+        # int4: the tied embedding reads the LM head's blocks; int8: a uint8 Gather (the builder's
+        # GatherBlockQuantized is 4-bit only)
+        assert ("GatherBlockQuantized" in ops) == p.startswith("int4") and ("DequantizeLinear" in ops) == p.startswith("int8")
         got[p] = (m, eval_artifact(tmp_path / p, data_dir)["ppl"])
     (m8, ppl8), (m4, ppl4) = got["int8-b32"], got["int4-b32"]
     assert m8["parity"]["top1_agreement"] >= 0.95 and abs(ppl8 / ref - 1) < 0.005
