@@ -128,7 +128,7 @@ def run_stages(files: list[Path], cfg, work: Path, log=print) -> dict:
     tasks = cfg.tasks or min(len(files), 64)
     steps = [CorpusReader([str(f) for f in files], cfg, work / "problems"), *quality_steps(cfg, work / "dropped"),
              ExactDedup(work / "dropped", cfg.samples)]
-    stage1 = steps + [JsonlWriter(str(work / "kept"), output_filename="${rank}.jsonl.gz"),
+    stage1 = steps + [JsonlWriter(str(work / "kept"), output_filename="${rank}.jsonl", compression=None),
                       Signature(str(work / "sigs"), mh, language=Words())]
     e1 = make_executor(cfg, stage1, tasks, work / "logs" / "1-filter")
     e2 = make_executor(cfg, [MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],

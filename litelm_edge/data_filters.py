@@ -62,11 +62,12 @@ class SampleWriter:
 class _Bytes:
     """Mixin: counts the UTF-8 bytes of every dropped document (stat `dropped_bytes`)."""
 
-    def filter(self, doc):
-        keep = super().filter(doc)
-        if not (keep[0] if isinstance(keep, tuple) else keep):
-            self.stat_update("dropped_bytes", value=len(doc.text.encode()))
-        return keep
+    def filter_batch(self, batch):
+        results = super().filter_batch(batch)
+        for doc, keep in zip(batch, results):
+            if not (keep[0] if isinstance(keep, tuple) else keep):
+                self.stat_update("dropped_bytes", value=len(doc.text.encode()))
+        return results
 
 
 class Rule(_Bytes, BaseFilter):
@@ -103,8 +104,11 @@ class Repetition(_Bytes, GopherRepetitionFilter):
             if len(ids) >= n and top_ngram_chars(ids, lens, n) / len(text) > n_frac:
                 return False, f"top_{n}_gram"
         for n, n_frac in self.dup_n_grams:
-            if len(ids) >= n and dup_ngram_chars(ids, lens, n) / len(text) > n_frac:
+            dup = dup_ngram_chars(ids, lens, n) if len(ids) >= n else 0
+            if dup / len(text) > n_frac:
                 return False, f"duplicated_{n}_n_grams"
+            if dup == 0:  # no repeated n-gram: no repeated longer one either
+                break
         return True
 
 
@@ -203,8 +207,17 @@ def urls(text, cfg):
     return sum(len(m) for m in URL.findall(text)) <= cfg.max_url_ratio * len(text)
 
 
-def _line_share(text, pattern) -> float:
-    if not pattern.search(text):  # one pass over the whole text first: most documents have no hit
+BOILERPLATE_HINTS = ("lorem", "cookie", "privacy", "terms ", "rights reserved", "click", "subscribe", "sign up",
+                     "buy now", "shipping", "cart", "offer", "javascript", "follow us", "share ", "log in", "login",
+                     "powered by", "copyright")
+CODE_HINTS = ("def ", "class ", "import ", "#include", "#define", "function", "var ", "let ", "const ", "public ",
+              "private ", "static ", "return", "{", "}", ");", "==", "!=", "&&", "||", "=>", "::", "<")
+
+
+def _line_share(text, pattern, hints) -> float:
+    """Share of non-empty lines matching pattern; 0 at once when no hint substring is in the text
+    (a substring search is ~50x cheaper than the regex over every position)."""
+    if not any(h in text for h in hints):
         return 0.0
     lines = [ln for ln in text.split("\n") if ln.strip()]
     return sum(1 for ln in lines if pattern.search(ln)) / max(1, len(lines))
@@ -212,11 +225,12 @@ def _line_share(text, pattern) -> float:
 
 def boilerplate(text, cfg):
     """Ads and boilerplate: lines naming cookies, policies, shopping, sign-ups (C4's line rules)."""
-    return "lorem ipsum" not in text.lower() and _line_share(text, BOILERPLATE) < cfg.boilerplate_max_lines
+    low = text.lower()
+    return "lorem ipsum" not in low and _line_share(low, BOILERPLATE, BOILERPLATE_HINTS) < cfg.boilerplate_max_lines
 
 
 def code(text, cfg):
-    return _line_share(text, CODE) < cfg.code_max_lines
+    return _line_share(text, CODE, CODE_HINTS) < cfg.code_max_lines
 
 
 def language(text, cfg):

@@ -6,7 +6,6 @@ content hash, BPE trained on a streamed sample, token files written a batch at a
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -28,7 +27,7 @@ def is_val(text: str, val_fraction: float) -> bool:
 def _kept(path: Path):
     from datatrove.data import Document
     if path.is_file():
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             for line in f:
                 d = json.loads(line)
                 yield Document(text=d["text"], id=d["id"])
@@ -38,7 +37,7 @@ def documents(work: Path, tasks: int, near_dup=None):
     """Texts of kept/ in rank order; `near_dup` (datatrove's MinhashDedupFilter) drops the
     duplicates stage 3 found. Two reads of the same folder give the same documents."""
     for rank in range(tasks):
-        docs = _kept(work / "kept" / f"{rank:05d}.jsonl.gz")
+        docs = _kept(work / "kept" / f"{rank:05d}.jsonl")
         for d in (near_dup.run(docs, rank, tasks) if near_dup else docs):
             yield d.text
 
