@@ -116,6 +116,10 @@ def check_config(cfg: DataConfig):
         raise UserError(f"code={cfg.code!r}: use code=drop or code=keep")
     if not 0 < cfg.near_dup_threshold <= 1:
         raise UserError(f"near_dup_threshold={cfg.near_dup_threshold}: use a Jaccard similarity in (0, 1]")
+    if cfg.executor not in ("local", "slurm", "ray"):
+        raise UserError(f"unknown executor '{cfg.executor}', have: local, slurm, ray")
+    if cfg.executor == "slurm" and not cfg.slurm_partition:
+        raise UserError("executor=slurm needs --set slurm_partition=NAME (and a folder every node can read)")
     if cfg.language:
         try:
             import py3langid  # noqa: F401
@@ -159,7 +163,10 @@ def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig
 
 def _problems_line(work: Path) -> str:
     items = [p for f in sorted((work / "problems").glob("*.json")) for p in json.loads(f.read_text())]
-    return "; ".join(f"{p['where']}: {p['detail']}" for p in items[:3]) or "no readable documents"
+    first = {}  # the first problem of each file
+    for p in items:
+        first.setdefault(p["where"].rsplit(":", 1)[0] if p["where"][-1].isdigit() else p["where"], p)
+    return "; ".join(f"{p['where']}: {p['detail']}" for p in list(first.values())[:3]) or "no readable documents"
 
 
 def _log_summary(meta: dict, problems: list, out, log):

@@ -127,9 +127,13 @@ def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
 
 
 def top_ngram_chars(ids, lens, n: int) -> int:
-    """Characters of the most frequent n-gram times its count (Gopher top_n_gram; words joined by spaces)."""
+    """Characters of the most frequent n-gram times its count (Gopher top_n_gram; words joined by
+    spaces); 0 when no n-gram repeats (datatrove counts a lone n-gram too, which drops any
+    document of a dozen words)."""
     h = ngram_hashes(ids, n)
     uniq, first, counts = np.unique(h, return_index=True, return_counts=True)
+    if counts.max() < 2:
+        return 0
     i = first[np.argmax(counts)]
     return int((lens[i:i + n].sum() + n - 1) * counts.max())
 

@@ -125,9 +125,11 @@ def _jsonl(f: Path, field: str, problems: Problems):
                 text = json.loads(line)[field]
                 if not isinstance(text, str):
                     raise TypeError(f"\"{field}\" is {type(text).__name__}, not a string")
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                what = "missing_field" if isinstance(e, KeyError) else "malformed_jsonl"
-                problems.add(what, f"{f}:{i}", f"{type(e).__name__}: {e}")
+            except KeyError:
+                problems.add("missing_field", f"{f}:{i}", f"no \"{field}\" key: pass --text-field NAME")
+                continue
+            except (json.JSONDecodeError, TypeError) as e:
+                problems.add("malformed_jsonl", f"{f}:{i}", f"{type(e).__name__}: {e}")
                 continue
             yield f"{f}:{i}", text
 
