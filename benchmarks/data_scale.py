@@ -81,22 +81,29 @@ def _doc(rng, sents, recent) -> tuple[str, str]:
     return doc, "prose"
 
 
-def run(corpus: Path, out: Path, sets: list[str]) -> dict:
+def run(corpus: Path, out: Path, sets: list[str], every_s: float = 60) -> dict:
+    """The data command as a subprocess; its log goes to out.log; a progress line every every_s."""
     import psutil
     cmd = [sys.executable, "-m", "litelm_edge.cli", "data", str(corpus), "--out", str(out), "--vocab", "8192",
            *[a for s in sets for a in ("--set", s)]]
-    t0, peak_sum, peak_one = time.time(), 0, 0
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    proc = psutil.Process(p.pid)
-    while p.poll() is None:
-        try:
-            rss = [q.memory_info().rss for q in [proc, *proc.children(recursive=True)]]
-            peak_sum, peak_one = max(peak_sum, sum(rss)), max(peak_one, max(rss))
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
+    t0, peak_sum, peak_one, last = time.time(), 0, 0, time.time()
+    logf = out.with_suffix(".log")
+    with open(logf, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        proc = psutil.Process(p.pid)
+        while p.poll() is None:
+            try:
+                rss = [q.memory_info().rss for q in [proc, *proc.children(recursive=True)]]
+                peak_sum, peak_one = max(peak_sum, sum(rss)), max(peak_one, max(rss))
+            except psutil.Error:
+                pass
+            if time.time() - last > every_s:
+                last = time.time()
+                print(f"  {last - t0:.0f} s: peak RSS {peak_sum / 2**20:.0f} MB (sum), {peak_one / 2**20:.0f} MB (one "
+                      f"process), load {os.getloadavg()[0]:.1f}; {logf.read_text().strip().splitlines()[-1:]}", flush=True)
+            time.sleep(0.2)
     wall = time.time() - t0
-    output = p.stdout.read()
+    output = logf.read_text()
     if p.returncode:
         raise SystemExit(f"data failed ({p.returncode}):\n{output[-3000:]}")
     return {"wall_s": round(wall, 1), "peak_rss_sum_mb": round(peak_sum / 2**20), "peak_rss_one_mb": round(peak_one / 2**20),
@@ -118,11 +125,12 @@ def main():
         (corpus / "planted.json").write_text(json.dumps(planted))
     mb = sum(f.stat().st_size for f in corpus.glob("*.jsonl")) / 1e6
     print(f"corpus {mb:.0f} MB ({time.time() - t0:.0f} s to generate), planted {planted}", flush=True)
+    load0 = os.getloadavg()[0]
     r = run(corpus, work / "out", a.sets)
     meta = json.loads((work / "out" / "meta.json").read_text())
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     res = dict(r, mb=round(mb), mb_per_s=round(mb / r["wall_s"], 3), cpus=os.cpu_count(), cpu=cpu,
-               load_before_after=[os.getloadavg()[0]], dropped=meta["stats"], docs_in=meta["stages"][0]["docs_in"],
+               load_before_after=[load0, os.getloadavg()[0]], dropped=meta["stats"], docs_in=meta["stages"][0]["docs_in"],
                docs_out=meta["docs"], planted=planted, tokens=meta["train_tokens"] + meta["val_tokens"])
     res.pop("log")
     print("\n".join(r["log"][-4:]))
