@@ -140,11 +140,11 @@ def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp.parent)) if cfg.executor == "local" else tmp / "work"
         try:
             run = run_stages(files, cfg, work, log)
-            rows = Rp.stages(run, {"docs": 0, "bytes": 0})
+            rows = Rp.stages(run, {"docs": 0, "bytes": 0})[:-1]  # up to exact dedup (near dedup keeps one a cluster)
             if run["stats"][0].get("files_failed", 0) == len(files):
                 raise UserError(f"no input could be read: {_problems_line(work)}")
-            Rp.check_not_empty(rows[:-1] + [dict(rows[-1], docs_out=rows[-2]["docs_out"])], cfg)
-            summary, tok = tokenise(work, tmp, run["tasks"], cfg, tokenizer, vocab_size, rows[-2]["bytes_out"])
+            Rp.check_not_empty(rows, cfg)
+            summary, tok = tokenise(work, tmp, run["tasks"], cfg, tokenizer, vocab_size, rows[-1]["bytes_out"])
             tok.save(tmp / "tokenizer.json")
             samples = Rp.merge_samples(work, tmp, cfg.samples)
             problems = Rp.merge_problems(work, tmp)

@@ -29,7 +29,7 @@ def check_not_empty(rows: list[dict], cfg):
     if rows[-1]["docs_out"] > 0:
         return
     if rows[0]["docs_in"] == 0:
-        raise UserError("empty corpus: no document could be read from the inputs (see the problems listed above)")
+        raise UserError("empty corpus: the inputs hold no document (empty files?)")
     worst = max(rows[1:], key=lambda r: r["docs_in"] - r["docs_out"])
     fix = {"too_short": f"--set min_chars=N below {cfg.min_chars}", "too_long": "--set max_chars=N",
            "code": "--set code=keep", "language": "--set language=", "repetition": "--set dup_line_frac=N"}
