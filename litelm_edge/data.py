@@ -131,9 +131,9 @@ def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig
     """Read, normalise, filter, dedup (exact, then MinHash near-duplicates), split and tokenise."""
     from importlib.metadata import version
     from . import data_report as Rp
-    from .checkpoint import atomic_dir
     from .data_engine import run_stages
     from .data_tokens import tokenise
+    from .files import atomic_dir
     check_config(cfg)
     files = expand_inputs(inputs)
     with atomic_dir(out) as tmp:
