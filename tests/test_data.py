@@ -70,6 +70,19 @@ def test_prepare_writes_memmaps_and_the_corpus_sha256(tmp_path):
     tok = Tokenizer.load(tmp_path / "d")
     assert train_ids.max() < tok.vocab_size and (train_ids == tok.eot_id).sum() == meta["train_docs"]
     assert "| near_dup |" in (tmp_path / "d" / "data-report.md").read_text()
+    assert json.loads((tmp_path / "d" / "meta.json").read_text()) == meta
+
+
+def test_corpus_sha256_is_the_hash_of_the_documents(tmp_path):
+    """Recomputed here from the documents themselves: sha256 of the kept documents joined by NUL."""
+    docs = [f"Document {i}: " + " ".join(f"word{i * 7 + j}" for j in range(20)) for i in range(40)]
+    lines = [json.dumps({"text": d}) for d in docs] + [json.dumps({"text": "too short"}), json.dumps({"text": docs[3]})]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "c.jsonl").write_text("\n".join(lines))
+    meta = D.prepare([tmp_path / "in"], tmp_path / "d", vocab_size=300, log=lambda m: None)
+    want = hashlib.sha256("\x00".join(docs).encode()).hexdigest()  # the short and the duplicate dropped
+    assert meta["corpus_sha256"] == want
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["corpus_sha256"] == want
 
 
 def test_readers_compressed_parquet_and_bad_input(tmp_path):
@@ -207,3 +220,5 @@ def test_data_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert r.stderr.strip().startswith("error: empty corpus") and len(r.stderr.strip().splitlines()) == 1
     r = cli("data", tmp_path, "--out", tmp_path / "out", "--set", "colour=red", check=False)
     assert r.returncode == 2 and "unknown key 'colour'" in r.stderr
+    r = cli("data", tmp_path, "--out", tmp_path / "out", "--set", "code=maybe", check=False)
+    assert r.returncode == 2 and "use code=drop or code=keep" in r.stderr
