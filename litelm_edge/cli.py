@@ -38,13 +38,16 @@ def cli():
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Existing tokenizer.json (else one is trained).")
 @click.option("--vocab", default=4096, show_default=True, help="Vocabulary size when training a tokenizer.")
+@click.option("--text-field", help="The .jsonl key / .parquet column of the text (default: text).")
 @SET
-def data(inputs, out, tokenizer, vocab, sets):
-    """Clean, dedup, split and tokenise .txt/.jsonl INPUTS (files or folders; 'default' = bundled corpus)."""
+def data(inputs, out, tokenizer, vocab, text_field, sets):
+    """Normalise, filter, dedup (exact + MinHash), split and tokenise .txt/.jsonl/.parquet INPUTS,
+    plain or .gz/.zst (files or folders; 'default' = bundled corpus). Writes data-report.md."""
     from .config import override
     from .data import DataConfig, default_corpus, prepare
     inputs = [default_corpus() if i == "default" else i for i in inputs]
-    prepare(inputs, out, tokenizer, vocab, override(DataConfig(), parse_sets(sets), "--set (data)"))
+    sets = dict(parse_sets(sets), **({"text_field": text_field} if text_field else {}))
+    prepare(inputs, out, tokenizer, vocab, override(DataConfig(), sets, "--set (data)"), log=click.echo)
 
 
 @cli.group()

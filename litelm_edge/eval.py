@@ -32,7 +32,8 @@ def val_windows(data_dir, c: EvalConfig, max_seq_len: int) -> list[np.ndarray]:
     val = Path(data_dir or "") / "val.bin"
     if not data_dir or not val.is_file():
         raise UserError(f"no held-out data at '{val}': pass --data DIR made by `litelm-edge data`")
-    ids = np.memmap(val, dtype=np.uint16, mode="r")
+    from .data import token_memmap
+    ids = token_memmap(val)  # uint16 or uint32, as meta.json says
     T = min(c.window_len, max_seq_len)
     n = min(c.windows, (len(ids) - 1) // T)
     if n < 1:

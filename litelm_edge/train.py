@@ -56,10 +56,11 @@ def lr_at(step: int, c: TrainConfig) -> float:
 
 
 class Batches:
-    """Random windows of a uint16 memmap (nanoGPT's get_batch), seeded per process."""
+    """Random windows of a token memmap (nanoGPT's get_batch), seeded per process."""
 
     def __init__(self, path: Path, block: int, batch: int, seed: int):
-        self.data = np.memmap(path, dtype=np.uint16, mode="r")
+        from .data import token_memmap
+        self.data = token_memmap(path)  # uint16 or uint32, as meta.json says
         if len(self.data) <= block + 1:
             raise UserError(f"{path} has {len(self.data)} tokens, fewer than one block of {block + 1}: "
                             "use more text or --set train.block_size=N")
