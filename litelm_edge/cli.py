@@ -184,11 +184,14 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
 
 @cli.command()
 @click.argument("recipe")
+@click.option("--until", type=click.Choice(["train"]), help="Stop after this step (CI trains once, then builds per device).")
 @SET
-def run(recipe, sets):
+def run(recipe, until, sets):
     """Run a recipe: data -> train -> [compress] -> build -> bench -> report, with its [gates] (e.g. `run quickstart`)."""
     from .pipeline import run_recipe
-    run_recipe(recipe, parse_sets(sets), log=click.echo)
+    r = run_recipe(recipe, parse_sets(sets), log=click.echo, until=until)
+    if until:
+        click.echo(f"checkpoint {r['checkpoint']}, data {r['data']}")
 
 
 @cli.command("eval")

@@ -96,8 +96,9 @@ def attempt(k: int, label: str, ckpt: Path, recipe: dict, data: Path, work: Path
     return a
 
 
-def run_recipe(name: str, sets: dict | None = None, log=print) -> dict:
-    """data -> train -> [compress -> build -> eval -> bench -> gates] until the gates pass."""
+def run_recipe(name: str, sets: dict | None = None, log=print, until: str | None = None) -> dict:
+    """data -> train -> [compress -> build -> eval -> bench -> gates] until the gates pass.
+    until="train" stops after training (CI's train job: each device job builds the checkpoint)."""
     from . import gates, report
     from .eval import eval_checkpoint
     path, recipe = named_toml("recipes", name)
@@ -113,6 +114,8 @@ def run_recipe(name: str, sets: dict | None = None, log=print) -> dict:
     data = step_data(recipe, work, log)
     summary = step_train(recipe, data, work, log)
     log(f"train: step {summary['step']}, val loss {summary['val_loss']:.4f}, val ppl {summary['val_ppl']:.2f}")
+    if until == "train":
+        return {"train": summary, "checkpoint": str(work / "run"), "data": str(data), "ok": True}
     ref_ppl = eval_checkpoint(work / "run", data)["ppl"]
     attempts, ckpt, label = [], work / "run", "trained model, no compression"
     for k in range(min(max_attempts, len(steps) + 1)):
