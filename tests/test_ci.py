@@ -152,3 +152,86 @@ def test_fleet_report_per_device(sshd, ssh_home, x86_bundles, tmp_path):
     suites = ET.parse(tmp_path / "fleet.xml").getroot().findall("testsuite")
     assert suites[1].find("testcase/failure").get("message").startswith("ci@127.0.0.1:9: connection refused")
     assert (tmp_path / "fleet.html").read_text().count("<svg") == 2
+
+
+def _emulator_or_skip():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("emulated_device", ROOT / "tools/emulated_device.py")
+    emu = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emu)
+    ok, why = emu.enable_binfmt()
+    if not ok:
+        if os.environ.get("LITELM_EDGE_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail(f"the emulated device is required in CI and cannot run: {why}")
+        pytest.skip(f"emulated arm64 device unavailable: {why}")
+    return emu
+
+
+def _toolchain(target: str):
+    """The build toolchain of the target's backend (TVM for rpi4, the LiteRT converter for android)."""
+    from conftest import toolchain_or_skip
+    from litelm_edge.export import backend_module, load_target
+    backend = load_target(target)[1]["target"]["backend"]
+    toolchain_or_skip(backend_module(backend).python, backend)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["rpi4", "android"])
+def test_arm_bundle_on_the_emulated_device(target, tiny_run, data_dir, x86_bundles, tmp_path):
+    """What the workflow's rpi4/android entries run: the script starts the emulated device
+    (tools/emulated_device.py start), benches there (labelled emulated, no speed verdict), stops it."""
+    _emulator_or_skip()
+    _toolchain(target)
+    out = tmp_path / "bundles"
+    shutil.copytree(x86_bundles[0], out)
+    r = ci_device(target, "--checkpoint", tiny_run, "--data", data_dir, "--out", out, *SMALL, env=_secretless())
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "emulated arm64 device up" in r.stdout and "stopped" in r.stderr
+    root = r.stdout.split("(its / is ")[1].split(")")[0]
+    assert root not in Path("/proc/self/mounts").read_text()  # stopped: the device's overlay is gone
+    b = next(out.glob(f"{target}-*"))
+    res = json.loads((b / "emulated/bench.json").read_text())
+    schemas.validate(res)
+    assert res["where"] == "emulated" and res["device"]["machine"] == "aarch64" and res["parity"]["ok"]
+    assert res["verdict"] == "not judged" and res["energy"]["how"].startswith("emulated: ")
+    md = (b / "emulated/bench.md").read_text()
+    assert "Overall: PASS" not in md and "Overall: NOT JUDGED" in md
+    assert all(t["pass"] is None or t["threshold"] == "max_size_mb" for t in res["thresholds"])
+    suites = {s.get("name"): s for s in ET.parse(b / "junit.xml").getroot()}
+    assert set(suites) == {f"{b.name}.emulated", f"{b.name}.device"}
+    local = cli("bench", b / "artifact", *SMALL, check=False)
+    if target == "rpi4":  # a compiled aarch64 library: only a device runs it
+        assert local.returncode == 2 and "holds aarch64 native code" in local.stderr and "--remote" in local.stderr
+    else:  # a .tflite runs anywhere; here it is this host, not the phone
+        assert local.returncode == 0, local.stderr[-2000:]
+        assert "standing in for the aarch64 device of target android" in local.stdout
+    summary = cli("ci", "report", out, "--out", tmp_path / "summary")
+    assert f"| {b.name} @ emulated | {target}/" in summary.stdout and "NOT JUDGED" in summary.stdout
+
+
+@pytest.mark.slow
+def test_emulated_device_as_printed(x86_bundles, tmp_path):
+    """`start` prints a bench command that works as printed; `stop` ends the device."""
+    _emulator_or_skip()
+    state = tmp_path / "state"
+    start = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "start", "--state", state],
+                           capture_output=True, text=True)  # every runtime: the rootfs CI builds once
+    try:
+        assert start.returncode == 0, start.stderr
+        line = next(x for x in start.stdout.splitlines() if x.startswith("bench:"))
+        art = x86_bundles[0] / "x86-fp32/artifact"
+        argv = line.removeprefix("bench:").split()[1:]  # litelm-edge bench ARTIFACT --remote ... --ssh-config ...
+        argv[argv.index("ARTIFACT")] = str(art)
+        r = cli(*argv, *SMALL, "--report-dir", tmp_path / "rep", check=False)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads((tmp_path / "rep/bench.json").read_text())
+        assert res["where"] == "emulated" and res["parity"]["ok"]
+        again = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "start", "--state", state],
+                               capture_output=True, text=True)
+        assert again.returncode == 1 and "already runs" in again.stderr
+    finally:
+        stop = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "stop", "--state", state],
+                              capture_output=True, text=True)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    root = start.stdout.split("(its / is ")[1].split(")")[0]
+    assert not (state / "pid").exists() and root not in Path("/proc/self/mounts").read_text()

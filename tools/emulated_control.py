@@ -54,7 +54,7 @@ def serve(emu, packages, port: int, state: Path) -> int:
     with emu.start_device(rootfs, port) as dev:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leaves the with block: unmounts
         write_ssh_config(dev, state)
-        (state / "ready").write_text(f"{dev.host}:{dev.port}\n")
+        (state / "ready").write_text(f"{dev.host}:{dev.port} {dev.root}\n")  # root: the overlay, unmounted by stop
         while True:
             time.sleep(3600)
 
@@ -91,7 +91,8 @@ def start(emu, packages, port: int, state: Path) -> str:
             raise emu.DeviceError(f"the emulated device did not start: {last.removeprefix('error: ')} (log: {log})")
         time.sleep(0.2)
     cfg = state / "ssh_config"
-    return (f"emulated arm64 device up ({(state / 'ready').read_text().strip()}), pid {proc.pid}\n"
+    where, root = (state / "ready").read_text().split()
+    return (f"emulated arm64 device up at {where} (its / is {root}), pid {proc.pid}\n"
             f"ssh config: {cfg}\n"
             f"bench:  litelm-edge bench ARTIFACT --remote {ALIAS} --ssh-config {cfg}\n"
             f"ssh:    ssh -F {cfg} {ALIAS}\n"
