@@ -128,7 +128,7 @@ def compare_latency(results: list[dict]) -> str:
     """Prefill latency distributions side by side (box: p25-p75, whiskers: 5th-95th percentile)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 0.8 + 0.45 * len(results)))
-    ax.boxplot([r["prefill_ms"]["samples"] for r in results], vert=False, whis=(5, 95), showfliers=True,
+    ax.boxplot([r["prefill_ms"]["samples"] for r in results], orientation="horizontal", whis=(5, 95), showfliers=True,
                tick_labels=[label(r) for r in results])
     ax.invert_yaxis()
     ax.set(xlabel="prefill latency, ms", title="Prefill latency distribution per device and precision")
