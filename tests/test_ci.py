@@ -199,7 +199,7 @@ def test_arm_bundle_on_the_emulated_device(target, tiny_run, data_dir, x86_bundl
     assert all(t["pass"] is None or t["threshold"] == "max_size_mb" for t in res["thresholds"])
     suites = {s.get("name"): s for s in ET.parse(b / "junit.xml").getroot()}
     assert set(suites) == {f"{b.name}.emulated", f"{b.name}.device"}
-    local = cli("bench", b / "artifact", *SMALL, check=False)
+    local = cli("bench", b / "artifact", *SMALL, "--report-dir", tmp_path / "local", check=False)
     if target == "rpi4":  # a compiled aarch64 library: only a device runs it
         assert local.returncode == 2 and "holds aarch64 native code" in local.stderr and "--remote" in local.stderr
     else:  # a .tflite runs anywhere; here it is this host, not the phone
