@@ -3,7 +3,7 @@
 A bundle (`<target>-<precision>/`) holds the built artifact (artifact/, with manifest.json), one
 folder per bench (bench.json, bench.md, bench.html), junit.xml (a testsuite per bench) and
 bundle.json (what was benched where, and why not). Where a target is benched is decided from data:
-on this machine when the target's [device] arch is this machine's, else on the emulated device
+on this machine when the target's [target] arch is this machine's (or unset), else on the emulated device
 (labelled emulated); on a real device too when $LITELM_DEVICE_<TARGET> names one (user@host[:port];
 its key in $LITELM_DEVICE_<TARGET>_KEY), skipped with a notice otherwise.
 """
@@ -40,7 +40,7 @@ def plan(target: str, emulated: str | None, env=os.environ) -> list[Bench]:
     real device its secret names."""
     from .export import load_target
     name, t = load_target(target)
-    arch = t.get("device", {}).get("arch")
+    arch = t["target"].get("arch")
     out = [Bench("runner")] if arch in (None, platform.machine()) else [
         Bench("emulated", emulated) if emulated else
         Bench("emulated", skipped=f"{arch} target and no emulated device: start one with "
@@ -112,8 +112,8 @@ def _write_index(bundle: Path, index: dict):
 
 def verify_artifact(art: Path):
     """Every file of the artifact matches its manifest (sha256, size), and none is unlisted."""
-    from .push import local_files  # TODO(#10): manifest.verify once litelm_edge/manifest.py lands
-    listed = local_files(art)
+    from .manifest import verify
+    listed = verify(art)
     extra = sorted(str(p.relative_to(art)) for p in art.rglob("*") if p.is_file()
                    and str(p.relative_to(art)) not in listed)
     if extra:

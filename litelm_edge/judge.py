@@ -18,7 +18,7 @@ def where(raw: dict, manifest: dict) -> str:
     """'device' (the target's own hardware), 'emulated' (qemu) or 'host' (another architecture)."""
     if raw["device"].get("emulated"):
         return "emulated"
-    arch = (manifest.get("device") or {}).get("arch")
+    arch = manifest.get("arch")
     return "host" if arch and raw["device"].get("machine") != arch else "device"
 
 

@@ -9,7 +9,7 @@ import html
 import json
 from pathlib import Path
 
-from .checkpoint import write_atomic
+from .files import write_atomic
 from .judge import verdict_line
 
 

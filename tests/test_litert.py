@@ -17,9 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import toolchain_or_skip  # noqa: E402
-from litelm_edge import backend_litert, checkpoint  # noqa: E402
+from litelm_edge import checkpoint  # noqa: E402
+from litelm_edge.backends.litert import build as litert_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
-from litelm_edge.litert_graph import CachedLM  # noqa: E402
+from litelm_edge.backends.litert.graph import CachedLM  # noqa: E402
 from litelm_edge.model import Transformer, preset  # noqa: E402
 
 TARGET = {"target": {"backend": "litert"}, "thresholds": {"max_size_mb": 15}}
@@ -41,18 +42,18 @@ def test_fixed_cache_graph_matches_forward():
 
 def test_settings_and_size_verdict():
     with pytest.raises(UserError, match="multiple of prefill_len"):
-        backend_litert.settings({"litert": {"prefill_len": 64, "capacity": 100}})
+        litert_build.settings({"litert": {"prefill_len": 64, "capacity": 100}})
     with pytest.raises(UserError, match="unknown key"):
-        backend_litert.settings({"litert": {"thread": 4}})
-    v = backend_litert.size_verdict(26_100_000, TARGET)
+        litert_build.settings({"litert": {"thread": 4}})
+    v = litert_build.size_verdict(26_100_000, TARGET)
     assert not v["meets_size"] and "android-15mb" in v["size_note"]
-    assert backend_litert.size_verdict(14_700_000, TARGET)["meets_size"]
+    assert litert_build.size_verdict(14_700_000, TARGET)["meets_size"]
 
 
 @pytest.fixture(scope="module")
 def toolchain():
     pytest.importorskip("ai_edge_litert")
-    return toolchain_or_skip(backend_litert.python, "LiteRT")
+    return toolchain_or_skip(litert_build.python, "LiteRT")
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +94,12 @@ def test_golden_greedy_tokens_equal_torch(built):
 
 
 def test_int8_is_int8_and_passes_parity(built):
-    from litelm_edge.litert_inspect import weight_dtypes
+    from litelm_edge.backends.litert.inspect import weight_dtypes
     d, man = built["int8"]
     assert weight_dtypes(d / "model.tflite") == {"int8"} and man["weight_dtypes"] == ["int8"]
     assert man["parity"]["ok"] and man["parity"]["top1_agreement"] >= 0.95
     with pytest.raises(UserError, match="float32 weights"):  # a float file labelled int8 fails
-        backend_litert.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
+        litert_build.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
 
 
 def test_size_breakdown_sums_to_file_size(built):

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import cli
 from litelm_edge import bench as B
+from litelm_edge import manifest as mf
 from litelm_edge import report, schemas
 from litelm_edge.config import UserError
 from x86_artifact import x86_artifact
@@ -27,7 +28,7 @@ def judged(tiny_run, data_dir, tmp_path_factory):
     art = tmp_path_factory.mktemp("judged") / "art"
     shutil.copytree(x86_artifact(tiny_run, data_dir, tmp_path_factory), art)
     m = json.loads((art / "manifest.json").read_text())
-    (art / "manifest.json").write_text(json.dumps(dict(m, thresholds=LIMITS)))
+    mf.write(art, dict(m, thresholds=LIMITS))  # sealed again: a new artifact id for the new thresholds
     out = art.parent / "report"
     r = cli("bench", art, *PROTO, "--report-dir", out, "--junit", out / "junit.xml", "--check", check=False)
     return art, out, r
@@ -113,7 +114,7 @@ def test_nothing_measured_is_not_a_pass(judged):
 def test_another_architecture_is_a_host_not_the_device(judged):
     _, out, _ = judged
     raw, manifest = _refinish(out)
-    r = B.finish(raw, dict(manifest, target="android", device={"arch": "aarch64"}), "measured on this host (local bench)")
+    r = B.finish(raw, dict(manifest, target="android", arch="aarch64"), "measured on this host (local bench)")
     assert r["where"] == "host" and "not the device's" in r["provenance"] and "android" in r["provenance"]
     assert next(t for t in r["thresholds"] if t["threshold"] == "max_latency_ms")["pass"] is None
 
@@ -130,7 +131,7 @@ def test_latency_is_judged_on_the_named_percentile(judged):
 
 def test_foreign_native_code_is_sent_to_the_device(judged, tmp_path):
     """An artifact holding aarch64 machine code: the local bench names --remote, not an install."""
-    from litelm_edge.checkpoint import sha256_file
+    from litelm_edge.files import sha256_file
     art, _, _ = judged
     other = tmp_path / "art"
     shutil.copytree(art, other)
@@ -139,7 +140,7 @@ def test_foreign_native_code_is_sent_to_the_device(judged, tmp_path):
     (other / "model.so").write_bytes(bytes(elf))
     m = json.loads((other / "manifest.json").read_text())
     m["files"]["model.so"] = {"sha256": sha256_file(other / "model.so"), "size": 64}
-    (other / "manifest.json").write_text(json.dumps(m))
+    mf.write(other, m)
     r = cli("bench", other, *PROTO, check=False)
     assert r.returncode == 2 and "holds aarch64 native code (model.so)" in r.stderr
     assert "--remote user@host" in r.stderr and "pip install" not in r.stderr

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         tmp, state = Path(td), Path(td) / "emulated"
         try:
             name, t = load_target(a.target)
-            arch = t.get("device", {}).get("arch")
+            arch = t["target"].get("arch")
             emulate = arch not in (None, platform.machine())
             config = device_config(os.environ, ci.secret_name(name), tmp) if os.environ.get(ci.secret_name(name)) else ""
             if emulate:

@@ -1,10 +1,10 @@
 """Checkpoint -> model.tflite, run inside the LiteRT toolchain venv (litert-torch, ai-edge-quantizer).
 
-    python -m litelm_edge.litert_convert SPEC.json
+    python -m litelm_edge.backends.litert.convert SPEC.json
 
 SPEC: {checkpoint, out_dir, precision, prefill_len, capacity, mask_value, calib (npz of held-out
 windows, or null)}. Writes out_dir/model.tflite and out_dir/convert.json (timings, size breakdown,
-weight dtypes). One precision is one quantization recipe, listed in PRECISIONS.
+weight dtypes). One precision (the table in __init__.py) is one quantization recipe, `_recipe`.
 """
 from __future__ import annotations
 
@@ -13,13 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-PRECISIONS = {  # name -> what ai-edge-quantizer does to the float model
-    "fp32": None,
-    "int8": "INT8 weights per channel, activations quantized on the fly (dynamic_wi8_afp32)",
-    "int8-full": "INT8 weights and activations (static_wi8_ai8), calibrated on held-out text",
-    "int4-b32": "INT4 weights in blocks of 32 with fp16 scales, embeddings included",
-    "int4-b64": "INT4 weights in blocks of 64 with fp16 scales, embeddings included (recipes/android-15mb)",
-}
+from litelm_edge.backends.litert import PRECISIONS
 
 
 def _recipe(precision: str):
@@ -43,7 +37,7 @@ def _recipe(precision: str):
 def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float):
     """Trace prefill (1, prefill_len) and decode (1, 1) signatures sharing one set of weights."""
     import litert_torch
-    from .litert_graph import CachedLM, litert_update
+    from .graph import CachedLM, litert_update
     g = CachedLM(model, capacity, mask_value, update=litert_update).eval()
     conv = litert_torch.signature("prefill", g, sample_kwargs=g.sample_inputs(prefill_len))
     conv = conv.signature("decode", g, sample_kwargs=g.sample_inputs(1))
@@ -90,12 +84,13 @@ def quantize(float_path: Path, path: Path, precision: str, calib: list | None, p
 
 def main(spec_path: str) -> int:
     import numpy as np
-    from .checkpoint import load
-    from .litert_inspect import breakdown, weight_dtypes
+    from ...checkpoint import load
+    from .inspect import breakdown, weight_dtypes
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])
-    if spec["precision"] not in PRECISIONS:
-        raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(PRECISIONS)}")
+    have = [p.name for p in PRECISIONS]
+    if spec["precision"] not in have:
+        raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(have)}")
     model = load(spec["checkpoint"])[0]
     t0 = time.time()
     float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")
