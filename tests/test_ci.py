@@ -235,3 +235,16 @@ def test_emulated_device_as_printed(x86_bundles, tmp_path):
     assert stop.returncode == 0 and "stopped" in stop.stdout
     root = start.stdout.split("(its / is ")[1].split(")")[0]
     assert not (state / "pid").exists() and root not in Path("/proc/self/mounts").read_text()
+
+
+def test_train_job_stops_after_training(corpus, tmp_path):
+    """The workflow's train job: `run RECIPE --until train` trains and builds nothing."""
+    from conftest import TINY_SETS
+    train_set = "\n".join(f'"{s.split("=")[0]}" = {s.split("=")[1]}' for s in TINY_SETS)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[recipe]\nworkdir = "{tmp_path / "work"}"\n[data]\ninputs = ["{corpus}"]\nvocab = 512\n'
+                      f'[train]\npreset = "tiny"\n[train.set]\n{train_set}\nmax_steps = 2\neval_every = 2\n'
+                      f'eval_batches = 1\n[build]\ntargets = ["x86"]\n')
+    r = cli("run", recipe, "--until", "train")
+    assert f"checkpoint {tmp_path / 'work/run'}, data {tmp_path / 'work/data'}" in r.stdout
+    assert (tmp_path / "work/run/latest").is_file() and not (tmp_path / "work/artifacts").exists()
