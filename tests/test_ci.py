@@ -170,9 +170,10 @@ def _emulator_or_skip():
 def _toolchain(target: str):
     """The build toolchain of the target's backend (TVM for rpi4, the LiteRT converter for android)."""
     from conftest import toolchain_or_skip
-    from litelm_edge.export import backend_module, load_target
+    from litelm_edge import backends
+    from litelm_edge.export import load_target
     backend = load_target(target)[1]["target"]["backend"]
-    toolchain_or_skip(backend_module(backend).python, backend)
+    toolchain_or_skip(backends.load(backend, "build").python, backend)
 
 
 @pytest.mark.slow
