@@ -16,7 +16,7 @@ from pathlib import Path
 from . import device_runner as R
 from .config import UserError
 from .judge import latency_percentile, overall, verdicts, where  # noqa: F401 - verdicts is bench's public judgement (gates)
-from .manifest import read_manifest
+from .manifest import read_manifest, verified  # noqa: F401 (read_manifest: imported from here by older callers)
 
 RUNNER = Path(R.__file__)
 SCHEMA = "litelm-edge-bench/2"  # the judged bench.json; litelm_edge/schemas/bench-2.schema.json
@@ -62,8 +62,7 @@ def check_runs_here(art_dir, manifest: dict):
 def bench_local(art_dir, protocol: dict | None = None, log=print, sysfs_root: str | None = None) -> dict:
     """Run the device runner in a subprocess of this Python; returns its raw JSON.
     sysfs_root: where the runner reads energy sensors and temperatures (default /sys)."""
-    art_dir = Path(art_dir)
-    check_runs_here(art_dir, read_manifest(art_dir))
+    art_dir = Path(art_dir)  # bench() verified it against its manifest
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "result.json"
         cmd = [sys.executable, str(RUNNER), str(art_dir), "--out", str(out), *runner_args(protocol or {})]
@@ -120,7 +119,8 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
 
 def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs_root: str | None = None) -> dict:
     """The local bench: this machine is the device."""
-    manifest = read_manifest(art_dir)
+    manifest = verified(art_dir)
+    check_runs_here(art_dir, manifest)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log, sysfs_root)
     return finish(raw, manifest, "measured on this host (local bench)", base)

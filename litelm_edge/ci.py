@@ -38,7 +38,7 @@ def secret_name(target: str) -> str:
 def plan(target: str, emulated: str | None, env=os.environ) -> list[Bench]:
     """Where `target` is benched: here or on the emulated device (address `emulated`), and on the
     real device its secret names."""
-    from .export import load_target
+    from .target import load_target
     name, t = load_target(target)
     arch = t["target"].get("arch")
     out = [Bench("runner")] if arch in (None, platform.machine()) else [
@@ -68,7 +68,8 @@ def device_bundle(checkpoint, target: str, precision: str | None, out_root, benc
     1 when the build, a bench or a judged threshold failed; skips and 'not judged' are not failures."""
     from . import junit as J
     from . import report
-    from .export import build, load_target
+    from .export import build
+    from .target import load_target
     precision = precision or load_target(target)[1]["target"].get("precision", "int8")
     bundle = Path(out_root) / f"{load_target(target)[0]}-{precision}"
     bundle.mkdir(parents=True, exist_ok=True)

@@ -54,10 +54,19 @@ def basis_line(r: dict) -> str:
             f"Figures from: {r['provenance']}.")
 
 
+def threads_line(r: dict) -> str:
+    """Threads, the CPUs the runner could use, and the CPU model: every figure depends on them."""
+    dev, pro = r["device"], r["protocol"]
+    aff = dev.get("affinity")
+    return (f"Runtime threads: {pro.get('threads') or 'n/a'} ({pro.get('threads_from') or 'not recorded'}); "
+            f"CPU affinity: {f'CPUs {aff}' if aff else 'not recorded'} of {dev.get('cores')}; CPU: {dev.get('cpu', '?')}")
+
+
 def to_markdown(r: dict) -> str:
     m, dev = r["manifest"], r["device"]
     out = [f"## {m['target']} / {m['precision']} ({m['runtime']} {r.get('runtime_version', '')}) — artifact {m['artifact_id']}",
            "", f"Device: {dev.get('cpu', '?')}, {dev.get('cores')} cores, {dev.get('machine')}, {dev.get('os', '')}",
+           "", threads_line(r),
            "", "| metric | value | how |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows(r)]
     out += ["", basis_line(r)]
@@ -107,7 +116,7 @@ def to_html(r: dict) -> str:
     return page(f"litelm-edge bench {m['target']}/{m['precision']}", (
         f"<h1>{html.escape(m['target'])} / {html.escape(m['precision'])} — artifact {html.escape(m['artifact_id'])}</h1>"
         f"<p>Device: {html.escape(str(dev.get('cpu', '?')))}, {dev.get('cores')} cores, {html.escape(str(dev.get('machine')))}"
-        f" — {html.escape(r['provenance'])}</p>"
+        f" — {html.escape(r['provenance'])}</p><p>{html.escape(threads_line(r))}</p>"
         f'<p>Overall: <b class="{cls}">{html.escape(word)}</b></p>'
         f"<p>{html.escape(basis_line(r))}</p>"
         + "<h2>Thresholds</h2>" + table(["threshold", "value", "limit", "verdict", "how measured"], thr)

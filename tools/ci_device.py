@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from litelm_edge import ci
     from litelm_edge.config import UserError
-    from litelm_edge.export import load_target
+    from litelm_edge.target import load_target
     protocol = dict(reps=a.reps, warmup=a.warmup, prompt_len=a.prompt_len, gen_len=a.gen_len, concurrency=a.concurrency)
     with tempfile.TemporaryDirectory(prefix="litelm-ci-") as td:
         tmp, state = Path(td), Path(td) / "emulated"
