@@ -15,9 +15,12 @@ from pathlib import Path
 
 from . import device_runner as R
 from .config import UserError
+from .judge import latency_percentile, overall, verdicts, where  # noqa: F401 - verdicts is bench's public judgement (gates)
 from .manifest import read_manifest, verified  # noqa: F401 (read_manifest: imported from here by older callers)
 
 RUNNER = Path(R.__file__)
+SCHEMA = "litelm-edge-bench/2"  # the judged bench.json; litelm_edge/schemas/bench-2.schema.json
+ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64"}  # ELF e_machine -> platform.machine()
 
 
 def runner_files(backend: str) -> dict[str, Path]:
@@ -33,6 +36,27 @@ def runner_args(protocol: dict) -> list[str]:
         if v is not None:
             args += [f"--{k.replace('_', '-')}", str(v)]
     return args
+
+
+def native_arch(art_dir, manifest: dict) -> tuple[str, str] | None:
+    """(architecture, file) of the first native library in the artifact (an ELF file), else None."""
+    for name in manifest["files"]:
+        with open(Path(art_dir) / name, "rb") as f:
+            head = f.read(20)
+        if head[:4] == b"\x7fELF":
+            e_machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+            return ELF_MACHINES.get(e_machine, f"ELF machine {e_machine}"), name
+    return None
+
+
+def check_runs_here(art_dir, manifest: dict):
+    """An artifact holding another architecture's native code cannot run here: say where it runs."""
+    import platform
+    native = native_arch(art_dir, manifest)
+    if native and native[0] != platform.machine():
+        raise UserError(f"{art_dir} holds {native[0]} native code ({native[1]}) and this host is "
+                        f"{platform.machine()}: bench it on the device with `litelm-edge bench {art_dir} "
+                        "--remote user@host` (or on the emulated device, see docs/ci.md)")
 
 
 def bench_local(art_dir, protocol: dict | None = None, log=print, sysfs_root: str | None = None) -> dict:
@@ -64,48 +88,39 @@ def energy(raw: dict, power: dict) -> dict:
         return {"j_per_inference": e["prefill_j"] / n, "how": f"measured ({e.get('sensor', 'sensor')})"}
     if not power:
         return {"j_per_inference": None, "how": "unknown: the target has no [power] model"}
+    emulated = "emulated: " if raw["device"].get("emulated") else ""  # qemu's CPU time, not the board's
     idle, full, cores = power["idle_w"], power["full_load_w"], power.get("cores") or raw["device"]["cores"]
     # cpu-time-linear: idle power for the wall time, plus the dynamic range scaled by busy cores
     j = idle * pre["wall_s"] + (full - idle) * pre["cpu_s"] / cores
-    return {"j_per_inference": j / n, "how": f"estimated (cpu-time-linear model, {power.get('name', 'target power model')})",
+    return {"j_per_inference": j / n, "how": f"{emulated}estimated (cpu-time-linear model, {power.get('name', 'target power model')}"
+                                             + (", on emulated CPU time: not an energy figure)" if emulated else ")"),
             "model": {"idle_w": idle, "full_load_w": full, "cores": cores, "source": power.get("source")}}
 
 
-def verdicts(res: dict, thresholds: dict, baseline: dict | None) -> list[dict]:
-    """One row per threshold of the target: value, limit, pass/fail."""
-    values = {
-        "max_latency_ms": res["prefill_ms"]["p50"], "min_inferences_per_s": res["inferences_per_s"],
-        "min_qps": res["qps"]["qps"], "max_size_mb": res["size_mb"],
-        "min_decode_tok_s": res["decode_tok_s"]["mean"],
-    }
-    if baseline and res["energy"]["j_per_inference"] and baseline["energy"]["j_per_inference"]:
-        values["min_energy_reduction"] = 1 - res["energy"]["j_per_inference"] / baseline["energy"]["j_per_inference"]
-    rows = []
-    for key, limit in thresholds.items():
-        v = values.get(key)
-        ok = None if v is None else (v <= limit if key.startswith("max_") else v >= limit)
-        rows.append({"threshold": key, "value": v, "limit": limit, "pass": ok,
-                     "note": "needs --baseline (the fp32 build's bench.json)" if v is None else ""})
-    return rows
-
-
 def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = None) -> dict:
-    res = dict(raw)
-    res["provenance"] = "emulated device: a function check, not a speed figure" if raw["device"].get("emulated") else provenance
+    res = dict(raw, schema=SCHEMA, where=where(raw, manifest))
+    arch = manifest.get("arch")
+    res["provenance"] = {"emulated": "emulated device: a function check, not a speed figure",
+                         "host": f"{provenance}, on a {raw['device'].get('machine')} host standing in for the "
+                                 f"{arch} device of target {manifest['target']}: host figures, not the device's",
+                         "device": provenance}[res["where"]]
     res["size_mb"] = manifest["size_bytes"] / 1e6
     res["inferences_per_s"] = 1e3 / raw["prefill_ms"]["mean"]
     # the judgement, with the runner's own reading kept beside it (sensor found, or why not)
     res["energy"] = dict(energy(raw, manifest.get("power", {})), runner=raw.get("energy"))
     res["thresholds"] = verdicts(res, manifest.get("thresholds", {}), baseline)
+    res["latency_percentile"] = latency_percentile(manifest.get("thresholds", {}))
     res["manifest"] = {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id",
-                                                    "n_params", "size_bytes", "tools", "size_breakdown")}
-    res["ok"] = bool(raw["parity"]["ok"]) and all(r["pass"] is not False for r in res["thresholds"])
+                                                    "n_params", "size_bytes", "tools", "size_breakdown", "weight_bytes", "arch")}
+    res["verdict"] = overall(bool(raw["parity"]["ok"]), res["thresholds"])
+    res["ok"] = res["verdict"] != "fail"  # nothing failed; "not judged" is not a pass (see verdict)
     return res
 
 
 def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs_root: str | None = None) -> dict:
     """The local bench: this machine is the device."""
     manifest = verified(art_dir)
+    check_runs_here(art_dir, manifest)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log, sysfs_root)
     return finish(raw, manifest, "measured on this host (local bench)", base)

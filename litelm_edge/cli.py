@@ -22,6 +22,16 @@ REMOTE = click.option("--remote", "remotes", multiple=True, metavar="USER@HOST[:
 ACCEPT = click.option("--accept-new-host-key", "accept_new", is_flag=True,
                       help="Record an unknown device host key in ~/.ssh/known_hosts.")
 REMOTE_DIR = click.option("--remote-dir", "root", help="Absolute folder on the device (default: its ~/.cache/litelm-edge).")
+
+def _use_ssh_config(ctx, param, value):
+    if value:  # read by remote.py wherever a connection is opened (push, bench, fleet threads)
+        import os
+        os.environ["LITELM_EDGE_SSH_CONFIG"] = str(Path(value).resolve())
+
+
+SSH_CONFIG = click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False), expose_value=False,
+                          callback=_use_ssh_config, envvar="LITELM_EDGE_SSH_CONFIG",
+                          help="ssh config to read instead of ~/.ssh/config, like ssh -F (e.g. the emulated device's).")
 SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 TOKENIZER = click.option("--tokenizer", type=click.Path(path_type=Path),
                          help="tokenizer.json for a checkpoint folder without one (an imported HF model).")
@@ -116,6 +126,7 @@ def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, token
 @REMOTE
 @ACCEPT
 @REMOTE_DIR
+@SSH_CONFIG
 def push(artifact, remotes, accept_new, root):
     """Copy an artifact to devices: verified, atomic, skipping files already there."""
     from .push import bar, push_to
@@ -137,7 +148,8 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--threads", type=int, help="Runtime threads per session (default: the runtime's).")
 @click.option("--baseline", type=click.Path(path_type=Path), help="bench.json of the fp32 build (energy reduction).")
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
-@click.option("--check", is_flag=True, help="Exit 1 when a threshold or parity fails.")
+@click.option("--check", is_flag=True, help="Exit 1 when a threshold or parity fails (per device for a fleet).")
+@click.option("--junit", type=click.Path(path_type=Path), help="Also write JUnit XML: a testcase per threshold and for parity.")
 @REMOTE
 @click.option("--inventory", type=click.Path(path_type=Path), help="devices.toml: a fleet of [[device]] name/address/target/notes.")
 @ACCEPT
@@ -146,7 +158,8 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--remote-python", "python", default="python3", show_default=True, help="Python on the device.")
 @click.option("--install-runtime", is_flag=True, help="Install a missing runtime into a venv on the device.")
 @click.option("--workers", default=4, show_default=True, help="Devices benchmarked at once.")
-def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check,
+@SSH_CONFIG
+def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check, junit,
               remotes, inventory, **remote):
     """Benchmark a built artifact here, or on devices over SSH (--remote, --inventory)."""
     from . import report
@@ -155,11 +168,11 @@ def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads,
     if remotes or inventory:
         from .fleet import bench_devices
         code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact, check,
-                                   log=lambda m: click.echo(m, err=True), **remote)
+                                   log=lambda m: click.echo(m, err=True), junit=junit, **remote)
         click.echo(text)
         sys.exit(code)
     r = bench(artifact, proto, baseline, log=lambda m: click.echo(m, err=True))
-    report.write(r, report_dir or artifact)
+    report.write(r, report_dir or artifact, junit)
     click.echo(report.to_markdown(r))
     if check and not r["ok"]:
         sys.exit(1)
@@ -183,11 +196,14 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
 
 @cli.command()
 @click.argument("recipe")
+@click.option("--until", type=click.Choice(["train"]), help="Stop after this step (CI trains once, then builds per device).")
 @SET
-def run(recipe, sets):
+def run(recipe, until, sets):
     """Run a recipe: data -> train -> [compress] -> build -> bench -> report, with its [gates] (e.g. `run quickstart`)."""
     from .pipeline import run_recipe
-    run_recipe(recipe, parse_sets(sets), log=click.echo)
+    r = run_recipe(recipe, parse_sets(sets), log=click.echo, until=until)
+    if until:
+        click.echo(f"checkpoint {r['checkpoint']}, data {r['data']}")
 
 
 @cli.command("eval")
@@ -218,6 +234,23 @@ def compress(method, checkpoint, data_dir, out, sets):
                f"{r['ppl_after']:.2f}, {r['seconds']:.0f} s -> {r['checkpoint']}")
     if r.get("note"):
         click.echo(f"note: {r['note']}")
+
+
+@cli.group()
+def ci():
+    """CI artifacts per device (tools/ci_device.py writes the bundles; see docs/ci.md)."""
+
+
+@ci.command("report")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for summary.json/.md/.html.")
+@click.option("--check", is_flag=True, help="Exit 1 when a bench failed on any device.")
+def ci_report(bundles, out, check):
+    """Verify every bundle under BUNDLES against its manifest and compare all devices in one summary."""
+    from .ci import summarize
+    code, md = summarize(list(bundles), out)
+    click.echo(md)
+    sys.exit(code if check else 0)
 
 
 @cli.command()

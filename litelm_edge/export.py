@@ -107,6 +107,7 @@ def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: 
     cfg, model = ctx.model.cfg, ctx.model
     return {"format": mf.FORMAT, "version": mf.VERSION, "target": name, "backend": tgt["target"]["backend"],
             "runtime": res.runtime, "precision": precision, "checkpoint": str(ctx.checkpoint),
+            "arch": tgt["target"].get("arch"),  # the device's platform.machine(); None: any (this host)
             "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
                                                     "n_kv_head", "intermediate_size", "max_seq_len")}
             | {"head_dim": cfg.head_dim},

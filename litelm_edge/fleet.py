@@ -22,6 +22,7 @@ from pathlib import Path
 from .config import UserError, read_toml
 
 WORKERS = 4  # devices benchmarked at once
+SCHEMA = "litelm-edge-fleet/2"  # litelm_edge/schemas/fleet-2.schema.json
 
 
 @dataclass
@@ -58,7 +59,7 @@ def devices_from(remotes: list[str], inventory=None) -> list[Device]:
 
 
 def _one(device: Device, target: str, cancel: threading.Event, bench_one) -> dict:
-    row = {**asdict(device), "ok": False, "error": None, "result": None}
+    row = {**asdict(device), "ok": False, "verdict": "fail", "error": None, "result": None}
     if device.target and device.target != target:
         row["error"] = (f"device is {device.target} but the artifact is for {target}: build for "
                         f"{device.target} and bench that artifact")
@@ -70,7 +71,7 @@ def _one(device: Device, target: str, cancel: threading.Event, bench_one) -> dic
     except Exception as e:  # noqa: BLE001 - one device's bug must not lose the other rows
         row["error"] = f"{type(e).__name__}: {e}"
     else:
-        row.update(ok=bool(res["ok"]), result=res)
+        row.update(ok=bool(res["ok"]), result=res, verdict=res.get("verdict"))
         if not res["parity"]["ok"]:
             row["error"] = "on-device parity failed: the artifact's outputs disagree with the reference"
     return row
@@ -102,7 +103,7 @@ def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None,
                             log=lambda m: log(f"[{device.name}] {m}"), cancel=cancel, **kw)
 
     rows = run_fleet(devices, manifest["target"], bench_one, workers)
-    return {"schema": "litelm-edge-fleet/1", "artifact": str(art_dir),
+    return {"schema": SCHEMA, "artifact": str(art_dir),
             "target": manifest["target"], "artifact_id": manifest.get("artifact_id"),
             "protocol": protocol or {}, "ok": all(r["ok"] for r in rows), "devices": rows}
 
@@ -123,7 +124,8 @@ def fleet_markdown(report: dict) -> str:
                        f"{r['notes']} |")
             continue
         e = res["energy"]
-        status = "pass" if r["ok"] else f"**FAIL**{': ' + r['error'] if r['error'] else ''}"
+        word = r.get("verdict") or ("pass" if r["ok"] else "fail")
+        status = f"**FAIL**{': ' + r['error'] if r['error'] else ''}" if word == "fail" else word
         energy = f"{_cell(e['j_per_inference'], '{:.4g}')} ({e['how'].split(' (')[0]})"
         out.append(f"| {r['name']} | {res['remote']['address']} | {status} | "
                    f"{res['device'].get('cpu_model') or res['device'].get('cpu', '?')} | "
@@ -136,35 +138,52 @@ def fleet_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def entries(report: dict) -> list[dict]:
+    """The fleet's devices as comparison entries (compare.py)."""
+    return [{"name": r["name"], "result": r["result"], "error": r["error"]} for r in report["devices"]]
+
+
 def write_fleet(report: dict, out_dir) -> dict:
-    """fleet.json (every device's full result) and fleet.md in out_dir, written atomically."""
+    """fleet.json (every device's full result), fleet.md and fleet.html in out_dir, written atomically."""
+    from . import compare
     from .files import write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "fleet.json", "md": out / "fleet.md"}
+    paths = {"json": out / "fleet.json", "md": out / "fleet.md", "html": out / "fleet.html"}
     write_atomic(paths["json"], json.dumps(report, indent=1))
     write_atomic(paths["md"], fleet_markdown(report))
+    title = f"Fleet bench: {report['target']} artifact {report.get('artifact_id') or ''}"
+    write_atomic(paths["html"], compare.to_html(title, entries(report)))
     return paths
 
 
 def bench_devices(art_dir, remotes: list[str], inventory, protocol: dict, baseline, out_dir,
-                  check: bool = False, workers: int = WORKERS, log=print, **kw) -> tuple[int, str]:
+                  check: bool = False, workers: int = WORKERS, log=print, junit=None,
+                  **kw) -> tuple[int, str]:
     """The CLI's remote bench: one --remote gives the local bench's report, more give a fleet's.
 
     Returns (exit code, Markdown). Exit 1 when a device failed or its parity failed (a mismatch is
-    a failed bench), or with check=True when a threshold failed.
+    a failed bench), or with check=True when a threshold failed on any device. junit: a JUnit XML
+    file with one testsuite per device.
     """
+    from . import junit as J
     from . import report
     from .remote_bench import bench_remote, transport_line
 
     if len(remotes) == 1 and not inventory:
-        res = bench_remote(remotes[0], art_dir, protocol, baseline, log=log, **kw)
+        try:
+            res = bench_remote(remotes[0], art_dir, protocol, baseline, log=log, **kw)
+        except UserError as e:  # unreachable: a failed testcase carrying the transport error
+            junit and J.write([J.error_suite(remotes[0], str(e))], junit)
+            raise
         report.write(res, out_dir)
+        junit and J.write([J.bench_suite(res, res["remote"]["address"])], junit)
         bad = not res["parity"]["ok"] or (check and not res["ok"])
         return int(bad), report.to_markdown(res) + "\n" + transport_line(res) + "\n"
     devices = devices_from(remotes, inventory)
     fleet = bench_fleet(devices, art_dir, protocol, baseline, workers, log=log, **kw)
     write_fleet(fleet, out_dir)
+    junit and J.write(J.fleet_suites(fleet), junit)
     bad = any(r["error"] for r in fleet["devices"]) or (check and not fleet["ok"])
     return int(bad), fleet_markdown(fleet)

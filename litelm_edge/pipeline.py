@@ -114,9 +114,10 @@ def attempt(k: int, label: str, ckpt: Path, recipe: Recipe, data: Path, work: Pa
     return a
 
 
-def run_recipe(name: str, sets: dict | None = None, log=print) -> dict:
+def run_recipe(name: str, sets: dict | None = None, log=print, until: str | None = None) -> dict:
     """data -> train -> [compress -> build -> eval -> bench -> gates] until the gates pass.
-    The whole recipe is checked before the first step runs."""
+    The whole recipe is checked before the first step runs. until="train" stops after training
+    (CI's train job: each device job builds the checkpoint)."""
     from .eval import eval_checkpoint
     path, recipe = load_recipe(name, sets)
     steps = recipe.compress
@@ -124,6 +125,8 @@ def run_recipe(name: str, sets: dict | None = None, log=print) -> dict:
     data = step_data(recipe, work, log)
     run, summary = step_train(recipe, data, work, log)
     log(f"train: step {summary['step']}, val loss {summary['val_loss']:.4f}, val ppl {summary['val_ppl']:.2f}")
+    if until == "train":
+        return {"train": summary, "checkpoint": str(run), "data": str(data), "ok": True}
     ref_ppl = eval_checkpoint(run, data)["ppl"]
     attempts, ckpt, label = [], run, "trained model, no compression"
     for k in range(min(recipe.gates.max_attempts, len(steps) + 1)):

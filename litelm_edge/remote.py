@@ -114,11 +114,20 @@ def _host_key_policy(accept_new: bool):
     return Policy()
 
 
+def ssh_config_path() -> Path:
+    """The ssh config read, like `ssh -F`: --ssh-config ($LITELM_EDGE_SSH_CONFIG), else ~/.ssh/config."""
+    given = os.environ.get("LITELM_EDGE_SSH_CONFIG")
+    if given and not Path(given).expanduser().is_file():
+        raise UserError(f"--ssh-config {given}: no such file: pass the file that "
+                        "`tools/emulated_device.py start` (or you) wrote")
+    return Path(given or "~/.ssh/config").expanduser()
+
+
 def _lookup(alias: str) -> dict:
-    """~/.ssh/config entry for a host alias (empty when there is no config)."""
+    """ssh config entry for a host alias (empty when there is no config)."""
     import paramiko
 
-    path = Path("~/.ssh/config").expanduser()
+    path = ssh_config_path()
     if not path.is_file():
         return {"hostname": alias}
     try:
@@ -127,11 +136,13 @@ def _lookup(alias: str) -> dict:
         raise UserError(f"{path}: {e}: fix the ssh config") from e
 
 
-def _client(accept_new: bool):
+def _client(accept_new: bool, known_hosts: str = ""):
+    """known_hosts: the config's UserKnownHostsFile (space-separated), read beside the usual files."""
     import paramiko
 
     client = paramiko.SSHClient()
-    for p in (Path("/etc/ssh/ssh_known_hosts"), _known_hosts()):
+    extra = [Path(p).expanduser() for p in known_hosts.split()]
+    for p in (Path("/etc/ssh/ssh_known_hosts"), _known_hosts(), *extra):
         if p.is_file():
             client.load_system_host_keys(str(p))
     client.set_missing_host_key_policy(_host_key_policy(accept_new))
@@ -151,7 +162,7 @@ def _connect_one(address: str, accept_new: bool, sock=None, timeout=CONNECT_TIME
     if sock is None and cfg.get("proxycommand"):
         sock = paramiko.ProxyCommand(cfg["proxycommand"])
     keys = [os.path.expanduser(k) for k in cfg.get("identityfile", [])]
-    client = _client(accept_new)
+    client = _client(accept_new, cfg.get("userknownhostsfile", ""))
     try:
         client.connect(host, port=port, username=user, key_filename=keys or None, sock=sock,
                        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,

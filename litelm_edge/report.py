@@ -1,4 +1,8 @@
-"""report: bench results -> JSON for machines, Markdown and HTML for people. Writes are atomic."""
+"""report: bench results -> JSON for machines, Markdown and HTML for people. Writes are atomic.
+
+bench.html is one self-contained page (inline CSS and SVG plots, no script, no network), so it opens
+offline from a CI artifact.
+"""
 from __future__ import annotations
 
 import html
@@ -6,6 +10,7 @@ import json
 from pathlib import Path
 
 from .files import write_atomic
+from .judge import verdict_line
 
 
 def _fmt(v, nd=2):
@@ -41,8 +46,15 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     ]
 
 
-def verdict_word(ok) -> str:
-    return {True: "pass", False: "**FAIL**", None: "not measured"}[ok]
+def verdict_word(ok, note: str = "") -> str:
+    """pass / **FAIL** / the reason a threshold was not judged ('not judged: emulated device ...')."""
+    return {True: "pass", False: "**FAIL**"}.get(ok) or note or "not measured"
+
+
+def basis_line(r: dict) -> str:
+    pct = r.get("latency_percentile", "p50")
+    return (f"Latency threshold basis: prefill {pct} (`max_latency_ms` is judged on it). "
+            f"Figures from: {r['provenance']}.")
 
 
 def threads_line(r: dict) -> str:
@@ -60,36 +72,70 @@ def to_markdown(r: dict) -> str:
            "", threads_line(r),
            "", "| metric | value | how |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows(r)]
+    out += ["", basis_line(r)]
     if r["thresholds"]:
-        out += ["", "| threshold | value | limit | verdict |", "|---|---|---|---|"]
-        out += [f"| {t['threshold']} | {_fmt(t['value'])} | {t['limit']} | {verdict_word(t['pass'])} {t['note']} |"
-                for t in r["thresholds"]]
-    out += ["", f"Overall: {'PASS' if r['ok'] else 'FAIL'}"]
+        out += ["", "| threshold | value | limit | verdict | how measured |", "|---|---|---|---|---|"]
+        out += [f"| {t['threshold']} | {_fmt(t['value'])} | {t['limit']} | {verdict_word(t['pass'], t['note'])} | "
+                f"{t.get('how', '')} |" for t in r["thresholds"]]
+    out += ["", verdict_line(r)]
     return "\n".join(out) + "\n"
 
 
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;color:#222}"
+       "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+       "table{border-collapse:collapse;margin:.5em 0}.pass{color:#2e7d32}.fail{color:#c62828;font-weight:bold}"
+       ".nj{color:#757575}.plots{display:flex;flex-wrap:wrap;gap:1em}.plots svg{max-width:100%;height:auto}")
+
+
+def table(head: list[str], body: list) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(c if isinstance(c, Markup) else f"<td>{html.escape(str(c))}</td>" for c in row)
+                  + "</tr>" for row in body)
+    return f"<table><tr>{th}</tr>{trs}</table>"
+
+
+class Markup(str):
+    """A table cell that is already HTML."""
+
+
+def verdict_cell(ok, note: str = "") -> Markup:
+    cls = {True: "pass", False: "fail"}.get(ok, "nj")
+    return Markup(f'<td class="{cls}">{html.escape(verdict_word(ok, note).strip("*"))}</td>')
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style><body>{body}</body></html>")
+
+
 def to_html(r: dict) -> str:
-    def table(head, body):
-        th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body)
-        return f"<table><tr>{th}</tr>{trs}</table>"
-    m = r["manifest"]
-    thr = [(t["threshold"], _fmt(t["value"]), t["limit"], verdict_word(t["pass"]).strip("*")) for t in r["thresholds"]]
-    return ("<!doctype html><meta charset=utf-8><title>litelm-edge bench</title>"
-            "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}</style>"
-            f"<h2>{html.escape(m['target'])} / {html.escape(m['precision'])} — {html.escape(m['artifact_id'])}</h2>"
-            + f"<p>{html.escape(threads_line(r))}</p>"
-            + table(["metric", "value", "how"], rows(r)) + "<h3>Thresholds</h3>"
-            + table(["threshold", "value", "limit", "verdict"], thr)
-            + f"<p>Overall: <b>{'PASS' if r['ok'] else 'FAIL'}</b></p>")
+    from . import plots
+    m, dev = r["manifest"], r["device"]
+    thr = [(t["threshold"], _fmt(t["value"]), t["limit"], verdict_cell(t["pass"], t["note"]), t.get("how", ""))
+           for t in r["thresholds"]]
+    figs = [plots.prefill_distribution(r), plots.decode_sequence(r), plots.size_by_dtype(r), plots.thresholds(r)]
+    word = verdict_line(r).removeprefix("Overall: ")
+    cls = {"PASS": "pass", "FAIL": "fail"}.get(word, "nj")
+    return page(f"litelm-edge bench {m['target']}/{m['precision']}", (
+        f"<h1>{html.escape(m['target'])} / {html.escape(m['precision'])} — artifact {html.escape(m['artifact_id'])}</h1>"
+        f"<p>Device: {html.escape(str(dev.get('cpu', '?')))}, {dev.get('cores')} cores, {html.escape(str(dev.get('machine')))}"
+        f" — {html.escape(r['provenance'])}</p><p>{html.escape(threads_line(r))}</p>"
+        f'<p>Overall: <b class="{cls}">{html.escape(word)}</b></p>'
+        f"<p>{html.escape(basis_line(r))}</p>"
+        + "<h2>Thresholds</h2>" + table(["threshold", "value", "limit", "verdict", "how measured"], thr)
+        + '<h2>Plots</h2><div class="plots">' + "".join(f for f in figs if f) + "</div>"
+        + "<h2>All figures</h2>" + table(["metric", "value", "how"], rows(r))))
 
 
-def write(r: dict, out_dir) -> dict:
-    """bench.json (full, with raw samples), bench.md, bench.html in out_dir."""
+def write(r: dict, out_dir, junit=None) -> dict:
+    """bench.json (full, with raw samples), bench.md, bench.html in out_dir; JUnit XML at `junit`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "md": out / "bench.md", "html": out / "bench.html"}
     write_atomic(paths["json"], json.dumps(r, indent=1))
     write_atomic(paths["md"], to_markdown(r))
     write_atomic(paths["html"], to_html(r))
+    if junit:
+        from . import junit as J
+        paths["junit"] = J.write([J.bench_suite(r, f"{r['manifest']['target']}-{r['manifest']['precision']}")], junit)
     return paths

@@ -21,19 +21,23 @@ class TargetInfo:
     backend: str  # a litelm_edge/backends/<name>/ package: ort, tvm, litert
     precision: str = "int8"  # the default --precision
     description: str = ""  # one line for `litelm-edge targets`
+    arch: str | None = None  # the device's CPU (platform.machine()); None: any. Figures from another are host or emulated ones
 
 
 @dataclass
 class Thresholds:
-    max_latency_ms: float | None = None  # single inference: prefill of the prompt, p50
+    max_latency_ms: float | None = None  # single inference: prefill of the prompt, at latency_percentile
     min_inferences_per_s: float | None = None  # single stream, 1000 / mean prefill ms
     min_qps: float | None = None  # concurrent sessions
     max_size_mb: float | None = None  # artifact on disk, decimal MB
     min_decode_tok_s: float | None = None  # decode with the KV cache
     min_energy_reduction: float | None = None  # vs the fp32 build's bench.json (bench --baseline)
+    latency_percentile: str | None = None  # the prefill percentile max_latency_ms is judged on (judge.py; default p99)
 
     def validate(self):
-        at_least(self, **{f.name: 0 for f in fields(Thresholds)})
+        from .judge import latency_percentile
+        at_least(self, **{f.name: 0 for f in fields(Thresholds) if f.name != "latency_percentile"})
+        latency_percentile({"latency_percentile": self.latency_percentile} if self.latency_percentile else {})
 
 
 @dataclass

@@ -12,10 +12,14 @@ from litelm_edge.remote import RemoteError
 
 
 def _result(p50: float, parity_ok: bool = True) -> dict:
-    return {"ok": parity_ok, "parity": {"ok": parity_ok, "top1_agreement_vs_torch": 1.0},
+    """The parts of a bench result that the fleet report reads (fleet.md and fleet.html)."""
+    return {"ok": parity_ok, "verdict": "pass" if parity_ok else "fail",
+            "parity": {"ok": parity_ok, "top1_agreement_vs_torch": 1.0},
             "remote": {"address": "u@h:22"}, "device": {"cpu_model": "Cortex-A72"},
             "energy": {"j_per_inference": 0.01, "how": "estimated (cpu-time-linear model, x)"},
-            "prefill_ms": {"p50": p50}, "decode_tok_s": {"mean": 100.0}, "qps": {"qps": 50.0}}
+            "prefill_ms": {"p50": p50, "p99": 2 * p50, "samples": [p50, 2 * p50]}, "decode_tok_s": {"mean": 100.0},
+            "qps": {"qps": 50.0}, "size_mb": 1.0, "where": "device", "thresholds": [], "latency_percentile": "p99",
+            "manifest": {"target": "x86", "precision": "fp32"}}
 
 
 def test_inventory(tmp_path):
@@ -71,3 +75,5 @@ def test_pool_is_bounded_and_failures_are_isolated(tmp_path):
     assert "4 of 8 devices passed." in md
     paths = F.write_fleet(report, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["devices"][3]["error"] == by["d3"]["error"]
+    page = paths["html"].read_text()
+    assert page.count("<svg") == 2 and "d3: connection refused" not in page and "u@h3: connection refused" in page

@@ -5,7 +5,8 @@ Tests and CI use it to prove that aarch64 artifacts run on an aarch64 Linux, rea
 as a real Raspberry Pi. Needs root (chroot, mount) and a host with qemu-user-static + binfmt_misc.
 
     python3 tools/emulated_device.py build [--packages numpy,onnxruntime]
-    python3 tools/emulated_device.py start    # prints the ssh command, runs until Ctrl-C
+    python3 tools/emulated_device.py start    # in the background; prints its ssh config and the bench line
+    python3 tools/emulated_device.py stop     # ends it: unmounts, removes the overlay
     python3 tools/emulated_device.py check    # build, start, import every runtime over ssh
 
 Plain stdlib on purpose: it runs before any project dependency is installed.
@@ -19,7 +20,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -346,30 +346,38 @@ def check(device: Device, packages) -> list[str]:
     return lines
 
 
+def _control():
+    """tools/emulated_control.py (start/stop/serve), loaded by path: tools/ is not a package."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("emulated_control", Path(__file__).with_name("emulated_control.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("verb", choices=["build", "start", "check"])
+    ap.add_argument("verb", choices=["build", "start", "stop", "check", "serve"])
     ap.add_argument("--packages", default=",".join(DEFAULT_PACKAGES),
                     help="comma-separated pip requirements for the device ('' for none)")
     ap.add_argument("--port", type=int, default=0, help="sshd port on 127.0.0.1 (0: a free one)")
+    ap.add_argument("--state", help="folder for start/stop: pid, ssh_config, key (default: the cache's run/)")
     args = ap.parse_args(argv)
     packages = [p for p in args.packages.split(",") if p]
+    ctl = _control()
+    me, state = sys.modules[__name__], ctl.state_dir(sys.modules[__name__], args.state)
     try:
+        if args.verb in ("start", "stop", "serve"):
+            do = {"start": lambda: ctl.start(me, packages, args.port, state), "stop": lambda: ctl.stop(me, state),
+                  "serve": lambda: ctl.serve(me, packages, args.port, state)}[args.verb]
+            print(do(), flush=True)
+            return 0
         t0 = time.monotonic()
         rootfs = build_rootfs(packages=packages)
         print(f"rootfs {rootfs} ({time.monotonic() - t0:.1f}s)")
-        if args.verb == "build":
-            return 0
-        with start_device(rootfs, args.port) as dev:
-            if args.verb == "check":
+        if args.verb == "check":
+            with start_device(rootfs, args.port) as dev:
                 print("\n".join(check(dev, packages)))
-                return 0
-            print(f"known_hosts line: {dev.host_key_line}\nssh: {' '.join(dev.ssh_args())}",
-                  flush=True)
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unmount on kill, too
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(3600)
     except DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
