@@ -7,6 +7,8 @@ target. Keys, from the target TOML's [litert] table (targets/android.toml):
   prefill_len  tokens per prefill call (longer prompts run in chunks)
   capacity     KV-cache length; a multiple of prefill_len
   mask_value   additive attention mask, finite (-30) so full-integer INT8 survives
+  windows      attention windows below capacity ("128"): one prefill and one decode
+               signature each, so a call attends over the filled part of the cache only
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def python(log=lambda msg: None) -> Path:
     """The converter venv's python (made on first use; tools/setup-litert.sh makes it ahead)."""
     return toolchain.ensure(VENV, PACKAGES, log, imports=("litert_torch", "ai_edge_quantizer"))
 
-DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0)
+DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0, windows="128")
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 # Top-1 agreement with torch that parity demands. INT8 keeps export's 0.95. INT4 blockwise flips
 # more near-ties (0.90-0.95 on tiny and minimind-26m; +1.7 to +2.5 % perplexity on a trained
@@ -50,7 +52,21 @@ def settings(target: dict, recipe: dict | None = None) -> dict:
         s.update({k: type(DEFAULTS[k])(v) for k, v in values.items()})
     if s["capacity"] % s["prefill_len"]:
         raise UserError(f"litert capacity {s['capacity']} must be a multiple of prefill_len {s['prefill_len']}")
+    s["windows"] = _windows(s["windows"], s["prefill_len"], s["capacity"])
     return s
+
+
+def _windows(text: str, prefill_len: int, capacity: int) -> list[int]:
+    """"128,256" -> [128, 256]: each a multiple of prefill_len below capacity ("" for none)."""
+    try:
+        ws = sorted({int(w) for w in str(text).replace(" ", "").split(",") if w})
+    except ValueError:
+        raise UserError(f"litert windows '{text}' must be comma-separated integers, e.g. 128,256") from None
+    bad = [w for w in ws if w <= 0 or w >= capacity or w % prefill_len]
+    if bad:
+        raise UserError(f"litert windows {bad} must be multiples of prefill_len {prefill_len} below "
+                        f"capacity {capacity}")
+    return ws
 
 
 def _calibration_file(heldout: list, path: Path, windows: int = 16) -> str | None:
@@ -100,7 +116,7 @@ def build(ctx) -> dict:
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,
                     prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
-                    calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
+                    windows=s["windows"], calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
         report = _convert(py, spec, ctx.log)
         check_precision(ctx.precision, report)
         os.replace(Path(tmp) / "model.tflite", Path(ctx.out_dir) / "model.tflite")
@@ -111,7 +127,8 @@ def build(ctx) -> dict:
                                    if isinstance(v, int)) + (f"; {verdict['size_note']}" if verdict else ""))
     extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"], size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
                  convert_s=report["convert_s"], quantize_s=report["quantize_s"], threads=s["threads"],
-                 prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"], **verdict)
+                 prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
+                 windows=s["windows"], **verdict)
     res = {"runtime": "litert", "tools": ("ai_edge_litert",), "extra": extra,
            "weight_bytes": report["breakdown"]["weights_by_dtype"]}
     if ctx.precision in MIN_TOP1:

@@ -27,7 +27,7 @@ TARGET = {"target": {"backend": "litert"}, "thresholds": {"max_size_mb": 15}}
 
 def test_fixed_cache_graph_matches_forward():
     torch.manual_seed(0)
-    m = Transformer(preset("tiny")).eval()
+    m = Transformer(preset("tiny")).eval()  # 4 query heads over 2 K/V groups
     g = CachedLM(m, capacity=32)
     idx = torch.randint(0, m.cfg.vocab_size, (1, 12))
     with torch.no_grad():
@@ -39,11 +39,34 @@ def test_fixed_cache_graph_matches_forward():
     assert torch.allclose(step["logits"][0, 0], ref[0, 8], atol=1e-5)
 
 
+def test_attention_windows_match_forward_across_buckets():
+    """Prefill in a small window, then decode step by step in the smallest window holding each
+    position (8 -> 16 -> 32): every step's logits equal the plain forward pass at that position."""
+    torch.manual_seed(1)
+    m = Transformer(preset("tiny")).eval()
+    windows = {w: CachedLM(m, capacity=32, window=w) for w in (8, 16, 32)}
+    idx = torch.randint(0, m.cfg.vocab_size, (1, 24))
+    with torch.no_grad():
+        ref = m(idx)[0][0]
+        out = windows[8](idx[:, :6].int(), torch.arange(6, dtype=torch.int32), **windows[8].empty_cache())
+        assert torch.allclose(out.pop("logits")[0], ref[:6], atol=1e-5)
+        for p in range(6, 24):
+            g = windows[min(w for w in windows if p < w)]
+            out = g(idx[:, p:p + 1].int(), torch.tensor([p], dtype=torch.int32), **out)
+            assert torch.allclose(out.pop("logits")[0, 0], ref[p], atol=1e-5), p
+
+
 def test_settings_and_size_verdict():
     with pytest.raises(UserError, match="multiple of prefill_len"):
         backend_litert.settings({"litert": {"prefill_len": 64, "capacity": 100}})
     with pytest.raises(UserError, match="unknown key"):
         backend_litert.settings({"litert": {"thread": 4}})
+    with pytest.raises(UserError, match=r"windows \[100, 512\] must be multiples of prefill_len 64 below"):
+        backend_litert.settings({"litert": {"windows": "128,100,512"}})
+    with pytest.raises(UserError, match="comma-separated integers"):
+        backend_litert.settings({}, {"windows": "128;256"})
+    assert backend_litert.settings({}, {"windows": "256, 128"})["windows"] == [128, 256]
+    assert backend_litert.settings({}, {"windows": ""})["windows"] == []
     v = backend_litert.size_verdict(26_100_000, TARGET)
     assert not v["meets_size"] and "android-15mb" in v["size_note"]
     assert backend_litert.size_verdict(14_700_000, TARGET)["meets_size"]
@@ -66,7 +89,8 @@ def built(toolchain, data_dir, tmp_path_factory):
     torch.manual_seed(0)
     m = Transformer(preset("tiny")).eval()
     ck = checkpoint.save(root / "ck", m, (data_dir / "tokenizer.json").read_text(), {"data_dir": str(data_dir)})
-    sets = {"prefill_len": 16, "capacity": 128}  # --set build.*: 2 prefill chunks for a 20-token prompt
+    # --set build.*: 2 prefill chunks for a 20-token prompt; attention windows 32 and 128 (capacity)
+    sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
     return {p: (root / p, build(ck, "android", root / p, p, data_dir, sets, log=lambda m: None))
             for p in ("fp32", "int8")}
 
@@ -85,11 +109,42 @@ def greedy(rt, prompt, n):
     return out
 
 
+def signatures_used(rt) -> list:
+    """Record the signature of every call the runtime makes."""
+    used, run = [], rt.engine.run
+    rt.engine.run = lambda sig, *a: used.append(sig) or run(sig, *a)
+    return used
+
+
 def test_golden_greedy_tokens_equal_torch(built):
+    """24 greedy tokens after a 20-token prompt (positions 20..43) cross from the 32-position
+    attention window to the whole cache: LiteRT prints torch's tokens."""
     m = checkpoint.load(built["fp32"][1]["checkpoint"])[0]
     prompt = np.random.default_rng(1).integers(0, m.cfg.vocab_size, 20)  # 2 prefill chunks of 16
     want = m.generate(torch.from_numpy(prompt)[None], 24)[0, 20:].tolist()
-    assert greedy(runtime(built["fp32"][0]), prompt, 24) == want
+    assert len(set(want)) >= 8, want  # a varied continuation, not one token repeated
+    rt = runtime(built["fp32"][0])
+    used = signatures_used(rt)
+    assert greedy(rt, prompt, 24) == want
+    assert {"prefill_32", "decode_32", "decode_128"} <= set(used), used
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["cache-in-litert", "cache-through-numpy"])
+def test_decode_logits_equal_prefill_logits(built, monkeypatch, in_place):
+    """The cache a call leaves is the one the next call reads: decoding tokens 10..43 one by one
+    gives the logits that one prefill of all 44 tokens gives at those positions (3 chunks, two
+    windows), whether the cache stays inside LiteRT (CompiledModel) or travels through numpy."""
+    from litelm_edge import device_runner
+    if not in_place:
+        monkeypatch.setattr(device_runner, "_compiled_model_available", lambda: False)
+    rt = runtime(built["fp32"][0])
+    assert rt.cache_in_place == (in_place and device_runner._compiled_model_available())
+    ids = np.random.default_rng(2).integers(0, 512, 44)
+    full = rt.prefill(ids)
+    rt.prefill(ids[:10])
+    steps = np.stack([rt.decode(int(t)) for t in ids[10:44]])
+    assert np.abs(steps - full[10:]).max() < 1e-4  # row i: the logits at position 10 + i
+    assert rt.pos == 44
 
 
 def test_int8_is_int8_and_passes_parity(built):
