@@ -71,30 +71,40 @@ def capture(path: Path, sig: str, feed: dict) -> tuple[int, dict]:
     return sg, values
 
 
+def _block_refs(t) -> list[int]:
+    """Tensors a blockwise-quantized tensor points at (its scales, its zero points if any)."""
+    d = t.quantization.details if t.quantization is not None else None
+    return [i for i in (getattr(d, "scales", -1), getattr(d, "zeroPoints", -1)) if i >= 0]
+
+
 def one_op_model(model, sg_index: int, op) -> tuple[bytes, list[int]]:
-    """A model holding only `op` (its operator code, options, tensors, constant buffers).
-    Returns the flatbuffer and the original indices of its non-constant inputs, in order."""
+    """A model holding only `op` (its operator code, options, tensors, constant buffers and the
+    scale tensors of blockwise weights). Returns the flatbuffer and the original indices of its
+    non-constant inputs, in order."""
     from ai_edge_litert import schema_py_generated as s
     from ai_edge_litert.tools import flatbuffer_utils as fu
     sg = model.subgraphs[sg_index]
     used = [i for i in list(op.inputs) + list(op.outputs) if i >= 0]
+    used += [r for i in used for r in _block_refs(sg.tensors[i])]
     used = list(dict.fromkeys(used))
     local = {i: n for n, i in enumerate(used)}
     buffers, tensors, live = [s.BufferT()], [], []
     for i in used:
         t = sg.tensors[i]
         data = model.buffers[t.buffer].data if t.buffer else None
-        nt = copy.copy(t)  # buffer index rewritten below
+        nt = copy.copy(t)  # buffer index (and blockwise scale indices) rewritten below
+        if _block_refs(t):
+            nt.quantization = copy.copy(t.quantization)
+            d = nt.quantization.details = copy.copy(t.quantization.details)
+            d.scales = local[d.scales]
+            d.zeroPoints = local[d.zeroPoints] if d.zeroPoints >= 0 else d.zeroPoints
+        b = s.BufferT()
         if data is not None and len(data) and i not in op.outputs:
-            b = s.BufferT()
             b.data = data
-            buffers.append(b)
-            nt.buffer = len(buffers) - 1
-        else:
-            buffers.append(s.BufferT())
-            nt.buffer = len(buffers) - 1
-            if i in op.inputs:
-                live.append(i)
+        elif i in op.inputs:
+            live.append(i)
+        buffers.append(b)
+        nt.buffer = len(buffers) - 1
         tensors.append(nt)
     new_op = copy.copy(op)
     new_op.opcodeIndex = 0
