@@ -4,18 +4,16 @@
 
 HELDOUT.npy: int64 token ids of held-out text. Each window is prefill_len tokens (non-overlapping);
 perplexity is exp(mean cross-entropy) of predicting tokens 2..L of every window. Latency is
-measured on THIS machine (the host), not a phone: decode step and full prefill call, 5 warmup
-calls, then median and stddev of 30. Prints one JSON object per artifact.
+measured on THIS machine (the host), not a phone, with the runner's round_ms: 1 warmup prefill,
+then median and stddev of 30 prefill calls and of 30 greedy decode steps. Prints one JSON object per artifact.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -24,21 +22,15 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(-logp[np.arange(len(targets)), targets].mean())
 
 
-def timed(fn, warmup: int = 5, reps: int = 30) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
+def timed(ts: list[float]) -> tuple[float, float]:
     return float(np.median(ts)), float(np.std(ts))  # ms
 
 
 def main() -> None:
     import torch
     from litelm_edge.checkpoint import load
-    from litelm_edge.device_runner import LiteRTRuntime
+    from litelm_edge.backends.litert.runtime import LiteRTRuntime
+    from litelm_edge.device_runner import round_ms
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
     ap.add_argument("heldout")
@@ -60,9 +52,9 @@ def main() -> None:
             ce_t.append(cross_entropy(ref[:-1], w[1:]))
             ce_l.append(cross_entropy(got[:-1], w[1:]))
             agree.append((ref.argmax(-1) == got.argmax(-1)).mean())
-        rt.prefill(wins[0][:8])
-        dec_ms, dec_sd = timed(lambda: (rt.decode(1), setattr(rt, "pos", 8)))
-        pre_ms, pre_sd = timed(lambda: rt.prefill(wins[0]))
+        r = round_ms(rt, wins[0], 30, 30)
+        dec_ms, dec_sd = timed(r["decode_ms"])
+        pre_ms, pre_sd = timed(r["prefill_ms"])
         print(json.dumps(dict(artifact=art, size_bytes=(Path(art) / "model.tflite").stat().st_size,
                               windows=len(wins), window_len=L, ppl_torch=round(float(np.exp(np.mean(ce_t))), 3),
                               ppl_litert=round(float(np.exp(np.mean(ce_l))), 3),

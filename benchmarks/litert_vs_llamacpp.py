@@ -6,8 +6,8 @@
 e.g. `int8=runs/a/int8 int4-b32=runs/a/int4`. llama.cpp is built from the llama-cpp-python sdist
 (benchmarks/_llamacpp.py, cached under ~/.cache/litelm-edge/llama.cpp/); the checkpoint is
 converted to GGUF and quantized to the type of equal bits (EQUAL_BITS). Protocol: `rounds`
-interleaved rounds; in each, for every precision, LiteRT times `iters` prefills of a `prompt`-token
-prompt (ms per call) and one decode of `gen` tokens after it (tok/s, greedy), then llama-bench
+interleaved rounds; in each, for every precision, LiteRT runs the device runner's round_ms (`iters`
+prefills of a `prompt`-token prompt, ms per call, then a greedy decode of `gen` tokens), then llama-bench
 times the same (-p prompt; -n gen -d prompt; 2 repetitions). Each round gives one ratio per phase
 (LiteRT speed / llama.cpp speed, > 1: LiteRT faster); min / median / max over rounds are printed.
 A warmup round is run first and not counted.
@@ -43,17 +43,11 @@ def cpu_name() -> str:
 
 
 def litert_round(rt, prompt: np.ndarray, iters: int, gen: int) -> dict:
-    """Prefill ms samples and decode tok/s of one greedy reply (the runner's own calls)."""
-    pre = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        logits = rt.prefill(prompt)
-        pre.append((time.perf_counter() - t) * 1e3)
-    tok = int(logits[-1].argmax())
-    t = time.perf_counter()
-    for _ in range(gen):
-        tok = int(rt.decode(tok).argmax())
-    return {"prefill_ms": pre, "decode_tok_s": gen / (time.perf_counter() - t)}
+    """The runner's round (round_ms: 1 warmup prefill, `iters` timed prefills, a greedy decode of
+    `gen` tokens): prefill ms samples and decode tok/s of the whole reply."""
+    from litelm_edge.device_runner import round_ms
+    r = round_ms(rt, prompt, iters, gen)
+    return {"prefill_ms": r["prefill_ms"], "decode_tok_s": 1e3 * len(r["decode_ms"]) / sum(r["decode_ms"])}
 
 
 def ggufs(checkpoint: Path, precisions: list[str], log) -> dict:
@@ -67,7 +61,7 @@ def spread(xs: list[float]) -> dict:
 
 
 def run(a) -> dict:
-    from litelm_edge.device_runner import LiteRTRuntime
+    from litelm_edge.backends.litert.runtime import LiteRTRuntime
     arts = dict(x.split("=", 1) for x in a.artifacts)
     unknown = set(arts) - set(EQUAL_BITS)
     if unknown:
@@ -99,7 +93,7 @@ def run(a) -> dict:
                                         for lt, ll in zip(rr["litert"], rr["llama"])]),
                "decode_ratio": spread([lt["decode_tok_s"] / np.median(ll["decode_tok_s"])
                                        for lt, ll in zip(rr["litert"], rr["llama"])]),
-               "cache_in_place": rts[p].cache_in_place, "size_bytes": (Path(arts[p]) / "model.tflite").stat().st_size}
+               "cache_in_place": getattr(rts[p], "cache_in_place", False), "size_bytes": (Path(arts[p]) / "model.tflite").stat().st_size}
         out["results"][p] = res
     out["load_after"] = os.getloadavg()[0]
     return out

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from litelm_edge import checkpoint as ckpt
-from litelm_edge.bench import read_manifest
-from litelm_edge.device_runner import open_runtime
+from litelm_edge.device_runner import open_runtime, round_ms
+from litelm_edge.manifest import read_manifest
 from litelm_edge.export import build
 
 
@@ -40,13 +39,9 @@ class TorchEngine:
 
 
 def measure(engine, prompt, gen_len):
-    t0 = time.perf_counter()
-    tok = int(engine.prefill(prompt)[-1].argmax())
-    t1 = time.perf_counter()
-    for _ in range(gen_len):
-        tok = int(engine.decode(tok).argmax())
-    t2 = time.perf_counter()
-    return (t1 - t0) * 1e3, gen_len / (t2 - t1)
+    """(prefill ms, decode tok/s) of one round of the runner's protocol (round_ms)."""
+    r = round_ms(engine, prompt, 1, gen_len)
+    return r["prefill_ms"][0], 1e3 / np.mean(r["decode_ms"])
 
 
 def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, None]:
@@ -60,12 +55,12 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, None]:
 def raw_build(model, art: Path, precision: str) -> dict:
     """The ORT backend's export without `build`'s parity gate: an untrained model's near-tied
     logits make next-token agreement meaningless, and this script measures speed and size only."""
-    from litelm_edge import backend_ort
+    from litelm_edge.backends.ort.build import build as ort_build
     from litelm_edge.export import BuildContext
     art.mkdir(parents=True)
-    res = backend_ort.build(BuildContext(model, art, {}, art, precision, [], log=lambda s: None))
+    res = ort_build(BuildContext(model, art, {}, art, precision, [], log=lambda s: None))
     c = model.cfg
-    return dict(res["extra"], runtime=res["runtime"], model={k: getattr(c, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head")})
+    return dict(res.extra, runtime=res.runtime, backend="ort", model={k: getattr(c, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head")})
 
 
 def main():

@@ -22,11 +22,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from litelm_edge import backend_tvm, checkpoint, toolchain
-from litelm_edge.backend_ort import export_onnx
-from litelm_edge.device_runner import OrtRuntime
+from litelm_edge import checkpoint, toolchain
+from litelm_edge.backends.ort.build import export_onnx
+from litelm_edge.backends.ort.runtime import OrtRuntime
+from litelm_edge.backends.tvm import build as tvm_backend
+from litelm_edge.device_runner import round_ms  # the one round protocol, ORT and TVM alike
 from litelm_edge.model import Transformer, preset
-from _tvm_time import round_ms  # the one round protocol, ORT and TVM alike (benchmarks/ is on sys.path)
 
 
 class TvmRunner:
@@ -36,7 +37,8 @@ class TvmRunner:
         shape = json.dumps([cfg.n_layer, 1, cfg.n_kv_head, 0, cfg.head_dim])
         self.proc = subprocess.Popen([str(py), str(ROOT / "benchmarks" / "_tvm_time.py"), shape, str(threads),
                                       str(cfg.vocab_size), *map(str, libs)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=toolchain.src_env())
         while self.proc.stdout.readline().strip() != "ready":
             if self.proc.poll() is not None:
                 raise RuntimeError("benchmarks/_tvm_time.py failed to load the TVM libraries")
@@ -56,7 +58,7 @@ def tvm_build(py, ckpt: Path, out: Path, schedule: bool, tile=None) -> float:
     spec = {"checkpoint": str(ckpt), "out_dir": str(out), "precision": "fp32", "target": "host",
             "cc": None, "host_dir": None, "tile": tile, "schedule": schedule}
     (out / "spec.json").write_text(json.dumps(spec))
-    toolchain.run(py, "litelm_edge.tvm_convert", [str(out / "spec.json")])
+    toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(out / "spec.json")])
     return json.loads((out / "convert.json").read_text())["compile_s"]
 
 
@@ -105,7 +107,7 @@ def main():
     import torch
     torch.manual_seed(0)
     cfg = preset(a.preset)
-    py = backend_tvm.python()
+    py = tvm_backend.python()
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         ckpt = checkpoint.save(td / "ckpt", Transformer(cfg).eval(), "{}", {"step": 0})

@@ -1,6 +1,7 @@
 """bench (host side): run the device runner here, then judge its raw samples.
 
-The runner (device_runner.py) measures; `finish` adds what needs the target's data: the energy
+The runner (device_runner.py, with device_facts.py and the backend's runtime.py beside it: the
+files a device receives) measures; `finish` adds what needs the target's data: the energy
 per inference (measured by a sensor when the runner found one, else estimated with the target's
 named power model), the threshold verdicts, and where every number came from.
 """
@@ -12,23 +13,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import device_runner as R
 from .config import UserError
+from .manifest import read_manifest
 
-RUNNER = Path(__file__).with_name("device_runner.py")
-EXIT_RUNTIME_MISSING, EXIT_PARITY = 3, 4
+RUNNER = Path(R.__file__)
 
 
-def read_manifest(art_dir) -> dict:
-    p = Path(art_dir) / "manifest.json"
-    if not p.is_file():
-        raise UserError(f"'{art_dir}' is not a built artifact (no manifest.json): pass a folder made by `litelm-edge build`")
-    try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: corrupt manifest ({e}); rebuild the artifact") from e
-    if m.get("format") != "litelm-edge-artifact" or not isinstance(m.get("files"), dict):
-        raise UserError(f"{p}: not a litelm-edge artifact manifest: rebuild the artifact")
-    return m
+def runner_files(backend: str) -> dict[str, Path]:
+    """{name relative to the runner's folder: local path}: the files the runner runs with, here
+    and on a device (where they keep these names)."""
+    here = RUNNER.parent
+    return {name: here / name for name in (*R.FILES, R.runtime_file(backend))}
 
 
 def runner_args(protocol: dict) -> list[str]:
@@ -39,20 +35,22 @@ def runner_args(protocol: dict) -> list[str]:
     return args
 
 
-def bench_local(art_dir, protocol: dict | None = None, log=print) -> dict:
-    """Run the device runner in a subprocess of this Python; returns its raw JSON."""
+def bench_local(art_dir, protocol: dict | None = None, log=print, sysfs_root: str | None = None) -> dict:
+    """Run the device runner in a subprocess of this Python; returns its raw JSON.
+    sysfs_root: where the runner reads energy sensors and temperatures (default /sys)."""
     art_dir = Path(art_dir)
     read_manifest(art_dir)
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "result.json"
         cmd = [sys.executable, str(RUNNER), str(art_dir), "--out", str(out), *runner_args(protocol or {})]
+        cmd += ["--sysfs-root", str(sysfs_root)] if sysfs_root else []
         proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
         for line in proc.stderr.splitlines():
             if line.startswith("[runner]"):
                 log(line)
-        if proc.returncode == EXIT_RUNTIME_MISSING:
+        if proc.returncode == R.EXIT_RUNTIME_MISSING:
             raise UserError(proc.stderr.strip().splitlines()[-1].removeprefix("error: "))
-        if proc.returncode not in (0, EXIT_PARITY) or not out.is_file():
+        if proc.returncode not in (0, R.EXIT_PARITY) or not out.is_file():
             tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
             raise UserError(f"device runner failed (exit {proc.returncode}): {tail}")
         return json.loads(out.read_text())
@@ -106,9 +104,9 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
     return res
 
 
-def bench(art_dir, protocol: dict | None = None, baseline=None, log=print) -> dict:
+def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs_root: str | None = None) -> dict:
     """The local bench: this machine is the device."""
     manifest = read_manifest(art_dir)
     base = json.loads(Path(baseline).read_text()) if baseline else None
-    raw = bench_local(art_dir, protocol, log)
+    raw = bench_local(art_dir, protocol, log, sysfs_root)
     return finish(raw, manifest, "measured on this host (local bench)", base)

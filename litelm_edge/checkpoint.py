@@ -13,16 +13,12 @@ where a good one was.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .config import UserError
+from .files import atomic_dir, sha256_file, write_atomic
 
 _HF_FIELDS = {  # ModelConfig field -> HF LlamaConfig field
     "vocab_size": "vocab_size", "n_layer": "num_hidden_layers", "n_embd": "hidden_size",
@@ -31,14 +27,6 @@ _HF_FIELDS = {  # ModelConfig field -> HF LlamaConfig field
     "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings",
 }
 _LITELM_FIELDS = ("gated_attn", "share_every", "dropout", "head_size")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hf_config(cfg) -> dict:
@@ -82,42 +70,6 @@ def load_hf_state_dict(model, sd: dict):
     if model.cfg.tie_embeddings:
         ours["lm_head.weight"] = ours["embed_tokens.weight"]
     model.load_state_dict(ours, strict=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(final):
-    """Yield a temporary sibling of `final` to fill; on success it replaces `final`, on any error
-    it is removed and `final` is untouched."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        commit_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def commit_dir(tmp: Path, final: Path):
-    """Replace `final` by `tmp`; the old folder is moved aside first and removed last."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_atomic(path: Path, data: bytes | str):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None) -> Path:
@@ -182,6 +134,3 @@ def update_latest(run_dir: Path, name: str, keep: int = 2):
         if d.name != name:
             shutil.rmtree(d, ignore_errors=True)
 
-
-def model_config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

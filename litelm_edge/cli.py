@@ -10,7 +10,11 @@ from pathlib import Path
 
 import click
 
+from .backends import precisions_help
 from .config import UserError, parse_sets, split_sets
+from .device_runner import EXIT_USER, Protocol
+
+PROTO = Protocol()  # the bench protocol's defaults
 
 REMOTE = click.option("--remote", "remotes", multiple=True, metavar="USER@HOST[:PORT]",
                       help="A device over SSH (user@host[:port] or ~/.ssh/config alias; repeatable).")
@@ -79,7 +83,7 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @click.option("--target", required=True, help="Target name in targets/ (or a .toml path).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
-@click.option("--precision", help="fp32, int8, or a backend's own (ort: int8-b32, int4-b32, int4-b64; litert: int8-full, int4-b32, int4-b64); default: the target's.")
+@click.option("--precision", help=f"{precisions_help()}; default: the target's.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
 @click.option("--tune", is_flag=True, help="TVM targets: pick the schedule's tile by benching on --remote.")
 @click.option("--remote", "tune_remote", help="user@host[:port] of the device that --tune measures on.")
@@ -90,7 +94,7 @@ def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, sets)
     if tune:
         if not tune_remote:
             raise UserError("--tune needs --remote user@host: the device is the tuner's runner")
-        from .tvm_tune import tune as do_tune
+        from .backends.tvm.tune import tune as do_tune
         m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets), log=click.echo)
     else:
         m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets))
@@ -117,11 +121,11 @@ def push(artifact, remotes, accept_new, root):
 
 @cli.command("bench")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--reps", default=5, show_default=True, help="Timed repetitions.")
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--prompt-len", default=64, show_default=True)
-@click.option("--gen-len", default=128, show_default=True)
-@click.option("--concurrency", default=4, show_default=True, help="Sessions for the QPS figure.")
+@click.option("--reps", default=PROTO.reps, show_default=True, help="Timed repetitions.")
+@click.option("--warmup", default=PROTO.warmup, show_default=True)
+@click.option("--prompt-len", default=PROTO.prompt_len, show_default=True)
+@click.option("--gen-len", default=PROTO.gen_len, show_default=True)
+@click.option("--concurrency", default=PROTO.concurrency, show_default=True, help="Sessions for the QPS figure.")
 @click.option("--threads", type=int, help="Runtime threads per session (default: the runtime's).")
 @click.option("--baseline", type=click.Path(path_type=Path), help="bench.json of the fp32 build (energy reduction).")
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
@@ -221,7 +225,7 @@ def main(argv=None):
         cli.main(args=argv, standalone_mode=False)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(getattr(e, "exit_code", 2))
+        sys.exit(getattr(e, "exit_code", EXIT_USER))
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -231,7 +235,7 @@ def main(argv=None):
     except OSError as e:
         if e.errno == 28:  # ENOSPC
             click.echo(f"error: disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USER)
         raise
 
 

@@ -161,7 +161,7 @@ def write_tokens(docs: list[str], tok, path: Path) -> int:
 
 def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig = DataConfig(), log=print) -> dict:
     from . import tokenizer as T
-    from .checkpoint import atomic_dir
+    from .files import atomic_dir
     files = expand_inputs(inputs)
     docs, stats = clean(read_documents(files, cfg), cfg)
     if not docs:

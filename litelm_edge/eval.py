@@ -79,7 +79,7 @@ def eval_checkpoint(checkpoint, data_dir=None, c: EvalConfig = EvalConfig()) -> 
 
 def eval_artifact(art_dir, data_dir, c: EvalConfig = EvalConfig(), threads: int | None = None) -> dict:
     """Perplexity through the artifact's own runtime (the one its manifest names)."""
-    from .bench import read_manifest
+    from .manifest import read_manifest
     from .device_runner import RuntimeMissing, open_runtime
     m = read_manifest(art_dir)
     try:
@@ -100,7 +100,7 @@ def evaluate(checkpoint=None, artifact=None, data_dir=None, sets: dict | None = 
     if checkpoint:
         return eval_checkpoint(checkpoint, data_dir, c)
     if not data_dir:  # the held-out split the artifact's checkpoint was trained beside
-        from .bench import read_manifest
+        from .manifest import read_manifest
         t = Path(read_manifest(artifact)["checkpoint"]) / "training.json"
         data_dir = json.loads(t.read_text()).get("data_dir") if t.is_file() else None
     return eval_artifact(artifact, data_dir, c)

@@ -1,31 +1,26 @@
 """build: checkpoint -> artifact folder for a target, checked against torch before it is kept.
 
-The target TOML names a backend; `litelm_edge/backend_<name>.py` writes the files. This module does
-what every backend shares: held-out windows, the parity check, the fixed-prompt reference a device
-checks itself against, the manifest (sha256 and size of each file, tool versions), and the atomic
-rename into place. A failed check leaves no artifact behind.
+The target TOML names a backend; `litelm_edge/backends/<name>/build.py` writes the files and hands
+back a BackendBuild. This module does what every backend shares: held-out windows, the parity check
+(the rule comes from the backend's precision table), the fixed-prompt reference a device checks
+itself against, the manifest (manifest.py), and the atomic rename into place. A failed check
+leaves no artifact behind.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .checkpoint import atomic_dir, sha256_file
+from . import backends, manifest as mf
+from .backends import FP32_MAX_ABS, BackendBuild, Precision
 from .config import UserError, named_toml
 from .eval import EvalConfig, torch_logits, val_windows
+from .files import atomic_dir
 
-FORMAT, VERSION = "litelm-edge-artifact", 1
 PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 8, 64, 32
-FP32_MAX_ABS = 1e-3  # logits, fp32 artifact vs torch
-INT8_MIN_TOP1 = 0.95  # next-token agreement with torch on held-out windows
-INT4_MIN_TOP1 = 0.90  # INT4 blocks: flips more near-ties; judged by perplexity too
 REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 
 
@@ -52,18 +47,8 @@ class BuildContext:
 def load_target(name: str) -> tuple[str, dict]:
     path, t = named_toml("targets", name)
     if "backend" not in t.get("target", {}):
-        raise UserError(f"{path}: [target] needs 'backend' (one of the litelm_edge/backend_*.py modules)")
+        raise UserError(f"{path}: [target] needs 'backend' (one of: {', '.join(backends.names())})")
     return path.stem, t
-
-
-def backend_module(name: str):
-    try:
-        return importlib.import_module(f"litelm_edge.backend_{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"litelm_edge.backend_{name}":
-            have = sorted(p.stem[8:] for p in Path(__file__).parent.glob("backend_*.py"))
-            raise UserError(f"unknown backend '{name}', have: {', '.join(have)}") from e
-        raise UserError(f"backend '{name}' needs {e.name}: pip install 'litelm-edge[<target>]'") from e
 
 
 def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WINDOW_LEN) -> list:
@@ -71,7 +56,7 @@ def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WIN
     return val_windows(data_dir, EvalConfig(windows=n, window_len=T - 1), max_seq_len=T - 1)
 
 
-def parity(model, rt, heldout: list, precision: str, min_top1: float = INT8_MIN_TOP1) -> dict:
+def parity(model, rt, heldout: list, precision: Precision) -> dict:
     """Prefill every window through the artifact and torch: max abs error, top-1 agreement."""
     errs, agree = [], []
     for ids in heldout:
@@ -80,10 +65,7 @@ def parity(model, rt, heldout: list, precision: str, min_top1: float = INT8_MIN_
         agree.append(ref.argmax(-1) == got.argmax(-1))
     p = {"windows": len(heldout), "window_len": int(len(heldout[0])), "max_abs_err": max(errs),
          "top1_agreement": float(np.concatenate(agree).mean())}
-    if precision == "fp32":
-        p["ok"], p["rule"] = p["max_abs_err"] <= FP32_MAX_ABS, f"max_abs_err <= {FP32_MAX_ABS}"
-    else:
-        p["ok"], p["rule"] = p["top1_agreement"] >= min_top1, f"top1_agreement >= {min_top1}"
+    p["ok"], p["rule"] = precision.passes(p["max_abs_err"], p["top1_agreement"]), precision.rule
     return p
 
 
@@ -97,21 +79,6 @@ def reference(model, rt, prompt_ids: list[int], max_abs_err: float) -> dict:
             "artifact_last_logits": [round(float(x), 5) for x in art_last],
             # a device may differ from this host by at most twice what this host differs from torch
             "tolerance_basis": max_abs_err}
-
-
-def tool_versions(*mods: str) -> dict:
-    out = {"python": platform.python_version()}
-    for m in ("litelm_edge", "torch", "numpy") + mods:
-        try:
-            out[m] = getattr(importlib.import_module(m), "__version__", "unknown")
-        except ImportError:
-            out[m] = "not installed"
-    return out
-
-
-def files_table(d: Path) -> dict:
-    return {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-            for p in sorted(d.iterdir()) if p.is_file() and p.name != "manifest.json"}
 
 
 def check_really_quantised(files: dict, n_params: int, precision: str, weight_bytes: dict | None):
@@ -136,18 +103,17 @@ def check_really_quantised(files: dict, n_params: int, precision: str, weight_by
     raise UserError(f"build claims {precision} but the artifact holds {detail}: the quantiser did not apply")
 
 
-def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: dict, training: dict) -> dict:
+def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: BackendBuild, training: dict) -> dict:
     """What the artifact is and how it was built; parity, reference and files are added after."""
     cfg, model = ctx.model.cfg, ctx.model
-    return {"format": FORMAT, "version": VERSION, "target": name, "backend": tgt["target"]["backend"],
-            "runtime": res["runtime"], "precision": precision, "checkpoint": str(ctx.checkpoint),
+    return {"format": mf.FORMAT, "version": mf.VERSION, "target": name, "backend": tgt["target"]["backend"],
+            "runtime": res.runtime, "precision": precision, "checkpoint": str(ctx.checkpoint),
             "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
                                                     "n_kv_head", "intermediate_size", "max_seq_len")}
             | {"head_dim": cfg.head_dim},
             "n_params": model.num_params(), "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256")},
             "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
-            "device": tgt.get("device", {}), "tools": tool_versions(*res.get("tools", ())),
-            "weight_bytes": res.get("weight_bytes"), **res.get("extra", {})}
+            "tools": mf.tool_versions(*res.tools), "weight_bytes": res.weight_bytes, **res.extra}
 
 
 def build(checkpoint, target: str, out, precision: str | None = None, data=None, recipe: dict | None = None,
@@ -158,32 +124,32 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
     from .device_runner import open_runtime
     from .tokenizer import Tokenizer
     name, tgt = load_target(target)
-    backend = backend_module(tgt["target"]["backend"])
-    model, tok_json, training = ckpt.load(checkpoint)
+    backend = tgt["target"]["backend"]
+    builder = backends.load(backend, "build")
     precision = precision or tgt["target"].get("precision", "int8")
+    spec = backends.precision(backend, precision)
+    model, tok_json, training = ckpt.load(checkpoint)
     heldout = heldout_windows(data or training.get("data_dir"))
     with atomic_dir(out) as tmp:
         ctx = BuildContext(model, ckpt.resolve(checkpoint), tgt, tmp, precision, heldout, recipe or {}, log)
-        res = backend.build(ctx)
+        res = builder.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
-        files = files_table(tmp)
-        check_really_quantised(files, model.num_params(), precision, res.get("weight_bytes"))
+        files = mf.files_table(tmp)
+        check_really_quantised(files, model.num_params(), precision, res.weight_bytes)
         manifest = base_manifest(name, tgt, precision, ctx, res, training)
-        rt = res.get("parity_runtime") or open_runtime(tmp, manifest)
+        rt = res.parity_runtime or open_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
-        min_top1 = res.get("min_top1", INT8_MIN_TOP1)  # a backend may set it per precision (INT4)
-        p = parity(model, rt, heldout, precision, min_top1)
+        p = parity(model, rt, heldout, spec)
         if not p["ok"] and gate:
             raise ParityError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
-                            f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written"
-                            + {"fp32": "", "int8": ": fine-tune for int8 with `litelm-edge compress qat`, or build "
-                               "--precision fp32"}.get(precision, ": build a wider --precision (int8 or fp32)"), p)
+                              f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written"
+                              + (f": {spec.advice}" if spec.advice else ""), p)
         prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: model.cfg.max_seq_len // 2]
         manifest["reference"] = reference(model, rt, prompt_ids, p["max_abs_err"])
+        min_top1 = backends.INT8_MIN_TOP1 if spec.min_top1 is None else spec.min_top1  # fp32: int8's on the device
         tol = {"min_top1": min_top1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
         manifest["parity"] = dict(p, on_device_tolerance=tol)
         manifest["files"] = files
-        manifest["artifact_id"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest["size_bytes"] = sum(f["size"] for f in files.values())
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        manifest = mf.write(tmp, manifest)
     return manifest

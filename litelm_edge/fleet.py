@@ -91,7 +91,7 @@ def run_fleet(devices: list[Device], target: str, bench_one, workers: int = WORK
 
 def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None,
                 workers: int = WORKERS, log=print, **kw) -> dict:
-    from .bench import read_manifest
+    from .manifest import read_manifest
     from .remote_bench import bench_remote
 
     manifest = read_manifest(art_dir)
@@ -136,7 +136,7 @@ def fleet_markdown(report: dict) -> str:
 
 def write_fleet(report: dict, out_dir) -> dict:
     """fleet.json (every device's full result) and fleet.md in out_dir, written atomically."""
-    from .checkpoint import write_atomic
+    from .files import write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ def sample_np(logits: np.ndarray, temperature: float, top_k: int | None, rng) ->
 
 
 def generate_artifact(art_dir: Path, ids: list[int], n: int, temperature: float, top_k, seed: int, eot: int) -> list[int]:
-    from .bench import read_manifest
+    from .manifest import read_manifest
     from .device_runner import open_runtime
     m = read_manifest(art_dir)
     rt, rng = open_runtime(art_dir, m), np.random.default_rng(seed)

@@ -76,12 +76,6 @@ def sparsity(model) -> float:
     return sum(int((w == 0).sum()) for w in ws) / max(1, sum(w.numel() for w in ws))
 
 
-def _keep(scores: torch.Tensor, frac: float) -> torch.Tensor:
-    """Sorted indices of the highest scores, keeping round((1 - frac) * n) >= 1."""
-    n = max(1, round((1 - frac) * len(scores)))
-    return scores.topk(n).indices.sort().values
-
-
 @torch.no_grad()
 def shrink_ffn(model, sd: dict, frac: float) -> int:
     """Keep the SwiGLU channels with the largest |gate| * |up| * |down| norms; returns width."""

@@ -1,22 +1,20 @@
 """Push an artifact to a device: content-addressed, verified, atomic, and skipping what is there.
 
 Layout on the device: ${XDG_CACHE_HOME:-~/.cache}/litelm-edge/artifacts/<id>/ where <id> is the
-first 16 hex digits of sha256(manifest.json); the manifest lists the sha256 of every other file, so
-the id names the content. Each file is uploaded to a hidden temporary name, its sha256 is checked
+manifest's artifact id (manifest.py: the hash of the manifest, which lists the sha256 of every
+other file), so the id names the content and is the one the reports print. Each file is uploaded to a hidden temporary name, its sha256 is checked
 on the device, then it is renamed into place (manifest.json last): a half-written file is never
 under its final name. Files already present with the right hash are not sent again.
 """
 from __future__ import annotations
 
-import hashlib
 import shlex
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .bench import read_manifest
-from .checkpoint import sha256_file
+from . import manifest as mf
 from .config import UserError
 from .remote import Remote, RemoteError
 
@@ -34,24 +32,9 @@ class PushResult:
     seconds: float = 0.0
 
 
-def artifact_id(artifact_dir: str | Path) -> str:
-    return hashlib.sha256((Path(artifact_dir) / "manifest.json").read_bytes()).hexdigest()[:16]
-
-
 def local_files(artifact_dir: str | Path) -> dict[str, tuple[Path, str, int]]:
     """name -> (local path, sha256, size), checked against the manifest; manifest.json last."""
-    root = Path(artifact_dir)
-    out = {}
-    for name, meta in read_manifest(root)["files"].items():
-        p = root / name
-        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
-            raise UserError(f"manifest file name '{name}' leaves the artifact: rebuild the artifact")
-        if not p.is_file() or p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
-            raise UserError(f"{p} does not match its manifest sha256/size: rebuild the artifact")
-        out[name] = (p, meta["sha256"], meta["size"])
-    m = root / "manifest.json"
-    out["manifest.json"] = (m, sha256_file(m), m.stat().st_size)
-    return out
+    return mf.verify(artifact_dir)
 
 
 # One round trip before any upload: make the folders, drop stale parts, report the folder, its
@@ -170,14 +153,14 @@ def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | No
 
     manifest.json goes last: its presence means every other file is in place.
     """
-    files = local_files(artifact_dir)
-    return sync(remote, f"artifacts/{artifact_id(artifact_dir)}", files, root, progress)
+    m = mf.read_manifest(artifact_dir)
+    return sync(remote, f"artifacts/{m['artifact_id']}", mf.verify(artifact_dir, m), root, progress)
 
 
 def push_to(address: str, artifact_dir, accept_new: bool = False, root: str | None = None,
             progress=None) -> tuple[str, PushResult]:
     """Open the device, push, close: (device label, what was sent)."""
-    read_manifest(artifact_dir)
+    mf.read_manifest(artifact_dir)
     with Remote(address, accept_new) as remote:
         return remote.label, push(remote, artifact_dir, progress, root)
 

@@ -1,7 +1,7 @@
 """QAT int8: fake-quant fine-tuning with a straight-through estimator, exported by snapping.
 
 The default scheme simulates exactly what the x86 int8 artifact computes (ORT `quantize_dynamic`,
-per-channel, see backend_ort.py; read off its graph):
+per-channel, see backends/ort/build.py; read off its graph):
   Linear weights   per-output-channel symmetric int8, scale = max|w_row| / 127   (MatMulInteger)
   Linear inputs    one asymmetric uint8 grid per call: scale = (max(0, x) - min(0, x)) / 255 and a
                    zero point (DynamicQuantizeLinear); a call is one sequence, so one grid per

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import UserError
+from .device_runner import EXIT_DEVICE
 
 # paramiko's transport thread logs socket errors; with no handler Python would print them to
 # stderr beside our one-line error. Callers that want them can still attach a handler.
@@ -42,7 +43,7 @@ class _Cancelled(Exception):
 class RemoteError(UserError):
     """A device or transport fault: one line naming the problem and the fix; the CLI exits 3."""
 
-    exit_code = 3
+    exit_code = EXIT_DEVICE
 
 
 @dataclass

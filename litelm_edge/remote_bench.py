@@ -1,11 +1,13 @@
 """bench over SSH: push the artifact and the runner, run it on the device, fetch, judge here.
 
-The device runs the same device_runner.py with the same protocol as the local bench; the host adds
+The device runs the same files as the local bench (device_runner.py, device_facts.py and the
+backend's runtime.py, in the same layout under runner/<hash of the set>/) with the same protocol; the host adds
 the same `finish()` (energy, thresholds). What the transport costs (connect, push, fetch) is timed
 separately and never enters the runner's figures.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -13,11 +15,13 @@ import uuid
 from pathlib import Path
 
 from . import push as P
-from .bench import RUNNER, finish, read_manifest, runner_args
+from .bench import finish, runner_args, runner_files
+from .device_runner import EXIT_PARITY, EXIT_RUNTIME_MISSING
+from .files import sha256_file
+from .manifest import read_manifest
 from .remote import Remote, RemoteError
 
 RUN_TIMEOUT = 900.0  # s, the whole runner on the device (load, parity, warmup, reps)
-EXIT_RUNTIME_MISSING, EXIT_PARITY = 3, 4
 
 
 def runner_command(python: str, runner: str, art: str, out: str, protocol: dict,
@@ -46,11 +50,12 @@ def run_on_device(remote: Remote, art_dir, protocol: dict | None = None, python:
     """Push, run, fetch. Returns (raw runner JSON, transport facts)."""
     t0 = time.perf_counter()
     pushed = P.push(remote, art_dir, progress, root)
-    runner = {"device_runner-%s.py" % P.sha256_file(RUNNER)[:16]:
-              (RUNNER, P.sha256_file(RUNNER), RUNNER.stat().st_size)}
-    up = P.sync(remote, "runner", runner, root)
+    files = {n: (p, sha256_file(p), p.stat().st_size)
+             for n, p in runner_files(read_manifest(art_dir)["backend"]).items()}
+    tag = hashlib.sha256(json.dumps({n: f[1] for n, f in files.items()}, sort_keys=True).encode()).hexdigest()[:16]
+    up = P.sync(remote, f"runner/{tag}", files, root)  # content-addressed: a changed runner is a new folder
     out = f"{up.remote_dir}/result-{uuid.uuid4().hex[:12]}.json"
-    cmd = runner_command(python, f"{up.remote_dir}/{next(iter(runner))}", pushed.remote_dir, out,
+    cmd = runner_command(python, f"{up.remote_dir}/device_runner.py", pushed.remote_dir, out,
                          protocol or {}, install_runtime)
     t1 = time.perf_counter()
     show = lambda m: m.startswith("[runner]") and log(f"{remote.label} {m}")  # noqa: E731

@@ -5,7 +5,7 @@ import html
 import json
 from pathlib import Path
 
-from .checkpoint import write_atomic
+from .files import write_atomic
 
 
 def _fmt(v, nd=2):

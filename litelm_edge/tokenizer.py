@@ -61,5 +61,5 @@ class Tokenizer:
         return self.tok.to_str()
 
     def save(self, path: str | Path):
-        from .checkpoint import write_atomic
+        from .files import write_atomic
         write_atomic(Path(path), self.to_str())

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
+
+from litelm_edge import manifest as mf
 
 
 def make_artifact(root: Path, sizes: dict[str, int], target: str = "x86", seed: int = 0) -> Path:
@@ -17,7 +18,7 @@ def make_artifact(root: Path, sizes: dict[str, int], target: str = "x86", seed: 
         block = hashlib.sha256(f"{seed}:{i}".encode()).digest()
         p.write_bytes((block * (size // 32 + 1))[:size] if size < 4096 else os.urandom(size))
         files[name] = {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": size}
-    manifest = {"format": "litelm-edge-artifact", "version": 1, "target": target,
+    manifest = {"format": mf.FORMAT, "version": mf.VERSION, "target": target,
                 "backend": "ort", "runtime": "onnxruntime", "precision": "int8", "files": files}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    mf.write(root, manifest)
     return root

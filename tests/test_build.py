@@ -7,9 +7,10 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from litelm_edge import checkpoint as ckpt
-from litelm_edge import export
+from litelm_edge import export, manifest
 from litelm_edge.bench import bench
 from litelm_edge.config import UserError
+from litelm_edge.files import sha256_file
 from litelm_edge.generate import generate_artifact
 from litelm_edge.tokenizer import Tokenizer
 
@@ -33,7 +34,7 @@ def test_manifest_describes_the_artifact(artifact):
     m = json.loads((artifact / "manifest.json").read_text())
     assert m["format"] == "litelm-edge-artifact" and m["target"] == "x86" and m["runtime"] == "onnxruntime"
     for name, f in m["files"].items():
-        assert ckpt.sha256_file(artifact / name) == f["sha256"] and (artifact / name).stat().st_size == f["size"]
+        assert sha256_file(artifact / name) == f["sha256"] and (artifact / name).stat().st_size == f["size"]
     assert m["parity"]["ok"] and m["thresholds"]["max_latency_ms"] == 100.0
     assert len(m["reference"]["artifact_last_logits"]) == m["model"]["vocab_size"]
     assert {"torch", "onnxruntime", "onnx"} <= set(m["tools"])
@@ -73,7 +74,10 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
 
 
 def test_failed_parity_fails_the_build_and_writes_nothing(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "INT8_MIN_TOP1", 1.01)
+    import dataclasses
+    from litelm_edge import backends
+    real = backends.precision
+    monkeypatch.setattr(backends, "precision", lambda b, p: dataclasses.replace(real(b, p), min_top1=1.01))
     with pytest.raises(UserError, match="parity failed"):
         export.build(tiny_run, "x86", tmp_path / "x", "int8", log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
@@ -81,12 +85,12 @@ def test_failed_parity_fails_the_build_and_writes_nothing(tiny_run, tmp_path, mo
 
 def test_float_artifact_claiming_int8_fails(tiny_run, tmp_path, monkeypatch):
     import shutil
-    from litelm_edge import backend_ort
+    from litelm_edge.backends.ort import build as ort_build
 
     def no_quantisation(src, dst):  # a quantiser that silently leaves float weights
         shutil.copy(src, dst)
         shutil.copy(src.parent / (src.name + ".data"), dst.parent / (src.name + ".data"))
-    monkeypatch.setattr(backend_ort, "quantize_int8", no_quantisation)
+    monkeypatch.setattr(ort_build, "quantize_int8", no_quantisation)
     with pytest.raises(UserError, match="quantiser did not apply"):
         export.build(tiny_run, "x86", tmp_path / "x", "int8", log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
@@ -110,7 +114,7 @@ def test_bench_fails_on_tampered_reference(artifact, tmp_path):
     shutil.copytree(artifact, bad)
     m = json.loads((bad / "manifest.json").read_text())
     m["reference"]["torch_greedy"] = [(t + 1) % m["model"]["vocab_size"] for t in m["reference"]["torch_greedy"]]
-    (bad / "manifest.json").write_text(json.dumps(m))
+    manifest.write(bad, m)  # a wrong reference under a valid id: the runner's parity must catch it
     r = bench(bad, dict(reps=1, warmup=0, iters=1, prompt_len=8, gen_len=2, concurrency=1, qps_iters=1), log=lambda m: None)
     assert not r["parity"]["ok"] and not r["ok"]
 
@@ -134,3 +138,14 @@ def test_shared_layers_build_as_int8_with_weights_stored_once(data_dir, tmp_path
     assert m["weight_bytes"]["int8"] == pytest.approx(2 * block, rel=0.03)
     assert m["weight_bytes"]["uint8"] == pytest.approx(emb, rel=0.01)
     assert m["weight_bytes"]["float32"] < 0.1 * m["weight_bytes"]["int8"]
+
+
+def test_local_bench_reads_energy_under_an_injected_sysfs_root(artifact, tmp_path):
+    """bench(sysfs_root=...) reaches the runner's energy meter: a fake RAPL counter is the sensor."""
+    zone = tmp_path / "sys/class/powercap/intel-rapl:0"
+    zone.mkdir(parents=True)
+    for name, text in {"name": "package-0", "energy_uj": "5", "max_energy_range_uj": "1000000000"}.items():
+        (zone / name).write_text(text)
+    r = bench(artifact, dict(reps=1, warmup=0, iters=1, prompt_len=8, gen_len=2, concurrency=1, qps_iters=1),
+              log=lambda m: None, sysfs_root=tmp_path / "sys")
+    assert r["energy"]["how"] == "measured (rapl:package-0)" and r["energy"]["j_per_inference"] == 0.0

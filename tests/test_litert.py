@@ -6,6 +6,7 @@ cannot be made. The conftest's trained 2-layer model converts in ~15 s per preci
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
@@ -17,9 +18,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import toolchain_or_skip  # noqa: E402
-from litelm_edge import backend_litert, checkpoint  # noqa: E402
+from litelm_edge import checkpoint  # noqa: E402
+from litelm_edge.backends.litert import build as litert_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
-from litelm_edge.litert_graph import CachedLM  # noqa: E402
+from litelm_edge.backends.litert.graph import CachedLM  # noqa: E402
 from litelm_edge.model import Transformer, preset  # noqa: E402
 
 TARGET = {"target": {"backend": "litert"}, "thresholds": {"max_size_mb": 15}}
@@ -58,24 +60,24 @@ def test_attention_windows_match_forward_across_buckets():
 
 def test_settings_and_size_verdict():
     with pytest.raises(UserError, match="multiple of prefill_len"):
-        backend_litert.settings({"litert": {"prefill_len": 64, "capacity": 100}})
+        litert_build.settings({"litert": {"prefill_len": 64, "capacity": 100}})
     with pytest.raises(UserError, match="unknown key"):
-        backend_litert.settings({"litert": {"thread": 4}})
+        litert_build.settings({"litert": {"thread": 4}})
     with pytest.raises(UserError, match=r"windows \[100, 512\] must be multiples of prefill_len 64 below"):
-        backend_litert.settings({"litert": {"windows": "128,100,512"}})
+        litert_build.settings({"litert": {"windows": "128,100,512"}})
     with pytest.raises(UserError, match="comma-separated integers"):
-        backend_litert.settings({}, {"windows": "128;256"})
-    assert backend_litert.settings({}, {"windows": "256, 128"})["windows"] == [128, 256]
-    assert backend_litert.settings({}, {"windows": ""})["windows"] == []
-    v = backend_litert.size_verdict(26_100_000, TARGET)
+        litert_build.settings({}, {"windows": "128;256"})
+    assert litert_build.settings({}, {"windows": "256, 128"})["windows"] == [128, 256]
+    assert litert_build.settings({}, {"windows": ""})["windows"] == []
+    v = litert_build.size_verdict(26_100_000, TARGET)
     assert not v["meets_size"] and "android-15mb" in v["size_note"]
-    assert backend_litert.size_verdict(14_700_000, TARGET)["meets_size"]
+    assert litert_build.size_verdict(14_700_000, TARGET)["meets_size"]
 
 
 @pytest.fixture(scope="module")
 def toolchain():
     pytest.importorskip("ai_edge_litert")
-    return toolchain_or_skip(backend_litert.python, "LiteRT")
+    return toolchain_or_skip(litert_build.python, "LiteRT")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,6 @@ def built(toolchain, data_dir, tmp_path_factory):
 
 
 def runtime(art_dir):
-    import json
     from litelm_edge.device_runner import open_runtime
     return open_runtime(art_dir, json.loads((Path(art_dir) / "manifest.json").read_text()), threads=1)
 
@@ -130,15 +131,16 @@ def test_golden_greedy_tokens_equal_torch(built):
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["cache-in-litert", "cache-through-numpy"])
-def test_decode_logits_equal_prefill_logits(built, monkeypatch, in_place):
+def test_decode_logits_equal_prefill_logits(built, in_place):
     """The cache a call leaves is the one the next call reads: decoding tokens 10..43 one by one
     gives the logits that one prefill of all 44 tokens gives at those positions (3 chunks, two
     windows), whether the cache stays inside LiteRT (CompiledModel) or travels through numpy."""
-    from litelm_edge import device_runner
-    if not in_place:
-        monkeypatch.setattr(device_runner, "_compiled_model_available", lambda: False)
-    rt = runtime(built["fp32"][0])
-    assert rt.cache_in_place == (in_place and device_runner._compiled_model_available())
+    from litelm_edge.backends.litert.runtime import LiteRTRuntime, compiled_model_available
+    if in_place and not compiled_model_available():
+        pytest.skip("ai_edge_litert has no CompiledModel here (< 2.0): caches go through numpy")
+    art = built["fp32"][0]
+    rt = LiteRTRuntime(art, json.loads((art / "manifest.json").read_text()), 1, in_place=in_place)
+    assert rt.cache_in_place == in_place
     ids = np.random.default_rng(2).integers(0, 512, 44)
     full = rt.prefill(ids)
     rt.prefill(ids[:10])
@@ -148,12 +150,12 @@ def test_decode_logits_equal_prefill_logits(built, monkeypatch, in_place):
 
 
 def test_int8_is_int8_and_passes_parity(built):
-    from litelm_edge.litert_inspect import weight_dtypes
+    from litelm_edge.backends.litert.inspect import weight_dtypes
     d, man = built["int8"]
     assert weight_dtypes(d / "model.tflite") == {"int8"} and man["weight_dtypes"] == ["int8"]
     assert man["parity"]["ok"] and man["parity"]["top1_agreement"] >= 0.95
     with pytest.raises(UserError, match="float32 weights"):  # a float file labelled int8 fails
-        backend_litert.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
+        litert_build.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
 
 
 def test_size_breakdown_sums_to_file_size(built):
@@ -182,7 +184,6 @@ def _emulator():
 def test_emulated_arm64_device_bench_remote_with_parity(built, tmp_path, monkeypatch):
     """`litelm-edge bench --remote` of the android INT8 artifact on an arm64 Debian (qemu-user),
     through ~/.ssh/config like a phone's Termux sshd: the device runner's on-device parity holds."""
-    import json
     import subprocess
     emu = _emulator()
     ok, why = emu.enable_binfmt()

@@ -12,6 +12,7 @@ import pytest
 from fake_artifact import make_artifact
 from litelm_edge import push as P
 from litelm_edge.config import UserError
+from litelm_edge.manifest import read_manifest
 from litelm_edge.remote import Remote, RemoteError
 from sshd import trust
 
@@ -36,7 +37,7 @@ def test_push_then_second_push_sends_nothing(sshd, ssh_home, art, monkeypatch):
     trust(ssh_home, sshd)
     with Remote(sshd.address) as r:
         first = P.push(r, art)
-        dest = sshd.dir / "device-cache/litelm-edge/artifacts" / P.artifact_id(art)
+        dest = sshd.dir / "device-cache/litelm-edge/artifacts" / read_manifest(art)["artifact_id"]
         assert first.remote_dir == str(dest)
         assert first.sent[-1] == "manifest.json" and first.skipped == []
         assert first.bytes_sent == sum(p.stat().st_size for p in art.rglob("*") if p.is_file())
@@ -89,7 +90,7 @@ def test_sshd_killed_mid_upload_then_next_push_completes(sshd, ssh_home, tmp_pat
     with Remote(sshd.address) as r:
         with pytest.raises(RemoteError, match=r"upload of big.bin failed after \d+ of 16000000"):
             P.push(r, art, progress=kill_midway)
-    dest = sshd.dir / "device-cache/litelm-edge/artifacts" / P.artifact_id(art)
+    dest = sshd.dir / "device-cache/litelm-edge/artifacts" / read_manifest(art)["artifact_id"]
     left = sorted(p.name for p in dest.iterdir())  # only hidden partials, never a final name
     assert left and all(n.startswith((".big.bin.", ".small.bin.")) and n.endswith(P.PART)
                         for n in left)
@@ -122,7 +123,7 @@ def test_disk_full(sshd, ssh_home, tmp_path, tiny_tmpfs, monkeypatch, precheck):
         with pytest.raises(RemoteError, match=r"disk full in .*MB free: free space") as e:
             P.push(r, art, root=str(tiny_tmpfs))
     assert "\n" not in str(e.value)
-    dest = tiny_tmpfs / "artifacts" / P.artifact_id(art)
+    dest = tiny_tmpfs / "artifacts" / read_manifest(art)["artifact_id"]
     finals = sorted(p.name for p in dest.iterdir())
     assert "manifest.json" not in finals and not [n for n in finals if n.endswith(P.PART)]
     assert all(_sha(dest / n) == _sha(art / n) for n in finals)

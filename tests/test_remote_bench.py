@@ -14,7 +14,8 @@ import onnxruntime
 import psutil
 import pytest
 
-from litelm_edge.device_runner import EnergyMeter
+from litelm_edge import manifest
+from litelm_edge.device_facts import EnergyMeter
 from litelm_edge.remote import RemoteError
 from litelm_edge.remote_bench import bench_remote
 from sshd import trust
@@ -111,7 +112,7 @@ def test_parity_mismatch_is_a_failed_bench(sshd, ssh_home, x86_art, tmp_path):
     shutil.copytree(x86_art, bad)
     m = json.loads((bad / "manifest.json").read_text())
     m["reference"]["artifact_last_logits"] = [v + 1.0 for v in m["reference"]["artifact_last_logits"]]
-    (bad / "manifest.json").write_text(json.dumps(m))
+    manifest.write(bad, m)  # a wrong reference under a valid id: the runner's parity must catch it
     r = bench_remote(sshd.address, bad, PROTO, python=sys.executable, log=lambda m: None)
     assert r["parity"]["ok"] is False and r["ok"] is False
     assert r["parity"]["max_abs_err_vs_host"] == pytest.approx(1.0, abs=1e-3)
@@ -119,7 +120,7 @@ def test_parity_mismatch_is_a_failed_bench(sshd, ssh_home, x86_art, tmp_path):
 
 def _runners() -> list:
     return [p for p in psutil.process_iter(["cmdline", "status"]) if p.info["status"] != "zombie"
-            and any("device_runner-" in a for a in p.info["cmdline"] or [])]
+            and any(a.endswith("/device_runner.py") for a in p.info["cmdline"] or [])]
 
 
 def test_runner_timeout_leaves_nothing_behind(sshd, ssh_home, x86_art):

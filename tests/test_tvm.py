@@ -13,7 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import toolchain_or_skip  # noqa: E402
-from litelm_edge import backend_tvm, checkpoint, export  # noqa: E402
+from litelm_edge import checkpoint, export  # noqa: E402
+from litelm_edge.backends.tvm import build as tvm_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
 
 EM_AARCH64 = 183  # ELF e_machine of aarch64
@@ -21,7 +22,7 @@ EM_AARCH64 = 183  # ELF e_machine of aarch64
 
 @pytest.fixture(scope="module")
 def tvm_python():
-    return toolchain_or_skip(backend_tvm.python, "TVM")
+    return toolchain_or_skip(tvm_build.python, "TVM")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_x86_greedy_tokens_equal_torch(builds, tiny_run, tvm_python, tmp_path):
     want = model.generate(prompt, 24)[0, 16:].tolist()
     lib = tmp_path / "lib"
     shutil.copytree(builds["x86"], lib)
-    rt = backend_tvm.HostParity(tvm_python, lib, manifest(builds["x86"]))
+    rt = tvm_build.HostParity(tvm_python, lib, manifest(builds["x86"]))
     try:
         assert greedy(rt, prompt[0].numpy(), 24) == want
     finally:
@@ -77,12 +78,13 @@ def test_rpi4_int8_is_a_quarter_and_agrees(builds):
 def test_missing_cross_compiler_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None if "aarch64" in name else "/usr/bin/" + name)
     with pytest.raises(UserError, match=r"^aarch64-linux-gnu-g\+\+ not found: apt-get install g\+\+-aarch64-linux-gnu"):
-        backend_tvm.check_cc({"cc": "aarch64-linux-gnu-g++", "cc_package": "g++-aarch64-linux-gnu"})
+        tvm_build.check_cc({"cc": "aarch64-linux-gnu-g++", "cc_package": "g++-aarch64-linux-gnu"})
 
 
 def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_path):
     """The tuner's loop with the device and builds faked: the data it keeps beside the artifact."""
-    from litelm_edge import export as export_mod, remote_bench, tvm_tune
+    from litelm_edge import export as export_mod, remote_bench
+    from litelm_edge.backends.tvm import tune as tvm_tune
     built = []
     monkeypatch.setattr(export_mod, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
     fake_ms = {(4, 16): 30.0, (8, 8): 20.0, (1, 32): 25.0}
@@ -95,8 +97,8 @@ def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_pa
 
 
 def test_tile_override_is_checked():
-    assert backend_tvm.tile_of({"tile": [4, 16]}, {"tvm.tile": "8,32"}) == [8, 32]
+    assert tvm_build.tile_of({"tile": [4, 16]}, {"tvm.tile": "8,32"}) == [8, 32]
     with pytest.raises(UserError, match="two positive ints"):
-        backend_tvm.tile_of({}, {"tvm.tile": "8"})
+        tvm_build.tile_of({}, {"tvm.tile": "8"})
     with pytest.raises(UserError, match="unknown --set key"):
-        backend_tvm.tile_of({}, {"tvm.tiles": "8,32"})
+        tvm_build.tile_of({}, {"tvm.tiles": "8,32"})

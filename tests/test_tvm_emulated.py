@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("torch")
 
 from conftest import toolchain_or_skip  # noqa: E402
-from litelm_edge import backend_tvm, export  # noqa: E402
+from litelm_edge import export  # noqa: E402
+from litelm_edge.backends.tvm import build as tvm_build  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
     "emulated_device", Path(__file__).resolve().parents[1] / "tools" / "emulated_device.py")
@@ -57,7 +58,7 @@ def test_rpi4_fp32_and_int8_run_on_emulated_pi(pi_home, tiny_run, data_dir, tmp_
     """Both builds pass on-device parity; int8 is judged against the fp32 bench for energy."""
     import json
     from litelm_edge.remote_bench import bench_remote
-    toolchain_or_skip(backend_tvm.python, "TVM")
+    toolchain_or_skip(tvm_build.python, "TVM")
     dev, baseline = pi_home, None
     for precision in ("fp32", "int8"):
         art = tmp_path / f"rpi4-{precision}"
@@ -80,8 +81,8 @@ def test_tune_on_emulated_pi_stores_the_database(pi_home, tiny_run, data_dir, tm
     """`build --tune --remote`'s loop against a device reached over SSH: every candidate built,
     pushed and timed there; the database beside the artifact says the timings were emulated."""
     import json
-    from litelm_edge import tvm_tune
-    toolchain_or_skip(backend_tvm.python, "TVM")
+    from litelm_edge.backends.tvm import tune as tvm_tune
+    toolchain_or_skip(tvm_build.python, "TVM")
     dev = pi_home
     monkeypatch.setattr(tvm_tune, "PROTOCOL", dict(tvm_tune.PROTOCOL, reps=1, warmup=0, prompt_len=16, gen_len=4))
     m = tvm_tune.tune(tiny_run, "rpi4", tmp_path / "art", f"{dev.user}@{dev.host}:{dev.port}", "int8", data_dir,

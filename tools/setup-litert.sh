@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python  # tools/setup.sh's venv
 "$PY" -c "import torch" 2>/dev/null || { echo "torch not installed: pip install torch==2.13.0 first" >&2; exit 2; }
-"$PY" -c "from litelm_edge import backend_litert; print('litert toolchain:', backend_litert.python(lambda m: print(m, flush=True)))"
+"$PY" -c "from litelm_edge.backends.litert import build; print('litert toolchain:', build.python(lambda m: print(m, flush=True)))"

@@ -13,4 +13,4 @@ if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v g++ >/dev/null;
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ g++-aarch64-linux-gnu >/dev/null
 fi
-"$PY" -c "from litelm_edge import backend_tvm; print('tvm toolchain:', backend_tvm.python())"
+"$PY" -c "from litelm_edge.backends.tvm import build; print('tvm toolchain:', build.python())"

@@ -7,7 +7,7 @@ Written as loops rather than scheduled, because two things the schedule could no
   - decode (M = 1): a GEMV that streams W along N, NJ1 columns a task, not a tile padded to MT rows.
 Each accumulator is one `local` buffer under 1024 bytes: TVM keeps smaller ones on the stack, where
 LLVM turns them into vector registers; a larger one goes to a heap workspace, read and written
-every k step. W is fp32, or int8 with one fp32 scale a column (weight-only, `tvm_graph.py`),
+every k step. W is fp32, or int8 with one fp32 scale a column (weight-only, `graph.py`),
 applied once to the finished sum: (sum_k a_k q_kj) s_j.
 """
 from __future__ import annotations

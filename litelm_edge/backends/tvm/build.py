@@ -1,11 +1,11 @@
-"""TVM backend: checkpoint -> a Relax VM library for any LLVM CPU target, cross-compiled.
+"""TVM backend, build side: checkpoint -> a Relax VM library for any LLVM CPU target, cross-compiled.
 
 The target TOML's [tvm] table is all a board needs:
     target = "raspberry-pi/4b-aarch64"   # a TVM tag, or a table {kind, mtriple, mcpu, mattr, num-cores}
     cc = "aarch64-linux-gnu-g++"         # links the library; omit for this machine
     cc_package = "g++-aarch64-linux-gnu" # named in the error when cc is missing
     tile = [4, 16]                       # optional register tile (rows x columns) of the matmuls
-The compiler runs in its own venv (toolchain.py) as `python -m litelm_edge.tvm_convert SPEC`.
+The compiler runs in its own venv (toolchain.py) as `python -m litelm_edge.backends.tvm.convert SPEC`.
 A cross-compiled library cannot run here, so the same module is also compiled for this machine
 and export checks parity on that one (HostParity), and on the device with `bench --remote`.
 """
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import toolchain
-from .config import UserError
-from .tvm_serve import recv, send
+from ... import toolchain
+from ...config import UserError
+from .. import BackendBuild, precision as precision_of
+from . import RUNTIME
+from .serve import recv, send
 
 VENV = "tvm-0.27"
 PACKAGES = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0", "safetensors>=0.4", "numpy"]
@@ -47,7 +49,7 @@ class HostParity:
     def __init__(self, py: Path, lib_dir: Path, manifest: dict):
         self.dir = lib_dir
         (lib_dir / "manifest.json").write_text(json.dumps(manifest))
-        self.proc = subprocess.Popen([str(py), "-m", "litelm_edge.tvm_serve", str(lib_dir),
+        self.proc = subprocess.Popen([str(py), "-m", "litelm_edge.backends.tvm.serve", str(lib_dir),
                                       str(lib_dir / "manifest.json")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=toolchain.src_env())
 
@@ -98,7 +100,8 @@ def _meta(ctx, convert: dict) -> dict:
             "compile_s": convert["compile_s"], "tvm": "0.27.0.post1"}
 
 
-def build(ctx) -> dict:
+def build(ctx) -> BackendBuild:
+    precision_of("tvm", ctx.precision)
     tvm_cfg = ctx.target.get("tvm", {})
     if "target" not in tvm_cfg:
         raise UserError("target TOML has no [tvm] target: add e.g. target = \"raspberry-pi/4b-aarch64\"")
@@ -110,10 +113,10 @@ def build(ctx) -> dict:
             "tile": tile_of(tvm_cfg, getattr(ctx, "recipe", {}) or {})}
     (host_dir / "spec.json").write_text(json.dumps(spec))
     ctx.log(f"tvm: compiling for {tvm_cfg['target']} ({ctx.precision})")
-    toolchain.run(py, "litelm_edge.tvm_convert", [str(host_dir / "spec.json")], ctx.log)
+    toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(host_dir / "spec.json")], ctx.log)
     convert = json.loads((Path(ctx.out_dir) / "convert.json").read_text())
     if not cc:  # a native build: the parity library is the shipped one
         shutil.copy(Path(ctx.out_dir) / "model.so", host_dir / "model.so")
     meta = _meta(ctx, convert)
-    return {"runtime": "tvm", "weight_bytes": convert["weight_bytes"],  # {dtype: bytes} embedded in model.so
-            "parity_runtime": HostParity(py, host_dir, {"tvm": meta}), "extra": {"tvm": meta}}
+    return BackendBuild(RUNTIME, convert["weight_bytes"], extra={"tvm": meta},  # {dtype: bytes} in model.so
+                        parity_runtime=HostParity(py, host_dir, {"tvm": meta}))

@@ -1,6 +1,6 @@
-"""LiteRT backend: a checkpoint -> model.tflite with prefill and decode signatures, for Android.
+"""LiteRT backend, build side: a checkpoint -> model.tflite with prefill and decode signatures.
 
-The conversion runs in the toolchain venv (`python()`, below) as `python -m litelm_edge.litert_convert`;
+The conversion runs in the toolchain venv (`python()`, below) as `python -m litelm_edge.backends.litert.convert`;
 this module only writes its inputs, checks what comes back, and says whether the size meets the
 target. Keys, from the target TOML's [litert] table (targets/android.toml):
   threads      XNNPACK threads on the device
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import toolchain
-from .config import UserError
-from .export import INT4_MIN_TOP1
+from ... import toolchain
+from ...config import UserError
+from .. import BackendBuild, precision as precision_of
+from . import RUNTIME
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
 # backtracks to litert-torch 0.8 with another torch. So the converter gets its own venv.
@@ -35,11 +36,6 @@ def python(log=lambda msg: None) -> Path:
 
 DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0, windows="128")
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
-# Top-1 agreement with torch that parity demands. INT8 keeps export's 0.95. INT4 blockwise flips
-# more near-ties (0.90-0.95 on tiny and minimind-26m; +1.7 to +2.5 % perplexity on a trained
-# minimind-26m, docs/android.md), so it is held to export's INT4_MIN_TOP1 and judged by perplexity
-# too (benchmarks/litert_ppl.py).
-MIN_TOP1 = {"int4-b32": INT4_MIN_TOP1, "int4-b64": INT4_MIN_TOP1}
 
 
 def settings(target: dict, recipe: dict | None = None) -> dict:
@@ -82,7 +78,7 @@ def _convert(py: Path, spec: dict, log) -> dict:
     spec_path = Path(spec["out_dir"]) / "spec.json"
     spec_path.write_text(json.dumps(spec))
     log(f"litert: converting ({spec['precision']}) with {py}")
-    toolchain.run(py, "litelm_edge.litert_convert", [str(spec_path)], log)
+    toolchain.run(py, "litelm_edge.backends.litert.convert", [str(spec_path)], log)
     return json.loads((Path(spec["out_dir"]) / "convert.json").read_text())
 
 
@@ -107,10 +103,8 @@ def size_verdict(size: int, target: dict) -> dict:
     return dict(meets_size=ok, size_note=note)
 
 
-def build(ctx) -> dict:
-    from .litert_convert import PRECISIONS
-    if ctx.precision not in PRECISIONS:
-        raise UserError(f"unknown precision '{ctx.precision}' for litert, have: {', '.join(PRECISIONS)}")
+def build(ctx) -> BackendBuild:
+    precision_of("litert", ctx.precision)
     s = settings(ctx.target, getattr(ctx, "recipe", None))
     py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
@@ -129,8 +123,4 @@ def build(ctx) -> dict:
                  convert_s=report["convert_s"], quantize_s=report["quantize_s"], threads=s["threads"],
                  prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
                  windows=s["windows"], **verdict)
-    res = {"runtime": "litert", "tools": ("ai_edge_litert",), "extra": extra,
-           "weight_bytes": report["breakdown"]["weights_by_dtype"]}
-    if ctx.precision in MIN_TOP1:
-        res["min_top1"] = MIN_TOP1[ctx.precision]
-    return res
+    return BackendBuild(RUNTIME, report["breakdown"]["weights_by_dtype"], ("ai_edge_litert",), extra)

@@ -1,6 +1,6 @@
 """`build --tune --remote ADDRESS`: pick the matmul register tile on the real device.
 
-The schedule's search space is the register tile (MT rows x NJ columns, `tvm_schedule.py`). Each
+The schedule's search space is the register tile (MT rows x NJ columns, `schedule.py`). Each
 candidate is built (with the usual parity check), pushed and benched on the device with a short
 protocol by `bench_remote`; the fastest (mean prefill-64 ms + mean decode ms x 8) wins, the final
 artifact is built with it, and the database of every candidate's timings is stored beside the
@@ -25,8 +25,8 @@ def score(res: dict) -> float:
 
 def tune(checkpoint, target: str, out, remote: str, precision=None, data=None, sets=None,
          log=print, candidates=CANDIDATES) -> dict:
-    from .export import build
-    from .remote_bench import bench_remote
+    from ...export import build
+    from ...remote_bench import bench_remote
     sets = dict(sets or {})
     db = {"target": target, "remote": remote, "protocol": PROTOCOL, "candidates": []}
     tmp = Path(tempfile.mkdtemp(prefix="litelm-tvm-tune-"))

@@ -1,6 +1,6 @@
 """Host-side parity server: runs TvmRuntime on this machine's library inside the TVM venv.
 
-    python -m litelm_edge.tvm_serve LIB_DIR MANIFEST.json
+    python -m litelm_edge.backends.tvm.serve LIB_DIR MANIFEST.json
 
 The main environment cannot import TVM (it conflicts with other toolchains), so export's parity
 check talks to this process over pipes: each request is one int64 array in .npy format
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from litelm_edge.device_runner import TvmRuntime
+from litelm_edge.backends.tvm.runtime import TvmRuntime
 
 
 def send(f, arr: np.ndarray):

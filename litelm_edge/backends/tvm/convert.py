@@ -1,6 +1,6 @@
 """Checkpoint -> model.so (a Relax VM library), run inside the TVM toolchain venv.
 
-    python -m litelm_edge.tvm_convert SPEC.json
+    python -m litelm_edge.backends.tvm.convert SPEC.json
 
 SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"), target (a TVM tag string or a target
 dict), cc (the C++ compiler that links the target's library), host_dir (null, or a folder for
@@ -34,15 +34,15 @@ def relax_module(checkpoint: str, precision: str):
     import torch
     from tvm.relax.frontend.torch import from_exported_program
     from litelm_edge.checkpoint import load
-    from litelm_edge import tvm_graph
+    from litelm_edge.backends.tvm import graph
     model, _, _ = load(checkpoint)
-    tvm_graph.prepare(model.float().eval(), precision)
+    graph.prepare(model.float().eval(), precision)
     nbytes: dict[str, int] = {}
     for t in model.buffers():
         name = str(t.dtype).removeprefix("torch.")  # "int8", "float32": the names export checks
         nbytes[name] = nbytes.get(name, 0) + t.numel() * t.element_size()
     with torch.no_grad():
-        mod = from_exported_program(tvm_graph.export(model))
+        mod = from_exported_program(graph.export(model))
     mod["forward"] = mod["main"].with_attr("global_symbol", "forward")
     del mod["main"]
     return mod, nbytes
@@ -52,7 +52,7 @@ def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = T
     """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`."""
     import tvm
     from tvm.support import cc as tvm_cc
-    from litelm_edge import tvm_schedule
+    from litelm_edge.backends.tvm import schedule as tvm_schedule
     t0 = time.time()
     pipeline = tvm_schedule.pipeline(target, tile) if schedule else "default"
     with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
@@ -63,7 +63,7 @@ def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = T
 
 def main(spec_path: str) -> int:
     from tvm.target import Target
-    from litelm_edge.tvm_schedule import DEFAULT_TILE
+    from litelm_edge.backends.tvm.schedule import DEFAULT_TILE
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])
     tile = tuple(spec.get("tile") or DEFAULT_TILE)

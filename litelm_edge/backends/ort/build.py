@@ -1,4 +1,4 @@
-"""ONNX Runtime backend (target x86 and any CPU with an ORT wheel).
+"""ONNX Runtime backend, build side: a checkpoint -> decoder.onnx (the table is in __init__.py).
 
 One ONNX graph, `decoder.onnx`, serves both entry points and stores the weights once:
   prefill: input_ids (1, T) with empty past (P = 0)  -> logits (1, T, V), present k/v (L, 1, nkv, T, hd)
@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import UserError
-from .export import INT4_MIN_TOP1
+from .. import BackendBuild, precision as precision_of
+from . import RUNTIME
 
 GRAPH = "decoder.onnx"
 
@@ -96,9 +96,6 @@ def quantize_int8(src: Path, dst: Path):
     dedupe_initializers(dst)
 
 
-BLOCKS = {"int8-b32": (8, 32), "int4-b32": (4, 32), "int4-b64": (4, 64)}
-
-
 def quantize_blocks(src: Path, dst: Path, bits: int, block: int):
     """Weight-only int{bits} MatMuls in blocks along K (MatMulNBits), then the Gather as uint8."""
     import logging
@@ -148,12 +145,10 @@ def weight_bytes(path: Path) -> dict:
     return out
 
 
-def build(ctx) -> dict:
+def build(ctx) -> BackendBuild:
     import logging
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
-    have = ("fp32", "int8", *BLOCKS)
-    if ctx.precision not in have:
-        raise UserError(f"unknown precision '{ctx.precision}' for onnxruntime, have: {', '.join(have)}")
+    spec = precision_of("ort", ctx.precision)
     out = Path(ctx.out_dir)
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
@@ -166,11 +161,10 @@ def build(ctx) -> dict:
             quantize_int8(work / GRAPH, out / GRAPH)
         else:
             ctx.log(f"quantising to {ctx.precision} (weight-only blocks, MatMulNBits) ...")
-            quantize_blocks(work / GRAPH, out / GRAPH, *BLOCKS[ctx.precision])
+            quantize_blocks(work / GRAPH, out / GRAPH, spec.bits, spec.block)
         for p in work.iterdir():
             os.remove(p)
         work.rmdir()
-    more = {"min_top1": INT4_MIN_TOP1} if BLOCKS.get(ctx.precision, (8,))[0] == 4 else {}
-    return {**more, "runtime": "onnxruntime", "weight_bytes": weight_bytes(out / GRAPH), "tools": ("onnx", "onnxruntime", "onnxscript"),
-            "extra": {"graphs": {"decoder": GRAPH}, "entry_points": {
-                "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}}}
+    return BackendBuild(RUNTIME, weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxscript"),
+                        {"graphs": {"decoder": GRAPH}, "entry_points": {
+                            "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}})

@@ -1,10 +1,11 @@
 """Checkpoint -> model.tflite, run inside the LiteRT toolchain venv (litert-torch, ai-edge-quantizer).
 
-    python -m litelm_edge.litert_convert SPEC.json
+    python -m litelm_edge.backends.litert.convert SPEC.json
 
 SPEC: {checkpoint, out_dir, precision, prefill_len, capacity, mask_value, windows (attention
-windows below capacity), calib (npz of held-out windows, or null)}. Writes out_dir/model.tflite and out_dir/convert.json (timings, size breakdown,
-weight dtypes). One precision is one quantization recipe, listed in PRECISIONS.
+windows below capacity), calib (npz of held-out windows, or null)}. Writes out_dir/model.tflite
+and out_dir/convert.json (timings, size breakdown, weight dtypes). One precision (the table in
+__init__.py) is one quantization recipe, `_recipe`.
 """
 from __future__ import annotations
 
@@ -13,13 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-PRECISIONS = {  # name -> what ai-edge-quantizer does to the float model
-    "fp32": None,
-    "int8": "INT8 weights per channel, activations quantized on the fly (dynamic_wi8_afp32)",
-    "int8-full": "INT8 weights and activations (static_wi8_ai8), calibrated on held-out text",
-    "int4-b32": "INT4 weights in blocks of 32 with fp16 scales, embeddings included",
-    "int4-b64": "INT4 weights in blocks of 64 with fp16 scales, embeddings included (recipes/android-15mb)",
-}
+from litelm_edge.backends.litert import PRECISIONS
 
 
 def _recipe(precision: str):
@@ -44,7 +39,7 @@ def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: fl
     """Trace `prefill_W` (1, prefill_len) and `decode_W` (1, 1) signatures for every attention
     window W (`windows` plus the capacity), all sharing one set of weights and the same caches."""
     import litert_torch
-    from .litert_graph import CachedLM, litert_update
+    from .graph import CachedLM, litert_update
     conv = litert_torch
     for w in sorted(set(windows) | {capacity}):
         g = CachedLM(model, capacity, mask_value, update=litert_update, window=w).eval()
@@ -99,7 +94,7 @@ def strip_names(path: Path) -> int:
     earlier signature (each signature repeats its ~600 tensors with long litert-torch scope names:
     ~40 kB a signature, which int4-b32 cannot afford under 15 MB). Signature inputs and outputs
     keep their names (the SignatureDefs hold them); the first name of each weight stays for
-    litert_inspect's breakdown. Returns the bytes saved."""
+    inspect.breakdown. Returns the bytes saved."""
     from ai_edge_litert.tools import flatbuffer_utils as fu
     before = path.stat().st_size
     model = fu.read_model_from_bytearray(bytearray(path.read_bytes()))
@@ -117,12 +112,13 @@ def strip_names(path: Path) -> int:
 
 def main(spec_path: str) -> int:
     import numpy as np
-    from .checkpoint import load
-    from .litert_inspect import breakdown, weight_dtypes
+    from ...checkpoint import load
+    from .inspect import breakdown, weight_dtypes
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])
-    if spec["precision"] not in PRECISIONS:
-        raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(PRECISIONS)}")
+    have = [p.name for p in PRECISIONS]
+    if spec["precision"] not in have:
+        raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(have)}")
     model = load(spec["checkpoint"])[0]
     t0 = time.time()
     float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")

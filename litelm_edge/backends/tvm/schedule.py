@@ -7,7 +7,7 @@ on one core (~16x slower than torch). Here:
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
   2. LegalizeOps lowers everything to TIR; FuseTIR merges each pattern group into one PrimFunc.
   3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) and the attention scores with the
-     hand-written TIR of `tvm_gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
+     hand-written TIR of `gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
      and a GEMV for decode); any other matmul (attention x V) is scheduled here: tiled into a
      register block, the (K, N) operand streamed along N with vector loads, parallel over column
      tiles (and batch), the dequantisation inlined into the inner loop.
@@ -21,7 +21,7 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
 
-from litelm_edge import tvm_gemm
+from litelm_edge.backends.tvm import gemm as tvm_gemm
 
 # Split a tiled loop over the symbolic T into full tiles (no bounds test in the inner loops) and a
 # tail: the register tile's row predicate otherwise sits inside the k loop.

@@ -1,0 +1,22 @@
+"""LiteRT backend (target android): its runtime and precisions, one ai-edge-quantizer recipe each.
+
+Build side: build.py (drives convert.py in the LiteRT venv: graph.py; inspect.py reads the
+.tflite back). Device side: runtime.py.
+"""
+from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
+
+RUNTIME = "litert"
+# INT4 blockwise flips more near-ties (0.90-0.95 on tiny and minimind-26m; +1.7 to +2.5 %
+# perplexity on a trained minimind-26m, docs/android.md): held to INT4_MIN_TOP1 and judged by
+# perplexity too (benchmarks/litert_ppl.py). Scales are fp16.
+PRECISIONS = (
+    FP32,
+    Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
+              "INT8 weights per channel, activations quantized on the fly (dynamic_wi8_afp32)"),
+    Precision("int8-full", 8, None, INT8_MIN_TOP1, 0.25,
+              about="INT8 weights and activations (static_wi8_ai8), calibrated on held-out text"),
+    Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.14,
+              about="INT4 weights in blocks of 32 with fp16 scales, embeddings included"),
+    Precision("int4-b64", 4, 64, INT4_MIN_TOP1, 0.13,
+              about="INT4 weights in blocks of 64 with fp16 scales, embeddings included (recipes/android-15mb)"),
+)

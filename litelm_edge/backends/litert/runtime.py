@@ -1,0 +1,175 @@
+"""LiteRT on the device: model.tflite with prefill/decode signatures per attention window, the
+KV cache kept inside LiteRT between calls.
+
+Device side: needs only numpy and ai-edge-litert (no litelm_edge import); uploaded beside the
+runner. The API is ort/runtime.py's.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PACKAGES = ["ai-edge-litert", "numpy"]  # Linux/Android-Termux arm64 and x86_64 wheels on PyPI
+MODULE = "ai_edge_litert"
+
+TFLITE_RUNTIME_WARNING = ("warning: ai_edge_litert not found, using tflite_runtime: tflite-runtime 2.14 "
+                          "gives wrong answers on these files (on-device parity will tell); "
+                          "pip install ai-edge-litert")
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+    except ImportError as e:
+        raise ImportError("ai_edge_litert is not installed", name="ai_edge_litert") from e
+    print(f"[runner] {TFLITE_RUNTIME_WARNING}", file=sys.stderr, flush=True)
+    return Interpreter, "tflite_runtime"
+
+
+class _InterpreterCaches:
+    """Caches through numpy: the classic Interpreter's signature runner copies every input in and
+    every output out (tflite_runtime, and ai_edge_litert without CompiledModel)."""
+
+    def __init__(self, it, details: dict):
+        self.sig = {s: it.get_signature_runner(s) for s in details}
+        self.names, self.cache = [], {}
+
+    def reset(self, zeros: dict):
+        self.names, self.cache = list(zeros), dict(zeros)
+
+    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        out = self.sig[sig](tokens=tokens[None], input_pos=positions, **self.cache)
+        self.cache = {n: out[n] for n in self.names}
+        return out["logits"]
+
+
+class _CompiledCaches:
+    """Caches kept inside LiteRT: ai_edge_litert's CompiledModel, each cache one TensorBuffer bound
+    as both the input and the output of every signature, so dynamic_update_slice writes the new
+    positions in place and nothing of the cache crosses into Python between tokens."""
+
+    def __init__(self, path: Path, threads: int, details: dict):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import CpuOptions, Options
+        opts = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads))
+        self.cm = CompiledModel.from_file(str(path), options=opts)
+        self.details, self.cache = details, {}
+        self.io = {s: (self.cm.create_input_buffer_by_name(s, "tokens"),
+                       self.cm.create_input_buffer_by_name(s, "input_pos"),
+                       self.cm.create_output_buffer_by_name(s, "logits")) for s in details}
+
+    def reset(self, zeros: dict):
+        if not self.cache:  # one buffer per cache, shared by every signature
+            sig = next(iter(self.details))
+            self.cache = {n: self.cm.create_input_buffer_by_name(sig, n) for n in zeros}
+        for n, z in zeros.items():
+            self.cache[n].write(z)
+
+    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        tok, pos, logits = self.io[sig]
+        tok.write(tokens[None])
+        pos.write(positions)
+        self.cm.run_by_name(sig, {"tokens": tok, "input_pos": pos, **self.cache}, {"logits": logits, **self.cache})
+        d = self.details[sig][1]["logits"]
+        return logits.read(int(np.prod(d["shape"])), d["dtype"]).reshape(d["shape"])
+
+
+def compiled_model_available() -> bool:
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel  # noqa: F401  (ai_edge_litert >= 2.0)
+        return True
+    except ImportError:
+        return False
+
+
+class LiteRTRuntime:
+    """model.tflite with prefill and decode signatures per attention window (`prefill_<W>`,
+    `decode_<W>`: the call attends over cache positions < W; files built before windows have
+    `prefill` and `decode`, W = capacity). Each call takes the smallest window that holds every
+    position written so far. The KV cache stays inside LiteRT between calls where CompiledModel
+    exists (`cache_in_place`; `in_place=False` forces the numpy path), else it travels through
+    numpy. Full-integer INT8 models have int8 inputs/outputs: values are (de)quantized with each
+    tensor's scale and zero point, so callers always see float32 logits."""
+
+    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, in_place: bool | None = None):
+        Interpreter, self.runtime_name = _interpreter_class()
+        path = Path(art_dir) / manifest.get("graphs", {}).get("model", "model.tflite")
+        threads = threads or manifest.get("threads") or 1
+        it = Interpreter(model_path=str(path), num_threads=threads)  # reads the signatures' details
+        self.details = {s: (it.get_signature_runner(s).get_input_details(),
+                            it.get_signature_runner(s).get_output_details()) for s in it.get_signature_list()}
+        ins = self.details[next(s for s in self.details if s.startswith("prefill"))][0]
+        self.cache_names = sorted(n for n in ins if n[:2] in ("k_", "v_"))
+        self.prefill_len = int(ins["tokens"]["shape"][1])
+        self.capacity = int(ins[self.cache_names[0]]["shape"][2])
+        self.windows = {kind: sorted((int(s.partition("_")[2] or self.capacity), s) for s in self.details
+                                     if s.partition("_")[0] == kind) for kind in ("prefill", "decode")}
+        if in_place is None:
+            in_place = self.runtime_name == "ai_edge_litert" and compiled_model_available()
+        self.cache_in_place = in_place
+        self.engine = _CompiledCaches(path, threads, self.details) if in_place else _InterpreterCaches(it, self.details)
+        self.pos = 0
+
+    @staticmethod
+    def _to(detail: dict, x: np.ndarray) -> np.ndarray:
+        """float -> the tensor's dtype, quantizing when the model takes integer activations."""
+        dt = np.dtype(detail["dtype"])
+        if dt.kind == "f" or x.dtype == dt:
+            return x.astype(dt, copy=False)
+        scale, zp = detail["quantization"]
+        info = np.iinfo(dt)
+        return np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dt)
+
+    @staticmethod
+    def _from(detail: dict, y: np.ndarray) -> np.ndarray:
+        if np.dtype(detail["dtype"]).kind == "f":
+            return y.astype(np.float32, copy=False)
+        scale, zp = detail["quantization"]
+        return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
+
+    def _run(self, kind: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        last = int(positions[-1])
+        sig = next(s for w, s in self.windows[kind] if last < w)  # the smallest window holding `last`
+        ins, outs = self.details[sig]
+        y = self.engine.run(sig, tokens.astype(ins["tokens"]["dtype"]), positions.astype(ins["input_pos"]["dtype"]))
+        return self._from(outs["logits"], y)[0]  # (T, V)
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        """ids (T,) int64 -> logits (T, V) float32; resets the cache, runs in prefill_len chunks."""
+        ids = np.asarray(ids, np.int64)
+        if len(ids) > self.capacity:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds the cache capacity {self.capacity}: "
+                             "rebuild with a larger --set litert.capacity")
+        ins = next(iter(self.details.values()))[0]  # zeros: stale entries would leak through the finite mask
+        self.engine.reset({n: self._to(ins[n], np.zeros(ins[n]["shape"], np.float32)) for n in self.cache_names})
+        P, logits = self.prefill_len, []
+        for s in range(0, len(ids), P):
+            chunk = ids[s:s + P]
+            n = len(chunk)
+            padded = np.zeros(P, np.int64)
+            padded[:n] = chunk  # padding writes cache slots past the prompt; the mask hides them
+            if s + P > self.capacity:  # dynamic_update_slice would clamp the write to a wrong slot
+                raise ValueError(f"prompt chunk at {s} does not fit capacity {self.capacity}: "
+                                 "use a capacity that is a multiple of prefill_len")
+            logits.append(self._run("prefill", padded, np.arange(s, s + P))[:n])
+        self.pos = len(ids)
+        return np.concatenate(logits)
+
+    def decode(self, token: int) -> np.ndarray:
+        """One token at the current position -> logits (V,)."""
+        if self.pos >= self.capacity:
+            raise ValueError(f"KV cache full ({self.capacity} tokens): rebuild with a larger capacity")
+        y = self._run("decode", np.array([token], np.int64), np.array([self.pos]))[0]
+        self.pos += 1
+        return y
+
+
+Runtime = LiteRTRuntime

@@ -1,0 +1,16 @@
+"""ONNX Runtime backend (target x86 and any CPU with an ORT wheel): its runtime and precisions.
+
+Build side: build.py (torch.export -> ONNX, ORT quantisers). Device side: runtime.py.
+"""
+from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
+
+RUNTIME = "onnxruntime"
+PRECISIONS = (
+    FP32,
+    Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
+              "ORT dynamic W8A8: per-channel int8 MatMul weights, uint8 activations per call"),
+    Precision("int8-b32", 8, 32, INT8_MIN_TOP1, 0.28,
+              about="weight-only int8 in blocks of 32 (MatMulNBits): fp32 perplexity"),
+    Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.16, about="weight-only int4 in blocks of 32 (MatMulNBits)"),
+    Precision("int4-b64", 4, 64, INT4_MIN_TOP1, 0.14, about="weight-only int4 in blocks of 64 (MatMulNBits)"),
+)

@@ -1,0 +1,47 @@
+"""Apache TVM on the device: the Relax VM library `model.so`, one function `forward(idx, k, v)`
+serving prefill (empty cache) and decode (T = 1).
+
+Device side: needs only numpy and the apache-tvm wheel (no litelm_edge import); uploaded beside
+the runner, and run by serve.py in the TVM venv for the host parity check. TVM_USE_RUNTIME_LIB=1
+loads only libtvm_runtime.so (3 MB), never the 250 MB compiler; the cache stays a TVM tensor
+between decode steps. The API is ort/runtime.py's.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+# aarch64 and x86_64 wheels; only the runtime library is loaded
+PACKAGES = ["numpy", "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"]
+MODULE = "tvm"
+
+
+class TvmRuntime:
+    def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+        if threads:
+            os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
+        import tvm  # ImportError: the runner says how to install PACKAGES
+        from tvm.runtime import vm as tvm_vm
+        meta = manifest["tvm"]
+        self.tensor = tvm.runtime.tensor
+        lib = tvm.runtime.load_module(str(Path(art_dir) / meta["library"]))
+        self.fn = tvm_vm.VirtualMachine(lib, tvm.cpu())[meta.get("entry", "forward")]
+        self.empty = np.zeros(meta["cache_shape"], np.float32)  # (n_layer, 1, n_kv_head, 0, hd)
+        self.k = self.v = None
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        logits, self.k, self.v = self.fn(self.tensor(np.asarray(ids, np.int64).reshape(1, -1)), self.k, self.v)
+        return logits.numpy()[0]  # (T, V)
+
+    def prefill(self, ids):
+        self.k, self.v = self.tensor(self.empty), self.tensor(self.empty)
+        return self._run(ids)
+
+    def decode(self, token):
+        return self._run(np.array([token], np.int64))[0]
+
+
+Runtime = TvmRuntime

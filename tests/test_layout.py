@@ -1,0 +1,130 @@
+"""The package's shape: no import cycles, no module over 400 lines, target names only in backends,
+device-side files that import no litelm_edge, and backends found by name."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "litelm_edge"
+MAX_LINES = 400
+TARGETS = sorted(p.stem for p in (PKG.parent / "targets").glob("*.toml"))
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The litelm_edge modules `name` imports, at module level or inside functions."""
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {n: imports(n, p, set(mods)) for n, p in mods.items()}
+
+
+def cycle(g: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (c := visit(m)):
+                return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(g):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def test_import_graph_has_no_cycle():
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
+    g = graph()
+    assert cycle(g) is None, " -> ".join(cycle(g))
+    assert "litelm_edge.export" in g["litelm_edge.backends.tvm.tune"]  # the walk sees function-level imports
+
+
+def test_no_module_over_the_line_budget():
+    long = {n: len(p.read_text().splitlines()) for n, p in modules().items()}
+    assert {n: k for n, k in long.items() if k > MAX_LINES} == {}
+
+
+def test_device_side_files_import_no_litelm_edge():
+    """What a device receives needs only numpy and its runtime."""
+    mods = modules()
+    device = ["litelm_edge.device_runner", "litelm_edge.device_facts"] + [
+        n for n in mods if re.fullmatch(r"litelm_edge\.backends\.\w+\.runtime", n)]
+    assert len(device) >= 5
+    for n in device:
+        tree = ast.parse(mods[n].read_text())
+        names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+        names += [node.module or "." for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0]
+        assert not [m for m in names if m.startswith("litelm_edge")], n
+
+
+def test_target_names_only_inside_backends():
+    """No code outside litelm_edge/backends/ tests a target's name (strings in code, not comments)."""
+    assert {"x86", "rpi4", "android"} <= set(TARGETS)
+    for n, p in modules().items():
+        if n.startswith("litelm_edge.backends"):
+            continue
+        tree = ast.parse(p.read_text())
+        docs = {id(b.body[0].value) for b in ast.walk(tree)
+                if isinstance(b, (ast.Module, ast.FunctionDef, ast.ClassDef)) and b.body
+                and isinstance(b.body[0], ast.Expr) and isinstance(b.body[0].value, ast.Constant)}
+        strings = [c.value for c in ast.walk(tree) if isinstance(c, ast.Constant)
+                   and isinstance(c.value, str) and id(c) not in docs]
+        assert not [s for s in strings if s in TARGETS], n
+
+
+@pytest.mark.parametrize("name", ["ort", "tvm", "litert"])
+def test_every_backend_has_the_three_parts(name):
+    from litelm_edge import backends
+    pkg = backends.load(name)
+    assert pkg.RUNTIME and pkg.PRECISIONS[0].name == "fp32"
+    assert {p.name for p in pkg.PRECISIONS} >= {"fp32", "int8"}
+    assert all(0 < p.size_ratio <= 1 and p.bits in (4, 8, 32) for p in pkg.PRECISIONS)
+    assert (PKG / "backends" / name / "build.py").is_file() and (PKG / "backends" / name / "runtime.py").is_file()
+
+
+def test_unknown_backend_and_precision_are_one_line_errors():
+    from litelm_edge import backends
+    from litelm_edge.config import UserError
+    with pytest.raises(UserError, match=r"unknown backend 'npu', have: litert, ort, tvm"):
+        backends.load("npu")
+    with pytest.raises(UserError, match=r"unknown precision 'int4-b32' for tvm, have: fp32, int8"):
+        backends.precision("tvm", "int4-b32")
+
+
+def test_docs_print_the_precision_tables():
+    from litelm_edge.backends import precisions_markdown
+    assert precisions_markdown() in (PKG.parent / "docs" / "backends.md").read_text()
