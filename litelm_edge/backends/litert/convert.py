@@ -90,11 +90,11 @@ def quantize(float_path: Path, path: Path, precision: str, calib: list | None, p
 
 
 def strip_names(path: Path) -> int:
-    """Drop the debug names of tensors that hold no weights, and of weights already named in an
-    earlier signature (each signature repeats its ~600 tensors with long litert-torch scope names:
-    ~40 kB a signature, which int4-b32 cannot afford under 15 MB). Signature inputs and outputs
-    keep their names (the SignatureDefs hold them); the first name of each weight stays for
-    inspect.breakdown. Returns the bytes saved."""
+    """Shrink the debug names: every signature repeats its ~650 tensors under long litert-torch
+    scope names (~50 kB a signature, which int4-b32 cannot afford under 15 MB). Tensors that hold
+    no weights lose their names (signature inputs and outputs keep theirs: the SignatureDefs hold
+    them); a weight keeps the last two scopes of its last fused name ('MLP_mlp/Linear_up_proj',
+    what inspect.breakdown reads) where it first appears and no name after. Returns the bytes saved."""
     from ai_edge_litert.tools import flatbuffer_utils as fu
     before = path.stat().st_size
     model = fu.read_model_from_bytearray(bytearray(path.read_bytes()))
@@ -102,10 +102,12 @@ def strip_names(path: Path) -> int:
     for sg in model.subgraphs:
         for t in sg.tensors:
             data = model.buffers[t.buffer].data if t.buffer else None
+            name = t.name.decode() if isinstance(t.name, bytes) else str(t.name or "")
+            t.name = ""
             if data is not None and len(data) and t.buffer not in named:
                 named.add(t.buffer)
-            else:
-                t.name = ""
+                scope = [part for part in name.split(";") if "/" in part] or [name]  # fused ops join names by ';'
+                t.name = "/".join(c.rsplit(".", 1)[-1] for c in scope[-1].split("/")[-2:])
     fu.write_model(model, str(path))
     return before - path.stat().st_size
 
