@@ -51,7 +51,9 @@ def litert_round(rt, prompt: np.ndarray, iters: int, gen: int) -> dict:
 
 
 def ggufs(checkpoint: Path, precisions: list[str], log) -> dict:
-    work = _llamacpp.CACHE / "gguf" / checkpoint.resolve().name
+    training = checkpoint / "training.json"  # the weights' hash names the cache folder
+    key = json.loads(training.read_text()).get("model_sha256", "")[:12] if training.is_file() else ""
+    work = _llamacpp.CACHE / "gguf" / (key or checkpoint.resolve().name)
     f32 = _llamacpp.convert(checkpoint, "f32", work, log)
     return {p: f32 if EQUAL_BITS[p] == "f32" else _llamacpp.quantize(f32, EQUAL_BITS[p], log) for p in precisions}
 
@@ -67,6 +69,10 @@ def run(a) -> dict:
     if unknown:
         raise SystemExit(f"unknown precision(s) {sorted(unknown)}, have: {', '.join(EQUAL_BITS)}")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if a.llama_args:  # e.g. --repack 0 where AMX tile loads trap (a VM without AMX state)
+        run_ = _llamacpp._run
+        _llamacpp._run = lambda cmd, *k, **kw: run_(cmd + a.llama_args.split() if "llama-bench" in str(cmd[0])
+                                                    else cmd, *k, **kw)
     models = ggufs(Path(a.checkpoint), list(arts), log)
     rts = {p: LiteRTRuntime(Path(d), {}, a.threads) for p, d in arts.items()}
     prompt = np.random.default_rng(0).integers(0, 256, a.prompt)  # ids present in every vocab
@@ -80,7 +86,8 @@ def run(a) -> dict:
                 rows[p]["llama"].append(ll)
         log(f"round {r}/{a.rounds} done, load {os.getloadavg()[0]:.1f}")
     out = {"cpu": cpu_name(), "threads": a.threads, "prompt": a.prompt, "gen": a.gen, "rounds": a.rounds,
-           "iters": a.iters, "machine": "host (not a phone)", "llama_cpp": _llamacpp.VERSION, "results": {}}
+           "iters": a.iters, "machine": "host (not a phone)", "llama_cpp": _llamacpp.VERSION,
+           "llama_args": a.llama_args, "results": {}}
     for p, rr in rows.items():
         pre = [x for lt in rr["litert"] for x in lt["prefill_ms"]]
         res = {"litert_prefill_ms": {"p50": float(np.percentile(pre, 50)), "p99": float(np.percentile(pre, 99)),
@@ -124,6 +131,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--llama-args", default="", help="extra llama-bench arguments, e.g. '--repack 0'")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     o = run(a)
