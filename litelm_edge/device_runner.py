@@ -94,11 +94,37 @@ def runtime_module(backend: str):
     return _RUNTIMES[backend]
 
 
+def affinity() -> list[int]:
+    """The CPUs this process may run on (taskset, cgroup cpusets), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: every CPU
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (taskset's notation)."""
+    out, start = [], None
+    for i, c in enumerate(cpus):
+        start = c if start is None else start
+        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
+            out.append(f"{start}-{c}" if c != start else str(c))
+            start = None
+    return ",".join(out)
+
+
+def default_threads(manifest: dict, threads: int | None = None) -> int:
+    """Runtime threads: --threads when given; else one per CPU in the process's affinity (a
+    runtime's own default counts every core and ignores taskset), no more than the build's
+    manifest asks for (LiteRT: the phone's big cores)."""
+    return threads or min(manifest.get("threads") or len(affinity()), len(affinity()))
+
+
 def open_runtime(art_dir, manifest: dict, threads: int | None = None):
     """The artifact's runtime: prefill(ids (T,)) -> logits (T, V); decode(token) -> logits (V,)."""
     mod = runtime_module(manifest["backend"])
     try:
-        return mod.Runtime(Path(art_dir), manifest, threads)
+        return mod.Runtime(Path(art_dir), manifest, default_threads(manifest, threads))
     except ImportError as e:
         raise RuntimeMissing(f"{e.name or manifest['runtime']} is not installed: "
                              f"{PIP}{' '.join(mod.PACKAGES)}", mod.PACKAGES) from e
@@ -237,8 +263,10 @@ def bench(art_dir: Path, p: Protocol = Protocol(), sysfs_root: str = "/sys") -> 
     return {
         "schema": SCHEMA, "artifact": {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id")},
         "runtime_version": runtime_version(manifest["backend"]),
-        "device": facts.device_facts(sysfs_root=sysfs_root),
-        "protocol": dataclasses.asdict(p),
+        "device": dict(facts.device_facts(sysfs_root=sysfs_root), affinity=cpu_list(affinity()),
+                       affinity_cpus=len(affinity())),
+        "protocol": dict(dataclasses.asdict(p), threads=default_threads(manifest, p.threads),
+                         threads_from="--threads" if p.threads else "default: the CPUs in the process's affinity"),
         "load_ms": sp_load.wall_s * 1e3, "parity": parity,
         "prefill_ms": dict(stats(prefill), samples=prefill, cpu_s=sp_pre.cpu_s, wall_s=sp_pre.wall_s),
         "decode_ms_per_token": dict(stats(decode), samples=decode, cpu_s=sp_dec.cpu_s, wall_s=sp_dec.wall_s),

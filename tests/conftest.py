@@ -1,4 +1,17 @@
-"""Shared fixtures: a corpus the tests write, and a tiny model trained on it in seconds."""
+"""Shared fixtures. Expensive things are made once per session and keyed by what they depend on;
+treat every session object as read-only (copy a folder before changing it).
+
+    corpus, data_dir        a small corpus the tests write, and `litelm-edge data` of it (vocab 512)
+    tiny_run                a 2-layer model trained on data_dir in seconds (run folder)
+    build_once(...)         a built artifact per (checkpoint, target, precision, data, sets)
+    x86_fp32, x86_int8      tiny_run built for x86 (ONNX Runtime)
+    qat_run                 `compress qat` of tiny_run (its result dict; r["checkpoint"])
+    tvm_python              the TVM toolchain venv (fails under tools/test.sh when it cannot be made)
+    rpi4_fp32, rpi4_int8    tiny_run built for rpi4 (TVM, cross-compiled aarch64)
+    emu                     tools/emulated_device.py, loaded by path
+    emulated_device         ONE arm64 Debian under qemu-user for the session (every runtime installed),
+                            reached over ssh; a test that changes it puts it back
+"""
 from __future__ import annotations
 
 import random
@@ -8,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["sshd"]  # real OpenSSH server fixtures: sshd, netns_sshd, ssh_home (tests/sshd.py)
+# real OpenSSH server fixtures: sshd, netns_sshd, ssh_home (tests/sshd.py); the skip policy (tests/skips.py)
+pytest_plugins = ["sshd", "skips"]
 
 WORDS = ("the king queen lord lady sword crown night day love war peace heart blood fair foul "
          "speak hear see know come go stay fly rise fall sweet bitter old young good ill").split()
@@ -76,3 +90,96 @@ def tiny_run(data_dir, tmp_path_factory):
     msets, _ = split_sets(parse_sets(TINY_SETS), "model")
     train(data_dir, run, preset("tiny", msets), override(TrainConfig(), parse_sets(TINY_TRAIN)), log=lambda m: None)
     return run
+
+
+# `compress` --set keys for a 4-step fine-tune (train.*), enough to exercise a method
+FT = {"train.max_steps": 4, "train.eval_every": 4, "train.eval_batches": 1, "train.batch_size": 4, "train.block_size": 32}
+_BUILT: dict[tuple, Path] = {}  # build_once's artifacts, shared by every module that asks
+
+
+def build_cached(tmp_path_factory, checkpoint, target: str, precision: str, data=None, sets: dict | None = None) -> Path:
+    """export.build once per (checkpoint, target, precision, data, sets) in this session."""
+    key = (str(Path(checkpoint).resolve()), target, precision, str(data), tuple(sorted((sets or {}).items())))
+    if key not in _BUILT:
+        from litelm_edge.export import build
+        out = tmp_path_factory.mktemp(f"art-{target}-{precision}") / "a"
+        build(checkpoint, target, out, precision, data, dict(sets or {}), log=lambda m: None)
+        _BUILT[key] = out
+    return _BUILT[key]
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory):
+    """build_once(checkpoint, target, precision, data=None, sets=None) -> artifact folder (read-only)."""
+    return lambda *a, **kw: build_cached(tmp_path_factory, *a, **kw)
+
+
+@pytest.fixture(scope="session")
+def x86_fp32(build_once, tiny_run, data_dir):
+    pytest.importorskip("onnxruntime")
+    return build_once(tiny_run, "x86", "fp32", data_dir)
+
+
+@pytest.fixture(scope="session")
+def x86_int8(build_once, tiny_run, data_dir):
+    pytest.importorskip("onnxruntime")
+    return build_once(tiny_run, "x86", "int8", data_dir)
+
+
+@pytest.fixture(scope="session")
+def qat_run(tiny_run, data_dir, tmp_path_factory):
+    """compress("qat", tiny_run, ...)'s result; the run folder is r["checkpoint"]'s parent."""
+    from litelm_edge.compress import compress
+    return compress("qat", tiny_run, data_dir, tmp_path_factory.mktemp("qat") / "q", FT, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def tvm_python():
+    from litelm_edge.backends.tvm import build as tvm_build
+    return toolchain_or_skip(tvm_build.python, "TVM")
+
+
+@pytest.fixture(scope="session")
+def rpi4_fp32(tvm_python, build_once, tiny_run, data_dir):
+    return build_once(tiny_run, "rpi4", "fp32", data_dir)
+
+
+@pytest.fixture(scope="session")
+def rpi4_int8(tvm_python, build_once, tiny_run, data_dir):
+    return build_once(tiny_run, "rpi4", "int8", data_dir)
+
+
+def load_emulator():
+    """tools/emulated_device.py is a script, not a package: load it by path (no sys.path edits)."""
+    import importlib.util
+    name = "emulated_device"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+        sys.modules[name] = mod = importlib.util.module_from_spec(spec)  # dataclasses look it up
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def emu():
+    return load_emulator()
+
+
+@pytest.fixture(scope="session")
+def emulated_rootfs(emu):
+    """The cached arm64 rootfs with every runtime (emu.DEFAULT_PACKAGES), built once (~minutes cold)."""
+    ok, why = emu.enable_binfmt()
+    if not ok:
+        pytest.skip(f"no arm64 emulation: {why}")
+    try:
+        return emu.build_rootfs(packages=emu.DEFAULT_PACKAGES)
+    except emu.DeviceError as e:
+        pytest.skip(f"no arm64 rootfs: {e}")
+
+
+@pytest.fixture(scope="session")
+def emulated_device(emu, emulated_rootfs):
+    """One emulated arm64 device for the whole session (dev.user@dev.host:dev.port, dev.key_path,
+    dev.host_key_line, dev.known_hosts_path, dev.root); throwaway overlay, removed at the end."""
+    with emu.start_device(emulated_rootfs) as dev:
+        yield dev

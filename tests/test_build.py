@@ -1,6 +1,8 @@
 """The x86 (ONNX Runtime) artifact: golden greedy tokens, manifest, parity gate, bench."""
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,11 +17,10 @@ from litelm_edge.generate import generate_artifact
 from litelm_edge.tokenizer import Tokenizer
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8"])
-def artifact(request, tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / request.param
-    export.build(tiny_run, "x86", out, request.param, log=lambda m: None)
-    return out
+@pytest.fixture(params=["fp32", "int8"])
+def artifact(request):
+    """conftest's session artifacts x86_fp32 / x86_int8 (read-only: copy before changing)."""
+    return request.getfixturevalue(f"x86_{request.param}")
 
 
 def test_golden_greedy_tokens_match_torch(artifact, tiny_run):
@@ -35,19 +36,19 @@ def test_manifest_describes_the_artifact(artifact):
     assert m["format"] == "litelm-edge-artifact" and m["target"] == "x86" and m["runtime"] == "onnxruntime"
     for name, f in m["files"].items():
         assert sha256_file(artifact / name) == f["sha256"] and (artifact / name).stat().st_size == f["size"]
-    assert m["parity"]["ok"] and m["thresholds"]["max_latency_ms"] == 100.0
+    assert m["thresholds"]["max_latency_ms"] == 100.0
     assert len(m["reference"]["artifact_last_logits"]) == m["model"]["vocab_size"]
     assert {"torch", "onnxruntime", "onnx"} <= set(m["tools"])
+    assert (m["parity"]["windows"], m["parity"]["window_len"]) == (export.PARITY_WINDOWS, export.WINDOW_LEN)
     if m["precision"] == "fp32":
-        assert m["parity"]["max_abs_err"] < 1e-3
+        assert m["parity"]["rule"] == "max_abs_err <= 0.001" and m["parity"]["max_abs_err"] < 1e-4
     else:  # int8 weights really are int8, read back from the ONNX file
-        assert m["parity"]["top1_agreement"] >= 0.95
+        assert m["parity"]["rule"] == "top1_agreement >= 0.95" and m["parity"]["top1_agreement"] >= 0.95
         assert m["weight_bytes"]["int8"] + m["weight_bytes"]["uint8"] > 4 * m["weight_bytes"].get("float32", 0)
 
 
-def test_int8_is_smaller_than_fp32(tiny_run, tmp_path):
-    a = export.build(tiny_run, "x86", tmp_path / "a", "fp32", log=lambda m: None)
-    b = export.build(tiny_run, "x86", tmp_path / "b", "int8", log=lambda m: None)
+def test_int8_is_smaller_than_fp32(x86_fp32, x86_int8):
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (x86_fp32, x86_int8))
     assert b["size_bytes"] < 0.6 * a["size_bytes"]  # graph and tokenizer overhead dominate at 0.1M params
     w8 = b["weight_bytes"]["int8"] + b["weight_bytes"].get("uint8", 0)  # ORT stores the quantised Gather as uint8
     assert w8 == pytest.approx(4 * b["n_params"] / 4, rel=0.05)
@@ -73,14 +74,79 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
         export.build(tiny_run, "x86", tmp_path / "bad", "int3-b32", data_dir, log=lambda m: None)
 
 
-def test_failed_parity_fails_the_build_and_writes_nothing(tiny_run, tmp_path, monkeypatch):
-    import dataclasses
+def _perturb_one_weight(art: Path, dtype, change):
+    """Change the largest `dtype` weight of the built decoder.onnx in place (graph and .data)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    path = art / "decoder.onnx"
+    m = onnx.load(str(path))  # external data read into memory
+    external = [p for p in art.iterdir() if p.name.startswith("decoder.onnx.")]
+    for p in external:
+        p.unlink()
+    init = max((i for i in m.graph.initializer if numpy_helper.to_array(i).dtype == np.dtype(dtype)),
+               key=lambda i: numpy_helper.to_array(i).size)
+    init.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(init).copy()), init.name))
+    onnx.save(m, str(path), save_as_external_data=bool(external), location="decoder.onnx.data")
+
+
+@pytest.mark.parametrize("precision, dtype, change, why", [
+    # +0.003 on every lm_head weight: top-1 unchanged, logits off by ~0.2: only fp32's 1e-3 rule sees it
+    ("fp32", "float32", lambda w: w + np.float32(0.003), "max abs err"),
+    ("int8", "int8", lambda w: -w, "top-1 agreement"),  # one int8 matrix negated: top-1 falls to ~0.45
+], ids=["fp32", "int8"])
+def test_perturbed_weight_fails_parity_and_writes_nothing(tiny_run, data_dir, tmp_path, monkeypatch,
+                                                          precision, dtype, change, why):
+    """The build's artifact differs from the checkpoint in one exported weight: refused, not written."""
+    import types
     from litelm_edge import backends
-    real = backends.precision
-    monkeypatch.setattr(backends, "precision", lambda b, p: dataclasses.replace(real(b, p), min_top1=1.01))
-    with pytest.raises(UserError, match="parity failed"):
-        export.build(tiny_run, "x86", tmp_path / "x", "int8", log=lambda m: None)
+    real = backends.load
+
+    def tampered(name, part=""):
+        mod = real(name, part)
+        if part != "build":
+            return mod
+
+        def build(ctx):
+            res = mod.build(ctx)
+            _perturb_one_weight(Path(ctx.out_dir), dtype, change)
+            return res
+        return types.SimpleNamespace(build=build)
+    monkeypatch.setattr(backends, "load", tampered)
+    with pytest.raises(export.ParityError, match="parity failed for x86/" + precision) as e:
+        export.build(tiny_run, "x86", tmp_path / "x", precision, data_dir, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
+    p = e.value.parity
+    if precision == "fp32":  # the 1e-3 rule, not top-1, refused it
+        assert p["top1_agreement"] == 1.0 and 1e-3 < p["max_abs_err"] < 1.0 and p["rule"] == "max_abs_err <= 0.001"
+    else:
+        assert p["top1_agreement"] < 0.95 and p["rule"] == "top1_agreement >= 0.95"
+
+
+def test_build_killed_midway_keeps_the_previous_artifact(x86_fp32, tiny_run, data_dir, tmp_path):
+    """`litelm-edge build` SIGKILLed once it has written the new graph (at its parity check): the
+    artifact that was there is whole, byte for byte, and every file still matches its manifest."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    art = tmp_path / "art"
+    shutil.copytree(x86_fp32, art)
+    before = {p.name: sha256_file(p) for p in art.iterdir()}
+    cmd = [sys.executable, "-m", "litelm_edge.cli", "build", "--target", "x86", "--checkpoint", str(tiny_run),
+           "--out", str(art), "--precision", "int8", "--data", str(data_dir)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in p.stdout:  # every file of the new artifact is written; its manifest is not yet
+        if line.startswith("parity check"):
+            break
+    p.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL, "the build ended before it could be killed mid-way"
+    assert {p.name: sha256_file(p) for p in art.iterdir()} == before
+    m = json.loads((art / "manifest.json").read_text())
+    assert m["precision"] == "fp32" and all(sha256_file(art / n) == f["sha256"] for n, f in m["files"].items())
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["art"]
 
 
 def test_float_artifact_claiming_int8_fails(tiny_run, tmp_path, monkeypatch):

@@ -44,14 +44,36 @@ def test_unknown_target_lists_the_valid_ones(tiny_run, tmp_path):
     one_line_error(r, "unknown target 'rpi3', have:", "x86")
 
 
-def test_missing_and_corrupt_checkpoint(tmp_path):
+def test_missing_and_corrupt_checkpoint(tiny_run, tmp_path):
+    """A real checkpoint whose weights were damaged on disk: its sha256 check says so, exit 2."""
+    import shutil
+    from litelm_edge import checkpoint as ckpt
     one_line_error(cli("build", "--target", "x86", "--checkpoint", tmp_path / "none", "--out", tmp_path / "a", check=False),
                    "not found")
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage")
-    (tmp_path / "c" / "config.json").write_text("{}")
-    (tmp_path / "c" / "tokenizer.json").write_text("{}")
-    one_line_error(cli("generate", "--checkpoint", tmp_path / "c", check=False), "checkpoint")
+    bad = tmp_path / "c"
+    shutil.copytree(ckpt.resolve(tiny_run), bad)
+    with open(bad / "model.safetensors", "r+b") as f:  # inside the last tensor's data: still parses
+        f.seek(-64, 2)
+        f.write(bytes(64))
+    one_line_error(cli("generate", "--checkpoint", bad, check=False),
+                   f"checkpoint '{bad}': model.safetensors does not match its sha256 (corrupt)")
+
+
+def test_bench_check_exits_1_on_a_failed_threshold(x86_fp32, tmp_path):
+    """`bench --check`: exit 1 when a threshold fails, 0 when all pass; the report says which."""
+    import shutil
+    from litelm_edge import manifest
+    quick = ["--reps", "1", "--warmup", "0", "--prompt-len", "8", "--gen-len", "2", "--concurrency", "1", "--check"]
+    for name, limit, code in (("slow", 1e-6, 1), ("fast", 1e6, 0)):
+        art = tmp_path / name
+        shutil.copytree(x86_fp32, art)
+        m = json.loads((art / "manifest.json").read_text())
+        manifest.write(art, dict(m, thresholds={"max_latency_ms": limit}))  # re-sealed: a valid artifact id
+        r = cli("bench", art, *quick, check=False)
+        assert r.returncode == code, r.stderr[-2000:]
+        row = json.loads((art / "bench.json").read_text())["thresholds"]
+        assert [(t["threshold"], t["pass"]) for t in row] == [("max_latency_ms", code == 0)]
+        assert ("| max_latency_ms |" in r.stdout) and (("**FAIL**" in r.stdout) == (code == 1))
 
 
 def test_malformed_toml(tmp_path, data_dir):

@@ -11,15 +11,14 @@ import psutil
 import pytest
 
 from sshd import trust
-from x86_artifact import x86_artifact
 
 FAST = ["--reps", "1", "--warmup", "1", "--prompt-len", "16", "--gen-len", "8", "--concurrency", "2",
         "--remote-python", sys.executable]
 
 
-@pytest.fixture(scope="module")
-def x86_art(tiny_run, data_dir, tmp_path_factory):
-    return x86_artifact(tiny_run, data_dir, tmp_path_factory)
+@pytest.fixture
+def x86_art(x86_fp32):
+    return x86_fp32  # conftest's session artifact: read-only
 
 
 def cli(*args):

@@ -1,16 +1,14 @@
-"""The emulated arm64 device: an aarch64 Debian under qemu-user, reached over ssh like a real Pi."""
-import importlib.util
+"""The emulated arm64 device: an aarch64 Debian under qemu-user, reached over ssh like a real Pi.
+The session's one device (conftest's emulated_device) serves every test but the teardown one."""
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-# tools/ is scripts, not a package: load the file by its path (no sys.path edits).
-_spec = importlib.util.spec_from_file_location(
-    "emulated_device", Path(__file__).resolve().parents[1] / "tools" / "emulated_device.py")
-emu = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
-_spec.loader.exec_module(emu)
+from conftest import load_emulator
+
+emu = load_emulator()
 
 
 def test_rootfs_key_ignores_order_and_tracks_packages():
@@ -29,17 +27,9 @@ def test_sshd_config_is_key_only_and_accepts_no_env():
     assert "AcceptEnv" not in cfg
 
 
-def _device(packages):
-    ok, why = emu.enable_binfmt()
-    if not ok:
-        pytest.skip(why)
-    return emu.start_device(emu.build_rootfs(packages=packages))
-
-
-@pytest.fixture(scope="module")
-def device():
-    with _device(emu.DEFAULT_PACKAGES) as dev:  # the rootfs `check` builds: one cold build
-        yield dev
+@pytest.fixture
+def device(emulated_device):
+    return emulated_device
 
 
 def ssh(dev, command, **kw):
@@ -112,16 +102,32 @@ def test_litert_runs_tiny_model_on_device(device):
 
 
 @pytest.mark.slow
-def test_runtime_missing_on_a_device_built_without_it():
-    with _device(["numpy"]) as dev:
-        p = ssh(dev, "python3 -c 'import onnxruntime'", text=True)
-    assert p.returncode != 0 and "No module named 'onnxruntime'" in p.stderr
+def test_runtime_missing_on_the_device_is_one_line(device, x86_fp32, tmp_path, monkeypatch):
+    """`bench --remote` to a device without onnxruntime (its package moved away for this test,
+    then put back): exit 3 and the one line that says what to install there."""
+    site = f"/{emu.SITE_DIR}"
+    hide = ssh(device, f"mv {site}/onnxruntime {site}/onnxruntime.hidden", text=True)
+    assert hide.returncode == 0, hide.stderr
+    try:
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        (home / ".ssh" / "known_hosts").write_text(device.host_key_line + "\n")
+        (home / ".ssh" / "config").write_text(f"Host dev\n  HostName {device.host}\n  Port {device.port}\n"
+                                              f"  User {device.user}\n  IdentityFile {device.key_path}\n")
+        monkeypatch.setenv("HOME", str(home))
+        p = subprocess.run([sys.executable, "-m", "litelm_edge.cli", "bench", "--remote", "dev", str(x86_fp32),
+                            "--report-dir", str(tmp_path / "rep")], capture_output=True, text=True, timeout=600)
+    finally:
+        assert ssh(device, f"mv {site}/onnxruntime.hidden {site}/onnxruntime").returncode == 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 3 and last.startswith("error: ") and "Traceback" not in p.stderr, p.stderr
+    assert "onnxruntime is not installed: python3 -m pip install onnxruntime numpy (on the device)" in last
 
 
 @pytest.mark.slow
-def test_no_mounts_or_processes_left_after_an_error():
+def test_no_mounts_or_processes_left_after_an_error(emulated_rootfs):
     with pytest.raises(ZeroDivisionError):
-        with _device(["numpy"]) as dev:
+        with emu.start_device(emulated_rootfs) as dev:
             root = str(dev.root)
             ssh(dev, "sleep 600 < /dev/null > /dev/null 2>&1 &")  # a session that outlives ssh
             1 / 0

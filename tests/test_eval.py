@@ -32,32 +32,28 @@ def test_checkpoint_ppl_agrees_with_training_val_loss(tiny_run, data_dir):
     assert abs(math.log(r["ppl"]) - t["val_loss"]) < 0.15  # other windows, same model
 
 
-@pytest.fixture(scope="module")
-def artifacts(tiny_run, data_dir, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from litelm_edge.export import build
-    d = tmp_path_factory.mktemp("evalart")
-    for p in ("fp32", "int8"):
-        build(tiny_run, "x86", d / p, p, data_dir, log=lambda m: None)
-    return d
+@pytest.fixture
+def artifacts(x86_fp32, x86_int8):
+    """conftest's session artifacts, by precision (read-only)."""
+    return {"fp32": x86_fp32, "int8": x86_int8}
 
 
 def test_fp32_artifact_equals_checkpoint(artifacts, tiny_run, data_dir):
-    a, c = eval_artifact(artifacts / "fp32", data_dir), eval_checkpoint(tiny_run, data_dir)
+    a, c = eval_artifact(artifacts["fp32"], data_dir), eval_checkpoint(tiny_run, data_dir)
     assert a["runtime"] == "onnxruntime" and a["tokens"] == c["tokens"]
     assert a["ppl"] == pytest.approx(c["ppl"], rel=1e-3)
 
 
 def test_int8_artifact_is_measured_not_assumed(artifacts, tiny_run, data_dir):
-    a, c = eval_artifact(artifacts / "int8", data_dir), eval_checkpoint(tiny_run, data_dir)
+    a, c = eval_artifact(artifacts["int8"], data_dir), eval_checkpoint(tiny_run, data_dir)
     assert a["precision"] == "int8" and a["ppl"] != c["ppl"]
     assert a["ppl"] < 1.5 * c["ppl"]  # PTQ costs something, not everything
 
 
 def test_eval_cli(artifacts, tiny_run, data_dir):
-    r = cli("eval", "--artifact", artifacts / "fp32", "--data", data_dir, "--set", "windows=4")
+    r = cli("eval", "--artifact", artifacts["fp32"], "--data", data_dir, "--set", "windows=4")
     assert "artifact (onnxruntime): val ppl" in r.stdout
-    r = cli("eval", "--checkpoint", tiny_run, "--artifact", artifacts / "fp32", check=False)
+    r = cli("eval", "--checkpoint", tiny_run, "--artifact", artifacts["fp32"], check=False)
     assert r.returncode == 2 and "exactly one" in r.stderr
     r = cli("eval", "--checkpoint", tiny_run, "--set", "windowz=3", check=False)
     assert r.returncode == 2 and "unknown key 'windowz'" in r.stderr

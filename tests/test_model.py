@@ -41,26 +41,36 @@ def test_kv_cache_decode_equals_full_forward(kw):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 
-def test_weight_sharing_reduces_parameters():
-    base, shared = Transformer(small(n_layer=4)), Transformer(small(n_layer=4, share_every=2))
+def unshared_copy(shared: Transformer, blocks: list) -> Transformer:
+    """An unshared model of the same shape whose layer i holds the weights of blocks[i]."""
+    import dataclasses
+    plain = Transformer(dataclasses.replace(shared.cfg, share_every=1)).eval()
+    sd = {k: v for k, v in shared.state_dict().items() if not k.startswith("layers.")}
+    for i, block in enumerate(blocks):
+        sd.update({f"layers.{i}.{k}": v for k, v in block.state_dict().items()})
+    plain.load_state_dict(sd)
+    return plain
+
+
+def test_weight_sharing_is_an_unshared_model_with_tied_layers():
+    """share_every=2 over 4 layers runs blocks A A B B: the logits of an unshared model whose
+    layers hold A, A, B, B, and not those of A, B, A, B; half the block parameters."""
+    torch.manual_seed(0)
+    shared = Transformer(small(n_layer=4, share_every=2)).eval()
     assert len(shared.layers) == 2 and shared.layer_order() == [0, 0, 1, 1]
-    per_block = sum(p.numel() for p in base.layers[0].parameters())
-    assert base.num_params() - shared.num_params() == 2 * per_block
+    A, B = shared.layers
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        want = unshared_copy(shared, [A, A, B, B])(idx)[0]
+        other = unshared_copy(shared, [A, B, A, B])(idx)[0]
+        got = shared(idx)[0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert (got - other).abs().max() > 1e-3  # the order matters: this check can tell
+    per_block = sum(p.numel() for p in A.parameters())
+    assert unshared_copy(shared, [A, A, B, B]).num_params() - shared.num_params() == 2 * per_block
 
 
 def test_bad_shape_is_a_user_error():
     from litelm_edge.config import UserError
     with pytest.raises(UserError, match="n_kv_head"):
         small(n_head=4, n_kv_head=3).validate()
-
-
-def test_hf_transformers_loads_checkpoint_with_same_logits(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    from litelm_edge import checkpoint as ckpt
-    torch.manual_seed(0)
-    m = Transformer(small()).eval()
-    ckpt.save(tmp_path / "c", m, '{"fake": "tokenizer"}', {"step": 0})
-    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "c").eval()
-    idx = torch.randint(0, 97, (1, 16))
-    with torch.no_grad():
-        torch.testing.assert_close(hf(idx).logits, m(idx)[0], atol=1e-4, rtol=1e-4)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,13 @@ from litelm_edge.device_facts import EnergyMeter
 from litelm_edge.remote import RemoteError
 from litelm_edge.remote_bench import bench_remote
 from sshd import trust
-from x86_artifact import x86_artifact
 
 PROTO = {"reps": 1, "warmup": 1, "prompt_len": 16, "gen_len": 8, "concurrency": 2}
 
 
-@pytest.fixture(scope="module")
-def x86_art(tiny_run, data_dir, tmp_path_factory):
-    return x86_artifact(tiny_run, data_dir, tmp_path_factory)
+@pytest.fixture
+def x86_art(x86_fp32):
+    return x86_fp32  # conftest's session artifact: read-only
 
 
 def _venv(path: Path, site: Path) -> str:
@@ -85,22 +83,18 @@ def test_device_venv_is_used_when_present(sshd, ssh_home, x86_art, numpy_only_py
     assert r["parity"]["ok"] and any(f"running in {venv}" in m for m in lines)
 
 
-def _pip_can_install() -> bool:
-    if Path("/opt/pypi/simple/onnxruntime").is_dir():
-        return True
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _pip_can_install(), reason="pip cannot reach an index with onnxruntime")
 def test_install_runtime_into_device_venv(sshd, ssh_home, x86_art, numpy_only_python):
+    """--install-runtime: pip installs onnxruntime from the package index into the device venv
+    (CI reaches PyPI; no test probes the network at collection time)."""
     trust(ssh_home, sshd)
-    r = bench_remote(sshd.address, x86_art, PROTO, python=numpy_only_python, install_runtime=True,
-                     log=lambda m: None)
+    try:
+        r = bench_remote(sshd.address, x86_art, PROTO, python=numpy_only_python, install_runtime=True,
+                         log=lambda m: None)
+    except RemoteError as e:
+        if "pip install" in str(e) and any(w in str(e) for w in ("connection", "Connection", "resolve", "No matching")):
+            pytest.skip(f"pip cannot reach a package index here: {e}")
+        raise
     assert r["parity"]["ok"]
     venv_py = sshd.dir / "device-cache/litelm-edge/venv/bin/python"
     assert subprocess.run([venv_py, "-c", "import onnxruntime"]).returncode == 0

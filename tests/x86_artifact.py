@@ -1,16 +1,11 @@
-"""The tiny x86 artifact (fp32: too small for int8 to shrink it), built once per test session from conftest's trained `tiny_run`."""
+"""The tiny x86 fp32 artifact (too small for int8 to shrink it), built once per test session from
+conftest's trained `tiny_run`: the same folder as conftest's `x86_fp32` fixture (read-only)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-_BUILT: dict[str, Path] = {}  # shared by every test module that asks
+from conftest import build_cached
 
 
 def x86_artifact(tiny_run, data_dir, tmp_path_factory) -> Path:
-    if "x86" not in _BUILT:
-        from litelm_edge.export import build
-
-        out = tmp_path_factory.mktemp("x86-art") / "x86-fp32"
-        build(tiny_run, "x86", out, "fp32", data_dir, log=lambda m: None)
-        _BUILT["x86"] = out
-    return _BUILT["x86"]
+    return build_cached(tmp_path_factory, tiny_run, "x86", "fp32", data_dir)

@@ -3,7 +3,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh --dev || exit $?
-LITELM_EDGE_REQUIRE_TOOLCHAINS=1 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"  # setup.sh made them
+# -rs prints every skip's reason; REQUIRE_TOOLCHAINS makes the run strict: a skip not on the
+# allow-list in tests/skips.py fails it (setup.sh made the toolchains; CI is root with binfmt)
+LITELM_EDGE_REQUIRE_TOOLCHAINS=1 .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"
 rc=$?
 [ $rc = 5 ] && { echo "no tests collected"; exit 1; }
 exit $rc

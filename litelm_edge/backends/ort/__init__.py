@@ -5,6 +5,7 @@ Build side: build.py (torch.export -> ONNX, ORT quantisers). Device side: runtim
 from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
 
 RUNTIME = "onnxruntime"
+EXTRA, HOST_MODULES = "x86", ("onnx", "onnxruntime", "onnxscript")  # pyproject extra that installs what the build imports here
 PRECISIONS = (
     FP32,
     Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,

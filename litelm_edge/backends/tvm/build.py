@@ -75,28 +75,42 @@ class HostParity:
     __del__ = close
 
 
+TENSOR_MAGIC = 0xDD5E40F096B4A13F  # TVM's serialised-tensor header (kTVMNDArrayMagic)
+DL_CODES = {0: "int", 1: "uint", 2: "float", 4: "bfloat"}  # DLPack dtype codes
+
+
+def embedded_weight_bytes(lib: Path) -> dict[str, int]:
+    """{dtype: bytes} of the tensors the compiled library embeds (the VM's constant pool), read
+    from the file itself, so a cross-compiled aarch64 library is read here as it will ship.
+    Each constant is stored as magic, reserved, device, ndim, dtype, shape, byte size, data."""
+    import struct
+    blob, out = Path(lib).read_bytes(), {}
+    at = blob.find(struct.pack("<Q", TENSOR_MAGIC))
+    while 0 <= at <= len(blob) - 32:
+        reserved, device, _, ndim = struct.unpack_from("<QiiI", blob, at + 8)
+        code, bits, lanes = struct.unpack_from("<BBH", blob, at + 28)
+        if reserved == 0 and device == 1 and ndim <= 8 and code in DL_CODES and at + 40 + 8 * ndim <= len(blob):
+            shape = struct.unpack_from(f"<{ndim}q", blob, at + 32)
+            (size,) = struct.unpack_from("<q", blob, at + 32 + 8 * ndim)
+            if size == int(np.prod(shape)) * bits * lanes // 8:
+                name = f"{DL_CODES[code]}{bits}" + (f"x{lanes}" if lanes > 1 else "")
+                out[name] = out.get(name, 0) + size
+        at = blob.find(struct.pack("<Q", TENSOR_MAGIC), at + 8)
+    return out
+
+
 def tile_of(tvm_cfg: dict, recipe: dict) -> list[int] | None:
-    """The matmul register tile: --set tvm.tile=MT,NJ, else the target's [tvm] tile."""
-    unknown = sorted(k for k in recipe if k != "tvm.tile")
-    if unknown:
-        raise UserError(f"unknown --set key(s) for the tvm backend: {', '.join(unknown)}; have: tvm.tile")
-    tile = recipe.get("tvm.tile", tvm_cfg.get("tile"))
-    if isinstance(tile, str):
-        tile = tile.split(",")
-    try:
-        tile = [int(x) for x in tile] if tile is not None else None
-    except ValueError:
-        tile = []
-    if tile is not None and (len(tile) != 2 or min(tile) < 1):
-        raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {recipe.get('tvm.tile')!r}")
-    return tile
+    """The matmul register tile: --set tvm.tile=MT,NJ (checked by target.backend_sets), else the
+    target's [tvm] tile."""
+    tile = recipe.get("tile", tvm_cfg.get("tile"))
+    return [int(x) for x in tile] if tile is not None else None
 
 
-def _meta(ctx, convert: dict) -> dict:
+def _meta(ctx, convert: dict, weight_bytes: dict) -> dict:
     c = ctx.model.cfg
     return {"library": "model.so", "precision": ctx.precision, "target": convert["target"],
             "cache_shape": [c.n_layer, 1, c.n_kv_head, 0, c.head_dim], "entry": "forward",
-            "tile": convert["tile"], "weight_bytes": convert["weight_bytes"],
+            "tile": convert["tile"], "weight_bytes": weight_bytes,
             "compile_s": convert["compile_s"], "tvm": "0.27.0.post1"}
 
 
@@ -117,6 +131,7 @@ def build(ctx) -> BackendBuild:
     convert = json.loads((Path(ctx.out_dir) / "convert.json").read_text())
     if not cc:  # a native build: the parity library is the shipped one
         shutil.copy(Path(ctx.out_dir) / "model.so", host_dir / "model.so")
-    meta = _meta(ctx, convert)
-    return BackendBuild(RUNTIME, convert["weight_bytes"], extra={"tvm": meta},  # {dtype: bytes} in model.so
+    weights = embedded_weight_bytes(Path(ctx.out_dir) / "model.so")  # what ships, not the torch buffers
+    meta = _meta(ctx, convert, weights)
+    return BackendBuild(RUNTIME, weights, extra={"tvm": meta},  # {dtype: bytes} embedded in model.so
                         parity_runtime=HostParity(py, host_dir, {"tvm": meta}))
