@@ -21,7 +21,7 @@ import numpy as np
 
 def main() -> None:
     from litelm_edge.checkpoint import load
-    from litelm_edge.backends.litert.convert import quantize, to_tflite
+    from litelm_edge.backends.litert.convert import quantize, strip_names, to_tflite
     from litelm_edge.backends.litert.inspect import breakdown, weight_dtypes
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="int8,int8-full,int4-b32")
     ap.add_argument("--prefill-len", type=int, default=64)
     ap.add_argument("--capacity", type=int, default=512)
+    ap.add_argument("--windows", default="128", help="attention windows below capacity")
     a = ap.parse_args()
     model = load(a.checkpoint)[0]
     tokens = np.load(a.heldout)
@@ -37,7 +38,8 @@ def main() -> None:
     (a.out / "fp32").mkdir(parents=True, exist_ok=True)
     fp32 = a.out / "fp32" / "model.tflite"
     t = time.time()
-    to_tflite(model, fp32, a.prefill_len, a.capacity, -30.0)
+    windows = [int(w) for w in a.windows.split(",") if w]
+    to_tflite(model, fp32, a.prefill_len, a.capacity, -30.0, windows)
     rows = [("fp32", fp32, time.time() - t, 0.0)]
     for p in a.precisions.split(","):
         (a.out / p).mkdir(exist_ok=True)
@@ -45,6 +47,7 @@ def main() -> None:
         quantize(fp32, a.out / p / "model.tflite", p, calib, a.prefill_len)
         rows.append((p, a.out / p / "model.tflite", rows[0][2], time.time() - t))
     for p, path, conv_s, q_s in rows:
+        strip_names(path)  # as the build does
         print(json.dumps(dict(precision=p, convert_s=round(conv_s, 1), quantize_s=round(q_s, 1),
                               weight_dtypes=sorted(weight_dtypes(path)),
                               breakdown=breakdown(path, model.cfg.vocab_size))), flush=True)

@@ -6,6 +6,7 @@ cannot be made. The conftest's trained 2-layer model converts in ~15 s per preci
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
@@ -28,7 +29,7 @@ TARGET = {"target": {"backend": "litert"}, "thresholds": {"max_size_mb": 15}}
 
 def test_fixed_cache_graph_matches_forward():
     torch.manual_seed(0)
-    m = Transformer(preset("tiny")).eval()
+    m = Transformer(preset("tiny")).eval()  # 4 query heads over 2 K/V groups
     g = CachedLM(m, capacity=32)
     idx = torch.randint(0, m.cfg.vocab_size, (1, 12))
     with torch.no_grad():
@@ -40,11 +41,34 @@ def test_fixed_cache_graph_matches_forward():
     assert torch.allclose(step["logits"][0, 0], ref[0, 8], atol=1e-5)
 
 
+def test_attention_windows_match_forward_across_buckets():
+    """Prefill in a small window, then decode step by step in the smallest window holding each
+    position (8 -> 16 -> 32): every step's logits equal the plain forward pass at that position."""
+    torch.manual_seed(1)
+    m = Transformer(preset("tiny")).eval()
+    windows = {w: CachedLM(m, capacity=32, window=w) for w in (8, 16, 32)}
+    idx = torch.randint(0, m.cfg.vocab_size, (1, 24))
+    with torch.no_grad():
+        ref = m(idx)[0][0]
+        out = windows[8](idx[:, :6].int(), torch.arange(6, dtype=torch.int32), **windows[8].empty_cache())
+        assert torch.allclose(out.pop("logits")[0], ref[:6], atol=1e-5)
+        for p in range(6, 24):
+            g = windows[min(w for w in windows if p < w)]
+            out = g(idx[:, p:p + 1].int(), torch.tensor([p], dtype=torch.int32), **out)
+            assert torch.allclose(out.pop("logits")[0, 0], ref[p], atol=1e-5), p
+
+
 def test_settings_and_size_verdict():
     with pytest.raises(UserError, match="multiple of prefill_len"):
         litert_build.settings({"litert": {"prefill_len": 64, "capacity": 100}})
     with pytest.raises(UserError, match="unknown key"):
         litert_build.settings({"litert": {"thread": 4}})
+    with pytest.raises(UserError, match=r"windows \[100, 512\] must be multiples of prefill_len 64 below"):
+        litert_build.settings({"litert": {"windows": "128,100,512"}})
+    with pytest.raises(UserError, match="comma-separated integers"):
+        litert_build.settings({}, {"windows": "128;256"})
+    assert litert_build.settings({}, {"windows": "256, 128"})["windows"] == [128, 256]
+    assert litert_build.settings({}, {"windows": ""})["windows"] == []
     v = litert_build.size_verdict(26_100_000, TARGET)
     assert not v["meets_size"] and "android-15mb" in v["size_note"]
     assert litert_build.size_verdict(14_700_000, TARGET)["meets_size"]
@@ -69,7 +93,8 @@ def built(toolchain, data_dir, tmp_path_factory):
     from litelm_edge.export import build
     root = tmp_path_factory.mktemp("litert")
     tok = (data_dir / "tokenizer.json").read_text()
-    sets = {"prefill_len": 16, "capacity": 128}  # --set build.*: 2 prefill chunks for a 20-token prompt
+    # --set build.*: 2 prefill chunks for a 20-token prompt; attention windows 32 and 128 (capacity)
+    sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
     out = {}
     for name, p, cfg in [("fp32", "fp32", preset("tiny")), ("int8", "int8", preset("tiny")),
                          ("golden", "fp32", dataclasses.replace(preset("tiny"), tie_embeddings=False))]:
@@ -80,7 +105,6 @@ def built(toolchain, data_dir, tmp_path_factory):
 
 
 def runtime(art_dir):
-    import json
     from litelm_edge.device_runner import open_runtime
     return open_runtime(art_dir, json.loads((Path(art_dir) / "manifest.json").read_text()), threads=1)
 
@@ -93,12 +117,22 @@ def greedy(rt, prompt, n):
     return out
 
 
+def signatures_used(rt) -> list:
+    """Record the signature of every call the runtime makes."""
+    used, run = [], rt.engine.run
+    rt.engine.run = lambda sig, *a: used.append(sig) or run(sig, *a)
+    return used
+
+
 def test_golden_greedy_tokens_equal_torch(built):
     m = checkpoint.load(built["golden"][1]["checkpoint"])[0]
     prompt = np.random.default_rng(1).integers(0, m.cfg.vocab_size, 20)  # 2 prefill chunks of 16
     want = m.generate(torch.from_numpy(prompt)[None], 24)[0, 20:].tolist()
     assert len(set(want)) >= 12, f"torch's continuation {want} is too uniform to catch a cache bug"
-    assert greedy(runtime(built["golden"][0]), prompt, 24) == want
+    rt = runtime(built["golden"][0])
+    used = signatures_used(rt)  # positions 20..43 cross from the 32-position window to the cache's 128
+    assert greedy(rt, prompt, 24) == want
+    assert {"prefill_32", "decode_32", "decode_128"} <= set(used), used
 
 
 def test_int8_is_int8_and_passes_parity(built):
@@ -127,7 +161,6 @@ def test_size_breakdown_sums_to_file_size(built):
 def test_emulated_arm64_device_bench_remote_with_parity(built, emulated_device, tmp_path, monkeypatch):
     """`litelm-edge bench --remote` of the android INT8 artifact on an arm64 Debian (qemu-user),
     through ~/.ssh/config like a phone's Termux sshd: the device runner's on-device parity holds."""
-    import json
     import subprocess
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)

@@ -19,6 +19,7 @@ class Settings:
     prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks
     capacity: int = 512  # KV-cache length in tokens; a multiple of prefill_len
     mask_value: float = -30.0  # finite additive attention mask: -1e4 wrecks full-integer INT8
+    windows: str = "128"  # attention windows below capacity: a prefill + decode signature each
 
     def validate(self):
         at_least(self, threads=1, prefill_len=1, capacity=1)

@@ -7,6 +7,8 @@ target. Keys, from the target TOML's [litert] table (targets/android.toml):
   prefill_len  tokens per prefill call (longer prompts run in chunks)
   capacity     KV-cache length; a multiple of prefill_len
   mask_value   additive attention mask, finite (-30) so full-integer INT8 survives
+  windows      attention windows below capacity ("128"): one prefill and one decode
+               signature each, so a call attends over the filled part of the cache only
 """
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 
 def settings(target: dict, recipe: dict | None = None) -> dict:
     """Settings defaults, then the target's [litert] table, then --set build.KEY=VALUE."""
-    s = from_dict(Settings, target.get(SECTION, {}), "[litert]")
-    return asdict(override(s, recipe or {}, "--set build.*"))
+    s = asdict(override(from_dict(Settings, target.get(SECTION, {}), "[litert]"), recipe or {}, "--set build.*"))
+    s["windows"] = _windows(s["windows"], s["prefill_len"], s["capacity"])
+    return s
 
 
 def host_runtime_or_fail():
@@ -53,6 +56,19 @@ def host_runtime_or_fail():
         raise UserError("the android build checks parity by running the .tflite on this machine, and "
                         f"ai_edge_litert is not installed: python3 -m pip install {' '.join(PACKAGES)} "
                         "(or pip install 'litelm-edge[android]')") from None
+
+
+def _windows(text: str, prefill_len: int, capacity: int) -> list[int]:
+    """"128,256" -> [128, 256]: each a multiple of prefill_len below capacity ("" for none)."""
+    try:
+        ws = sorted({int(w) for w in str(text).replace(" ", "").split(",") if w})
+    except ValueError:
+        raise UserError(f"litert windows '{text}' must be comma-separated integers, e.g. 128,256") from None
+    bad = [w for w in ws if w <= 0 or w >= capacity or w % prefill_len]
+    if bad:
+        raise UserError(f"litert windows {bad} must be multiples of prefill_len {prefill_len} below "
+                        f"capacity {capacity}")
+    return ws
 
 
 def _calibration_file(heldout: list, path: Path, windows: int = 16) -> str | None:
@@ -101,7 +117,7 @@ def build(ctx) -> BackendBuild:
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,
                     prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
-                    calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
+                    windows=s["windows"], calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
         report = _convert(py, spec, ctx.log)
         check_precision(ctx.precision, report)
         os.replace(Path(tmp) / "model.tflite", Path(ctx.out_dir) / "model.tflite")
@@ -112,5 +128,6 @@ def build(ctx) -> BackendBuild:
                                    if isinstance(v, int)) + (f"; {verdict['size_note']}" if verdict else ""))
     extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"], size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
                  convert_s=report["convert_s"], quantize_s=report["quantize_s"], threads=s["threads"],
-                 prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"], **verdict)
+                 prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
+                 windows=s["windows"], **verdict)
     return BackendBuild(RUNTIME, report["breakdown"]["weights_by_dtype"], ("ai_edge_litert",), extra)

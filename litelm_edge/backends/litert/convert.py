@@ -2,9 +2,10 @@
 
     python -m litelm_edge.backends.litert.convert SPEC.json
 
-SPEC: {checkpoint, out_dir, precision, prefill_len, capacity, mask_value, calib (npz of held-out
-windows, or null)}. Writes out_dir/model.tflite and out_dir/convert.json (timings, size breakdown,
-weight dtypes). One precision (the table in __init__.py) is one quantization recipe, `_recipe`.
+SPEC: {checkpoint, out_dir, precision, prefill_len, capacity, mask_value, windows (attention
+windows below capacity), calib (npz of held-out windows, or null)}. Writes out_dir/model.tflite
+and out_dir/convert.json (timings, size breakdown, weight dtypes). One precision (the table in
+__init__.py) is one quantization recipe, `_recipe`.
 """
 from __future__ import annotations
 
@@ -34,40 +35,46 @@ def _recipe(precision: str):
     return rm.get_quantization_recipe()
 
 
-def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float):
-    """Trace prefill (1, prefill_len) and decode (1, 1) signatures sharing one set of weights."""
+def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float, windows=()):
+    """Trace `prefill_W` (1, prefill_len) and `decode_W` (1, 1) signatures for every attention
+    window W (`windows` plus the capacity), all sharing one set of weights and the same caches."""
     import litert_torch
     from .graph import CachedLM, litert_update
-    g = CachedLM(model, capacity, mask_value, update=litert_update).eval()
-    conv = litert_torch.signature("prefill", g, sample_kwargs=g.sample_inputs(prefill_len))
-    conv = conv.signature("decode", g, sample_kwargs=g.sample_inputs(1))
+    conv = litert_torch
+    for w in sorted(set(windows) | {capacity}):
+        g = CachedLM(model, capacity, mask_value, update=litert_update, window=w).eval()
+        conv = conv.signature(f"prefill_{w}", g, sample_kwargs=g.sample_inputs(prefill_len))
+        conv = conv.signature(f"decode_{w}", g, sample_kwargs=g.sample_inputs(1))
     conv.convert().export(str(path))
 
 
-def calibration_data(float_path: Path, windows, prefill_len: int) -> dict:
+def calibration_data(float_path: Path, texts, prefill_len: int) -> dict:
     """Signature inputs for calibration: prefill on held-out windows, then decode steps that
-    continue each window from the caches the float model wrote (so decode sees real caches)."""
+    continue each window from the caches the float model wrote (so decode sees real caches).
+    Every signature gets the same inputs: they fit the smallest attention window (>= 2 chunks)."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(str(float_path))
-    pre, dec = it.get_signature_runner("prefill"), it.get_signature_runner("decode")
-    names = [n for n in it.get_signature_list()["prefill"]["inputs"] if n[:2] in ("k_", "v_")]
-    spec = it.get_signature_runner("prefill").get_input_details()
-    out = {"prefill": [], "decode": []}
-    for w in windows:
+    sigs = it.get_signature_list()
+    pre_sig = max((s for s in sigs if s.startswith("prefill")), key=lambda s: int(s.split("_")[1]))
+    pre, dec = it.get_signature_runner(pre_sig), it.get_signature_runner(pre_sig.replace("prefill", "decode"))
+    names = [n for n in sigs[pre_sig]["inputs"] if n[:2] in ("k_", "v_")]
+    spec = pre.get_input_details()
+    feeds = {"prefill": [], "decode": []}
+    for w in texts:  # held-out token windows
         w = np.asarray(w, np.int32)[:prefill_len + 4]
         T = min(len(w) - 4, prefill_len)  # the last 4 tokens feed decode steps
         caches = {n: np.zeros(spec[n]["shape"], np.float32) for n in names}
         ids = np.zeros((1, prefill_len), np.int32)
         ids[0, :T] = w[:T]
         feed = dict(tokens=ids, input_pos=np.arange(prefill_len, dtype=np.int32), **caches)
-        out["prefill"].append(feed)
+        feeds["prefill"].append(feed)
         caches = {n: v for n, v in pre(**feed).items() if n != "logits"}
         for p in range(T, T + 4):
             feed = dict(tokens=w[p:p + 1][None], input_pos=np.array([p], np.int32), **caches)
-            out["decode"].append(feed)
+            feeds["decode"].append(feed)
             caches = {n: v for n, v in dec(**feed).items() if n != "logits"}
-    return out
+    return {s: feeds[s.split("_")[0]] for s in sigs}
 
 
 def quantize(float_path: Path, path: Path, precision: str, calib: list | None, prefill_len: int):
@@ -82,6 +89,29 @@ def quantize(float_path: Path, path: Path, precision: str, calib: list | None, p
     qt.quantize(result).export_model(str(path), overwrite=True)
 
 
+def strip_names(path: Path) -> int:
+    """Shrink the debug names: every signature repeats its ~650 tensors under long litert-torch
+    scope names (~50 kB a signature, which int4-b32 cannot afford under 15 MB). Tensors that hold
+    no weights lose their names (signature inputs and outputs keep theirs: the SignatureDefs hold
+    them); a weight keeps the last two scopes of its last fused name ('MLP_mlp/Linear_up_proj',
+    what inspect.breakdown reads) where it first appears and no name after. Returns the bytes saved."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+    before = path.stat().st_size
+    model = fu.read_model_from_bytearray(bytearray(path.read_bytes()))
+    named = set()
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            data = model.buffers[t.buffer].data if t.buffer else None
+            name = t.name.decode() if isinstance(t.name, bytes) else str(t.name or "")
+            t.name = ""
+            if data is not None and len(data) and t.buffer not in named:
+                named.add(t.buffer)
+                scope = [part for part in name.split(";") if "/" in part] or [name]  # fused ops join names by ';'
+                t.name = "/".join(c.rsplit(".", 1)[-1] for c in scope[-1].split("/")[-2:])
+    fu.write_model(model, str(path))
+    return before - path.stat().st_size
+
+
 def main(spec_path: str) -> int:
     import numpy as np
     from ...checkpoint import load
@@ -94,15 +124,16 @@ def main(spec_path: str) -> int:
     model = load(spec["checkpoint"], tokenizer=False)[0]
     t0 = time.time()
     float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")
-    to_tflite(model, float_path, spec["prefill_len"], spec["capacity"], spec["mask_value"])
+    to_tflite(model, float_path, spec["prefill_len"], spec["capacity"], spec["mask_value"], spec.get("windows", ()))
     t1 = time.time()
     path = out / "model.tflite"
     if spec["precision"] != "fp32":
         calib = list(np.load(spec["calib"]).values()) if spec.get("calib") else None
         quantize(float_path, path, spec["precision"], calib, spec["prefill_len"])
         float_path.unlink()
+    stripped = strip_names(path)
     from importlib.metadata import version
-    report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")}, convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2),
+    report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")}, convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2), names_stripped_bytes=stripped,
                   breakdown=breakdown(path, model.cfg.vocab_size), weight_dtypes=sorted(weight_dtypes(path)))
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0

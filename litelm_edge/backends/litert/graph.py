@@ -3,9 +3,16 @@
 LiteRT wants static shapes, so the cache does not grow by torch.cat as in `forward_cached`: each
 of the n_layer positions owns a (1, n_kv_head, capacity, hd) K and V buffer that the signature takes
 in and hands back updated, written at `input_pos` by an update function (litert-torch's
-dynamic_update_slice when converting, a plain slice copy in eager torch). The attention mask is
-finite (additive `mask_value`, about -30): -inf or -1e4 wrecks full-integer INT8 calibration.
-Weights and submodules are the Transformer's own, so prefill and decode share one set of tensors.
+dynamic_update_slice when converting, a plain slice copy in eager torch). The runtime binds one
+buffer as both the input and the output of a cache, so the update happens in place.
+
+A signature attends over the first `window` cache positions only (its bucket, <= capacity): the
+runtime calls the smallest window that holds every position written so far, so a short reply does
+not pay for the whole cache. Grouped-query attention multiplies each K/V group by its `rep` query
+heads side by side ((nkv, rep*T, hd) @ (nkv, hd, window)), so the repeated K/V never exist.
+The attention mask is finite (additive `mask_value`, about -30): -inf or -1e4 wrecks full-integer
+INT8 calibration. Weights and submodules are the Transformer's own, so every signature shares one
+set of tensors.
 """
 from __future__ import annotations
 
@@ -37,11 +44,14 @@ def cache_names(n_layer: int) -> list[str]:
 
 
 class CachedLM(nn.Module):
-    """forward(tokens (1, T) int32, input_pos (T,) int32, k_0.., v_0..) -> {'logits', k_0.., v_0..}."""
+    """forward(tokens (1, T) int32, input_pos (T,) int32, k_0.., v_0..) -> {'logits', k_0.., v_0..}.
+    input_pos must be contiguous and end inside the window: input_pos[-1] < window <= capacity."""
 
-    def __init__(self, model: Transformer, capacity: int, mask_value: float = -30.0, update=slice_update):
+    def __init__(self, model: Transformer, capacity: int, mask_value: float = -30.0, update=slice_update,
+                 window: int | None = None):
         super().__init__()
         self.model, self.capacity, self.mask_value, self.update = model, capacity, mask_value, update
+        self.window = window or capacity
 
     def empty_cache(self) -> dict:
         c = self.model.cfg
@@ -55,9 +65,11 @@ class CachedLM(nn.Module):
     def forward(self, tokens, input_pos, **caches):
         m = self.model
         T = tokens.shape[1]
+        rep = m.cfg.n_head // m.cfg.n_kv_head
         cos, sin = rope_tables(m.cfg, input_pos[0].float(), T)  # (T, hd) for contiguous positions
-        k_pos = torch.arange(self.capacity, dtype=torch.int32)
-        mask = torch.where(k_pos[None, :] <= input_pos[:, None], 0.0, self.mask_value)  # (T, S)
+        k_pos = torch.arange(self.window, dtype=torch.int32)
+        q_pos = input_pos.repeat(rep)  # (rep*T,): the rows of one K/V group's scores
+        mask = torch.where(k_pos[None, :] <= q_pos[:, None], 0.0, self.mask_value)  # (rep*T, window)
         x = m.embed_tokens(tokens)
         out = {}
         for i, li in enumerate(m.layer_order()):
@@ -70,20 +82,19 @@ class CachedLM(nn.Module):
         return {"logits": m.lm_head(m.norm(x)), **out}
 
     def _attend(self, attn, x, cos, sin, k_cache, v_cache, pos, mask):
-        """Grouped-query attention over the whole fixed cache; x (B, T, C)."""
+        """Grouped-query attention over the window's part of the cache; x (B, T, C)."""
         cfg = attn.cfg
         B, T, _ = x.shape
-        hd, nh, nkv, S = cfg.head_dim, cfg.n_head, cfg.n_kv_head, self.capacity
+        hd, nh, nkv, W = cfg.head_dim, cfg.n_head, cfg.n_kv_head, self.window
         q = attn.q_proj(x).view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = attn.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = attn.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin) * (1.0 / math.sqrt(hd)), apply_rope(k, cos, sin)
         k_cache, v_cache = self.update(k_cache, k, pos), self.update(v_cache, v, pos)
-        rep = nh // nkv
-        kk = k_cache[:, :, None].expand(B, nkv, rep, S, hd).reshape(B, nh, S, hd)
-        vv = v_cache[:, :, None].expand(B, nkv, rep, S, hd).reshape(B, nh, S, hd)
-        att = (q @ kk.transpose(-2, -1)) * (1.0 / math.sqrt(hd)) + mask  # (B, nh, T, S)
-        y = torch.softmax(att, dim=-1) @ vv
+        kk, vv = k_cache[:, :, :W], v_cache[:, :, :W]  # (B, nkv, W, hd)
+        qg = q.reshape(B, nkv, (nh // nkv) * T, hd)  # head h = g*rep + r sits in group g
+        att = qg @ kk.transpose(-2, -1) + mask  # (B, nkv, rep*T, W)
+        y = (torch.softmax(att, dim=-1) @ vv).reshape(B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)
         if attn.g_proj is not None:
             y = y * torch.sigmoid(attn.g_proj(x))

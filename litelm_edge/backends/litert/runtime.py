@@ -1,5 +1,5 @@
-"""LiteRT on the device: model.tflite with prefill/decode signatures that take the KV cache in
-and hand it back.
+"""LiteRT on the device: model.tflite with prefill/decode signatures per attention window, the
+KV cache kept inside LiteRT between calls.
 
 Device side: needs only numpy and ai-edge-litert (no litelm_edge import); uploaded beside the
 runner. The API is ort/runtime.py's.
@@ -33,23 +33,90 @@ def _interpreter_class():
     return Interpreter, "tflite_runtime"
 
 
-class LiteRTRuntime:
-    """model.tflite with prefill/decode signatures that take the KV cache in and hand it back.
-    Full-integer INT8 models have int8 inputs/outputs: values are (de)quantized with each tensor's
-    scale and zero point, so callers always see float32 logits."""
+class _InterpreterCaches:
+    """Caches through numpy: the classic Interpreter's signature runner copies every input in and
+    every output out (tflite_runtime, and ai_edge_litert without CompiledModel)."""
 
-    def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
+    def __init__(self, it, details: dict):
+        self.sig = {s: it.get_signature_runner(s) for s in details}
+        self.names, self.cache = [], {}
+
+    def reset(self, zeros: dict):
+        self.names, self.cache = list(zeros), dict(zeros)
+
+    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        out = self.sig[sig](tokens=tokens[None], input_pos=positions, **self.cache)
+        self.cache = {n: out[n] for n in self.names}
+        return out["logits"]
+
+
+class _CompiledCaches:
+    """Caches kept inside LiteRT: ai_edge_litert's CompiledModel, each cache one TensorBuffer bound
+    as both the input and the output of every signature, so dynamic_update_slice writes the new
+    positions in place and nothing of the cache crosses into Python between tokens."""
+
+    def __init__(self, path: Path, threads: int, details: dict):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import CpuOptions, Options
+        opts = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads))
+        self.cm = CompiledModel.from_file(str(path), options=opts)
+        self.details, self.cache = details, {}
+        self.io = {s: (self.cm.create_input_buffer_by_name(s, "tokens"),
+                       self.cm.create_input_buffer_by_name(s, "input_pos"),
+                       self.cm.create_output_buffer_by_name(s, "logits")) for s in details}
+
+    def reset(self, zeros: dict):
+        if not self.cache:  # one buffer per cache, shared by every signature
+            sig = next(iter(self.details))
+            self.cache = {n: self.cm.create_input_buffer_by_name(sig, n) for n in zeros}
+        for n, z in zeros.items():
+            self.cache[n].write(z)
+
+    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        tok, pos, logits = self.io[sig]
+        tok.write(tokens[None])
+        pos.write(positions)
+        self.cm.run_by_name(sig, {"tokens": tok, "input_pos": pos, **self.cache}, {"logits": logits, **self.cache})
+        d = self.details[sig][1]["logits"]
+        return logits.read(int(np.prod(d["shape"])), d["dtype"]).reshape(d["shape"])
+
+
+def compiled_model_available() -> bool:
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel  # noqa: F401  (ai_edge_litert >= 2.0)
+        return True
+    except ImportError:
+        return False
+
+
+class LiteRTRuntime:
+    """model.tflite with prefill and decode signatures per attention window (`prefill_<W>`,
+    `decode_<W>`: the call attends over cache positions < W; files built before windows have
+    `prefill` and `decode`, W = capacity). Each call takes the smallest window that holds every
+    position written so far. The KV cache stays inside LiteRT between calls where CompiledModel
+    exists (`cache_in_place`; `in_place=False` forces the numpy path), else it travels through
+    numpy. Full-integer INT8 models have int8 inputs/outputs: values are (de)quantized with each
+    tensor's scale and zero point, so callers always see float32 logits."""
+
+    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, in_place: bool | None = None):
         Interpreter, self.runtime_name = _interpreter_class()
         path = Path(art_dir) / manifest.get("graphs", {}).get("model", "model.tflite")
-        self.it = Interpreter(model_path=str(path), num_threads=threads or manifest.get("threads") or 1)
-        self.sig = {s: self.it.get_signature_runner(s) for s in ("prefill", "decode")}
-        self.ins = {s: r.get_input_details() for s, r in self.sig.items()}
-        self.outs = {s: r.get_output_details() for s, r in self.sig.items()}
-        self.cache_names = sorted(n for n in self.ins["prefill"] if n[:2] in ("k_", "v_"))
-        self.prefill_len = int(self.ins["prefill"]["tokens"]["shape"][1])
-        self.capacity = int(self.ins["prefill"][self.cache_names[0]]["shape"][2])
+        threads = threads or manifest.get("threads") or 1
+        it = Interpreter(model_path=str(path), num_threads=threads)  # reads the signatures' details
+        self.details = {s: (it.get_signature_runner(s).get_input_details(),
+                            it.get_signature_runner(s).get_output_details()) for s in it.get_signature_list()}
+        ins = self.details[next(s for s in self.details if s.startswith("prefill"))][0]
+        self.cache_names = sorted(n for n in ins if n[:2] in ("k_", "v_"))
+        self.prefill_len = int(ins["tokens"]["shape"][1])
+        self.capacity = int(ins[self.cache_names[0]]["shape"][2])
+        self.windows = {kind: sorted((int(s.partition("_")[2] or self.capacity), s) for s in self.details
+                                     if s.partition("_")[0] == kind) for kind in ("prefill", "decode")}
+        if in_place is None:
+            in_place = self.runtime_name == "ai_edge_litert" and compiled_model_available()
+        self.cache_in_place = in_place
+        self.engine = _CompiledCaches(path, threads, self.details) if in_place else _InterpreterCaches(it, self.details)
         self.pos = 0
-        self.cache = {}
 
     @staticmethod
     def _to(detail: dict, x: np.ndarray) -> np.ndarray:
@@ -68,12 +135,12 @@ class LiteRTRuntime:
         scale, zp = detail["quantization"]
         return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
 
-    def _run(self, sig: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        ins, outs = self.ins[sig], self.outs[sig]
-        feed = {n: self._to(ins[n], self.cache[n]) for n in self.cache_names}
-        out = self.sig[sig](tokens=tokens.astype(np.int32)[None], input_pos=positions.astype(np.int32), **feed)
-        self.cache = {n: self._from(outs[n], out[n]) for n in self.cache_names}
-        return self._from(outs["logits"], out["logits"])[0]  # (T, V)
+    def _run(self, kind: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        last = int(positions[-1])
+        sig = next(s for w, s in self.windows[kind] if last < w)  # the smallest window holding `last`
+        ins, outs = self.details[sig]
+        y = self.engine.run(sig, tokens.astype(ins["tokens"]["dtype"]), positions.astype(ins["input_pos"]["dtype"]))
+        return self._from(outs["logits"], y)[0]  # (T, V)
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         """ids (T,) int64 -> logits (T, V) float32; resets the cache, runs in prefill_len chunks."""
@@ -81,7 +148,8 @@ class LiteRTRuntime:
         if len(ids) > self.capacity:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the cache capacity {self.capacity}: "
                              "rebuild with a larger --set litert.capacity")
-        self.cache = {n: np.zeros(self.ins["prefill"][n]["shape"], np.float32) for n in self.cache_names}
+        ins = next(iter(self.details.values()))[0]  # zeros: stale entries would leak through the finite mask
+        self.engine.reset({n: self._to(ins[n], np.zeros(ins[n]["shape"], np.float32)) for n in self.cache_names})
         P, logits = self.prefill_len, []
         for s in range(0, len(ids), P):
             chunk = ids[s:s + P]
