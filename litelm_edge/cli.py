@@ -302,6 +302,9 @@ def fail(msg: str, code: int):
 def main(argv=None):
     """Every error a user can meet ends as one line and an exit code: 2 bad input, 3 device or
     transport, 130 interrupted, 70 a bug here (the traceback goes to a log file)."""
+    # before torch (and its OpenMP) loads: waiting workers sleep rather than spin, so a busy
+    # neighbour costs a fair share instead of a collapse (litelm_edge/train.py, cpu_threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .device_runner import RuntimeMissing
     try:
         cli.main(args=argv, standalone_mode=False)

@@ -42,6 +42,7 @@ class BuildContext:
     heldout: list  # np.int64 arrays of held-out token ids (parity, calibration)
     recipe: dict = field(default_factory=dict)  # backend options from --set build.*
     log: Callable[[str], None] = print
+    tokenizer_json: str = ""  # the checkpoint's tokenizer (a backend's exporter may read it)
 
 
 def load_target(name: str) -> tuple[str, dict]:
@@ -141,7 +142,7 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
     heldout = heldout_windows(data or training.get("data_dir"))
     with atomic_dir(out) as tmp:
         ctx = BuildContext(model, ckpt.resolve(checkpoint, need_tokenizer=False), tgt, tmp, precision, heldout,
-                           recipe, log)
+                           recipe, log, tok_json)
         res = builder.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = mf.files_table(tmp)

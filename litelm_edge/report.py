@@ -35,6 +35,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
          f"{how}; {pro['gen_len']} tokens with KV cache, {pro['reps']} reps"),
         ("decode, ms/token (p50)", _fmt(d["p50"], 3), how),
         (f"QPS, {q['sessions']} concurrent sessions", _fmt(q["qps"], 1), f"{how}; {q['inferences']} prefills"),
+        ("threads: single stream / each QPS session", f"{pro.get('threads') or 'runtime default'} / "
+         f"{pro.get('qps_threads_per_session') or 'runtime default'}", f"chosen by {pro.get('chosen_by', 'the runtime')}; "
+         f"spin {pro.get('spin')} / {pro.get('qps_spin')}; CPUs {pro.get('affinity')}; 1-min load {pro.get('load_avg_1m')}"),
         ("peak RSS, MB", _fmt(r["peak_rss_mb"], 1), how),
         ("artifact size, MB", _fmt(r["size_mb"], 2), "manifest (sum of file sizes)"),
         ("energy per inference, J", _fmt(e["j_per_inference"], 4), e["how"]),

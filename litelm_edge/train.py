@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "auto"  # auto: bf16 (or fp16) autocast on GPU, fp32 on CPU; or fp32/bf16/fp16
     device: str = "auto"  # auto: cuda when available, else cpu
+    threads: int = 0  # CPU: torch intra-op threads per process; 0 = this process's CPUs / local processes
 
     def validate(self):
         from .config import at_least
@@ -79,6 +80,15 @@ class Batches:
         return np.linspace(0, len(self.data) - self.block - 1, n * self.batch).astype(int).reshape(n, self.batch)
 
 
+def cpu_threads(world: int = 1) -> int:
+    """The CPUs this process may run on (its affinity, not the machine's cores), shared by the local
+    DDP processes. OpenMP's waiting workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set by
+    the CLI before torch loads): on 2 CPUs at load ~20, spinning workers that wait for a descheduled
+    sibling made a step 6-7x slower than sleeping ones (docs/x86-speed.md)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+
+
 def setup_device(c: TrainConfig):
     import torch
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -90,6 +100,8 @@ def setup_device(c: TrainConfig):
         if dev == "cuda":
             dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(dev)
+    if not dev.startswith("cuda"):
+        torch.set_num_threads(c.threads or cpu_threads(world))
     dtype = c.dtype
     if dtype == "auto":
         dtype = "fp32" if not dev.startswith("cuda") else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
