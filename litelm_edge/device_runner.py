@@ -114,20 +114,13 @@ def cpu_list(cpus: list[int]) -> str:
     return ",".join(out)
 
 
-def default_threads(manifest: dict, threads: int | None = None) -> int:
-    """Runtime threads: --threads when given; else one per CPU in the process's affinity (a
-    runtime's own default counts every core and ignores taskset), no more than the build's
-    manifest asks for (LiteRT: the phone's big cores)."""
-    return threads or min(manifest.get("threads") or len(affinity()), len(affinity()))
-
-
 def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool | None = None):
     """The artifact's runtime: prefill(ids (T,)) -> logits (T, V); decode(token) -> logits (V,).
     spin: idle workers spin or sleep, for runtimes that take it (Runtime.spins)."""
     mod = runtime_module(manifest["backend"])
     try:
         kw = {"spin": spin} if getattr(mod.Runtime, "spins", False) else {}
-        return mod.Runtime(Path(art_dir), manifest, default_threads(manifest, threads), **kw)
+        return mod.Runtime(Path(art_dir), manifest, threads or choose_threads(manifest), **kw)
     except ImportError as e:
         raise RuntimeMissing(f"{e.name or manifest['runtime']} is not installed: "
                              f"{PIP}{' '.join(mod.PACKAGES)}", mod.PACKAGES) from e
@@ -243,22 +236,20 @@ def run_qps(runtimes: list, prompt, iters: int) -> dict:
 MB_PER_THREAD = 8.0
 
 
-def usable_cpus() -> list[int]:
-    return affinity()
-
-
 def choose_threads(manifest: dict, sessions: int = 1) -> int:
-    """Intra-op threads per session: the CPUs this process may use, shared by the sessions, at most
-    one per MB_PER_THREAD of stored weights."""
-    share = max(1, len(usable_cpus()) // sessions)
-    by_size = int(manifest.get("size_bytes", 0) / 1e6 // MB_PER_THREAD)
-    return max(1, min(share, by_size))
+    """Runtime threads per session when --threads is not given: the CPUs in this process's affinity
+    (a runtime's own default counts every core and ignores taskset), shared by the sessions, at
+    most one per MB_PER_THREAD of stored weights and no more than the build asks for (LiteRT: the
+    phone's big cores)."""
+    share = max(1, len(affinity()) // sessions)
+    by_size = max(1, int(manifest.get("size_bytes", 0) / 1e6 // MB_PER_THREAD))
+    return min(share, by_size, manifest.get("threads") or share)
 
 
 def choose_spin(threads: int, sessions: int = 1) -> bool:
     """Spinning workers only when the cores are ours: one session and a load below the CPU count."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return threads > 1 and sessions == 1 and load < len(usable_cpus())
+    return threads > 1 and sessions == 1 and load < len(affinity())
 
 
 def thread_plan(manifest: dict, threads: int | None, spin: bool | None, concurrency: int) -> dict:
@@ -268,10 +259,10 @@ def thread_plan(manifest: dict, threads: int | None, spin: bool | None, concurre
     return {"threads": one, "qps_threads_per_session": each,
             "threads_from": "--threads" if threads else "default: the CPUs in the process's affinity",
             "chosen_by": "--threads" if threads else
-            f"CPU affinity ({len(usable_cpus())} CPUs) and weights ({MB_PER_THREAD:g} MB a thread)",
+            f"CPU affinity ({len(affinity())} CPUs) and weights ({MB_PER_THREAD:g} MB a thread)",
             "spin": choose_spin(one) if spin is None else spin,
             "qps_spin": choose_spin(each, concurrency) if spin is None else spin,
-            "affinity": usable_cpus(), "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+            "affinity": affinity(), "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_build_graph_option(tiny_run, data_dir, tmp_path):
 
 
 def test_threads_follow_affinity_sessions_and_size(monkeypatch):
-    monkeypatch.setattr(dr, "usable_cpus", lambda: list(range(8)))
+    monkeypatch.setattr(dr, "affinity", lambda: list(range(8)))
     big, small = {"size_bytes": 100e6}, {"size_bytes": 2e6}
     assert dr.choose_threads(big) == 8 and dr.choose_threads(big, sessions=4) == 2
     assert dr.choose_threads(small) == 1  # thread hand-offs cost more than a 2 MB model's matmuls
