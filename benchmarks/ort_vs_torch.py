@@ -44,23 +44,21 @@ def measure(engine, prompt, gen_len):
     return r["prefill_ms"][0], 1e3 / np.mean(r["decode_ms"])
 
 
-def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, None]:
-    from litelm_edge.model import Transformer, preset as model_preset
-    torch.manual_seed(0)
-    path = work / "ckpt"
-    ckpt.save(path, Transformer(model_preset(preset)), "{}", {"step": 0})
-    return path, None
+def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
+    from x86_vs_llamacpp import untrained_checkpoint as make  # a tokenizer and held-out data too
+    return make(preset, work)
 
 
-def raw_build(model, art: Path, precision: str) -> dict:
+def raw_build(model, art: Path, precision: str, tokenizer_json: str) -> dict:
     """The ORT backend's export without `build`'s parity gate: an untrained model's near-tied
     logits make next-token agreement meaningless, and this script measures speed and size only."""
     from litelm_edge.backends.ort.build import build as ort_build
     from litelm_edge.export import BuildContext
     art.mkdir(parents=True)
-    res = ort_build(BuildContext(model, art, {}, art, precision, [], log=lambda s: None))
+    res = ort_build(BuildContext(model, art, {}, art, precision, [], log=lambda s: None, tokenizer_json=tokenizer_json))
     c = model.cfg
-    return dict(res.extra, runtime=res.runtime, backend="ort", model={k: getattr(c, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head")})
+    keys = ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "max_seq_len")
+    return dict(res.extra, runtime=res.runtime, backend="ort", model={k: getattr(c, k) for k in keys})
 
 
 def main():
@@ -76,7 +74,7 @@ def main():
     ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
     if not a.checkpoint:
         print(f"untrained {a.preset}: built without the parity gate (speed and size only)")
-    model = ckpt.load(ck)[0]
+    model, tok_json, _ = ckpt.load(ck)
     engines = {"torch eager fp32": TorchEngine(model)}
     sizes = {"torch eager fp32": 4 * model.num_params() / 1e6}
     for prec in a.precisions.split(","):
@@ -86,7 +84,7 @@ def main():
             manifest = read_manifest(art)
             print(f"{prec}: parity top-1 {manifest['parity']['top1_agreement']:.3f} ({manifest['parity']['rule']})")
         else:
-            manifest = raw_build(model, art, prec)
+            manifest = raw_build(model, art, prec, tok_json)
         engines[f"onnxruntime {prec}"] = open_runtime(art, manifest)
         sizes[f"onnxruntime {prec}"] = sum(p.stat().st_size for p in art.iterdir()) / 1e6
     prompt = np.random.default_rng(0).integers(0, model.cfg.vocab_size, 64, dtype=np.int64)

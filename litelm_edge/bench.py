@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import device_runner as R
 from .config import UserError
-from .manifest import read_manifest
+from .manifest import read_manifest, verified  # noqa: F401 (read_manifest: imported from here by older callers)
 
 RUNNER = Path(R.__file__)
 
@@ -38,8 +38,7 @@ def runner_args(protocol: dict) -> list[str]:
 def bench_local(art_dir, protocol: dict | None = None, log=print, sysfs_root: str | None = None) -> dict:
     """Run the device runner in a subprocess of this Python; returns its raw JSON.
     sysfs_root: where the runner reads energy sensors and temperatures (default /sys)."""
-    art_dir = Path(art_dir)
-    read_manifest(art_dir)
+    art_dir = Path(art_dir)  # bench() verified it against its manifest
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "result.json"
         cmd = [sys.executable, str(RUNNER), str(art_dir), "--out", str(out), *runner_args(protocol or {})]
@@ -106,7 +105,7 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
 
 def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs_root: str | None = None) -> dict:
     """The local bench: this machine is the device."""
-    manifest = read_manifest(art_dir)
+    manifest = verified(art_dir)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log, sysfs_root)
     return finish(raw, manifest, "measured on this host (local bench)", base)

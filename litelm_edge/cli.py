@@ -5,6 +5,7 @@ Heavy libraries (torch, onnxruntime, TVM, LiteRT) are imported inside the librar
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ ACCEPT = click.option("--accept-new-host-key", "accept_new", is_flag=True,
                       help="Record an unknown device host key in ~/.ssh/known_hosts.")
 REMOTE_DIR = click.option("--remote-dir", "root", help="Absolute folder on the device (default: its ~/.cache/litelm-edge).")
 SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+TOKENIZER = click.option("--tokenizer", type=click.Path(path_type=Path),
+                         help="tokenizer.json for a checkpoint folder without one (an imported HF model).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,13 +38,16 @@ def cli():
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Existing tokenizer.json (else one is trained).")
 @click.option("--vocab", default=4096, show_default=True, help="Vocabulary size when training a tokenizer.")
+@click.option("--text-field", help="The .jsonl key / .parquet column of the text (default: text).")
 @SET
-def data(inputs, out, tokenizer, vocab, sets):
-    """Clean, dedup, split and tokenise .txt/.jsonl INPUTS (files or folders; 'default' = bundled corpus)."""
+def data(inputs, out, tokenizer, vocab, text_field, sets):
+    """Normalise, filter, dedup (exact + MinHash), split and tokenise .txt/.jsonl/.parquet INPUTS,
+    plain or .gz/.zst (files or folders; 'default' = bundled corpus). Writes data-report.md."""
     from .config import override
     from .data import DataConfig, default_corpus, prepare
     inputs = [default_corpus() if i == "default" else i for i in inputs]
-    prepare(inputs, out, tokenizer, vocab, override(DataConfig(), parse_sets(sets), "--set (data)"))
+    sets = dict(parse_sets(sets), **({"text_field": text_field} if text_field else {}))
+    prepare(inputs, out, tokenizer, vocab, override(DataConfig(), sets, "--set (data)"), log=click.echo)
 
 
 @cli.group()
@@ -72,9 +78,10 @@ def train_cmd(data_dir, out, preset, resume, sets):
     """Train a model (DDP when launched with torchrun). --set model.n_layer=2 / --set max_steps=100."""
     from .config import override
     from .model import preset as model_preset
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resume_settings, train
     model_sets, rest = split_sets(parse_sets(sets), "model")
-    s = train(data_dir, out, model_preset(preset, model_sets), override(TrainConfig(), rest, "--set (train)"), resume)
+    c = (resume and resume_settings(out, rest, model_sets, click.echo)) or override(TrainConfig(), rest, "--set (train)")
+    s = train(data_dir, out, model_preset(preset, model_sets), c, resume)
     if s:
         click.echo(f"step {s['step']}: val loss {s['val_loss']:.4f}, val ppl {s['val_ppl']:.2f} -> {out}")
 
@@ -87,8 +94,9 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
 @click.option("--tune", is_flag=True, help="TVM targets: pick the schedule's tile by benching on --remote.")
 @click.option("--remote", "tune_remote", help="user@host[:port] of the device that --tune measures on.")
+@TOKENIZER
 @SET
-def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, sets):
+def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, tokenizer, sets):
     """Build a checkpoint for a target; fails when the artifact disagrees with torch."""
     from .export import build as do_build
     if tune:
@@ -97,7 +105,7 @@ def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, sets)
         from .backends.tvm.tune import tune as do_tune
         m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets), log=click.echo)
     else:
-        m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets))
+        m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets), tokenizer=tokenizer)
     p = m["parity"]
     click.echo(f"{m['target']}/{m['precision']}: {m['size_bytes'] / 1e6:.2f} MB, parity top-1 "
                f"{p['top1_agreement']:.3f}, max abs {p['max_abs_err']:.2e} -> {out}")
@@ -186,11 +194,12 @@ def run(recipe, sets):
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint or run folder (torch).")
 @click.option("--artifact", type=click.Path(path_type=Path), help="Built artifact (through its runtime).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Folder from `litelm-edge data` (default: the checkpoint's).")
+@TOKENIZER
 @SET
-def eval_cmd(checkpoint, artifact, data_dir, sets):
+def eval_cmd(checkpoint, artifact, data_dir, tokenizer, sets):
     """Validation perplexity of a checkpoint or of a built artifact (--set windows=32 window_len=128)."""
     from .eval import evaluate
-    r = evaluate(checkpoint, artifact, data_dir, parse_sets(sets))
+    r = evaluate(checkpoint, artifact, data_dir, parse_sets(sets), tokenizer)
     click.echo(f"{r['what']} ({r['runtime']}): val ppl {r['ppl']:.3f} over {r['tokens']} tokens "
                f"in {r['windows']} windows, {r['seconds']:.1f} s -> {r['path']}")
 
@@ -220,23 +229,71 @@ def targets():
         click.echo(f"{p.stem:12s} {t.get('backend', '?'):8s} {t.get('description', '')}")
 
 
+EXTRAS = {"torch": "train", "safetensors": "train", "tokenizers": "train", "tensorboard": "train",
+          "transformers": "dev"}  # the backends' own: backends/<name>/__init__.py EXTRA, HOST_MODULES
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The one line for a module of an extra that is not installed (a base install has none)."""
+    from . import backends
+    top = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(top) or next((m.EXTRA for m in map(backends.load, backends.names())
+                                     if top in m.HOST_MODULES), None)
+    if extra is None:
+        return None
+    fix = f"pip install 'litelm-edge[{extra}]'"
+    if top == "torch":  # a resolved torch is a multi-GB CUDA build: the CPU one first
+        fix = "pip install torch --index-url https://download.pytorch.org/whl/cpu && " + fix
+    return f"{top} is not installed (this command needs it): {fix}"
+
+
+def crash_log(exc: BaseException) -> Path:
+    """The traceback of an unexpected error, kept for a bug report instead of shown."""
+    import time
+    import traceback
+    from .config import cache_dir
+    path = cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"litelm-edge {' '.join(sys.argv[1:])}\n" + "".join(traceback.format_exception(exc)))
+    except OSError:
+        path = Path("(could not write the log)")
+    return path
+
+
+def fail(msg: str, code: int):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
 def main(argv=None):
+    """Every error a user can meet ends as one line and an exit code: 2 bad input, 3 device or
+    transport, 130 interrupted, 70 a bug here (the traceback goes to a log file)."""
+    # before torch (and its OpenMP) loads: waiting workers sleep rather than spin, so a busy
+    # neighbour costs a fair share instead of a collapse (litelm_edge/train.py, cpu_threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .device_runner import RuntimeMissing
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(getattr(e, "exit_code", EXIT_USER))
-    except click.exceptions.Abort:
+        fail(str(e).replace("\n", " "), getattr(e, "exit_code", EXIT_USER))
+    except RuntimeMissing as e:
+        fail(str(e), EXIT_USER)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except ModuleNotFoundError as e:
+        line = missing_extra(e)
+        fail(line, EXIT_USER) if line else fail(f"internal error ({e}); traceback in {crash_log(e)}", 70)
     except OSError as e:
         if e.errno == 28:  # ENOSPC
-            click.echo(f"error: disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", err=True)
-            sys.exit(EXIT_USER)
-        raise
+            fail(f"disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", EXIT_USER)
+        fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its permissions", EXIT_USER)
+    except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in the log
+        fail(f"internal error ({type(e).__name__}: {str(e)[:200]}); traceback in {crash_log(e)}", 70)
 
 
 if __name__ == "__main__":

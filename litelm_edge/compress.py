@@ -115,6 +115,21 @@ def method_share(base, data_dir, out, sets, model_sets, tc, log) -> dict:
     return {"config": asdict(c), "model": model}
 
 
+CONFIGS = {"qat": ("quant", "QATConfig"), "prune": ("prune", "PruneConfig"), "distill": ("distill", "DistillConfig"),
+           "share": ("share", "ShareConfig")}
+
+
+def check_sets(method: str, sets: dict, where: str):
+    """A compression step's keys (the method's, train.*, model.*), checked before anything runs."""
+    import importlib
+    from .train import TrainConfig
+    train_sets, rest = split_sets(dict(sets), "train")
+    _, rest = split_sets(rest, "model")
+    override(override(TrainConfig(), FINETUNE), train_sets, f"{where} train.*")
+    module, cls = CONFIGS[method]
+    override(getattr(importlib.import_module(f".{module}", __package__), cls)(), rest, where)
+
+
 def compress(method: str, checkpoint, data_dir, out, sets: dict | None = None, log=print) -> dict:
     """Run one method; returns what it did, parameters and perplexity before/after, seconds."""
     from . import checkpoint as ckpt

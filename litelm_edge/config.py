@@ -1,11 +1,17 @@
 """Config in one place: dataclasses with commented defaults, overridden by TOML, then by --set.
 
+The one schema mechanism for every TOML and JSON a user writes or edits (targets, recipes, model
+presets, inventories, checkpoint config.json): `from_dict(Cls, table, where)` builds a dataclass
+from a table, nested dataclasses included. Unknown keys are errors that name the nearest valid key,
+values are coerced and type-checked, and a dataclass's `validate()` range-checks the whole.
+
 Data folders (targets/, model/, recipes/) live at the top level of the repo and are shipped inside
 the wheel as litelm_edge/_data/; `data_dir` finds whichever exists.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 import typing
@@ -60,7 +66,12 @@ def _coerce(value, typ, key: str):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None or value == "none":
             return None
-        typ = args[0]
+        for a in args[:-1]:  # str | dict: the first member that takes the value
+            try:
+                return _coerce(value, a, key)
+            except UserError:
+                pass
+        typ = args[-1]
     if typ is bool:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -87,14 +98,46 @@ def _coerce(value, typ, key: str):
     elif typ is str:
         if isinstance(value, str):
             return value
-    elif typing.get_origin(typ) is list or typ is list:
-        if isinstance(value, list):
+    elif typ is dict:
+        if isinstance(value, dict):
             return value
+    elif typing.get_origin(typ) is list or typ is list:
         if isinstance(value, str):
-            return [v for v in value.split(",") if v]
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            item = (typing.get_args(typ) or (None,))[0]
+            return [_coerce(v, item, key) for v in value] if item in (int, float, str) else value
     else:
         return value
     raise UserError(f"'{key}' must be {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def unknown_key(key: str, have, where: str, what: str = "key") -> UserError:
+    """'unknown key 'precison' in [build]: did you mean 'precision'?' (else the valid keys)."""
+    have = sorted(have)
+    near = difflib.get_close_matches(key, have, n=1, cutoff=0.6)
+    hint = f"did you mean '{near[0]}'?" if near else f"have: {', '.join(have) or '(none)'}"
+    return UserError(f"unknown {what} '{key}' in {where}: {hint}")
+
+
+def _validated(obj, where: str):
+    """Run the dataclass's own range checks, naming where the values came from."""
+    check = getattr(obj, "validate", None)
+    if check is None:
+        return obj
+    try:
+        check()
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return obj
+
+
+def at_least(obj, **limits):
+    """Range check: at_least(cfg, n_layer=1, eval_every=1); None means "not set" and passes."""
+    for k, lo in limits.items():
+        v = getattr(obj, k)
+        if v is not None and v < lo:
+            raise UserError(f"'{k}' must be >= {lo}, got {v}")
 
 
 def override(obj, values: dict, where: str = "config"):
@@ -104,9 +147,51 @@ def override(obj, values: dict, where: str = "config"):
     changes = {}
     for k, v in values.items():
         if k not in fields:
-            raise UserError(f"unknown key '{k}' in {where}, have: {', '.join(sorted(fields))}")
+            raise unknown_key(k, fields, where)
         changes[k] = _coerce(v, hints[k], k)
-    return dataclasses.replace(obj, **changes)
+    return _validated(dataclasses.replace(obj, **changes), where)
+
+
+def _key_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("key", f.name)  # a TOML key that is a Python keyword: from -> from_
+
+
+def _value(value, typ, where: str, key: str):
+    """One table value against a field type: nested dataclasses and lists of them recurse."""
+    if dataclasses.is_dataclass(typ):
+        return from_dict(typ, value, f"{where} [{key}]")
+    if typing.get_origin(typ) is list and dataclasses.is_dataclass(typing.get_args(typ)[0]):
+        if not isinstance(value, list):
+            raise UserError(f"{where}: write [{key}] as an array of tables ([[{key}]]), got {value!r}"[:200])
+        return [from_dict(typing.get_args(typ)[0], v, f"{where} [[{key}]] #{i + 1}") for i, v in enumerate(value)]
+    try:
+        return _coerce(value, typ, key)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def from_dict(cls, data, where: str):
+    """A dataclass `cls` from table `data` (TOML or JSON): strict keys, coerced values, validated."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a table of keys, got {type(data).__name__} {data!r}"[:200])
+    hints = typing.get_type_hints(cls)
+    fields = {_key_of(f): f for f in dataclasses.fields(cls)}
+    kw = {}
+    for k, v in data.items():
+        if k not in fields:
+            raise unknown_key(k, fields, where)
+        kw[fields[k].name] = _value(v, hints[fields[k].name], where, k)
+    for k, f in fields.items():
+        if f.name not in kw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{where} needs '{k}'")
+    return _validated(cls(**kw), where)
+
+
+def to_dict(obj) -> dict:
+    """A dataclass as a plain table, without the keys left unset (None)."""
+    return {_key_of(f): (to_dict(v) if dataclasses.is_dataclass(v) else
+                         [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v] if isinstance(v, list) else v)
+            for f in dataclasses.fields(obj) if (v := getattr(obj, f.name)) is not None}
 
 
 def parse_sets(sets: typing.Iterable[str]) -> dict:

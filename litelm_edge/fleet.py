@@ -22,29 +22,30 @@ from pathlib import Path
 from .config import UserError, read_toml
 
 WORKERS = 4  # devices benchmarked at once
-KEYS = {"name", "address", "target", "notes"}
 
 
 @dataclass
 class Device:
-    name: str
-    address: str
+    name: str  # unique, used in the report
+    address: str  # user@host[:port] or a ~/.ssh/config alias
     target: str | None = None  # None: whatever the artifact targets
-    notes: str = ""
+    notes: str = ""  # copied into the report
 
 
 def read_inventory(path) -> list[Device]:
-    rows = read_toml(path).get("device")
+    from .config import from_dict, unknown_key
+    from .remote import parse_address
+    data = read_toml(path)
+    for table in data:
+        if table != "device":
+            raise unknown_key(table, ["device"], str(path), "table")
+    rows = data.get("device")
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{path}: no [[device]] tables: list devices as [[device]] with name and "
                         "address")
-    devices = []
-    for i, row in enumerate(rows):
-        unknown = set(row) - KEYS
-        if unknown or not {"name", "address"} <= set(row):
-            raise UserError(f"{path}: device #{i + 1} needs name and address (allowed keys: "
-                            f"{', '.join(sorted(KEYS))}), got {', '.join(sorted(row))}")
-        devices.append(Device(**{k: str(v) for k, v in row.items()}))
+    devices = [from_dict(Device, row, f"{path} [[device]] #{i + 1}") for i, row in enumerate(rows)]
+    for i, d in enumerate(devices):
+        parse_address(d.address)  # OpenSSH's rules, before any connection
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise UserError(f"{path}: device names must be unique, got {', '.join(names)}")
@@ -113,12 +114,12 @@ def _cell(v, fmt="{:.1f}") -> str:
 def fleet_markdown(report: dict) -> str:
     """One row per device; failed devices say why in one line."""
     out = [f"## Fleet bench: {report['target']} artifact {report.get('artifact_id') or ''}", "",
-           "| device | address | status | CPU | prefill p50, ms | decode, tok/s | QPS | "
-           "energy/inference, J | parity top-1 | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| device | address | status | CPU | threads (affinity) | prefill p50, ms | decode, tok/s | QPS | "
+           "energy/inference, J | parity top-1 | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["devices"]:
         res = r["result"]
         if res is None:
-            out.append(f"| {r['name']} | {r['address']} | **FAILED**: {r['error']} | | | | | | | "
+            out.append(f"| {r['name']} | {r['address']} | **FAILED**: {r['error']} | | | | | | | | "
                        f"{r['notes']} |")
             continue
         e = res["energy"]
@@ -126,6 +127,7 @@ def fleet_markdown(report: dict) -> str:
         energy = f"{_cell(e['j_per_inference'], '{:.4g}')} ({e['how'].split(' (')[0]})"
         out.append(f"| {r['name']} | {res['remote']['address']} | {status} | "
                    f"{res['device'].get('cpu_model') or res['device'].get('cpu', '?')} | "
+                   f"{res.get('protocol', {}).get('threads', '?')} ({res['device'].get('affinity', '?')}) | "
                    f"{_cell(res['prefill_ms']['p50'], '{:.2f}')} | {_cell(res['decode_tok_s']['mean'])} | "
                    f"{_cell(res['qps']['qps'])} | {energy} | "
                    f"{_cell(res['parity']['top1_agreement_vs_torch'], '{:.3f}')} | {r['notes']} |")

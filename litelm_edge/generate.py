@@ -17,9 +17,9 @@ def sample_np(logits: np.ndarray, temperature: float, top_k: int | None, rng) ->
 
 
 def generate_artifact(art_dir: Path, ids: list[int], n: int, temperature: float, top_k, seed: int, eot: int) -> list[int]:
-    from .manifest import read_manifest
     from .device_runner import open_runtime
-    m = read_manifest(art_dir)
+    from .manifest import verified
+    m = verified(art_dir)
     rt, rng = open_runtime(art_dir, m), np.random.default_rng(seed)
     room = m["model"]["max_seq_len"] - len(ids)
     out, logits = list(ids), rt.prefill(np.array(ids, np.int64))[-1]
@@ -35,6 +35,8 @@ def generate_artifact(art_dir: Path, ids: list[int], n: int, temperature: float,
 def generate(source, prompt: str, max_new_tokens=64, temperature=0.0, top_k=None, seed=0, from_artifact=False) -> str:
     from .tokenizer import Tokenizer
     if from_artifact:
+        from .manifest import verified
+        verified(source)  # before the tokenizer is read
         tok = Tokenizer.load(Path(source) / "tokenizer.json")
         ids = tok.encode(prompt)
         out = generate_artifact(Path(source), ids, max_new_tokens, temperature, top_k, seed, tok.eot_id)

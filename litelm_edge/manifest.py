@@ -90,8 +90,19 @@ def verify(art_dir, manifest: dict | None = None) -> dict:
         p = root / name
         if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
             raise UserError(f"manifest file name '{name}' leaves the artifact: rebuild the artifact")
-        if not p.is_file() or p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
-            raise UserError(f"{p} does not match its manifest sha256/size: rebuild the artifact")
+        if not p.is_file():
+            raise UserError(f"{p} is missing: the artifact is incomplete; rebuild it")
+        if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
+            raise UserError(f"{p} does not match its manifest sha256/size: rebuild the artifact "
+                            "(or restore the file it was built with)")
         out[name] = (p, meta["sha256"], meta["size"])
     out[NAME] = (root / NAME, sha256_file(root / NAME), (root / NAME).stat().st_size)
     return out
+
+
+def verified(art_dir) -> dict:
+    """The manifest, after every file it lists matched its size and sha256: what bench, eval,
+    generate and push call before they use an artifact."""
+    m = read_manifest(art_dir)
+    verify(art_dir, m)
+    return m

@@ -41,12 +41,18 @@ class ModelConfig:
         return math.ceil(self.n_layer / self.share_every)
 
     def validate(self):
-        from .config import UserError
-        if (not self.head_size and self.n_embd % self.n_head) or self.n_head % self.n_kv_head:
-            raise UserError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}) and "
-                            f"n_head by n_kv_head ({self.n_kv_head})")
-        if self.share_every < 1 or self.head_dim % 2:
-            raise UserError("share_every must be >= 1 and the head size even (RoPE)")
+        from .config import UserError, at_least
+        at_least(self, vocab_size=1, n_layer=1, n_embd=1, n_head=1, n_kv_head=1, intermediate_size=1,
+                 max_seq_len=1, share_every=1, head_size=0)
+        if self.rope_theta <= 0 or self.norm_eps <= 0 or not 0 <= self.dropout < 1:
+            raise UserError(f"rope_theta ({self.rope_theta}) and norm_eps ({self.norm_eps}) must be > 0 "
+                            f"and dropout ({self.dropout}) in [0, 1)")
+        if not self.head_size and self.n_embd % self.n_head:
+            raise UserError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise UserError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+        if self.head_dim % 2:
+            raise UserError(f"the head size ({self.head_dim}) must be even (RoPE rotates pairs)")
         return self
 
 
@@ -244,6 +250,12 @@ def sample_next(logits, temperature: float, top_k: int | None, generator=None):
 def preset(name: str, sets: dict | None = None) -> ModelConfig:
     """A model preset from model/NAME.toml ([model] table), then --set overrides."""
     from .config import named_toml, override
+    from .config import UserError, unknown_key
     path, data = named_toml("model", name)
-    cfg = override(ModelConfig(), data.get("model", {}), where=str(path))
-    return override(cfg, sets or {}, where="--set model.*").validate()
+    for table in data:
+        if table != "model":
+            raise unknown_key(table, ["model"], str(path), "table")
+    if not isinstance(data.get("model", {}), dict):
+        raise UserError(f"{path}: [model] must be a table of keys")
+    cfg = override(ModelConfig(), data.get("model", {}), where=f"{path} [model]")
+    return override(cfg, sets or {}, where="--set model.*")

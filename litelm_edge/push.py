@@ -160,7 +160,7 @@ def push(remote: Remote, artifact_dir: str | Path, progress=None, root: str | No
 def push_to(address: str, artifact_dir, accept_new: bool = False, root: str | None = None,
             progress=None) -> tuple[str, PushResult]:
     """Open the device, push, close: (device label, what was sent)."""
-    mf.read_manifest(artifact_dir)
+    local_files(artifact_dir)  # every file against the manifest, before any connection
     with Remote(address, accept_new) as remote:
         return remote.label, push(remote, artifact_dir, progress, root)
 

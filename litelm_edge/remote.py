@@ -53,13 +53,36 @@ class Completed:
     stderr: str
 
 
+def valid_hostname(s: str) -> bool:
+    """OpenSSH's rule (misc.c valid_hostname): no leading '-', no shell metacharacters, spaces
+    or control characters. A ProxyCommand expands %h into a shell command: this keeps it inert."""
+    return bool(s) and not s.startswith("-") and not any(
+        c in "'`\"$\\;&<>|(){}," or c.isspace() or not c.isprintable() for c in s)
+
+
+def valid_user(s: str) -> bool:
+    """OpenSSH's rule (misc.c valid_ruser): no leading '-', control characters, shell
+    metacharacters, '-' after a space, or a trailing backslash."""
+    return bool(s) and not s.startswith("-") and not s.endswith("\\") and not re.search(r"\s-", s) and not any(
+        c in "'`\";&<>|(){}" or not c.isprintable() for c in s)
+
+
 def parse_address(address: str) -> tuple[str | None, str, int | None]:
-    """'pi@host:2222' -> ('pi', 'host', 2222); user and port are None when not given."""
+    """'pi@host:2222' -> ('pi', 'host', 2222); user and port are None when not given.
+    Host and user must pass OpenSSH's own checks: they are refused before any connection."""
     m = re.fullmatch(r"(?:([^@\s]+)@)?(\[[^\]]+\]|[^:@\s]+)(?::(\d+))?", address.strip())
     if not m:
         raise UserError(f"bad --remote '{address}': expected user@host[:port]")
     user, host, port = m.groups()
-    return user, host.strip("[]"), int(port) if port else None
+    host = host.strip("[]")
+    if not valid_hostname(host):
+        raise UserError(f"bad --remote '{address}': host name {host!r} has characters OpenSSH refuses "
+                        "(shell metacharacters, spaces, a leading '-'): use the device's name or address")
+    if user is not None and not valid_user(user):
+        raise UserError(f"bad --remote '{address}': user name {user!r} has characters OpenSSH refuses")
+    if port and not 0 < int(port) < 65536:
+        raise UserError(f"bad --remote '{address}': port {port} is not 1-65535")
+    return user, host, int(port) if port else None
 
 
 def fingerprint(key) -> str:
@@ -154,6 +177,14 @@ def _connect_message(e: Exception, label: str, keys: list[str]) -> str:
                 f"key with ssh-keygen -R '{host}'")
     if isinstance(e, paramiko.PasswordRequiredException):
         return f"{label}: the key is passphrase-protected: load it into ssh-agent with ssh-add"
+    if isinstance(e, paramiko.SSHException) and "No authentication methods available" in str(e):
+        return (f"{label}: no usable SSH key (none in ssh-agent, no ~/.ssh/id_*, no IdentityFile): "
+                "make one with ssh-keygen -t ed25519, then ssh-copy-id it to the device")
+    if isinstance(e, (FileNotFoundError, IsADirectoryError)) and keys:
+        return f"{label}: IdentityFile {e.filename or keys[0]} cannot be read: fix IdentityFile in ~/.ssh/config"
+    if isinstance(e, paramiko.SSHException) and ("private key" in str(e) or "key format" in str(e)):
+        return (f"{label}: the SSH key cannot be read ({e}): point IdentityFile at a private key "
+                "(not the .pub) or make one with ssh-keygen -t ed25519")
     if isinstance(e, paramiko.AuthenticationException):
         tried = ", ".join(keys) if keys else "agent and ~/.ssh/id_*"
         return (f"{label}: authentication failed (tried {tried}): add your public key to "

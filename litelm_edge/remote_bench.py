@@ -18,7 +18,7 @@ from . import push as P
 from .bench import finish, runner_args, runner_files
 from .device_runner import EXIT_PARITY, EXIT_RUNTIME_MISSING
 from .files import sha256_file
-from .manifest import read_manifest
+from .manifest import read_manifest, verified
 from .remote import Remote, RemoteError
 
 RUN_TIMEOUT = 900.0  # s, the whole runner on the device (load, parity, warmup, reps)
@@ -76,7 +76,7 @@ def run_on_device(remote: Remote, art_dir, protocol: dict | None = None, python:
 def bench_remote(address: str, art_dir, protocol: dict | None = None, baseline=None,
                  accept_new: bool = False, log=print, cancel=None, **kw) -> dict:
     """The remote bench of one device: same protocol and judgement as the local bench."""
-    manifest = read_manifest(art_dir)
+    manifest = verified(art_dir)  # every file against the manifest, before connecting
     base = json.loads(Path(baseline).read_text()) if baseline else None
     t0 = time.perf_counter()
     with Remote(address, accept_new) as remote:

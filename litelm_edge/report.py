@@ -30,6 +30,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
          f"{how}; {pro['gen_len']} tokens with KV cache, {pro['reps']} reps"),
         ("decode, ms/token (p50)", _fmt(d["p50"], 3), how),
         (f"QPS, {q['sessions']} concurrent sessions", _fmt(q["qps"], 1), f"{how}; {q['inferences']} prefills"),
+        ("threads: single stream / each QPS session", f"{pro.get('threads') or 'runtime default'} / "
+         f"{pro.get('qps_threads_per_session') or 'runtime default'}", f"chosen by {pro.get('chosen_by', 'the runtime')}; "
+         f"spin {pro.get('spin')} / {pro.get('qps_spin')}; CPUs {pro.get('affinity')}; 1-min load {pro.get('load_avg_1m')}"),
         ("peak RSS, MB", _fmt(r["peak_rss_mb"], 1), how),
         ("artifact size, MB", _fmt(r["size_mb"], 2), "manifest (sum of file sizes)"),
         ("energy per inference, J", _fmt(e["j_per_inference"], 4), e["how"]),
@@ -42,10 +45,19 @@ def verdict_word(ok) -> str:
     return {True: "pass", False: "**FAIL**", None: "not measured"}[ok]
 
 
+def threads_line(r: dict) -> str:
+    """Threads, the CPUs the runner could use, and the CPU model: every figure depends on them."""
+    dev, pro = r["device"], r["protocol"]
+    aff = dev.get("affinity")
+    return (f"Runtime threads: {pro.get('threads') or 'n/a'} ({pro.get('threads_from') or 'not recorded'}); "
+            f"CPU affinity: {f'CPUs {aff}' if aff else 'not recorded'} of {dev.get('cores')}; CPU: {dev.get('cpu', '?')}")
+
+
 def to_markdown(r: dict) -> str:
     m, dev = r["manifest"], r["device"]
     out = [f"## {m['target']} / {m['precision']} ({m['runtime']} {r.get('runtime_version', '')}) — artifact {m['artifact_id']}",
            "", f"Device: {dev.get('cpu', '?')}, {dev.get('cores')} cores, {dev.get('machine')}, {dev.get('os', '')}",
+           "", threads_line(r),
            "", "| metric | value | how |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows(r)]
     if r["thresholds"]:
@@ -66,6 +78,7 @@ def to_html(r: dict) -> str:
     return ("<!doctype html><meta charset=utf-8><title>litelm-edge bench</title>"
             "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}</style>"
             f"<h2>{html.escape(m['target'])} / {html.escape(m['precision'])} — {html.escape(m['artifact_id'])}</h2>"
+            + f"<p>{html.escape(threads_line(r))}</p>"
             + table(["metric", "value", "how"], rows(r)) + "<h3>Thresholds</h3>"
             + table(["threshold", "value", "limit", "verdict"], thr)
             + f"<p>Overall: <b>{'PASS' if r['ok'] else 'FAIL'}</b></p>")

@@ -45,8 +45,15 @@ class Tokenizer:
         return self.tok.get_vocab_size()
 
     @property
-    def eot_id(self) -> int:
+    def eot_id(self) -> int | None:
         return self.tok.token_to_id(EOT)
+
+    def require_eot(self, where: str) -> int:
+        """The <|endoftext|> id, which joins documents; a tokenizer without it cannot be used."""
+        if self.eot_id is None:
+            raise UserError(f"{where} has no {EOT} token, which separates documents: train one with "
+                            "`litelm-edge tokenizer train` (it adds it) or add it as a special token")
+        return self.eot_id
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids

@@ -38,6 +38,14 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "auto"  # auto: bf16 (or fp16) autocast on GPU, fp32 on CPU; or fp32/bf16/fp16
     device: str = "auto"  # auto: cuda when available, else cpu
+    threads: int = 0  # CPU: torch intra-op threads per process; 0 = this process's CPUs / local processes
+
+    def validate(self):
+        from .config import at_least
+        at_least(self, batch_size=1, block_size=1, grad_accum=1, max_steps=0, warmup_steps=0, eval_every=1,
+                 eval_batches=1, keep_checkpoints=1, lr=0.0, min_lr_ratio=0.0, weight_decay=0.0, grad_clip=0.0)
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"'dtype' must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
 
 
 def lr_at(step: int, c: TrainConfig) -> float:
@@ -48,10 +56,11 @@ def lr_at(step: int, c: TrainConfig) -> float:
 
 
 class Batches:
-    """Random windows of a uint16 memmap (nanoGPT's get_batch), seeded per process."""
+    """Random windows of a token memmap (nanoGPT's get_batch), seeded per process."""
 
     def __init__(self, path: Path, block: int, batch: int, seed: int):
-        self.data = np.memmap(path, dtype=np.uint16, mode="r")
+        from .data import token_memmap
+        self.data = token_memmap(path)  # uint16 or uint32, as meta.json says
         if len(self.data) <= block + 1:
             raise UserError(f"{path} has {len(self.data)} tokens, fewer than one block of {block + 1}: "
                             "use more text or --set train.block_size=N")
@@ -71,6 +80,15 @@ class Batches:
         return np.linspace(0, len(self.data) - self.block - 1, n * self.batch).astype(int).reshape(n, self.batch)
 
 
+def cpu_threads(world: int = 1) -> int:
+    """The CPUs this process may run on (its affinity, not the machine's cores), shared by the local
+    DDP processes. OpenMP's waiting workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set by
+    the CLI before torch loads): on 2 CPUs at load ~20, spinning workers that wait for a descheduled
+    sibling made a step 6-7x slower than sleeping ones (docs/x86-speed.md)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+
+
 def setup_device(c: TrainConfig):
     import torch
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -82,6 +100,8 @@ def setup_device(c: TrainConfig):
         if dev == "cuda":
             dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(dev)
+    if not dev.startswith("cuda"):
+        torch.set_num_threads(c.threads or cpu_threads(world))
     dtype = c.dtype
     if dtype == "auto":
         dtype = "fp32" if not dev.startswith("cuda") else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
@@ -121,6 +141,36 @@ def _resume_state(run: Path):
         raise UserError(f"{p} has no optimizer.pt: it cannot be resumed (start a new run folder)")
     import torch
     return model, torch.load(p / "optimizer.pt", weights_only=False), training
+
+
+def resume_settings(run, train_sets: dict, model_sets: dict, log=print) -> TrainConfig | None:
+    """The run's own TrainConfig (from its latest training.json) with --set applied; each --set that
+    changes a saved setting is stated. None when the run has no checkpoint yet (a fresh start)."""
+    from dataclasses import fields
+    from . import checkpoint as ckpt
+    from .config import override
+    run = Path(run)
+    if not (run / "latest").is_file():
+        return None
+    p = ckpt.resolve(run, need_tokenizer=False)
+    training = json.loads((p / "training.json").read_text()) if (p / "training.json").is_file() else {}
+    saved = training.get("train_config")
+    if not isinstance(saved, dict):
+        raise UserError(f"{p}/training.json records no train_config: this run cannot be resumed with its own "
+                        "settings (start a new run folder)")
+    known = {f.name for f in fields(TrainConfig)}
+    base = override(TrainConfig(), {k: v for k, v in saved.items() if k in known}, f"{p}/training.json train_config")
+    c = override(base, train_sets, "--set (train)")
+    for k in train_sets:
+        if getattr(c, k) != getattr(base, k):
+            log(f"resume: --set {k}={getattr(c, k)} changes the run's {k} (was {getattr(base, k)})")
+    cfg, _ = ckpt.read_config(p)
+    asked = override(cfg, model_sets, "--set model.*")
+    for k, v in model_sets.items():
+        if getattr(asked, k) != getattr(cfg, k):
+            raise UserError(f"--set model.{k}={v}: the run's model has {k} = {getattr(cfg, k)} and --resume "
+                            "cannot change it: drop the --set, or train into a new --out folder")
+    return c
 
 
 def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool = False, model=None,

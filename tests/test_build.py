@@ -49,7 +49,9 @@ def test_manifest_describes_the_artifact(artifact):
 
 def test_int8_is_smaller_than_fp32(x86_fp32, x86_int8):
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (x86_fp32, x86_int8))
-    assert b["size_bytes"] < 0.6 * a["size_bytes"]  # graph and tokenizer overhead dominate at 0.1M params
+    # weights, not files: at 0.1M params the tokenizer and the int8 export graph's ~600 nodes weigh
+    # as much as the weights (and the fused fp32 graph has ~90 nodes)
+    assert sum(b["weight_bytes"].values()) < 0.35 * sum(a["weight_bytes"].values())
     w8 = b["weight_bytes"]["int8"] + b["weight_bytes"].get("uint8", 0)  # ORT stores the quantised Gather as uint8
     assert w8 == pytest.approx(4 * b["n_params"] / 4, rel=0.05)
 
@@ -63,8 +65,12 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
     for p in ("int8-b32", "int4-b32"):
         m = export.build(tiny_run, "x86", tmp_path / p, p, data_dir, log=lambda m: None)
         ops = [n.op_type for n in onnx.load(str(tmp_path / p / "decoder.onnx")).graph.node]
-        assert ops.count("MatMulNBits") == 7 * m["model"]["n_layer"] + 1  # q k v o gate up down, lm_head
-        assert "MatMulInteger" not in ops and "MatMul" in ops  # only the attention's activation matmuls stay float
+        assert m["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
+        assert ops.count("MatMulNBits") == 5 * m["model"]["n_layer"] + 1  # qkv o gate up down, lm_head
+        assert "MatMul" not in ops and "MatMulInteger" not in ops  # every weight is in 8- or 4-bit blocks
+        # int4: the tied embedding reads the LM head's blocks; int8: a uint8 Gather (the builder's
+        # GatherBlockQuantized is 4-bit only)
+        assert ("GatherBlockQuantized" in ops) == p.startswith("int4") and ("DequantizeLinear" in ops) == p.startswith("int8")
         got[p] = (m, eval_artifact(tmp_path / p, data_dir)["ppl"])
     (m8, ppl8), (m4, ppl4) = got["int8-b32"], got["int4-b32"]
     assert m8["parity"]["top1_agreement"] >= 0.95 and abs(ppl8 / ref - 1) < 0.005

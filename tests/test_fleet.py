@@ -27,7 +27,7 @@ def test_inventory(tmp_path):
         ("pi", "pi@10.0.0.2", "rpi4", "no fan"), ("box", "me@box:2222", None, ""),
         ("extra@h", "extra@h", None, "")]
     p.write_text('[[device]]\nname = "pi"\nadress = "typo"\n')
-    with pytest.raises(UserError, match="needs name and address"):
+    with pytest.raises(UserError, match="unknown key 'adress'.*did you mean 'address'"):
         F.read_inventory(p)
     p.write_text('[[device]]\nname = "a"\naddress = "x"\n[[device]]\nname = "a"\naddress = "y"\n')
     with pytest.raises(UserError, match="unique"):

@@ -108,8 +108,9 @@ def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_pa
 
 
 def test_tile_override_is_checked():
-    assert tvm_build.tile_of({"tile": [4, 16]}, {"tvm.tile": "8,32"}) == [8, 32]
+    from litelm_edge.target import backend_sets
+    assert tvm_build.tile_of({"tile": [4, 16]}, backend_sets("tvm", {"tvm.tile": "8,32"})) == [8, 32]
     with pytest.raises(UserError, match="two positive ints"):
-        tvm_build.tile_of({}, {"tvm.tile": "8"})
-    with pytest.raises(UserError, match="unknown --set key"):
-        tvm_build.tile_of({}, {"tvm.tiles": "8,32"})
+        backend_sets("tvm", {"tvm.tile": "8"})
+    with pytest.raises(UserError, match="did you mean 'tile'"):
+        backend_sets("tvm", {"tvm.tiles": "8,32"})

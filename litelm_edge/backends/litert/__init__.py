@@ -3,9 +3,29 @@
 Build side: build.py (drives convert.py in the LiteRT venv: graph.py; inspect.py reads the
 .tflite back). Device side: runtime.py.
 """
+from dataclasses import dataclass
+
+from ...config import UserError, at_least
 from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
 
 RUNTIME = "litert"
+EXTRA, HOST_MODULES = "android", ("ai_edge_litert",)  # pyproject extra that installs what the build imports here
+SECTION = "litert"  # the target TOML's table of this backend's keys (targets/android.toml)
+
+
+@dataclass
+class Settings:
+    threads: int = 4  # XNNPACK threads on the device
+    prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks
+    capacity: int = 512  # KV-cache length in tokens; a multiple of prefill_len
+    mask_value: float = -30.0  # finite additive attention mask: -1e4 wrecks full-integer INT8
+
+    def validate(self):
+        at_least(self, threads=1, prefill_len=1, capacity=1)
+        if self.capacity % self.prefill_len:
+            raise UserError(f"capacity {self.capacity} must be a multiple of prefill_len {self.prefill_len}")
+
+
 # INT4 blockwise flips more near-ties (0.90-0.95 on tiny and minimind-26m; +1.7 to +2.5 %
 # perplexity on a trained minimind-26m, docs/android.md): held to INT4_MIN_TOP1 and judged by
 # perplexity too (benchmarks/litert_ppl.py). Scales are fp16.

@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ... import toolchain
-from ...config import UserError
+from ...config import UserError, from_dict, override
 from .. import BackendBuild, precision as precision_of
-from . import RUNTIME
+from . import RUNTIME, SECTION, Settings
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
 # backtracks to litert-torch 0.8 with another torch. So the converter gets its own venv.
@@ -32,21 +33,26 @@ def python(log=lambda msg: None) -> Path:
     """The converter venv's python (made on first use; tools/setup-litert.sh makes it ahead)."""
     return toolchain.ensure(VENV, PACKAGES, log, imports=("litert_torch", "ai_edge_quantizer"))
 
-DEFAULTS = dict(threads=4, prefill_len=64, capacity=512, mask_value=-30.0)
+DEFAULTS = asdict(Settings())
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 
 
 def settings(target: dict, recipe: dict | None = None) -> dict:
-    """DEFAULTS, then the target's [litert] table, then --set build.KEY=VALUE."""
-    s = dict(DEFAULTS)
-    for where, values in (("[litert]", target.get("litert", {})), ("--set build.*", recipe or {})):
-        extra = set(values) - set(DEFAULTS)
-        if extra:
-            raise UserError(f"unknown key(s) {sorted(extra)} in {where}, have: {', '.join(DEFAULTS)}")
-        s.update({k: type(DEFAULTS[k])(v) for k, v in values.items()})
-    if s["capacity"] % s["prefill_len"]:
-        raise UserError(f"litert capacity {s['capacity']} must be a multiple of prefill_len {s['prefill_len']}")
-    return s
+    """Settings defaults, then the target's [litert] table, then --set build.KEY=VALUE."""
+    s = from_dict(Settings, target.get(SECTION, {}), "[litert]")
+    return asdict(override(s, recipe or {}, "--set build.*"))
+
+
+def host_runtime_or_fail():
+    """The host-side LiteRT interpreter that the build's parity check needs, or one line saying
+    what to install (the converter's own venv cannot serve it to this process)."""
+    from .runtime import PACKAGES, _interpreter_class
+    try:
+        _interpreter_class()
+    except ImportError:
+        raise UserError("the android build checks parity by running the .tflite on this machine, and "
+                        f"ai_edge_litert is not installed: python3 -m pip install {' '.join(PACKAGES)} "
+                        "(or pip install 'litelm-edge[android]')") from None
 
 
 def _calibration_file(heldout: list, path: Path, windows: int = 16) -> str | None:
@@ -90,6 +96,7 @@ def size_verdict(size: int, target: dict) -> dict:
 def build(ctx) -> BackendBuild:
     precision_of("litert", ctx.precision)
     s = settings(ctx.target, getattr(ctx, "recipe", None))
+    host_runtime_or_fail()  # before the conversion: the parity check runs the .tflite here
     py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,

@@ -91,7 +91,7 @@ def main(spec_path: str) -> int:
     have = [p.name for p in PRECISIONS]
     if spec["precision"] not in have:
         raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(have)}")
-    model = load(spec["checkpoint"])[0]
+    model = load(spec["checkpoint"], tokenizer=False)[0]
     t0 = time.time()
     float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")
     to_tflite(model, float_path, spec["prefill_len"], spec["capacity"], spec["mask_value"])

@@ -1,10 +1,14 @@
 """ONNX Runtime backend (target x86 and any CPU with an ORT wheel): its runtime and precisions.
 
-Build side: build.py (torch.export -> ONNX, ORT quantisers). Device side: runtime.py.
+Build side: build.py (torch.export -> ONNX, ORT quantisers) and fused.py (onnxruntime-genai's
+builder: the fused graph). Device side: runtime.py.
 """
+from dataclasses import dataclass
+
 from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
 
 RUNTIME = "onnxruntime"
+EXTRA, HOST_MODULES = "x86", ("onnx", "onnxruntime", "onnxscript", "onnxruntime_genai")  # pyproject extra that installs what the build imports here
 PRECISIONS = (
     FP32,
     Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
@@ -14,3 +18,10 @@ PRECISIONS = (
     Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.16, about="weight-only int4 in blocks of 32 (MatMulNBits)"),
     Precision("int4-b64", 4, 64, INT4_MIN_TOP1, 0.14, about="weight-only int4 in blocks of 64 (MatMulNBits)"),
 )
+
+SECTION = "ort"  # --set build.graph=export (or ort.graph)
+
+
+@dataclass
+class Settings:
+    graph: str = "fused"  # "fused": contrib-op graph by onnxruntime-genai's builder; "export": torch.export

@@ -1,6 +1,12 @@
 """ONNX Runtime backend, build side: a checkpoint -> decoder.onnx (the table is in __init__.py).
 
-One ONNX graph, `decoder.onnx`, serves both entry points and stores the weights once:
+Two graphs. The default, "fused" (fused.py): ORT's contrib operators as onnxruntime-genai's model
+builder emits them (GroupQueryAttention over a KV buffer shared by past and present, MatMulNBits, a
+quantised LM head), for fp32, int8-b32, int4-b32 and int4-b64 on models the builder can express.
+"export" (below, `--set build.graph=export`): the torch.export graph, for int8 (W8A8) and for what
+the builder cannot express (a gated attention output, pruned heads).
+
+The export graph, `decoder.onnx`, serves both entry points and stores the weights once:
   prefill: input_ids (1, T) with empty past (P = 0)  -> logits (1, T, V), present k/v (L, 1, nkv, T, hd)
   decode:  input_ids (1, 1) with the past of length P -> logits (1, 1, V), present k/v of length P+1
 T and P are dynamic (RoPE and mask come from torch.arange inside the graph).
@@ -17,6 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...config import UserError
 from .. import BackendBuild, precision as precision_of
 from . import RUNTIME
 
@@ -145,11 +152,31 @@ def weight_bytes(path: Path) -> dict:
     return out
 
 
+def graph_kind(ctx) -> str:
+    """'fused' (fused.py) where the builder can express the model and precision, else 'export'
+    (torch.export, below); --set build.graph=export forces the latter."""
+    from . import fused
+    unknown = sorted(set(ctx.recipe or {}) - {"graph"})
+    want = (ctx.recipe or {}).get("graph", "fused")
+    if unknown or want not in ("fused", "export"):
+        raise UserError(f"onnxruntime build options: graph=fused|export, got {dict(ctx.recipe)}")
+    why = fused.unsupported(ctx.model.cfg) or ("" if ctx.precision in fused.PRECISIONS else f"{ctx.precision} (W8A8)")
+    if want == "fused" and why:
+        ctx.log(f"graph: torch.export (the fused graph does not express {why})")
+    return "fused" if want == "fused" and not why else "export"
+
+
 def build(ctx) -> BackendBuild:
     import logging
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
     spec = precision_of("ort", ctx.precision)
     out = Path(ctx.out_dir)
+    if graph_kind(ctx) == "fused":
+        from . import fused
+        tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
+        extra = fused.build(ctx.model, tok, out, ctx.precision, ctx.log)
+        return BackendBuild(RUNTIME, weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"),
+                            dict(extra, graph="fused"))
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
     else:
@@ -166,5 +193,5 @@ def build(ctx) -> BackendBuild:
             os.remove(p)
         work.rmdir()
     return BackendBuild(RUNTIME, weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxscript"),
-                        {"graphs": {"decoder": GRAPH}, "entry_points": {
+                        {"graph": "export", "graphs": {"decoder": GRAPH}, "entry_points": {
                             "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}})

@@ -100,20 +100,10 @@ def embedded_weight_bytes(lib: Path) -> dict[str, int]:
 
 
 def tile_of(tvm_cfg: dict, recipe: dict) -> list[int] | None:
-    """The matmul register tile: --set tvm.tile=MT,NJ, else the target's [tvm] tile."""
-    unknown = sorted(k for k in recipe if k != "tvm.tile")
-    if unknown:
-        raise UserError(f"unknown --set key(s) for the tvm backend: {', '.join(unknown)}; have: tvm.tile")
-    tile = recipe.get("tvm.tile", tvm_cfg.get("tile"))
-    if isinstance(tile, str):
-        tile = tile.split(",")
-    try:
-        tile = [int(x) for x in tile] if tile is not None else None
-    except ValueError:
-        tile = []
-    if tile is not None and (len(tile) != 2 or min(tile) < 1):
-        raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {recipe.get('tvm.tile')!r}")
-    return tile
+    """The matmul register tile: --set tvm.tile=MT,NJ (checked by target.backend_sets), else the
+    target's [tvm] tile."""
+    tile = recipe.get("tile", tvm_cfg.get("tile"))
+    return [int(x) for x in tile] if tile is not None else None
 
 
 def _meta(ctx, convert: dict, weight_bytes: dict) -> dict:

@@ -35,7 +35,7 @@ def relax_module(checkpoint: str, precision: str):
     from tvm.relax.frontend.torch import from_exported_program
     from litelm_edge.checkpoint import load
     from litelm_edge.backends.tvm import graph
-    model, _, _ = load(checkpoint)
+    model, _, _ = load(checkpoint, tokenizer=False)
     graph.prepare(model.float().eval(), precision)
     nbytes: dict[str, int] = {}
     for t in model.buffers():

@@ -1,0 +1,157 @@
+"""x86 artifacts (ONNX Runtime) against llama.cpp on the same weights: decode and prefill ratios.
+
+llama.cpp is built once from the llama-cpp-python sdist (benchmarks/_llamacpp.py, cached under
+~/.cache/litelm-edge/llama.cpp/); the same checkpoint goes through llama.cpp's own converter (f32)
+and llama-quantize (q8_0, q4_0). Engines run in interleaved rounds; each round gives one median of
+`reps` samples per engine; the table shows min / median / max over rounds and the ratio of medians.
+Ours: the device runner's own timing functions (prefill of a p-token prompt, last logits only;
+greedy decode of n tokens after it); llama-bench: -p p (prefill) and -n n -d p (decode after p).
+
+    python benchmarks/x86_vs_llamacpp.py --preset minimind-26m             # untrained: no parity gate
+    python benchmarks/x86_vs_llamacpp.py --checkpoint CKPT --data DATA     # parity printed per artifact
+    python benchmarks/x86_vs_llamacpp.py --preset minimind-26m --before    # + the torch.export graphs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _llamacpp as llama  # noqa: E402
+
+PAIRS = {"fp32": "f32", "8-bit": "q8_0", "4-bit": "q4_0"}  # our class -> llama.cpp's type
+CLASS = {"fp32": "fp32", "int8": "8-bit", "int8-b32": "8-bit", "int4-b32": "4-bit", "int4-b64": "4-bit"}
+
+
+def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
+    """An untrained preset, with held-out data and a tokenizer made from the bundled corpus (llama.cpp's
+    converter needs a tokenizer; `build` needs held-out windows, where parity is recorded, not enforced)."""
+    import torch
+    from litelm_edge import checkpoint as ckpt
+    from litelm_edge.data import default_corpus, prepare
+    from litelm_edge.model import Transformer, preset as model_preset
+    cfg = model_preset(preset)
+    if not (work / "data" / "val.bin").is_file():
+        prepare([default_corpus()], work / "data", vocab_size=cfg.vocab_size, log=lambda m: None)
+    if not (work / "ckpt").is_dir():
+        torch.manual_seed(0)
+        ckpt.save(work / "ckpt", Transformer(cfg), (work / "data" / "tokenizer.json").read_text(), {"step": 0})
+    return work / "ckpt", work / "data"
+
+
+def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path, dict]:
+    """A full `build` (manifest, reference, parity recorded but not enforced: gate=False)."""
+    from litelm_edge.manifest import read_manifest
+    from litelm_edge.export import build
+    art = work / f"x86-{graph}-{prec}"
+    if not (art / "manifest.json").is_file():  # --work DIR keeps builds between runs
+        build(ck, "x86", art, prec, data, recipe={"graph": graph}, log=lambda s: None, gate=False)
+    return art, read_manifest(art)
+
+
+def time_ours(rt, prompt, n: int, reps: int) -> tuple[float, float]:
+    """-> (median prefill ms, median decode tok/s) of `reps` samples, with the runner's functions."""
+    from litelm_edge.device_runner import time_decode, time_prefill
+    pre = time_prefill(rt, prompt, reps)
+    dec = [1e3 / np.mean(time_decode(rt, prompt, n)) for _ in range(reps)]
+    return float(np.median(pre)), float(np.median(dec))
+
+
+def time_llama(gguf: Path, threads: int, p: int, n: int, reps: int) -> tuple[float, float]:
+    r = llama.bench(gguf, threads, p, n, reps)
+    return float(np.median(r["prefill_ms"])), float(np.median(r["decode_tok_s"]))
+
+
+def summary(vals: list[float]) -> dict:
+    a = np.asarray(vals)
+    med = float(np.median(a))
+    return {"min": float(a.min()), "median": med, "max": float(a.max()), "spread_pct": 50 * float(a.max() - a.min()) / med}
+
+
+def fmt(s: dict, nd=0) -> str:
+    return f"{s['min']:,.{nd}f} / {s['median']:,.{nd}f} / {s['max']:,.{nd}f} (±{s['spread_pct']:.0f}%)"
+
+
+def table(res: dict, sizes: dict) -> list[str]:
+    out = ["| engine | size MB | decode tok/s min / median / max | prefill-64 ms min / median / max | decode vs llama.cpp | prefill vs llama.cpp |",
+           "|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        cls = CLASS.get(name.split()[-1])
+        ref = res.get(f"llama.cpp {PAIRS[cls]}") if cls else None
+        dr = f"{r['decode']['median'] / ref['decode']['median']:.2f}x" if ref else ""
+        pr = f"{ref['prefill']['median'] / r['prefill']['median']:.2f}x" if ref else ""
+        out.append(f"| {name} | {sizes[name]:.1f} | {fmt(r['decode'])} | {fmt(r['prefill'], 1)} | {dr} | {pr} |")
+    return out
+
+
+def engines(a, work: Path):
+    """{name: (kind, handle)}, sizes MB, parity lines."""
+    from litelm_edge.device_runner import open_runtime
+    ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
+    eng, sizes, notes = {}, {}, []
+    for gguf_type in filter(None, a.llama.split(",")):
+        f32 = llama.convert(ck, "f32", work / "gguf", log=print)
+        g = f32 if gguf_type == "f32" else llama.quantize(f32, gguf_type)
+        eng[f"llama.cpp {gguf_type}"], sizes[f"llama.cpp {gguf_type}"] = ("llama", g), g.stat().st_size / 1e6
+    from litelm_edge.backends.ort.fused import PRECISIONS
+    for graph in (["export"] if a.before else []) + ["fused"]:
+        for prec in [p for p in a.precisions.split(",") if graph == "export" or p in PRECISIONS]:
+            art, m = build_ours(ck, data, prec, graph, work)
+            name = f"ort {m.get('graph', 'export')} {prec}"
+            eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))
+            sizes[name] = m["size_bytes"] / 1e6
+            notes.append(f"{name}: parity top-1 {m['parity']['top1_agreement']:.3f}, max abs {m['parity']['max_abs_err']:.2g} "
+                         f"({m['parity']['rule']}: {'ok' if m['parity']['ok'] else 'FAILS'}{'' if a.checkpoint else ', untrained'})")
+    return eng, sizes, notes
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--preset", default="minimind-26m")
+    ap.add_argument("--precisions", default="fp32,int8-b32,int4-b32")
+    ap.add_argument("--llama", default="f32,q8_0,q4_0", help="llama.cpp types ('' leaves llama.cpp out)")
+    ap.add_argument("--before", action="store_true", help="also the torch.export graph (the graph before the fused one)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--spin", choices=("on", "off", "default"), default="default")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("-p", type=int, default=64)
+    ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("--out", type=Path, help="JSON of every round")
+    ap.add_argument("--work", type=Path, help="folder for checkpoints, GGUF files and artifacts, reused when there")
+    a = ap.parse_args()
+    work = a.work or Path(tempfile.mkdtemp(prefix="x86-vs-llamacpp-"))
+    work.mkdir(parents=True, exist_ok=True)
+    eng, sizes, notes = engines(a, work)
+    print("\n".join(notes) or "")
+    prompt = np.random.default_rng(0).integers(0, 256, a.p, dtype=np.int64)
+    rounds = {k: [] for k in eng}
+    for _, (kind, h) in eng.items():  # warmup
+        if kind == "ort":
+            time_ours(h, prompt, 8, 1)
+    for r in range(a.rounds):
+        for name, (kind, h) in eng.items():
+            rounds[name].append(time_ours(h, prompt, a.n, a.reps) if kind == "ort" else time_llama(h, a.threads, a.p, a.n, a.reps))
+        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1][1]:.0f} tok/s" for k, v in rounds.items()), flush=True)
+    res = {k: {"prefill": summary([x[0] for x in v]), "decode": summary([x[1] for x in v])} for k, v in rounds.items()}
+    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"\n{cpu or platform.processor()}; {a.threads} threads, spin {a.spin}; {a.rounds} interleaved rounds x {a.reps} reps; "
+          f"prefill {a.p}, decode {a.n} after {a.p}; load: {load.split('load average:')[-1].strip()}")
+    print("\n".join(table(res, sizes)))
+    if a.out:
+        a.out.write_text(json.dumps({"rounds": rounds, "summary": res, "sizes_mb": sizes, "notes": notes,
+                                     "cpu": cpu, "load": load, "args": {k: str(v) for k, v in vars(a).items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

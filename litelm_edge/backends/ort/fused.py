@@ -1,0 +1,118 @@
+"""The fused x86 graph: ONNX Runtime's contrib operators, emitted by onnxruntime-genai's model builder.
+
+One graph, `decoder.onnx`, per layer: SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization,
+one packed QKV MatMul, GroupQueryAttention (RoPE inside, past and present KV in ONE preallocated
+buffer of max_seq_len positions, so a decode step writes its position in place: no concat, no copy),
+the SwiGLU MLP; MatMulNBits at accuracy level 4 (activations rounded to int8 per block at run time)
+for every projection and the LM head at 4 or 8 bits, the embedding a GatherBlockQuantized over the
+LM head's own blocks (tied weights stored once). We add one input, `logits_to_keep` (int64 [1]):
+the LM head runs on the last k positions only (k = 1 when serving or decoding, T for parity).
+
+Why the builder: it is the ONNX Runtime team's own exporter for these operators (a well-kept
+library), reads our Hugging Face-layout checkpoint as it is, and its graph decodes 2.5-3x faster
+than our torch.export graph on the same weights (benchmarks/x86_vs_llamacpp.py). It runs on the
+build host only; the device needs onnxruntime and numpy.
+
+    inputs:  input_ids (1, T) int64, attention_mask (1, P+T) int64 (ones), logits_to_keep [1] int64,
+             past_key_values.{i}.key/value (1, n_kv_head, S, head_dim) float32, S = max_seq_len
+    outputs: logits (1, k, V), present.{i}.key/value (the same buffers as the past, written in place)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ...config import UserError
+
+GRAPH = "decoder.onnx"
+# our precision -> (builder precision, block size along K)
+PRECISIONS = {"fp32": ("fp32", 0), "int8-b32": ("int8", 32), "int4-b32": ("int4", 32), "int4-b64": ("int4", 64)}
+BUILDER = "onnxruntime_genai.models.builder"
+
+
+def unsupported(cfg) -> str | None:
+    """Why the builder cannot express this model (it knows Llama, not our extras), or None."""
+    if cfg.gated_attn:
+        return "a gated attention output"
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:
+        return "pruned heads (head_dim * n_head != n_embd)"
+    return None
+
+
+def hf_folder(model, tokenizer_json: str, dst: Path) -> Path:
+    """The model as a Hugging Face Llama folder (what the builder reads); shared layers expanded."""
+    from ... import checkpoint as ckpt
+    return ckpt.save(dst, model, tokenizer_json, {})
+
+
+def run_builder(src: Path, dst: Path, precision: str, log=print):
+    """python -m onnxruntime_genai.models.builder, CPU execution provider, into dst."""
+    try:
+        import onnxruntime_genai  # noqa: F401  (the builder ships inside it)
+    except ImportError as e:
+        raise UserError("the x86 fused graph needs onnxruntime-genai's model builder on the build host: "
+                        "pip install onnxruntime-genai (or build with --set build.graph=export)") from e
+    p, block = PRECISIONS[precision]
+    extra = [] if p == "fp32" else ["--extra_options", "accuracy_level=4", f"block_size={block}"]
+    cmd = [sys.executable, "-m", BUILDER, "-i", str(src), "-o", str(dst), "-p", p, "-e", "cpu",
+           "-c", str(dst.parent / "hf-cache"), *extra]
+    log(f"emitting the fused graph ({p}{f', blocks of {block}' if block else ''}) with onnxruntime-genai's builder ...")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    if r.returncode or not (dst / "model.onnx").is_file():
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
+        raise UserError(f"onnxruntime-genai's builder failed on this model (exit {r.returncode}): {tail}\n"
+                        "build the torch.export graph instead: --set build.graph=export")
+
+
+def add_logits_to_keep(src: Path, dst: Path):
+    """Insert Slice(hidden, -k:) before the LM head; k comes from a new int64 [1] input."""
+    import onnx
+    from onnx import TensorProto, helper
+    model = onnx.load(str(src))
+    g = model.graph
+    head = next(n for n in g.node if any(o == "logits" for o in n.output))
+    hidden = head.input[0]
+    g.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
+    g.initializer.extend([helper.make_tensor("ltk_end", TensorProto.INT64, [1], [2 ** 62]),
+                          helper.make_tensor("ltk_axis", TensorProto.INT64, [1], [1])])
+    nodes = [helper.make_node("Neg", ["logits_to_keep"], ["ltk_start"], name="/lm_head/keep/Neg"),
+             helper.make_node("Slice", [hidden, "ltk_start", "ltk_end", "ltk_axis"], ["lm_head_in"], name="/lm_head/keep/Slice")]
+    head.input[0] = "lm_head_in"
+    at = list(g.node).index(head)
+    for i, n in enumerate(nodes):
+        g.node.insert(at + i, n)
+    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+
+
+def quantize_gather(path: Path, tmp: Path):
+    """8-bit builds: the builder's GatherBlockQuantized is 4-bit only, so it leaves the embedding
+    Gather in fp32 (13 MB for minimind-26m); ORT's quantiser makes it uint8 per tensor, as before."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+    model = onnx.load(str(tmp))
+    for f in (path, path.with_name(path.name + ".data")):
+        f.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
+def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> dict:
+    """Write out/decoder.onnx(+.data); return the manifest fields the runtime needs."""
+    work = out / ".builder"
+    try:
+        src = hf_folder(model, tokenizer_json, work / "hf")
+        run_builder(src, work / "onnx", precision, log)
+        add_logits_to_keep(work / "onnx" / "model.onnx", out / GRAPH)
+        if PRECISIONS[precision][0] == "int8":
+            quantize_gather(out / GRAPH, work / "q.onnx")
+        genai = json.loads((work / "onnx" / "genai_config.json").read_text())["model"]["decoder"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"graphs": {"decoder": GRAPH}, "kv_cache": "shared-buffer",
+            "io": {"inputs": genai["inputs"], "outputs": genai["outputs"], "logits_to_keep": "logits_to_keep"},
+            "entry_points": {"prefill": "decoder.onnx, P = 0, logits_to_keep = T (parity) or 1 (serving)",
+                             "decode": "decoder.onnx with T = 1, KV written in place at position P"}}

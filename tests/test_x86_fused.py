@@ -1,0 +1,98 @@
+"""The fused x86 graph (onnxruntime-genai's builder) and its IO-binding runtime; thread choice."""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime_genai", reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
+
+from litelm_edge import device_runner as dr
+from litelm_edge import export
+from litelm_edge.config import UserError
+from x86_artifact import x86_artifact
+
+
+@pytest.fixture(scope="module")
+def art(tiny_run, data_dir, tmp_path_factory):
+    return x86_artifact(tiny_run, data_dir, tmp_path_factory)  # fp32, the fused graph by default
+
+
+def manifest(a):
+    return json.loads((a / "manifest.json").read_text())
+
+
+def test_fp32_fused_graph_passes_the_fp32_gate(art):
+    import onnx
+    m = manifest(art)
+    ops = [n.op_type for n in onnx.load(str(art / m["graphs"]["decoder"]), load_external_data=False).graph.node]
+    assert m["graph"] == "fused" and m["kv_cache"] == "shared-buffer"
+    assert ops.count("GroupQueryAttention") == m["model"]["n_layer"] and "Concat" not in ops
+    assert "SkipSimplifiedLayerNormalization" in ops
+    assert m["parity"]["ok"] and m["parity"]["max_abs_err"] <= 1e-3  # the fp32 gate, unchanged
+    assert "onnxruntime_genai" in m["tools"]
+
+
+def test_io_binding_decode_equals_prefill_logits(art, data_dir):
+    m = manifest(art)
+    rt = dr.open_runtime(art, m, 1)
+    ids = export.heldout_windows(data_dir, 1, 48)[0]
+    full = rt.prefill(ids)  # (T, V), every position (the parity path)
+    assert full.shape == (len(ids), m["model"]["vocab_size"])
+    ptrs = [c.data_ptr() for c in rt.cache]
+    rt.prefill(ids[:8])
+    dec = [rt.decode(int(t)) for t in ids[8:]]
+    assert np.abs(np.stack(dec) - full[8:]).max() < 1e-4  # the cache written in place == one prefill
+    assert [c.data_ptr() for c in rt.cache] == ptrs  # the same buffers, never reallocated
+    k0 = rt.cache[0].numpy()  # (1, nkv, S, hd): positions past the sequence were never written
+    assert np.abs(k0[:, :, len(ids):]).max() == 0 and np.abs(k0[:, :, :len(ids)]).max() > 0
+    assert np.array_equal(dr.prefill_last(rt, ids), full[-1])  # serving: the LM head on 1 position
+
+
+def test_kv_cache_overflow_is_a_clear_error(art):
+    m = manifest(art)
+    rt = dr.open_runtime(art, m, 1)
+    rt.prefill(np.zeros(m["model"]["max_seq_len"], np.int64))
+    with pytest.raises(ValueError, match="exceeds the KV cache"):
+        rt.decode(0)
+
+
+def test_fused_build_is_refused_by_the_parity_gate(tiny_run, data_dir, tmp_path, monkeypatch):
+    from litelm_edge import backends
+    monkeypatch.setattr(backends, "FP32_MAX_ABS", 0.0)  # the fp32 rule, read when parity is judged
+    with pytest.raises(export.ParityError, match="parity failed for x86/fp32"):
+        export.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_graph_option(tiny_run, data_dir, tmp_path):
+    with pytest.raises(UserError, match="grpah"):
+        export.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, recipe={"grpah": "export"}, log=lambda s: None)
+    m = export.build(tiny_run, "x86", tmp_path / "e", "fp32", data_dir, recipe={"graph": "export"}, log=lambda s: None)
+    assert m["graph"] == "export" and "kv_cache" not in m and m["parity"]["ok"]
+    rt = dr.open_runtime(tmp_path / "e", m, 1)
+    assert type(rt).__name__ == "OrtRuntime"  # not the shared-buffer runtime
+    with pytest.raises(UserError, match="graph=fused|export"):
+        export.build(tiny_run, "x86", tmp_path / "y", "fp32", data_dir, recipe={"graph": "onnx"}, log=lambda s: None)
+
+
+def test_threads_follow_affinity_sessions_and_size(monkeypatch):
+    monkeypatch.setattr(dr, "usable_cpus", lambda: list(range(8)))
+    big, small = {"size_bytes": 100e6}, {"size_bytes": 2e6}
+    assert dr.choose_threads(big) == 8 and dr.choose_threads(big, sessions=4) == 2
+    assert dr.choose_threads(small) == 1  # thread hand-offs cost more than a 2 MB model's matmuls
+    monkeypatch.setattr(dr.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert dr.choose_spin(8) is False  # busy machine: workers sleep instead of spinning
+    monkeypatch.setattr(dr.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert dr.choose_spin(8) is True and dr.choose_spin(2, sessions=4) is False and dr.choose_spin(1) is False
+    plan = dr.thread_plan(big, None, None, 4)
+    assert (plan["threads"], plan["qps_threads_per_session"], plan["affinity"]) == (8, 2, list(range(8)))
+    assert dr.thread_plan(big, 3, False, 4)["qps_threads_per_session"] == 3  # --threads wins
+
+
+def test_bench_reports_threads(art):
+    from litelm_edge.bench import bench
+    r = bench(art, dict(reps=1, warmup=0, iters=2, prompt_len=8, gen_len=4, concurrency=2, qps_iters=1), log=lambda m: None)
+    pro = r["protocol"]
+    assert pro["threads"] >= 1 and pro["qps_threads_per_session"] >= 1 and pro["affinity"]
+    assert "CPU affinity" in pro["chosen_by"] and r["parity"]["ok"]
