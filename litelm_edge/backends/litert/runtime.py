@@ -114,8 +114,15 @@ class LiteRTRuntime:
                                      if s.partition("_")[0] == kind) for kind in ("prefill", "decode")}
         if in_place is None:
             in_place = self.runtime_name == "ai_edge_litert" and compiled_model_available()
-        self.cache_in_place = in_place
-        self.engine = _CompiledCaches(path, threads, self.details) if in_place else _InterpreterCaches(it, self.details)
+        self.engine = None
+        if in_place:
+            try:
+                self.engine = _CompiledCaches(path, threads, self.details)
+            except RuntimeError as e:  # seen on arm64 under qemu-user: CompiledModel cannot be created
+                print(f"[runner] LiteRT CompiledModel unavailable ({str(e).strip()[:120]}): "
+                      "caches go through numpy", file=sys.stderr, flush=True)
+        self.cache_in_place = self.engine is not None
+        self.engine = self.engine or _InterpreterCaches(it, self.details)
         self.pos = 0
 
     @staticmethod
