@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from litelm_edge.backends.tvm.runtime import TvmRuntime
-from litelm_edge.device_runner import round_ms
+from litelm_edge.devices.runner import round_ms
 
 
 def main(cache_shape, threads, vocab, *lib_dirs):

@@ -21,8 +21,8 @@ import numpy as np
 
 TRAIN = """
 import sys, time, torch
-from litelm_edge.model import Transformer, preset
-from litelm_edge.train import cpu_threads
+from litelm_edge.pipeline.model import Transformer, preset
+from litelm_edge.pipeline.train import cpu_threads
 if sys.argv[2] == "after":
     torch.set_num_threads(cpu_threads())
 torch.manual_seed(0)
@@ -40,7 +40,7 @@ print((time.perf_counter() - t) / int(sys.argv[1]) * 1e3)
 DECODE = """
 import json, sys, numpy as np
 from pathlib import Path
-from litelm_edge.device_runner import open_runtime, time_decode, choose_threads, choose_spin
+from litelm_edge.devices.runner import open_runtime, time_decode, choose_threads, choose_spin
 art = Path(sys.argv[1]); m = json.loads((art / "manifest.json").read_text())
 if sys.argv[2] == "after":
     t = choose_threads(m); rt = open_runtime(art, m, t, choose_spin(t))

@@ -79,7 +79,7 @@ def removed_lines(out: Path) -> set[int]:
 
 
 def measure(pairs: int, distinct: int, threshold: float = 0.9, seed: int = 0, workdir: Path | None = None) -> dict:
-    from litelm_edge.data import DataConfig, prepare
+    from litelm_edge.pipeline.data import DataConfig, prepare
     work = Path(workdir or tempfile.mkdtemp(prefix="dedup-"))
     docs = corpus(pairs, distinct, seed)
     (work / "in").mkdir(parents=True, exist_ok=True)

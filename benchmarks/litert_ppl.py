@@ -28,9 +28,9 @@ def timed(ts: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     import torch
-    from litelm_edge.checkpoint import load
     from litelm_edge.backends.litert.runtime import LiteRTRuntime
-    from litelm_edge.device_runner import round_ms
+    from litelm_edge.devices.runner import round_ms
+    from litelm_edge.pipeline.checkpoint import load
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
     ap.add_argument("heldout")

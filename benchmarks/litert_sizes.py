@@ -20,9 +20,9 @@ import numpy as np
 
 
 def main() -> None:
-    from litelm_edge.checkpoint import load
     from litelm_edge.backends.litert.convert import quantize, strip_names, to_tflite
     from litelm_edge.backends.litert.inspect import breakdown, weight_dtypes
+    from litelm_edge.pipeline.checkpoint import load
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
     ap.add_argument("heldout")

@@ -45,7 +45,7 @@ def cpu_name() -> str:
 def litert_round(rt, prompt: np.ndarray, iters: int, gen: int) -> dict:
     """The runner's round (round_ms: 1 warmup prefill, `iters` timed prefills, a greedy decode of
     `gen` tokens): prefill ms samples and decode tok/s of the whole reply."""
-    from litelm_edge.device_runner import round_ms
+    from litelm_edge.devices.runner import round_ms
     r = round_ms(rt, prompt, iters, gen)
     return {"prefill_ms": r["prefill_ms"], "decode_tok_s": 1e3 * len(r["decode_ms"]) / sum(r["decode_ms"])}
 

@@ -18,8 +18,8 @@ import numpy as np
 
 
 def profile(art: Path, threads: int, steps: int) -> dict:
+    from litelm_edge.devices.runner import open_runtime, prefill_last
     from litelm_edge.manifest import read_manifest
-    from litelm_edge.device_runner import open_runtime, prefill_last
     m = read_manifest(art)
     os.environ["LITELM_ORT_PROFILE"] = str(Path(tempfile.mkdtemp(prefix="ortprof-")) / "p")
     try:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from litelm_edge import checkpoint as ckpt
-from litelm_edge.device_runner import open_runtime, round_ms
+from litelm_edge.devices.runner import open_runtime, round_ms
 from litelm_edge.manifest import read_manifest
-from litelm_edge.export import build
+from litelm_edge.pipeline import checkpoint as ckpt
+from litelm_edge.pipeline.export import build
 
 
 class TorchEngine:
@@ -53,7 +53,7 @@ def raw_build(model, art: Path, precision: str, tokenizer_json: str) -> dict:
     """The ORT backend's export without `build`'s parity gate: an untrained model's near-tied
     logits make next-token agreement meaningless, and this script measures speed and size only."""
     from litelm_edge.backends.ort.build import build as ort_build
-    from litelm_edge.export import BuildContext
+    from litelm_edge.pipeline.export import BuildContext
     art.mkdir(parents=True)
     res = ort_build(BuildContext(model, art, {}, art, precision, [], log=lambda s: None, tokenizer_json=tokenizer_json))
     c = model.cfg

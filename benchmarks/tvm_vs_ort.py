@@ -22,12 +22,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from litelm_edge import checkpoint, toolchain
+from litelm_edge import toolchain
 from litelm_edge.backends.ort.build import export_onnx
 from litelm_edge.backends.ort.runtime import OrtRuntime
 from litelm_edge.backends.tvm import build as tvm_backend
-from litelm_edge.device_runner import round_ms  # the one round protocol, ORT and TVM alike
-from litelm_edge.model import Transformer, preset
+from litelm_edge.devices.runner import round_ms  # the one round protocol, ORT and TVM alike
+from litelm_edge.pipeline import checkpoint
+from litelm_edge.pipeline.model import Transformer, preset
 
 
 class TvmRunner:

@@ -34,9 +34,9 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
     """An untrained preset, with held-out data and a tokenizer made from the bundled corpus (llama.cpp's
     converter needs a tokenizer; `build` needs held-out windows, where parity is recorded, not enforced)."""
     import torch
-    from litelm_edge import checkpoint as ckpt
-    from litelm_edge.data import default_corpus, prepare
-    from litelm_edge.model import Transformer, preset as model_preset
+    from litelm_edge.pipeline import checkpoint as ckpt
+    from litelm_edge.pipeline.data import default_corpus, prepare
+    from litelm_edge.pipeline.model import Transformer, preset as model_preset
     cfg = model_preset(preset)
     if not (work / "data" / "val.bin").is_file():
         prepare([default_corpus()], work / "data", vocab_size=cfg.vocab_size, log=lambda m: None)
@@ -49,7 +49,7 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
 def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path, dict]:
     """A full `build` (manifest, reference, parity recorded but not enforced: gate=False)."""
     from litelm_edge.manifest import read_manifest
-    from litelm_edge.export import build
+    from litelm_edge.pipeline.export import build
     art = work / f"x86-{graph}-{prec}"
     if not (art / "manifest.json").is_file():  # --work DIR keeps builds between runs
         build(ck, "x86", art, prec, data, recipe={"graph": graph}, log=lambda s: None, gate=False)
@@ -58,7 +58,7 @@ def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path,
 
 def time_ours(rt, prompt, n: int, reps: int) -> tuple[float, float]:
     """-> (median prefill ms, median decode tok/s) of `reps` samples, with the runner's functions."""
-    from litelm_edge.device_runner import time_decode, time_prefill
+    from litelm_edge.devices.runner import time_decode, time_prefill
     pre = time_prefill(rt, prompt, reps)
     dec = [1e3 / np.mean(time_decode(rt, prompt, n)) for _ in range(reps)]
     return float(np.median(pre)), float(np.median(dec))
@@ -93,7 +93,7 @@ def table(res: dict, sizes: dict) -> list[str]:
 
 def engines(a, work: Path):
     """{name: (kind, handle)}, sizes MB, parity lines."""
-    from litelm_edge.device_runner import open_runtime
+    from litelm_edge.devices.runner import open_runtime
     ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
     eng, sizes, notes = {}, {}, []
     for gguf_type in filter(None, a.llama.split(",")):

@@ -13,7 +13,7 @@ import click
 
 from .backends import precisions_help
 from .config import UserError, parse_sets, split_sets
-from .device_runner import EXIT_USER, Protocol
+from .devices.runner import EXIT_USER, Protocol
 
 PROTO = Protocol()  # the bench protocol's defaults
 
@@ -54,7 +54,7 @@ def data(inputs, out, tokenizer, vocab, text_field, sets):
     """Normalise, filter, dedup (exact + MinHash), split and tokenise .txt/.jsonl/.parquet INPUTS,
     plain or .gz/.zst (files or folders; 'default' = bundled corpus). Writes data-report.md."""
     from .config import override
-    from .data import DataConfig, default_corpus, prepare
+    from .pipeline.data import DataConfig, default_corpus, prepare
     inputs = [default_corpus() if i == "default" else i for i in inputs]
     sets = dict(parse_sets(sets), **({"text_field": text_field} if text_field else {}))
     prepare(inputs, out, tokenizer, vocab, override(DataConfig(), sets, "--set (data)"), log=click.echo)
@@ -71,8 +71,8 @@ def tokenizer():
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="tokenizer.json to write.")
 def tokenizer_train(inputs, vocab, out):
     """Train a byte-level BPE tokenizer on INPUTS."""
-    from .data import DataConfig, expand_inputs, read_documents
-    from .tokenizer import train
+    from .pipeline.data import DataConfig, expand_inputs, read_documents
+    from .pipeline.tokenizer import train
     tok = train(read_documents(expand_inputs(inputs), DataConfig()), vocab)
     tok.save(out)
     click.echo(f"tokenizer with {tok.vocab_size} tokens -> {out}")
@@ -87,8 +87,8 @@ def tokenizer_train(inputs, vocab, out):
 def train_cmd(data_dir, out, preset, resume, sets):
     """Train a model (DDP when launched with torchrun). --set model.n_layer=2 / --set max_steps=100."""
     from .config import override
-    from .model import preset as model_preset
-    from .train import TrainConfig, resume_settings, train
+    from .pipeline.model import preset as model_preset
+    from .pipeline.train import TrainConfig, resume_settings, train
     model_sets, rest = split_sets(parse_sets(sets), "model")
     c = (resume and resume_settings(out, rest, model_sets, click.echo)) or override(TrainConfig(), rest, "--set (train)")
     s = train(data_dir, out, model_preset(preset, model_sets), c, resume)
@@ -108,7 +108,7 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @SET
 def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, tokenizer, sets):
     """Build a checkpoint for a target; fails when the artifact disagrees with torch."""
-    from .export import build as do_build
+    from .pipeline.export import build as do_build
     if tune:
         if not tune_remote:
             raise UserError("--tune needs --remote user@host: the device is the tuner's runner")
@@ -129,7 +129,7 @@ def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, token
 @SSH_CONFIG
 def push(artifact, remotes, accept_new, root):
     """Copy an artifact to devices: verified, atomic, skipping files already there."""
-    from .push import bar, push_to
+    from .devices.push import bar, push_to
     if not remotes:
         raise UserError("push needs --remote user@host[:port]")
     for address in remotes:
@@ -162,11 +162,11 @@ def push(artifact, remotes, accept_new, root):
 def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check, junit,
               remotes, inventory, **remote):
     """Benchmark a built artifact here, or on devices over SSH (--remote, --inventory)."""
-    from . import report
-    from .bench import bench
+    from .devices.bench import bench
+    from .reports import report
     proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency, threads=threads)
     if remotes or inventory:
-        from .fleet import bench_devices
+        from .devices.fleet import bench_devices
         code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact, check,
                                    log=lambda m: click.echo(m, err=True), junit=junit, **remote)
         click.echo(text)
@@ -188,7 +188,7 @@ def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads,
 @click.option("--seed", default=0, show_default=True)
 def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, seed):
     """Let the model speak: greedy or sampled text from a checkpoint or an artifact."""
-    from .generate import generate as gen
+    from .pipeline.generate import generate as gen
     if bool(checkpoint) == bool(artifact):
         raise UserError("pass exactly one of --checkpoint or --artifact")
     click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed, from_artifact=bool(artifact)))
@@ -200,7 +200,7 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
 @SET
 def run(recipe, until, sets):
     """Run a recipe: data -> train -> [compress] -> build -> bench -> report, with its [gates] (e.g. `run quickstart`)."""
-    from .pipeline import run_recipe
+    from .pipeline.run import run_recipe
     r = run_recipe(recipe, parse_sets(sets), log=click.echo, until=until)
     if until:
         click.echo(f"checkpoint {r['checkpoint']}, data {r['data']}")
@@ -214,7 +214,7 @@ def run(recipe, until, sets):
 @SET
 def eval_cmd(checkpoint, artifact, data_dir, tokenizer, sets):
     """Validation perplexity of a checkpoint or of a built artifact (--set windows=32 window_len=128)."""
-    from .eval import evaluate
+    from .pipeline.eval import evaluate
     r = evaluate(checkpoint, artifact, data_dir, parse_sets(sets), tokenizer)
     click.echo(f"{r['what']} ({r['runtime']}): val ppl {r['ppl']:.3f} over {r['tokens']} tokens "
                f"in {r['windows']} windows, {r['seconds']:.1f} s -> {r['path']}")
@@ -228,7 +228,7 @@ def eval_cmd(checkpoint, artifact, data_dir, tokenizer, sets):
 @SET
 def compress(method, checkpoint, data_dir, out, sets):
     """Compress: METHOD is qat, prune, distill or share; train.* keys edit the fine-tuning."""
-    from .compress import compress as do_compress
+    from .pipeline.compress import compress as do_compress
     r = do_compress(method, checkpoint, data_dir, out, parse_sets(sets), log=lambda m: click.echo(m, err=True))
     click.echo(f"{method}: {r['params_before']:,} -> {r['params_after']:,} params, val ppl {r['ppl_before']:.2f} -> "
                f"{r['ppl_after']:.2f}, {r['seconds']:.0f} s -> {r['checkpoint']}")
@@ -247,7 +247,7 @@ def ci():
 @click.option("--check", is_flag=True, help="Exit 1 when a bench failed on any device.")
 def ci_report(bundles, out, check):
     """Verify every bundle under BUNDLES against its manifest and compare all devices in one summary."""
-    from .ci import summarize
+    from .reports.ci import summarize
     code, md = summarize(list(bundles), out)
     click.echo(md)
     sys.exit(code if check else 0)
@@ -303,9 +303,9 @@ def main(argv=None):
     """Every error a user can meet ends as one line and an exit code: 2 bad input, 3 device or
     transport, 130 interrupted, 70 a bug here (the traceback goes to a log file)."""
     # before torch (and its OpenMP) loads: waiting workers sleep rather than spin, so a busy
-    # neighbour costs a fair share instead of a collapse (litelm_edge/train.py, cpu_threads)
+    # neighbour costs a fair share instead of a collapse (litelm_edge/pipeline/train.py, cpu_threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .device_runner import RuntimeMissing
+    from .devices.runner import RuntimeMissing
     try:
         cli.main(args=argv, standalone_mode=False)
     except UserError as e:

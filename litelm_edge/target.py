@@ -35,7 +35,7 @@ class Thresholds:
     latency_percentile: str | None = None  # the prefill percentile max_latency_ms is judged on (judge.py; default p99)
 
     def validate(self):
-        from .judge import latency_percentile
+        from .reports.judge import latency_percentile
         at_least(self, **{f.name: 0 for f in fields(Thresholds) if f.name != "latency_percentile"})
         latency_percentile({"latency_percentile": self.latency_percentile} if self.latency_percentile else {})
 

@@ -74,7 +74,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_dir(corpus, tmp_path_factory):
-    from litelm_edge.data import prepare
+    from litelm_edge.pipeline.data import prepare
     out = tmp_path_factory.mktemp("data") / "d"
     prepare([corpus], out, vocab_size=512, log=lambda m: None)
     return out
@@ -84,8 +84,8 @@ def data_dir(corpus, tmp_path_factory):
 def tiny_run(data_dir, tmp_path_factory):
     """A trained 2-layer checkpoint (run folder) on the test corpus."""
     from litelm_edge.config import override, parse_sets, split_sets
-    from litelm_edge.model import preset
-    from litelm_edge.train import TrainConfig, train
+    from litelm_edge.pipeline.model import preset
+    from litelm_edge.pipeline.train import TrainConfig, train
     run = tmp_path_factory.mktemp("run") / "r"
     msets, _ = split_sets(parse_sets(TINY_SETS), "model")
     train(data_dir, run, preset("tiny", msets), override(TrainConfig(), parse_sets(TINY_TRAIN)), log=lambda m: None)
@@ -101,7 +101,7 @@ def build_cached(tmp_path_factory, checkpoint, target: str, precision: str, data
     """export.build once per (checkpoint, target, precision, data, sets) in this session."""
     key = (str(Path(checkpoint).resolve()), target, precision, str(data), tuple(sorted((sets or {}).items())))
     if key not in _BUILT:
-        from litelm_edge.export import build
+        from litelm_edge.pipeline.export import build
         out = tmp_path_factory.mktemp(f"art-{target}-{precision}") / "a"
         build(checkpoint, target, out, precision, data, dict(sets or {}), log=lambda m: None)
         _BUILT[key] = out
@@ -129,7 +129,7 @@ def x86_int8(build_once, tiny_run, data_dir):
 @pytest.fixture(scope="session")
 def qat_run(tiny_run, data_dir, tmp_path_factory):
     """compress("qat", tiny_run, ...)'s result; the run folder is r["checkpoint"]'s parent."""
-    from litelm_edge.compress import compress
+    from litelm_edge.pipeline.compress import compress
     return compress("qat", tiny_run, data_dir, tmp_path_factory.mktemp("qat") / "q", FT, log=lambda m: None)
 
 

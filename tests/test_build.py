@@ -8,13 +8,14 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from litelm_edge import checkpoint as ckpt
-from litelm_edge import export, manifest
-from litelm_edge.bench import bench
+from litelm_edge import manifest
 from litelm_edge.config import UserError
+from litelm_edge.devices.bench import bench
 from litelm_edge.files import sha256_file
-from litelm_edge.generate import generate_artifact
-from litelm_edge.tokenizer import Tokenizer
+from litelm_edge.pipeline import checkpoint as ckpt
+from litelm_edge.pipeline import export
+from litelm_edge.pipeline.generate import generate_artifact
+from litelm_edge.pipeline.tokenizer import Tokenizer
 
 
 @pytest.fixture(params=["fp32", "int8"])
@@ -59,7 +60,7 @@ def test_int8_is_smaller_than_fp32(x86_fp32, x86_int8):
 def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir, tmp_path):
     """int8-b32 / int4-b32: MatMulNBits weights, one Gather copy; int8-b32 is as good as fp32."""
     import onnx
-    from litelm_edge.eval import eval_artifact, eval_checkpoint
+    from litelm_edge.pipeline.eval import eval_artifact, eval_checkpoint
     ref = eval_checkpoint(tiny_run, data_dir)["ppl"]
     got = {}
     for p in ("int8-b32", "int4-b32"):
@@ -196,8 +197,8 @@ def test_shared_layers_build_as_int8_with_weights_stored_once(data_dir, tmp_path
     ORT's quantiser skips unless the build folds it; the int8 bytes count each block once."""
     from conftest import TINY_SETS
     from litelm_edge.config import parse_sets, split_sets
-    from litelm_edge.model import Transformer, preset
-    from litelm_edge.tokenizer import Tokenizer as T
+    from litelm_edge.pipeline.model import Transformer, preset
+    from litelm_edge.pipeline.tokenizer import Tokenizer as T
     cfg = preset("tiny", dict(split_sets(parse_sets(TINY_SETS), "model")[0], n_layer=4, share_every=2))
     torch.manual_seed(0)
     model = Transformer(cfg)

@@ -47,7 +47,7 @@ def test_unknown_target_lists_the_valid_ones(tiny_run, tmp_path):
 def test_missing_and_corrupt_checkpoint(tiny_run, tmp_path):
     """A real checkpoint whose weights were damaged on disk: its sha256 check says so, exit 2."""
     import shutil
-    from litelm_edge import checkpoint as ckpt
+    from litelm_edge.pipeline import checkpoint as ckpt
     one_line_error(cli("build", "--target", "x86", "--checkpoint", tmp_path / "none", "--out", tmp_path / "a", check=False),
                    "not found")
     bad = tmp_path / "c"

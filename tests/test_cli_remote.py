@@ -101,4 +101,4 @@ def test_ctrl_c_during_remote_bench_leaves_no_runner(sshd, ssh_home, x86_art, tm
 
 def _runners() -> list:
     return [p for p in psutil.process_iter(["cmdline", "status"]) if p.info["status"] != "zombie"
-            and any(a.endswith("/device_runner.py") for a in p.info["cmdline"] or [])]
+            and any(a.endswith("/devices/runner.py") for a in p.info["cmdline"] or [])]

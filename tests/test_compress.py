@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import FT, TINY_SETS, TINY_TRAIN, cli
-from litelm_edge import checkpoint as ckpt
-from litelm_edge import distill, prune, quant, share
-from litelm_edge.compress import compress
 from litelm_edge.config import UserError
+from litelm_edge.pipeline import checkpoint as ckpt
+from litelm_edge.pipeline import distill, prune, quant, share
+from litelm_edge.pipeline.compress import compress
 
 quiet = dict(log=lambda m: None)
 
@@ -113,7 +113,7 @@ def test_threshold_and_per_layer_pruning(tiny_run):
 
 
 def test_structured_pruning_shrinks_model_and_artifact(tiny_run, data_dir, tmp_path, x86_fp32):
-    from litelm_edge.export import build
+    from litelm_edge.pipeline.export import build
     r = compress("prune", tiny_run, data_dir, tmp_path / "s", dict(FT, ffn=0.5, heads=0.5, layers=1), **quiet)
     model = ckpt.load(r["checkpoint"])[0]
     c = model.cfg
@@ -133,7 +133,7 @@ def test_distillation_loss_is_ce_when_alpha_is_zero():
 
 def _kl_to(teacher, student, data_dir) -> float:
     """Mean per-token KL(teacher || student) on held-out windows."""
-    from litelm_edge.eval import EvalConfig, val_windows
+    from litelm_edge.pipeline.eval import EvalConfig, val_windows
     kl = []
     for w in val_windows(data_dir, EvalConfig(windows=8, window_len=64), max_seq_len=64):
         x = torch.as_tensor(w[:-1], dtype=torch.long)[None]
@@ -146,7 +146,7 @@ def _kl_to(teacher, student, data_dir) -> float:
 def test_distilled_student_is_closer_to_the_teacher(tiny_run, data_dir, tmp_path):
     """The distilled student's KL to the teacher is below both its own initialisation's and that
     of the same student trained alone (same init, same batches, cross-entropy only)."""
-    from litelm_edge.model import Transformer
+    from litelm_edge.pipeline.model import Transformer
     steps = {"train.max_steps": 20, "train.eval_every": 20, "train.warmup_steps": 2, "train.lr": 3e-3}
     r = compress("distill", tiny_run, data_dir, tmp_path / "d",
                  dict(FT, **steps, **{"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.n_kv_head": 1,
@@ -245,7 +245,7 @@ set = {{ ffn = 0.5, "train.max_steps" = 2, "train.eval_every" = 2, "train.eval_b
 def test_failing_gate_applies_next_step_and_reports_attempts(corpus, data_dir, tiny_run, tmp_path):
     """An impossible perplexity gate: attempt 0 (PTQ) fails, attempt 1 (a compression step) runs too."""
     pytest.importorskip("onnxruntime")
-    from litelm_edge.pipeline import run_recipe
+    from litelm_edge.pipeline.run import run_recipe
     recipe = _gated_recipe(corpus, data_dir, tiny_run, tmp_path, "max_ppl_increase = -0.5\nmax_attempts = 5")
     r = run_recipe(str(recipe), log=lambda m: None)
     assert not r["ok"] and [a["attempt"] for a in r["attempts"]] == [0, 1]  # one step: 2 attempts, not 5
@@ -260,8 +260,8 @@ def test_failing_gate_applies_next_step_and_reports_attempts(corpus, data_dir, t
 def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_dir, tiny_run, tmp_path, monkeypatch):
     """An int8 build that fails its parity check fails that attempt's gate; the loop goes on."""
     pytest.importorskip("onnxruntime")
-    from litelm_edge import export
-    from litelm_edge.pipeline import run_recipe
+    from litelm_edge.pipeline import export
+    from litelm_edge.pipeline.run import run_recipe
     real, calls = export.build, []
 
     def first_fails(*args, **kw):
@@ -283,7 +283,7 @@ def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_di
 
 
 def test_gates_pass_with_room():
-    from litelm_edge import gates
+    from litelm_edge.pipeline import gates
     bench = {"thresholds": [{"threshold": "max_latency_ms", "value": 5.0, "limit": 100, "pass": True, "note": ""}],
              "parity": {"ok": True, "top1_agreement_vs_torch": 1.0}, "size_mb": 1.5,
              "prefill_ms": {"p50": 5.0}, "inferences_per_s": 200.0, "qps": {"qps": 300.0}, "decode_tok_s": {"mean": 90.0},

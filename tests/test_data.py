@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from litelm_edge import data as D
 from litelm_edge.config import UserError
-from litelm_edge.data_read import normalize
-from litelm_edge.tokenizer import SPECIAL_TOKENS, Tokenizer, train
+from litelm_edge.pipeline import data as D
+from litelm_edge.pipeline.data_read import normalize
+from litelm_edge.pipeline.tokenizer import SPECIAL_TOKENS, Tokenizer, train
 
 _spec = importlib.util.spec_from_file_location("data_dedup", Path(__file__).parents[1] / "benchmarks" / "data_dedup.py")
 dedup_bench = importlib.util.module_from_spec(_spec)
@@ -177,8 +177,8 @@ def test_empty_after_filters_names_the_filter(tmp_path):
 def test_uint32_token_files_past_65535(tmp_path):
     """A tokenizer of more than 65535 tokens (a small BPE plus added tokens) writes uint32 ids that
     train's batches and eval's windows read back through meta.json's dtype."""
-    from litelm_edge.eval import EvalConfig, val_windows
-    from litelm_edge.train import Batches
+    from litelm_edge.pipeline.eval import EvalConfig, val_windows
+    from litelm_edge.pipeline.train import Batches
     rng = random.Random(5)
     base = train([prose(rng) for _ in range(20)], 300)
     base.tok.add_tokens([f"zq{i}zq" for i in range(70_000)])
@@ -193,7 +193,7 @@ def test_uint32_token_files_past_65535(tmp_path):
 
 
 def test_split_is_stable_under_reordering():
-    from litelm_edge.data_tokens import is_val
+    from litelm_edge.pipeline.data_tokens import is_val
     docs = [f"document number {i} " * 5 for i in range(200)]
     assert 5 < sum(is_val(d, 0.1) for d in docs) < 40
     assert [d for d in docs if is_val(d, 0.1)] == [d for d in docs if is_val(d, 0.1)]

@@ -1,4 +1,4 @@
-"""Device facts and energy readers of device_facts.py against fake /proc, /etc and /sys trees."""
+"""Device facts and energy readers of devices/facts.py against fake /proc, /etc and /sys trees."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from litelm_edge import device_facts as D
+from litelm_edge.devices import facts as D
 
 PI_CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\n"
                      for i in range(4)) + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from litelm_edge import checkpoint as ckpt
 from litelm_edge.config import UserError
-from litelm_edge.eval import EvalConfig, eval_artifact, eval_checkpoint, nll, val_windows
+from litelm_edge.pipeline import checkpoint as ckpt
+from litelm_edge.pipeline.eval import EvalConfig, eval_artifact, eval_checkpoint, nll, val_windows
 
 
 def test_nll_matches_torch_cross_entropy():

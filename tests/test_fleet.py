@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from litelm_edge import fleet as F
 from litelm_edge.config import UserError
-from litelm_edge.remote import RemoteError
+from litelm_edge.devices import fleet as F
+from litelm_edge.devices.remote import RemoteError
 
 
 def _result(p50: float, parity_ok: bool = True) -> dict:

@@ -10,9 +10,9 @@ from conftest import cli
 
 transformers = pytest.importorskip("transformers")
 
-from litelm_edge import checkpoint as ckpt  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
-from litelm_edge.model import ModelConfig, Transformer  # noqa: E402
+from litelm_edge.pipeline import checkpoint as ckpt  # noqa: E402
+from litelm_edge.pipeline.model import ModelConfig, Transformer  # noqa: E402
 
 THETA = 5e5  # not the default 1e4, so a loader that drops it gives other logits
 TOL = 1e-4

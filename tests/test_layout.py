@@ -1,9 +1,13 @@
-"""The package's shape: no import cycles, no module over 400 lines, target names only in backends,
-device-side files that import no litelm_edge, and backends found by name."""
+"""The package's shape: the core at the top and one folder per part, no import cycles, no module
+over 400 lines, target names only in backends, device-side files that import no litelm_edge and
+run as uploaded, and backends found by name."""
 from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,15 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "litelm_edge"
 MAX_LINES = 400
 TARGETS = sorted(p.stem for p in (PKG.parent / "targets").glob("*.toml"))
+# The top of litelm_edge/: what every part uses (and the CLI over them all), then the parts.
+CORE = {"__init__", "cli", "config", "target", "manifest", "files", "toolchain"}
+PARTS = {"pipeline", "backends", "devices", "reports", "schemas"}  # schemas: JSON Schemas, data
+# What each part imports besides itself (README, Layout); the pipeline's export reaches a backend, which
+# converts the pipeline's model and checkpoint.
+LAYERS = {"core": set(), "reports": {"core"}, "devices": {"core", "reports"},
+          "pipeline": {"core", "reports", "devices", "backends"}, "backends": {"core", "pipeline"}}
+ACROSS = {"litelm_edge.cli", "litelm_edge.reports.ci", "litelm_edge.backends.tvm.tune"}  # orchestrators
+LOOKUPS = {("litelm_edge.target", "litelm_edge.backends"), ("litelm_edge.target", "litelm_edge.reports.judge")}
 
 
 def modules() -> dict[str, Path]:
@@ -66,11 +79,32 @@ def cycle(g: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_top_level_holds_only_the_core_and_the_parts():
+    """A new module goes into the part it belongs to; the top stays the few modules all parts share."""
+    top = {p.stem for p in PKG.glob("*.py")}
+    folders = {p.name for p in PKG.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert top == CORE, f"modules at the top of litelm_edge/ that belong in a part: {sorted(top - CORE)}"
+    assert folders == PARTS, f"folders: {sorted(folders ^ PARTS)}"
+    assert all((PKG / d / "__init__.py").is_file() for d in PARTS)
+
+
 def test_import_graph_has_no_cycle():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
     g = graph()
     assert cycle(g) is None, " -> ".join(cycle(g))
-    assert "litelm_edge.export" in g["litelm_edge.backends.tvm.tune"]  # the walk sees function-level imports
+    assert "litelm_edge.pipeline.export" in g["litelm_edge.backends.tvm.tune"]  # the walk sees function-level imports
+    assert "litelm_edge.devices.runner" in g["litelm_edge.devices.bench"]  # and `from . import runner`
+
+
+def part(name: str) -> str:
+    p = name.split(".")
+    return p[1] if len(p) > 1 and p[1] in PARTS else "core"
+
+
+def test_parts_import_down_the_layers():
+    bad = [f"{n} -> {m}" for n, ms in graph().items() if n not in ACROSS for m in ms
+           if part(m) != part(n) and part(m) not in LAYERS[part(n)] and (n, m) not in LOOKUPS]
+    assert bad == []
 
 
 def test_no_module_over_the_line_budget():
@@ -81,7 +115,7 @@ def test_no_module_over_the_line_budget():
 def test_device_side_files_import_no_litelm_edge():
     """What a device receives needs only numpy and its runtime."""
     mods = modules()
-    device = ["litelm_edge.device_runner", "litelm_edge.device_facts"] + [
+    device = ["litelm_edge.devices.runner", "litelm_edge.devices.facts"] + [
         n for n in mods if re.fullmatch(r"litelm_edge\.backends\.\w+\.runtime", n)]
     assert len(device) >= 5
     for n in device:
@@ -89,6 +123,25 @@ def test_device_side_files_import_no_litelm_edge():
         names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
         names += [node.module or "." for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0]
         assert not [m for m in names if m.startswith("litelm_edge")], n
+
+
+def test_the_uploaded_runner_finds_facts_and_every_runtime(tmp_path):
+    """A device receives bench.runner_files(backend) at the paths they have in the package; there the
+    runner (run as a script) imports facts.py beside it and loads backends/<name>/runtime.py."""
+    from litelm_edge.backends import names
+    from litelm_edge.devices.bench import runner_files
+    for b in names():
+        for name, src in runner_files(b).items():
+            assert src == PKG / name and src.is_file(), name
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, tmp_path / name)
+    # sys.path as `python3 devices/runner.py` sets it: the script's folder, no litelm_edge package
+    code = ("import sys; sys.path[0] = 'devices'; import runner; print(runner.facts.__file__); "
+            "[print(runner.runtime_module(b).__file__) for b in sys.argv[1:]]")
+    r = subprocess.run([sys.executable, "-c", code, *names()], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    root = tmp_path.resolve()
+    assert r.stdout.split() == [str(root / "devices/facts.py")] + [str(root / f"backends/{b}/runtime.py") for b in names()]
 
 
 def test_target_names_only_inside_backends():

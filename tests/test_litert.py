@@ -18,11 +18,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import toolchain_or_skip  # noqa: E402
-from litelm_edge import checkpoint  # noqa: E402
 from litelm_edge.backends.litert import build as litert_build  # noqa: E402
-from litelm_edge.config import UserError  # noqa: E402
 from litelm_edge.backends.litert.graph import CachedLM  # noqa: E402
-from litelm_edge.model import Transformer, preset  # noqa: E402
+from litelm_edge.config import UserError  # noqa: E402
+from litelm_edge.pipeline import checkpoint  # noqa: E402
+from litelm_edge.pipeline.model import Transformer, preset  # noqa: E402
 
 TARGET = {"target": {"backend": "litert"}, "thresholds": {"max_size_mb": 15}}
 
@@ -90,7 +90,7 @@ def built(toolchain, data_dir, tmp_path_factory):
     token repeated (a tied random model's is: each token's own embedding wins), so a KV-cache bug
     cannot hide behind it; the conftest's trained model repeats "\n\n" too."""
     import dataclasses
-    from litelm_edge.export import build
+    from litelm_edge.pipeline.export import build
     root = tmp_path_factory.mktemp("litert")
     tok = (data_dir / "tokenizer.json").read_text()
     # --set build.*: 2 prefill chunks for a 20-token prompt; attention windows 32 and 128 (capacity)
@@ -105,7 +105,7 @@ def built(toolchain, data_dir, tmp_path_factory):
 
 
 def runtime(art_dir):
-    from litelm_edge.device_runner import open_runtime
+    from litelm_edge.devices.runner import open_runtime
     return open_runtime(art_dir, json.loads((Path(art_dir) / "manifest.json").read_text()), threads=1)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from litelm_edge.model import ModelConfig, Transformer, preset
+from litelm_edge.pipeline.model import ModelConfig, Transformer, preset
 
 
 def small(**kw):

@@ -10,10 +10,10 @@ import paramiko
 import pytest
 
 from fake_artifact import make_artifact
-from litelm_edge import push as P
 from litelm_edge.config import UserError
+from litelm_edge.devices import push as P
+from litelm_edge.devices.remote import Remote, RemoteError
 from litelm_edge.manifest import read_manifest
-from litelm_edge.remote import Remote, RemoteError
 from sshd import trust
 
 

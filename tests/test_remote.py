@@ -8,9 +8,9 @@ import psutil
 import pytest
 
 from fake_artifact import make_artifact
-from litelm_edge import push as P
 from litelm_edge.config import UserError
-from litelm_edge.remote import Remote, RemoteError, parse_address
+from litelm_edge.devices import push as P
+from litelm_edge.devices.remote import Remote, RemoteError, parse_address
 from sshd import keygen, trust
 
 
@@ -115,7 +115,7 @@ def test_ctrl_c_kills_the_remote_process_group(sshd, ssh_home, tmp_path):
     trust(ssh_home, sshd)
     script = tmp_path / "client.py"
     script.write_text(
-        "import sys\nfrom litelm_edge.remote import Remote\n"
+        "import sys\nfrom litelm_edge.devices.remote import Remote\n"
         f"r = Remote({sshd.address!r})\n"
         "r.run(['sh', '-c', 'echo started >&2; sleep 987.71'], timeout=60,"
         " on_line=lambda l: print(l, flush=True))\n")

@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 from litelm_edge import manifest
-from litelm_edge.device_facts import EnergyMeter
-from litelm_edge.remote import RemoteError
-from litelm_edge.remote_bench import bench_remote
+from litelm_edge.devices.facts import EnergyMeter
+from litelm_edge.devices.remote import RemoteError
+from litelm_edge.devices.remote_bench import bench_remote
 from sshd import trust
 
 PROTO = {"reps": 1, "warmup": 1, "prompt_len": 16, "gen_len": 8, "concurrency": 2}
@@ -114,7 +114,7 @@ def test_parity_mismatch_is_a_failed_bench(sshd, ssh_home, x86_art, tmp_path):
 
 def _runners() -> list:
     return [p for p in psutil.process_iter(["cmdline", "status"]) if p.info["status"] != "zombie"
-            and any(a.endswith("/device_runner.py") for a in p.info["cmdline"] or [])]
+            and any(a.endswith("/devices/runner.py") for a in p.info["cmdline"] or [])]
 
 
 def test_runner_timeout_leaves_nothing_behind(sshd, ssh_home, x86_art):

@@ -11,10 +11,11 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import cli
-from litelm_edge import bench as B
 from litelm_edge import manifest as mf
-from litelm_edge import report, schemas
+from litelm_edge import schemas
 from litelm_edge.config import UserError
+from litelm_edge.devices import bench as B
+from litelm_edge.reports import report
 from x86_artifact import x86_artifact
 
 PROTO = ["--reps", "2", "--warmup", "1", "--prompt-len", "16", "--gen-len", "8", "--concurrency", "2"]

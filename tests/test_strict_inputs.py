@@ -31,7 +31,7 @@ def tree(d: Path) -> dict:
 
 
 def copy_ckpt(tiny_run, dst: Path) -> Path:
-    from litelm_edge import checkpoint as ckpt
+    from litelm_edge.pipeline import checkpoint as ckpt
     shutil.copytree(ckpt.resolve(tiny_run), dst)
     return dst
 
@@ -228,7 +228,8 @@ def test_tokenizer_without_endoftext(corpus, tmp_path):
 
 
 def test_unknown_error_is_one_line_and_a_log(tmp_path, monkeypatch, capsys):
-    from litelm_edge import cli as C, eval as E
+    from litelm_edge import cli as C
+    from litelm_edge.pipeline import eval as E
     monkeypatch.setenv("LITELM_EDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(E, "evaluate", lambda *a, **k: {}["boom"])
     with pytest.raises(SystemExit) as e:
@@ -251,7 +252,7 @@ def test_missing_extra_gives_the_pip_command(tiny_run, tmp_path):
 # 7. --resume restores the run's own settings; pipeline reuse keyed on every input --------------------
 
 def test_resume_keeps_the_runs_settings(data_dir, tmp_path):
-    from litelm_edge import checkpoint as ckpt
+    from litelm_edge.pipeline import checkpoint as ckpt
     run = tmp_path / "run"
     sets = [a for s in TINY_SETS + ["max_steps=4", "eval_every=2", "batch_size=4", "block_size=32", "lr=0.001",
                                     "eval_batches=1"] for a in ("--set", s)]
@@ -268,12 +269,12 @@ def test_resume_keeps_the_runs_settings(data_dir, tmp_path):
 
 
 def test_pipeline_reuse_is_keyed_on_every_input(corpus, tmp_path, monkeypatch):
-    from litelm_edge import pipeline, train
-    from litelm_edge.recipe import load_recipe
+    from litelm_edge.pipeline import run as R, train
+    from litelm_edge.pipeline.recipe import load_recipe
     p = tmp_path / "r.toml"
     p.write_text(RECIPE.format(work=tmp_path / "work", corpus=corpus))
     inputs = [str(corpus)]
-    key = lambda sets=None: pipeline.data_key(load_recipe(str(p), sets)[1], inputs)  # noqa: E731
+    key = lambda sets=None: R.data_key(load_recipe(str(p), sets)[1], inputs)  # noqa: E731
     assert key() == key() != key({"data.vocab": "1024"}) != key({"data.min_chars": "10"})
     k0 = key()
     (corpus / "plays.txt").write_text((corpus / "plays.txt").read_text() + "\nKING:\nOne more line of verse.\n")
@@ -285,7 +286,7 @@ def test_pipeline_reuse_is_keyed_on_every_input(corpus, tmp_path, monkeypatch):
     runs = []
     monkeypatch.setattr(train, "train", lambda data, run, *a, **k: runs.append(run) or {"step": 0})
     for sets in (None, None, {"train.model.n_layer": "2"}, {"train.lr": "0.01"}):
-        pipeline.step_train(load_recipe(str(p), sets)[1], tmp_path / "data-x", tmp_path / "work", lambda m: None)
+        R.step_train(load_recipe(str(p), sets)[1], tmp_path / "data-x", tmp_path / "work", lambda m: None)
     assert runs[0] == runs[1] and len({runs[0], runs[2], runs[3]}) == 3
     assert (tmp_path / "work" / "run").resolve() == runs[-1].resolve()
 
@@ -293,7 +294,7 @@ def test_pipeline_reuse_is_keyed_on_every_input(corpus, tmp_path, monkeypatch):
 # 8. --install-runtime from package lists, for every runtime ------------------------------------------
 
 def test_install_runtime_uses_each_runtimes_package_list(monkeypatch, tmp_path):
-    from litelm_edge import device_runner as D
+    from litelm_edge.devices import runner as D
     installed = []
     monkeypatch.setattr(D, "install_runtime", lambda pkgs: installed.append(pkgs))
     monkeypatch.setattr(D.os, "execv", lambda *a: (_ for _ in ()).throw(SystemExit(0)))
@@ -357,7 +358,8 @@ def test_android_build_without_host_litert_is_one_line(tiny_run, tmp_path, monke
 
 
 def test_runtime_missing_anywhere_is_one_line(art, tmp_path, monkeypatch, capsys):
-    from litelm_edge import cli as C, device_runner as D
+    from litelm_edge import cli as C
+    from litelm_edge.devices import runner as D
     mod = D.runtime_module("ort")
 
     def absent(*a):
@@ -372,7 +374,7 @@ def test_runtime_missing_anywhere_is_one_line(art, tmp_path, monkeypatch, capsys
 # 12. temp folders of killed runs; no usable SSH key ----------------------------------------------------
 
 def test_stale_temporaries_of_killed_writers_are_removed(tiny_run, tmp_path):
-    from litelm_edge import checkpoint as ckpt
+    from litelm_edge.pipeline import checkpoint as ckpt
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     run = tmp_path / "run"
@@ -388,7 +390,7 @@ def test_stale_temporaries_of_killed_writers_are_removed(tiny_run, tmp_path):
 
 
 def test_no_usable_ssh_key_says_so(sshd, ssh_home):
-    from litelm_edge.remote import Remote, RemoteError
+    from litelm_edge.devices.remote import Remote, RemoteError
     from sshd import trust
     trust(ssh_home, sshd)
     for f in ("id_ed25519", "id_ed25519.pub"):

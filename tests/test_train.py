@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import TINY_SETS
-from litelm_edge import checkpoint as ckpt
 from litelm_edge.config import UserError, override, parse_sets, split_sets
-from litelm_edge.model import preset
-from litelm_edge.train import TrainConfig, lr_at, train
+from litelm_edge.pipeline import checkpoint as ckpt
+from litelm_edge.pipeline.model import preset
+from litelm_edge.pipeline.train import TrainConfig, lr_at, train
 
 
 def cfg(**kw):
@@ -64,7 +64,7 @@ def test_lr_schedule():
 # model.safetensors is written: a real crash in the middle of a save, no cleanup possible.
 KILL_MID_SAVE = """
 import os, signal, sys, torch, safetensors.torch
-from litelm_edge import checkpoint as ckpt
+from litelm_edge.pipeline import checkpoint as ckpt
 run, name = sys.argv[1], sys.argv[2]
 model, tok, training = ckpt.load(f"{run}/{name}")
 with torch.no_grad():

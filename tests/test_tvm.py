@@ -12,9 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from litelm_edge import checkpoint, export  # noqa: E402
 from litelm_edge.backends.tvm import build as tvm_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
+from litelm_edge.pipeline import checkpoint, export  # noqa: E402
 
 EM_AARCH64 = 183  # ELF e_machine of aarch64
 
@@ -94,8 +94,9 @@ def test_missing_cross_compiler_is_one_clear_line(monkeypatch):
 
 def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_path):
     """The tuner's loop with the device and builds faked: the data it keeps beside the artifact."""
-    from litelm_edge import export as export_mod, remote_bench
     from litelm_edge.backends.tvm import tune as tvm_tune
+    from litelm_edge.devices import remote_bench
+    from litelm_edge.pipeline import export as export_mod
     built = []
     monkeypatch.setattr(export_mod, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
     fake_ms = {(4, 16): 30.0, (8, 8): 20.0, (1, 32): 25.0}

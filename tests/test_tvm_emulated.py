@@ -30,7 +30,7 @@ def pi_home(emulated_device, tmp_path, monkeypatch):
 def test_rpi4_fp32_and_int8_run_on_emulated_pi(pi_home, rpi4_fp32, rpi4_int8, tmp_path):
     """Both builds pass on-device parity; int8 is judged against the fp32 bench for energy."""
     import json
-    from litelm_edge.remote_bench import bench_remote
+    from litelm_edge.devices.remote_bench import bench_remote
     dev, baseline = pi_home, None
     for precision, art in (("fp32", rpi4_fp32), ("int8", rpi4_int8)):
         res = bench_remote(f"{dev.user}@{dev.host}:{dev.port}", art, PROTOCOL, baseline=baseline,

@@ -7,9 +7,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_genai", reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
 
-from litelm_edge import device_runner as dr
-from litelm_edge import export
 from litelm_edge.config import UserError
+from litelm_edge.devices import runner as dr
+from litelm_edge.pipeline import export
 from x86_artifact import x86_artifact
 
 
@@ -91,7 +91,7 @@ def test_threads_follow_affinity_sessions_and_size(monkeypatch):
 
 
 def test_bench_reports_threads(art):
-    from litelm_edge.bench import bench
+    from litelm_edge.devices.bench import bench
     r = bench(art, dict(reps=1, warmup=0, iters=2, prompt_len=8, gen_len=4, concurrency=2, qps_iters=1), log=lambda m: None)
     pro = r["protocol"]
     assert pro["threads"] >= 1 and pro["qps_threads_per_session"] >= 1 and pro["affinity"]

@@ -34,7 +34,7 @@ def emulator(verb: str, state: Path) -> subprocess.CompletedProcess:
 
 def device_config(env, secret: str, tmp: Path) -> str:
     """ssh config lines giving the real device its key (and known_hosts) from the secrets."""
-    from litelm_edge.remote import parse_address
+    from litelm_edge.devices.remote import parse_address
     _, host, _ = parse_address(env[secret])
     lines = [f"Host {host}"]
     if env.get(f"{secret}_KEY"):
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     for name, default in (("reps", 3), ("warmup", 1), ("prompt-len", 64), ("gen-len", 32), ("concurrency", 2)):
         ap.add_argument(f"--{name}", type=int, default=default)
     a = ap.parse_args(argv)
-    from litelm_edge import ci
     from litelm_edge.config import UserError
+    from litelm_edge.reports import ci
     from litelm_edge.target import load_target
     protocol = dict(reps=a.reps, warmup=a.warmup, prompt_len=a.prompt_len, gen_len=a.gen_len, concurrency=a.concurrency)
     with tempfile.TemporaryDirectory(prefix="litelm-ci-") as td:

@@ -3,7 +3,7 @@
     python tools/measure_compress.py BASE_CKPT DATA_DIR WORKDIR [--ft-steps 60] [--distill-steps 100]
         [--set train.lr=3e-4 ...] [--student-set model.n_layer=2 ...] [--workers 0]
 
-Every perplexity uses the same val.bin windows (litelm_edge.eval defaults); artifact perplexities go
+Every perplexity uses the same val.bin windows (litelm_edge.pipeline.eval defaults); artifact perplexities go
 through the artifact's runtime (ORT for target x86). The compression steps run one after another
 (on the GPU when there is one); with --workers N each finished checkpoint is built and measured in
 one of N CPU processes meanwhile. Writes WORKDIR/measure.json and measure.md, and ends with the
@@ -17,16 +17,16 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from litelm_edge.compress import compress
 from litelm_edge.config import parse_sets
+from litelm_edge.pipeline.compress import compress
 
 NOLOG = (lambda m: None)
 
 
 def measure(name, ckpt, step_s, how, precisions, data, work, more):
     """-> one row per precision: checkpoint ppl (torch), artifact size and ppl (its runtime)."""
-    from litelm_edge.eval import eval_artifact, eval_checkpoint
-    from litelm_edge.export import build
+    from litelm_edge.pipeline.eval import eval_artifact, eval_checkpoint
+    from litelm_edge.pipeline.export import build
     c = eval_checkpoint(ckpt, data)
     rows = []
     for p in precisions:

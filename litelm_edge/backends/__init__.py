@@ -2,8 +2,8 @@
 
     backends/<name>/__init__.py  RUNTIME (the device runtime's name) and PRECISIONS (a table)
     backends/<name>/build.py     build(ctx: BuildContext) -> BackendBuild, on the build host
-    backends/<name>/runtime.py   the device side: numpy and the runtime only, uploaded beside
-                                 the runner core (device_runner.py), which loads it by path
+    backends/<name>/runtime.py   the device side: numpy and the runtime only, uploaded with
+                                 the runner core (devices/runner.py), which loads it by path
 
 A package is imported only when a target names it (or the CLI lists precisions). This module
 holds what export and every backend share: the precision record, the build result, the lookup.

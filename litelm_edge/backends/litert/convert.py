@@ -114,7 +114,7 @@ def strip_names(path: Path) -> int:
 
 def main(spec_path: str) -> int:
     import numpy as np
-    from ...checkpoint import load
+    from ...pipeline.checkpoint import load
     from .inspect import breakdown, weight_dtypes
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])

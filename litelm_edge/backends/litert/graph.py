@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ...model import Transformer, apply_rope, rope_tables
+from ...pipeline.model import Transformer, apply_rope, rope_tables
 
 
 def slice_update(cache, new, pos):

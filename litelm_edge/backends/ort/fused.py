@@ -45,7 +45,7 @@ def unsupported(cfg) -> str | None:
 
 def hf_folder(model, tokenizer_json: str, dst: Path) -> Path:
     """The model as a Hugging Face Llama folder (what the builder reads); shared layers expanded."""
-    from ... import checkpoint as ckpt
+    from ...pipeline import checkpoint as ckpt
     return ckpt.save(dst, model, tokenizer_json, {})
 
 

@@ -33,8 +33,8 @@ def relax_module(checkpoint: str, precision: str):
     """Checkpoint -> (Relax IRModule with a `forward` function, weight bytes by dtype)."""
     import torch
     from tvm.relax.frontend.torch import from_exported_program
-    from litelm_edge.checkpoint import load
     from litelm_edge.backends.tvm import graph
+    from litelm_edge.pipeline.checkpoint import load
     model, _, _ = load(checkpoint, tokenizer=False)
     graph.prepare(model.float().eval(), precision)
     nbytes: dict[str, int] = {}

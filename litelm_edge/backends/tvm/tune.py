@@ -25,8 +25,8 @@ def score(res: dict) -> float:
 
 def tune(checkpoint, target: str, out, remote: str, precision=None, data=None, sets=None,
          log=print, candidates=CANDIDATES) -> dict:
-    from ...export import build
-    from ...remote_bench import bench_remote
+    from ...devices.remote_bench import bench_remote
+    from ...pipeline.export import build
     sets = dict(sets or {})
     db = {"target": target, "remote": remote, "protocol": PROTOCOL, "candidates": []}
     tmp = Path(tempfile.mkdtemp(prefix="litelm-tvm-tune-"))
