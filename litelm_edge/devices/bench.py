@@ -1,9 +1,9 @@
 """bench (host side): run the device runner here, then judge its raw samples.
 
 The runner (devices/runner.py, with devices/facts.py and the backend's backends/<name>/runtime.py:
-the files a device receives, at these paths) measures; `finish` adds what needs the target's data: the energy
-per inference (measured by a sensor when the runner found one, else estimated with the target's
-named power model), the threshold verdicts, and where every number came from.
+the files a device receives, at these paths) measures; `finish` adds what needs the target's data:
+the energy per inference (measured by a sensor when the runner found one, else estimated with the
+target's named power model), the threshold verdicts, and where every number came from.
 """
 from __future__ import annotations
 
