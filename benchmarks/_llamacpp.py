@@ -6,6 +6,7 @@ source needed. Everything lives under ~/.cache/litelm-edge/llama.cpp/ and is nev
     sdist/llama_cpp_python-VER.tar.gz             pip download --no-deps --no-binary :all:
     llama_cpp_python-VER/vendor/llama.cpp/        the unpacked source
         build/bin/llama-bench, llama-quantize     cmake -DGGML_NATIVE=ON (this CPU's ISA)
+        build-no-amx/bin/...                      this CPU's ISA from /proc/cpuinfo, AMX left out
 
 API (used by benchmarks/x86_vs_llamacpp.py and the android comparison):
     paths = ensure_built()                  -> {"root", "bench", "quantize", "convert", "version"}
@@ -13,9 +14,9 @@ API (used by benchmarks/x86_vs_llamacpp.py and the android comparison):
     q     = quantize(gguf, "q4_0")          llama-quantize (q8_0, q4_0, ...)
     r     = bench(q, threads=2, p=64, n=128, reps=5)
           -> {"prefill_ms": [...], "decode_tok_s": [...], "build": ..., "threads": 2, ...}
-Known limit: on a VM that reports AMX but does not let a process use it, the native build's prompt
-processing dies with SIGILL (llama-bench exit -4; docs/x86-speed.md); decode from an empty context
-(-p 0 -d 0) still runs. The converter does not know our BPE pre-tokenizer's hash; it is mapped to "gpt-2" (byte-level BPE,
+A VM may report AMX in cpuinfo without letting a process use it: the native build's prompt processing
+then dies with SIGILL on `tileloadd` (llama-bench exit -4). bench() then rebuilds without AMX (every
+other ISA extension this CPU reports kept) and says which build timed each figure. The converter does not know our BPE pre-tokenizer's hash; it is mapped to "gpt-2" (byte-level BPE,
 the same pre-tokenizer family) by patching the converter in the converting process only.
 """
 from __future__ import annotations
@@ -75,21 +76,32 @@ def _source(log) -> Path:
     return src / "vendor/llama.cpp"
 
 
-def ensure_built(log=print) -> dict:
-    """Build llama-bench and llama-quantize once (cached); return the paths."""
+# cpuinfo flag -> ggml's cmake switch, for the build without AMX (GGML_NATIVE=OFF names each one)
+ISA = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "bmi2": "BMI2", "avx_vnni": "AVX_VNNI",
+       "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI", "avx512_vnni": "AVX512_VNNI", "avx512_bf16": "AVX512_BF16"}
+
+
+def _flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    have = set(next((ln.split(":", 1)[1].split() for ln in open(cpuinfo) if ln.startswith("flags")), []))
+    return ["-DGGML_NATIVE=OFF"] + [f"-DGGML_{v}={'ON' if k in have else 'OFF'}" for k, v in ISA.items()]
+
+
+def ensure_built(log=print, variant: str = "native") -> dict:
+    """Build llama-bench and llama-quantize once per variant (cached); return the paths.
+    variant: "native" (-DGGML_NATIVE=ON) or "no-amx" (this CPU's flags, AMX off)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:  # two benchmarks at once build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         root = _source(log)
-        build = root / "build"
+        build = root / ("build" if variant == "native" else f"build-{variant}")
         bins = {t: build / "bin" / t for t in TARGETS}
         if not all(b.is_file() for b in bins.values()):
-            log(f"building llama.cpp ({', '.join(TARGETS)}) in {build}: several minutes, once ...")
-            _run(["cmake", "-S", root, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-                  "-DLLAMA_CURL=OFF"], log)
+            log(f"building llama.cpp ({', '.join(TARGETS)}, {variant}) in {build}: several minutes, once ...")
+            isa = ["-DGGML_NATIVE=ON"] if variant == "native" else _flags()
+            _run(["cmake", "-S", root, "-B", build, "-DCMAKE_BUILD_TYPE=Release", *isa, "-DLLAMA_CURL=OFF"], log)
             _run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", *TARGETS], log)
     return {"root": root, "bench": bins["llama-bench"], "quantize": bins["llama-quantize"],
-            "convert": root / "convert_hf_to_gguf.py", "version": VERSION}
+            "convert": root / "convert_hf_to_gguf.py", "version": VERSION, "variant": variant}
 
 
 def convert(ckpt, outtype: str, out_dir, log=print) -> Path:
@@ -118,14 +130,27 @@ def _samples(rec: dict, key: str) -> list[float]:
     return [float(x) for x in rec.get(key) or [rec[key.replace("samples", "avg")]]]
 
 
+_VARIANT = {}  # the build that runs on this machine, found once per process
+
+
 def bench(gguf, threads: int = 2, p: int = 64, n: int = 128, reps: int = 5, log=print) -> dict:
     """llama-bench: prefill of p tokens (ms per prompt) and decode of n tokens after a p-token
     context (tok/s), reps samples each; with the build and CPU facts llama-bench reports."""
-    exe = ensure_built(log)["bench"]
+    variant = _VARIANT.get("v", "native")
+    exe = ensure_built(log, variant)["bench"]
     common = ["-m", gguf, "-t", threads, "-r", reps, "-o", "json"]
-    pre = json.loads(_run([exe, *common, "-p", p, "-n", 0], log))[0]
+    try:
+        pre = json.loads(_run([exe, *common, "-p", p, "-n", 0], log))[0]
+    except RuntimeError as e:
+        if variant != "native" or "exit -4" not in str(e):
+            raise
+        log("llama.cpp's native build dies with SIGILL (this VM reports AMX but does not allow it): "
+            "using the build without AMX")
+        _VARIANT["v"] = "no-amx"
+        return bench(gguf, threads, p, n, reps, log)
     dec = json.loads(_run([exe, *common, "-p", 0, "-n", n, "-d", p], log))[0]
     return {"prefill_ms": [1e3 * p / t for t in _samples(pre, "samples_ts")],
             "decode_tok_s": _samples(dec, "samples_ts"), "threads": threads, "p": p, "n": n, "reps": reps,
-            "build": {k: pre.get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "type_k")},
+            "build": dict({k: pre.get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "type_k")},
+                          variant=variant),
             "model": {k: pre.get(k) for k in ("model_type", "model_size", "model_n_params")}}

@@ -45,7 +45,7 @@ def test_manifest_describes_the_artifact(artifact):
         assert m["parity"]["rule"] == "max_abs_err <= 0.001" and m["parity"]["max_abs_err"] < 1e-4
     else:  # int8 weights really are int8, read back from the ONNX file
         assert m["parity"]["rule"] == "top1_agreement >= 0.95" and m["parity"]["top1_agreement"] >= 0.95
-        assert m["weight_bytes"]["int8"] + m["weight_bytes"]["uint8"] > 4 * m["weight_bytes"].get("float32", 0)
+        assert m["weight_bytes"]["int8"] + m["weight_bytes"].get("uint8", 0) > 4 * m["weight_bytes"].get("float32", 0)
 
 
 def test_int8_is_smaller_than_fp32(x86_fp32, x86_int8):
@@ -156,16 +156,18 @@ def test_build_killed_midway_keeps_the_previous_artifact(x86_fp32, tiny_run, dat
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["art"]
 
 
-def test_float_artifact_claiming_int8_fails(tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("graph", ["fused", "export"])
+def test_float_artifact_claiming_int8_fails(graph, tiny_run, tmp_path, monkeypatch):
     import shutil
-    from litelm_edge.backends.ort import build as ort_build
+    from litelm_edge.backends.ort import build as ort_build, fused
 
     def no_quantisation(src, dst):  # a quantiser that silently leaves float weights
         shutil.copy(src, dst)
         shutil.copy(src.parent / (src.name + ".data"), dst.parent / (src.name + ".data"))
-    monkeypatch.setattr(ort_build, "quantize_int8", no_quantisation)
+    monkeypatch.setattr(ort_build, "quantize_int8", no_quantisation)  # the export graph's
+    monkeypatch.setattr(fused, "w8a8", lambda path, tmp: None)  # the fused graph's: in place
     with pytest.raises(UserError, match="quantiser did not apply"):
-        export.build(tiny_run, "x86", tmp_path / "x", "int8", log=lambda m: None)
+        export.build(tiny_run, "x86", tmp_path / "x", "int8", recipe={"graph": graph}, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -205,6 +207,7 @@ def test_shared_layers_build_as_int8_with_weights_stored_once(data_dir, tmp_path
     model.embed_tokens.weight.data *= 30  # well-separated logits: parity is about the export, not ties
     ckpt.save(tmp_path / "c", model, T.load(data_dir).to_str(), {"step": 0, "data_dir": str(data_dir)})
     m = export.build(tmp_path / "c", "x86", tmp_path / "a", "int8", log=lambda s: None)
+    assert m["graph"] == "export"  # the fused graph's builder would store each layer's copy
     block = sum(p.numel() for n, p in model.layers[0].named_parameters() if p.dim() == 2)
     emb = model.embed_tokens.weight.numel()
     # the 2 unique blocks once each, and the tied embedding once (uint8, read by Gather and lm_head)

@@ -58,6 +58,27 @@ def test_attention_windows_match_forward_across_buckets():
             assert torch.allclose(out.pop("logits")[0, 0], ref[p], atol=1e-5), p
 
 
+def test_default_mask_holds_when_attention_scores_are_large():
+    """A trained model's attention scores can exceed 30: the default mask keeps the prefill exact
+    there, where the finite -30 that full-integer INT8 needs lets later tokens leak in."""
+    torch.manual_seed(2)
+    m = Transformer(preset("tiny")).eval()
+    with torch.no_grad():
+        for blk in m.layers:  # scores ~ |q||k|: scale both up, as training does to sharp heads
+            blk.self_attn.q_proj.weight.mul_(12)
+            blk.self_attn.k_proj.weight.mul_(12)
+    idx = torch.randint(0, m.cfg.vocab_size, (1, 16))
+    pos = torch.arange(16, dtype=torch.int32)
+    with torch.no_grad():
+        ref = m(idx)[0]
+        err = {}
+        for mask in (litert_build.DEFAULTS["mask_value"], litert_build.FULL_INT_MASK):
+            g = CachedLM(m, capacity=32, mask_value=mask)
+            err[mask] = (g(idx.int(), pos, **g.empty_cache())["logits"] - ref).abs().max().item()
+    assert err[litert_build.DEFAULTS["mask_value"]] < 1e-4, err
+    assert err[litert_build.FULL_INT_MASK] > 1e-2, err  # the case the default exists for
+
+
 def test_settings_and_size_verdict():
     with pytest.raises(UserError, match="multiple of prefill_len"):
         litert_build.settings({"litert": {"prefill_len": 64, "capacity": 100}})

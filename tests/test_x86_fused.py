@@ -65,6 +65,32 @@ def test_fused_build_is_refused_by_the_parity_gate(tiny_run, data_dir, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_int8_is_the_fused_graph_with_w8a8_and_one_copy_of_the_tied_embedding(x86_int8, x86_fp32, tiny_run, data_dir):
+    """int8: the fused graph's MatMuls as dynamic W8A8 (ORT fuses them into DynamicQuantizeMatMul);
+    the embedding gathers the LM head's own int8 columns, so no fp32 copy of the tied matrix stays."""
+    import onnx
+    from onnx import numpy_helper
+    from litelm_edge.eval import eval_artifact
+    m = manifest(x86_int8)
+    g = onnx.load(str(x86_int8 / m["graphs"]["decoder"])).graph
+    ops = [n.op_type for n in g.node]
+    assert m["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
+    assert ops.count("MatMulInteger") == 5 * m["model"]["n_layer"] + 1 and "MatMul" not in ops  # qkv o gate up down, head
+    assert "Transpose" in ops and ops.count("Gather") >= 2  # the embedding: columns of the head's int8 matrix
+    big_floats = [i.name for i in g.initializer if numpy_helper.to_array(i).dtype == np.float32
+                  and numpy_helper.to_array(i).size >= m["model"]["vocab_size"] * m["model"]["n_embd"] // 4]
+    assert big_floats == []  # the tied matrix is stored once, in int8
+    assert m["parity"]["rule"] == "top1_agreement >= 0.95" and m["parity"]["ok"]
+    ppl8, ppl32 = eval_artifact(x86_int8, data_dir)["ppl"], eval_artifact(x86_fp32, data_dir)["ppl"]
+    assert abs(ppl8 / ppl32 - 1) < 0.01, (ppl8, ppl32)
+    rt = dr.open_runtime(x86_int8, m, 1)
+    ids = export.heldout_windows(data_dir, 1, 24)[0]
+    full = rt.prefill(ids)
+    last = rt.prefill_last(ids)  # logits_to_keep kept through the rewrite; activations are quantised
+    assert last.shape == full[-1].shape and last.argmax() == full[-1].argmax()  # per tensor, so the
+    assert np.abs(last - full[-1]).max() < 0.05  # head's scale differs a little between 1 and T rows
+
+
 def test_build_graph_option(tiny_run, data_dir, tmp_path):
     with pytest.raises(UserError, match="grpah"):
         export.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, recipe={"grpah": "export"}, log=lambda s: None)

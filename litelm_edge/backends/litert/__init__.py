@@ -11,6 +11,11 @@ from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
 RUNTIME = "litert"
 EXTRA, HOST_MODULES = "android", ("ai_edge_litert",)  # pyproject extra that installs what the build imports here
 SECTION = "litert"  # the target TOML's table of this backend's keys (targets/android.toml)
+# Full-integer INT8 quantizes the attention scores too: a mask of -1e4 stretches their range and
+# wrecks calibration, so int8-full masks with -30 (exact enough when scores stay well under 30).
+# Every other precision keeps float scores and needs the large mask: with -30, a trained
+# minimind-26m's later tokens leak into earlier ones (fp32 max abs logit error 9.6, parity fails).
+FULL_INT_MASK = -30.0
 
 
 @dataclass
@@ -18,7 +23,7 @@ class Settings:
     threads: int = 4  # XNNPACK threads on the device
     prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks
     capacity: int = 512  # KV-cache length in tokens; a multiple of prefill_len
-    mask_value: float = -30.0  # finite additive attention mask: -1e4 wrecks full-integer INT8
+    mask_value: float = -1e4  # additive attention mask; int8-full clamps it to FULL_INT_MASK
     windows: str = "128"  # attention windows below capacity: a prefill + decode signature each
 
     def validate(self):

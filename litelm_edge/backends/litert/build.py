@@ -6,7 +6,7 @@ target. Keys, from the target TOML's [litert] table (targets/android.toml):
   threads      XNNPACK threads on the device
   prefill_len  tokens per prefill call (longer prompts run in chunks)
   capacity     KV-cache length; a multiple of prefill_len
-  mask_value   additive attention mask, finite (-30) so full-integer INT8 survives
+  mask_value   additive attention mask (-1e4); int8-full clamps it to -30 (FULL_INT_MASK)
   windows      attention windows below capacity ("128"): one prefill and one decode
                signature each, so a call attends over the filled part of the cache only
 """
@@ -23,7 +23,7 @@ import numpy as np
 from ... import toolchain
 from ...config import UserError, from_dict, override
 from .. import BackendBuild, precision as precision_of
-from . import RUNTIME, SECTION, Settings
+from . import FULL_INT_MASK, RUNTIME, SECTION, Settings
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
 # backtracks to litert-torch 0.8 with another torch. So the converter gets its own venv.
@@ -112,6 +112,8 @@ def size_verdict(size: int, target: dict) -> dict:
 def build(ctx) -> BackendBuild:
     precision_of("litert", ctx.precision)
     s = settings(ctx.target, getattr(ctx, "recipe", None))
+    if ctx.precision == "int8-full":
+        s["mask_value"] = max(s["mask_value"], FULL_INT_MASK)
     host_runtime_or_fail()  # before the conversion: the parity check runs the .tflite here
     py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:

@@ -30,7 +30,7 @@ from ...config import UserError
 
 GRAPH = "decoder.onnx"
 # our precision -> (builder precision, block size along K)
-PRECISIONS = {"fp32": ("fp32", 0), "int8-b32": ("int8", 32), "int4-b32": ("int4", 32), "int4-b64": ("int4", 64)}
+PRECISIONS = {"fp32": ("fp32", 0), "int8": ("fp32", 0), "int8-b32": ("int8", 32), "int4-b32": ("int4", 32), "int4-b64": ("int4", 64)}
 BUILDER = "onnxruntime_genai.models.builder"
 
 
@@ -40,6 +40,8 @@ def unsupported(cfg) -> str | None:
         return "a gated attention output"
     if cfg.head_dim * cfg.n_head != cfg.n_embd:
         return "pruned heads (head_dim * n_head != n_embd)"
+    if cfg.share_every > 1:  # the builder would store every layer's copy: sharing's size win lost
+        return "layers that share weights"
     return None
 
 
@@ -100,6 +102,45 @@ def quantize_gather(path: Path, tmp: Path):
     onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
+def w8a8(path: Path, tmp: Path):
+    """int8: the fp32 fused graph's MatMuls made dynamic W8A8 by ORT's quantiser (per-channel int8
+    weights, activations quantised per call; ORT fuses them into DynamicQuantizeMatMul, whose int8
+    GEMM prefills 2-3x faster than MatMulNBits' 8-bit blocks). The builder ties the embedding to the
+    LM head as Gather(Transpose(W)), which would keep W in fp32 beside its int8 copy: the embedding
+    becomes a column Gather of the LM head's own int8 matrix times its per-row scales, stored once."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(str(path), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+    model = onnx.load(str(tmp))
+    g = model.graph
+    tr = next(n for n in g.node if n.op_type == "Transpose" and n.input[0].startswith("lm_head"))
+    gather = next(n for n in g.node if n.op_type == "Gather" and n.input[0] == tr.output[0])
+    w = tr.input[0]  # lm_head.MatMul.weight: (n_embd, vocab) fp32, only the embedding still reads it
+    q, scale, zp = (w + "_quantized", w + "_scale", w + "_zero_point")
+    zero = next(i for i in g.initializer if i.name == zp)
+    if any(onnx.numpy_helper.to_array(zero)):
+        raise RuntimeError("ORT's quantiser gave the LM head a non-zero weight zero point")
+    emb, ids = gather.output[0], gather.input[1]
+    nodes = [helper.make_node("Gather", [q, ids], ["emb_q"], axis=1, name="/model/embed_tokens/GatherQ"),  # (C, B, T)
+             helper.make_node("Transpose", ["emb_q"], ["emb_qt"], perm=[1, 2, 0], name="/model/embed_tokens/TransposeQ"),
+             helper.make_node("Cast", ["emb_qt"], ["emb_f"], to=TensorProto.FLOAT, name="/model/embed_tokens/Cast"),
+             helper.make_node("Gather", [scale, ids], ["emb_s"], axis=0, name="/model/embed_tokens/GatherScale"),  # (B, T)
+             helper.make_node("Unsqueeze", ["emb_s", "emb_axis"], ["emb_s3"], name="/model/embed_tokens/Unsqueeze"),
+             helper.make_node("Mul", ["emb_f", "emb_s3"], [emb], name="/model/embed_tokens/Dequantize")]
+    g.initializer.append(helper.make_tensor("emb_axis", TensorProto.INT64, [1], [-1]))
+    at = list(g.node).index(tr)
+    for n in (tr, gather):
+        g.node.remove(n)
+    for i, n in enumerate(nodes):
+        g.node.insert(at + i, n)
+    g.initializer.remove(next(i for i in g.initializer if i.name == w))
+    for f in (path, path.with_name(path.name + ".data")):
+        f.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
 def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> dict:
     """Write out/decoder.onnx(+.data); return the manifest fields the runtime needs."""
     work = out / ".builder"
@@ -107,7 +148,9 @@ def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> d
         src = hf_folder(model, tokenizer_json, work / "hf")
         run_builder(src, work / "onnx", precision, log)
         add_logits_to_keep(work / "onnx" / "model.onnx", out / GRAPH)
-        if PRECISIONS[precision][0] == "int8":
+        if precision == "int8":
+            w8a8(out / GRAPH, work / "q.onnx")
+        elif PRECISIONS[precision][0] == "int8":
             quantize_gather(out / GRAPH, work / "q.onnx")
         genai = json.loads((work / "onnx" / "genai_config.json").read_text())["model"]["decoder"]
     finally:
