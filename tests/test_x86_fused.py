@@ -70,7 +70,7 @@ def test_int8_is_the_fused_graph_with_w8a8_and_one_copy_of_the_tied_embedding(x8
     the embedding gathers the LM head's own int8 columns, so no fp32 copy of the tied matrix stays."""
     import onnx
     from onnx import numpy_helper
-    from litelm_edge.eval import eval_artifact
+    from litelm_edge.pipeline.eval import eval_artifact
     m = manifest(x86_int8)
     g = onnx.load(str(x86_int8 / m["graphs"]["decoder"])).graph
     ops = [n.op_type for n in g.node]
