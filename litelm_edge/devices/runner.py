@@ -2,10 +2,8 @@
 """litelm-edge device runner: benchmark one built artifact where it runs.
 
 The runner core, needing only python3, numpy and the artifact's runtime (no litelm_edge import).
-It runs with devices/facts.py beside it and backends/<backend>/runtime.py (the manifest's backend)
-one folder up: the same three files, at the same paths relative to the package root, here (the local
-bench runs litelm_edge/devices/runner.py) and on a device (the remote bench uploads them under
-runner/<hash>/, keeping those paths).
+It runs with devices/facts.py and backends/<backend>/runtime.py (the manifest's backend), three
+files at the same paths under litelm_edge/ here (the local bench) and under runner/<hash>/ on a device.
 
     python3 devices/runner.py ARTIFACT_DIR --out result.json [--reps 5] [--warmup 2]
 
@@ -42,9 +40,7 @@ SCHEMA = "litelm-edge-bench/1"
 # transport fault (here: the runtime is missing), 4 on-device parity failed.
 EXIT_USER, EXIT_DEVICE, EXIT_PARITY = 2, 3, 4
 EXIT_RUNTIME_MISSING = EXIT_DEVICE
-# The package root here (litelm_edge/), the runner's upload folder on a device: every path below is
-# relative to it, and a device receives the files at these paths.
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # litelm_edge/ here, runner/<hash>/ on a device
 SCRIPT = "devices/runner.py"  # this file
 FILES = (SCRIPT, "devices/facts.py")  # the core a device receives, with a runtime
 
