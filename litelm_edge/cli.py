@@ -145,7 +145,7 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--prompt-len", default=PROTO.prompt_len, show_default=True)
 @click.option("--gen-len", default=PROTO.gen_len, show_default=True)
 @click.option("--concurrency", default=PROTO.concurrency, show_default=True, help="Sessions for the QPS figure.")
-@click.option("--threads", type=int, help="Runtime threads per session (default: the runtime's).")
+@click.option("--threads", type=int, help="Runtime threads per session (default: from the CPU affinity, the sessions and the model size).")
 @click.option("--baseline", type=click.Path(path_type=Path), help="bench.json of the fp32 build (energy reduction).")
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
 @click.option("--check", is_flag=True, help="Exit 1 when a threshold or parity fails (per device for a fleet).")

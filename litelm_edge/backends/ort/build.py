@@ -1,10 +1,10 @@
 """ONNX Runtime backend, build side: a checkpoint -> decoder.onnx (the table is in __init__.py).
 
 Two graphs. The default, "fused" (fused.py): ORT's contrib operators as onnxruntime-genai's model
-builder emits them (GroupQueryAttention over a KV buffer shared by past and present, MatMulNBits, a
-quantised LM head), for fp32, int8-b32, int4-b32 and int4-b64 on models the builder can express.
-"export" (below, `--set build.graph=export`): the torch.export graph, for int8 (W8A8) and for what
-the builder cannot express (a gated attention output, pruned heads).
+builder emits them (GroupQueryAttention over a KV buffer shared by past and present, MatMulNBits or
+ORT's dynamic W8A8 for int8, a quantised LM head), for every precision on models the builder can
+express. "export" (below, `--set build.graph=export`): the torch.export graph, for what the builder
+cannot express (a gated attention output, pruned heads, layers that share weights).
 
 The export graph, `decoder.onnx`, serves both entry points and stores the weights once:
   prefill: input_ids (1, T) with empty past (P = 0)  -> logits (1, T, V), present k/v (L, 1, nkv, T, hd)
@@ -12,7 +12,8 @@ The export graph, `decoder.onnx`, serves both entry points and stores the weight
 T and P are dynamic (RoPE and mask come from torch.arange inside the graph).
 Precisions:
   int8       ORT dynamic quantisation (W8A8): per-channel int8 MatMul weights, each MatMul input
-             quantised to one uint8 grid per call, the embedding Gather uint8 per tensor.
+             quantised to one uint8 grid per call; export graph: the embedding Gather uint8 per
+             tensor; fused graph: the embedding reads the LM head's int8 columns (fused.w8a8).
   int8-b32   weight-only int8 in blocks of 32 along K (ORT's MatMulNBits, accuracy level 4: the
   int4-b32   kernel rounds activations to int8 per block of 32 at run time, far finer than one grid
   int4-b64   per call); lm_head gets its own copy of the tied embedding, quantised the same way,
