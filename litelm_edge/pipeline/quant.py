@@ -1,21 +1,25 @@
 """QAT int8: fake-quant fine-tuning with a straight-through estimator, exported by snapping.
 
 The default scheme simulates exactly what the x86 int8 artifact computes (ORT `quantize_dynamic`,
-per-channel, see backends/ort/build.py; read off its graph):
-  Linear weights   per-output-channel symmetric int8, scale = max|w_row| / 127   (MatMulInteger)
+per-channel, on the fused graph: backends/ort/fused.py `w8a8`; read off its graph):
+  Linear weights   per-output-channel symmetric int8, scale = max|w_row| / 127   (MatMulInteger;
+                   the packed QKV MatMul has the same per-column grids as q, k and v apart)
   Linear inputs    one asymmetric uint8 grid per call: scale = (max(0, x) - min(0, x)) / 255 and a
                    zero point (DynamicQuantizeLinear); a call is one sequence, so one grid per
                    sequence of the batch
-  embedding        one asymmetric uint8 grid for the whole matrix (the Gather is quantised like an
-                   activation); a tied lm_head multiplies by that same dequantised matrix, in float
+  embedding        "channel": per-row symmetric int8, the tied lm_head's own int8 matrix (the fused
+                   graph gathers the embedding from it); the lm_head's input is quantised like any
+                   Linear's. "tensor_u8" is the torch.export graph's scheme (`--set build.graph=export`):
+                   one asymmetric uint8 grid for the whole matrix (its Gather is quantised like an
+                   activation), and a tied lm_head multiplies by that dequantised matrix in float.
 and gradients pass through every rounding unchanged (STE). The scales are the ones ORT will compute
 from the weights as they learn, so the export is plain rather than special: `snap` moves each
 weight onto its grid, and ORT's quantiser then lands on the same grid — the artifact holds the
 weights QAT trained with, not a fresh rounding of float weights (tests/test_compress.py checks
 both the MatMul weights and the embedding against the ORT graph).
 
-`act = "token"` (symmetric int8 per token) and `embedding = "channel"` (per-row int8) are there for
-runtimes that quantise that way; "none" turns either off.
+`act = "token"` (symmetric int8 per token) is there for runtimes that quantise that way; "none"
+turns either off.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ EMBEDDING = ("tensor_u8", "channel", "none")
 class QATConfig:
     weight_qmax: int = 127  # Linear weight grid [-qmax, qmax] per output channel; 127 = ORT's int8
     act: str = "tensor_u8"  # Linear inputs: tensor_u8 (ORT, one uint8 grid per sequence) | token | none
-    embedding: str = "tensor_u8"  # embedding and tied lm_head: tensor_u8 (ORT's Gather) | channel | none
+    embedding: str = "channel"  # embedding and tied lm_head: channel (the fused graph) | tensor_u8 (export graph) | none
 
     def __post_init__(self):
         for key, allowed in (("act", ACT), ("embedding", EMBEDDING)):
@@ -96,7 +100,11 @@ def _embedding_forward(self, idx):
     return F.embedding(idx, _ste(self.weight, round_embedding(self.weight, self.qat.embedding)))
 
 
-def _tied_head_forward(self, x):  # float MatMul on the dequantised embedding: inputs stay float
+def _tied_head_forward(self, x):
+    """channel: the fused graph's lm_head is a W8A8 MatMul like the others (its input quantised);
+    tensor_u8: the export graph multiplies the dequantised uint8 embedding in float."""
+    if self.qat.embedding == "channel":
+        x = fake_quant_act(x, self.qat.act)
     return F.linear(x, _ste(self.weight, round_embedding(self.weight, self.qat.embedding)), self.bias)
 
 
