@@ -10,6 +10,7 @@ Every stage streams: memory is bounded by a shard's signatures, not by the corpu
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -71,17 +72,12 @@ def minhash_config(cfg):
 
 
 def make_executor(cfg, pipeline, tasks: int, logs: Path, depends=None):
-    """datatrove executor named by cfg.executor: local | slurm | ray."""
-    workers = min(tasks, cfg.workers or os.cpu_count() or 1)
+    """datatrove executor named by cfg.executor: local | slurm | ray (depends: Slurm only)."""
     if cfg.executor == "local":
         from datatrove.executor import LocalPipelineExecutor
-
-        class Quiet(LocalPipelineExecutor):  # task logs go to logs/, not to the user's terminal
-            def _run_for_rank(self, rank, local_rank=0, node_rank=-1):
-                quiet_logs()
-                return super()._run_for_rank(rank, local_rank, node_rank)
-        return Quiet(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs), skip_completed=False,
-                     start_method="fork")
+        workers = min(tasks, cfg.workers or os.cpu_count() or 1)
+        return quiet(LocalPipelineExecutor)(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs),
+                                            skip_completed=False, start_method="fork")
     if cfg.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
         return SlurmPipelineExecutor(pipeline, tasks=tasks, time=cfg.slurm_time, partition=cfg.slurm_partition,
@@ -89,19 +85,33 @@ def make_executor(cfg, pipeline, tasks: int, logs: Path, depends=None):
                                      venv_path=os.environ.get("VIRTUAL_ENV"), skip_completed=False)
     if cfg.executor == "ray":
         try:
-            from datatrove.executor.ray import RayPipelineExecutor
-            import ray  # noqa: F401
+            import ray  # noqa: F401  (datatrove's Ray executor needs the core package only)
         except ImportError as e:
-            raise UserError("executor=ray needs Ray: pip install 'ray[default]'") from e
-        return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logs),
-                                   depends=depends, skip_completed=False)
+            raise UserError("executor=ray needs Ray: pip install ray") from e
+        from datatrove.executor.ray import RayPipelineExecutor
+        # workers: tasks at once (-1: as many as the cluster's CPUs hold, not this host's cores).
+        # No depends=: run_stages runs the stages in order (datatrove's chaining would poll an
+        # incomplete dependency every 2 minutes forever, and ship it to every worker).
+        return quiet(RayPipelineExecutor)(pipeline, tasks=tasks, workers=cfg.workers or -1, logging_dir=str(logs),
+                                          skip_completed=False)
     raise UserError(f"unknown executor '{cfg.executor}', have: local, slurm, ray")
+
+
+def quiet(executor_cls):
+    """The executor with quiet_logs() applied in each task's process (a forked worker, or a Ray
+    worker: a fresh process that receives this class by value)."""
+    class Quiet(executor_cls):
+        def _run_for_rank(self, rank, local_rank=0, node_rank=-1):
+            quiet_logs()
+            return super()._run_for_rank(rank, local_rank, node_rank)
+    return Quiet
 
 
 def quiet_logs():
     """datatrove logs each task to stderr; keep them in the logging folder only."""
     import functools
     import datatrove.executor.base as B
+    import datatrove.executor.ray as Ry  # no Ray import here: the module imports it inside run()
     import datatrove.pipeline.dedup.minhash as M
     import datatrove.utils.logging as L
     from loguru import logger
@@ -113,7 +123,7 @@ def quiet_logs():
         f = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
         logger.add(f, level="INFO", colorize=False)
         return f
-    B.add_task_logger = file_only
+    B.add_task_logger = Ry.add_task_logger = file_only  # Ray's task logs its own import of it
     L.setup_default_logger = logger.remove
     logger.remove()
 
@@ -136,19 +146,58 @@ def run_stages(files: list[Path], cfg, work: Path, log=print) -> dict:
     e3 = make_executor(cfg, [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)],
                        1, work / "logs" / "3-cluster", depends=e2)
     t0 = time.time()
-    for i, e in enumerate((e1, e2, e3), 1):
-        if cfg.executor == "local" or e is e3:  # slurm/ray: the last stage submits its dependencies
-            e.run()
-        if cfg.executor == "local":
-            log(f"data stage {i}/3 done ({time.time() - t0:.0f} s)")
-    wait(e3, cfg)
+    if cfg.executor == "slurm":  # sbatch chains the stages (depends=): the last one submits the others
+        e3.run()
+        wait(e3)
+    else:
+        with ray_session(cfg):
+            for i, e in enumerate((e1, e2, e3), 1):
+                e.run()
+                check_complete(e, i)
+                log(f"data stage {i}/3 done ({time.time() - t0:.0f} s)")
     return {"tasks": tasks, "steps": [s.name for s in steps], "stats": read_stats(work / "logs" / "1-filter", len(steps)),
             "minhash": {"bands": mh.num_buckets, "rows": mh.hashes_per_bucket, "ngram": mh.n_grams}}
 
 
-def wait(executor, cfg, every_s: float = 30):
-    """Slurm/Ray return at submission: wait until the last stage's tasks are all complete."""
-    while cfg.executor != "local" and executor.get_incomplete_ranks(skip_completed=True):
+@contextlib.contextmanager
+def ray_session(cfg):
+    """executor=ray: join the cluster at RAY_ADDRESS (or the one `ray start` runs on this machine),
+    else start a Ray instance on this machine for the run and stop it after. Workers' output stays
+    in the task logs (log_to_driver=False). A session already open (ray.init by the caller) is used."""
+    if cfg.executor != "ray":
+        yield
+        return
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(log_to_driver=False, logging_level="WARNING")
+        except ConnectionError as e:  # an OSError, which the CLI would blame on a path
+            raise UserError(f"{e}: check RAY_ADDRESS; a cluster with token authentication also needs "
+                            "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from e
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_complete(executor, stage: int):
+    """Every task of the stage marked complete: Ray's executor only logs the tasks that failed."""
+    missing = executor.get_incomplete_ranks(skip_completed=True)
+    if missing:
+        try:
+            with executor.logging_dir.open(f"logs/task_{missing[0]:05d}.log", "r", errors="replace") as f:
+                lines = f.read().strip().splitlines()
+        except FileNotFoundError:
+            lines = ["no log"]
+        raise RuntimeError(f"data stage {stage}: {len(missing)} of {executor.world_size} tasks did not complete; "
+                           f"task {missing[0]}: {lines[-1] if lines else 'empty log'}")
+
+
+def wait(executor, every_s: float = 30):
+    """Slurm returns at submission: wait until the last stage's tasks are all complete."""
+    while executor.get_incomplete_ranks(skip_completed=True):
         time.sleep(every_s)
 
 
