@@ -165,6 +165,22 @@ def test_int8_is_int8_and_passes_parity(built):
         litert_build.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
 
 
+def test_x86_litert_target_builds_and_benches_here(built, data_dir, tmp_path):
+    """targets/x86-litert.toml: the same backend for this x86 CPU, judged on x86's thresholds (QPS
+    included); one TOML, no code of its own."""
+    from litelm_edge.devices.bench import bench
+    from litelm_edge.pipeline.export import build
+    ck = built["int8"][1]["checkpoint"]
+    sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
+    m = build(ck, "x86-litert", tmp_path / "a", None, data_dir, sets, log=lambda s: None)
+    assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8", "litert")
+    assert m["threads"] == 2 and m["parity"]["ok"]
+    r = bench(tmp_path / "a", dict(reps=1, warmup=1, iters=2, prompt_len=16, gen_len=4, concurrency=2, qps_iters=1),
+              log=lambda s: None)
+    assert {t["threshold"] for t in r["thresholds"]} == {"max_latency_ms", "min_inferences_per_s", "min_qps"}
+    assert r["parity"]["ok"] and r["qps"]["sessions"] == 2 and r["provenance"] == "measured on this host (local bench)"
+
+
 def test_size_breakdown_sums_to_file_size(built):
     for d, man in (built["fp32"], built["int8"]):
         b = man["size_breakdown"]
