@@ -47,6 +47,24 @@ TINY_SETS = ["model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.n_kv
 TINY_TRAIN = ["max_steps=60", "eval_every=30", "batch_size=8", "block_size=64", "warmup_steps=5", "eval_batches=4"]
 
 
+def recipe_toml(work, corpus, train_set: str, precision: str, tail: str = "") -> str:
+    """A recipe (recipes/*.toml) of the tiny preset on `corpus`, built for x86 at `precision`;
+    train_set: the [train.set] lines; tail: tables after [build]."""
+    return f"""[recipe]
+workdir = "{work}"
+[data]
+inputs = ["{corpus}"]
+vocab = 512
+[train]
+preset = "tiny"
+[train.set]
+{train_set}
+[build]
+targets = ["x86"]
+precision = "{precision}"
+{tail}"""
+
+
 def toolchain_or_skip(make, what: str):
     """A toolchain venv, or skip saying why; under tools/test.sh (CI), which sets
     LITELM_EDGE_REQUIRE_TOOLCHAINS=1 after making them, a missing toolchain fails instead."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FT, TINY_SETS, TINY_TRAIN, cli
+from conftest import FT, TINY_SETS, TINY_TRAIN, cli, recipe_toml
 from litelm_edge.config import UserError
 from litelm_edge.pipeline import checkpoint as ckpt
 from litelm_edge.pipeline import distill, prune, quant, share
@@ -214,20 +214,7 @@ def _gated_recipe(corpus, data_dir, tiny_run, tmp_path, gates: str) -> Path:
     shutil.copytree(tiny_run, work / "run")
     train_set = "\n".join(f'"{k}" = {v}' for k, v in (s.split("=") for s in TINY_SETS + TINY_TRAIN))
     recipe = tmp_path / "gated.toml"
-    recipe.write_text(f"""
-[recipe]
-workdir = "{tmp_path / 'work'}"
-[data]
-inputs = ["{corpus}"]
-vocab = 512
-[train]
-preset = "tiny"
-[train.set]
-{train_set}
-[build]
-targets = ["x86"]
-precision = "int8"
-[bench]
+    recipe.write_text(recipe_toml(tmp_path / "work", corpus, train_set, "int8", tail=f"""[bench]
 reps = 1
 warmup = 0
 iters = 2
@@ -240,7 +227,7 @@ qps_iters = 1
 [[compress]]
 method = "prune"
 set = {{ ffn = 0.5, "train.max_steps" = 2, "train.eval_every" = 2, "train.eval_batches" = 1 }}
-""")
+"""))
     return recipe
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SETS, cli
+from conftest import TINY_SETS, cli, recipe_toml
 from fake_artifact import make_artifact
 from x86_artifact import x86_artifact
 
@@ -103,19 +103,8 @@ def test_build_set_of_a_key_no_backend_has(tiny_run, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-RECIPE = """[recipe]
-workdir = "{work}"
-[data]
-inputs = ["{corpus}"]
-vocab = 512
-[train]
-preset = "tiny"
-[train.set]
-max_steps = 2
-[build]
-targets = ["x86"]
-precision = "fp32"
-"""
+def recipe(tmp_path, corpus) -> str:
+    return recipe_toml(tmp_path / "work", corpus, "max_steps = 2", "fp32")
 
 
 @pytest.mark.parametrize("edit, needles", [
@@ -133,14 +122,14 @@ precision = "fp32"
 ])
 def test_recipe_is_checked_whole_before_the_first_step(corpus, tmp_path, edit, needles):
     p = tmp_path / "r.toml"
-    p.write_text(edit(RECIPE.format(work=tmp_path / "work", corpus=corpus)))
+    p.write_text(edit(recipe(tmp_path, corpus)))
     one_line(cli("run", p, check=False), 2, *needles)
     assert not (tmp_path / "work").exists()  # no step ran
 
 
 def test_recipe_set_of_an_unknown_key(corpus, tmp_path):
     p = tmp_path / "r.toml"
-    p.write_text(RECIPE.format(work=tmp_path / "work", corpus=corpus))
+    p.write_text(recipe(tmp_path, corpus))
     one_line(cli("run", p, "--set", "build.anything=1", check=False), 2, "unknown key 'anything'", "[build]")
     one_line(cli("run", p, "--set", "bild.targets=x86", check=False), 2, "unknown key 'bild.targets'")
     assert not (tmp_path / "work").exists()
@@ -272,7 +261,7 @@ def test_pipeline_reuse_is_keyed_on_every_input(corpus, tmp_path, monkeypatch):
     from litelm_edge.pipeline import run as R, train
     from litelm_edge.pipeline.recipe import load_recipe
     p = tmp_path / "r.toml"
-    p.write_text(RECIPE.format(work=tmp_path / "work", corpus=corpus))
+    p.write_text(recipe(tmp_path, corpus))
     inputs = [str(corpus)]
     key = lambda sets=None: R.data_key(load_recipe(str(p), sets)[1], inputs)  # noqa: E731
     assert key() == key() != key({"data.vocab": "1024"}) != key({"data.min_chars": "10"})
