@@ -87,7 +87,16 @@ def add_logits_to_keep(src: Path, dst: Path):
     at = list(g.node).index(head)
     for i, n in enumerate(nodes):
         g.node.insert(at + i, n)
-    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    save(model, dst)
+
+
+def save(model, path: Path):
+    """The graph to path and its weights to path.data beside it (what the manifest lists), replacing
+    both when they are there: the quantisers rewrite decoder.onnx in place."""
+    import onnx
+    for f in (path, path.with_name(path.name + ".data")):
+        f.unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
 def quantize_gather(path: Path, tmp: Path):
@@ -97,9 +106,7 @@ def quantize_gather(path: Path, tmp: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
     model = onnx.load(str(tmp))
-    for f in (path, path.with_name(path.name + ".data")):
-        f.unlink()
-    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    save(model, path)
 
 
 def w8a8(path: Path, tmp: Path):
@@ -136,9 +143,7 @@ def w8a8(path: Path, tmp: Path):
     for i, n in enumerate(nodes):
         g.node.insert(at + i, n)
     g.initializer.remove(next(i for i in g.initializer if i.name == w))
-    for f in (path, path.with_name(path.name + ".data")):
-        f.unlink()
-    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    save(model, path)
 
 
 def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> dict:
