@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _llamacpp as llama  # noqa: E402
 
 PAIRS = {"fp32": "f32", "8-bit": "q8_0", "4-bit": "q4_0"}  # our class -> llama.cpp's type
-CLASS = {"fp32": "fp32", "int8": "8-bit", "int8-b32": "8-bit", "int4-b32": "4-bit", "int4-b64": "4-bit"}
+CLASS = {"fp32": "fp32", "int8": "8-bit", "int8-b32": "8-bit", "int8-b256": "8-bit", "int4-b32": "4-bit",
+         "int4-b64": "4-bit", "int4-b128": "4-bit"}
 
 
 def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:

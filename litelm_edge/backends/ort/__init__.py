@@ -15,8 +15,12 @@ PRECISIONS = (
               "ORT dynamic W8A8: per-channel int8 MatMul weights, uint8 activations per call"),
     Precision("int8-b32", 8, 32, INT8_MIN_TOP1, 0.28,
               about="weight-only int8 in blocks of 32 (MatMulNBits): fp32 perplexity"),
+    Precision("int8-b256", 8, 256, INT8_MIN_TOP1, 0.26,
+              about="weight-only int8 in blocks of 256 (MatMulNBits): the fastest 8-bit decode"),
     Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.16, about="weight-only int4 in blocks of 32 (MatMulNBits)"),
     Precision("int4-b64", 4, 64, INT4_MIN_TOP1, 0.14, about="weight-only int4 in blocks of 64 (MatMulNBits)"),
+    Precision("int4-b128", 4, 128, INT4_MIN_TOP1, 0.13,
+              about="weight-only int4 in blocks of 128 (MatMulNBits): the fastest 4-bit decode"),
 )
 
 SECTION = "ort"  # --set build.graph=export (or ort.graph)

@@ -30,7 +30,8 @@ from ...config import UserError
 
 GRAPH = "decoder.onnx"
 # our precision -> (builder precision, block size along K)
-PRECISIONS = {"fp32": ("fp32", 0), "int8": ("fp32", 0), "int8-b32": ("int8", 32), "int4-b32": ("int4", 32), "int4-b64": ("int4", 64)}
+PRECISIONS = {"fp32": ("fp32", 0), "int8": ("fp32", 0), "int8-b32": ("int8", 32), "int8-b256": ("int8", 256),
+              "int4-b32": ("int4", 32), "int4-b64": ("int4", 64), "int4-b128": ("int4", 128)}
 BUILDER = "onnxruntime_genai.models.builder"
 
 
