@@ -32,7 +32,7 @@ import _llamacpp  # noqa: E402
 
 # LiteRT precision -> llama.cpp type of the same bits per weight. q4_0 is INT4 in blocks of 32
 # with an fp16 scale, exactly int4-b32; q8_0 is INT8 in blocks of 32 (LiteRT int8: per channel).
-EQUAL_BITS = {"fp32": "f32", "int8": "q8_0", "int8-full": "q8_0", "int4-b32": "q4_0", "int4-b64": "q4_0"}
+EQUAL_BITS = {"fp32": "f32", "int8": "q8_0", "int8-full": "q8_0", "int4-b32": "q4_0", "int4-b64": "q4_0", "int4-ch": "q4_0"}
 
 
 def cpu_name() -> str:

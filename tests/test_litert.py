@@ -90,6 +90,17 @@ def test_settings_and_size_verdict():
         litert_build.settings({}, {"windows": "128;256"})
     assert litert_build.settings({}, {"windows": "256, 128"})["windows"] == [128, 256]
     assert litert_build.settings({}, {"windows": ""})["windows"] == []
+    assert litert_build.settings({}, {"prefill_windows": ""})["prefill_windows"] == []
+    with pytest.raises(UserError, match=r"prefill_windows \[96\] must be multiples of prefill_len 64"):
+        litert_build.settings({"litert": {"prefill_windows": "96"}})
+
+
+def test_signatures_per_window_and_kind():
+    """A prefill signature per prefill window and a decode one per window, each plus the capacity."""
+    from litelm_edge.backends.litert.convert import signatures
+    assert signatures(16, 128, [32], []) == [("prefill_128", 128, 16), ("decode_32", 32, 1), ("decode_128", 128, 1)]
+    assert [n for n, _, _ in signatures(64, 512, [128], [256, 128])] == [
+        "prefill_128", "prefill_256", "prefill_512", "decode_128", "decode_512"]
     v = litert_build.size_verdict(26_100_000, TARGET)
     assert not v["meets_size"] and "android-15mb" in v["size_note"]
     assert litert_build.size_verdict(14_700_000, TARGET)["meets_size"]
@@ -115,13 +126,15 @@ def built(toolchain, data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("litert")
     tok = (data_dir / "tokenizer.json").read_text()
     # --set build.*: 2 prefill chunks for a 20-token prompt; attention windows 32 and 128 (capacity)
-    sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
+    # for prefill and decode (targets/android.toml prefills over the capacity only: int4ch below)
+    sets = {"prefill_len": 16, "capacity": 128, "windows": "32", "prefill_windows": "32"}
     out = {}
-    for name, p, cfg in [("fp32", "fp32", preset("tiny")), ("int8", "int8", preset("tiny")),
-                         ("golden", "fp32", dataclasses.replace(preset("tiny"), tie_embeddings=False))]:
+    for name, p, cfg, extra in [("fp32", "fp32", preset("tiny"), {}), ("int8", "int8", preset("tiny"), {}),
+                                ("golden", "fp32", dataclasses.replace(preset("tiny"), tie_embeddings=False), {}),
+                                ("int4ch", "int4-ch", preset("tiny"), {"prefill_windows": ""})]:
         torch.manual_seed(0)
         ck = checkpoint.save(root / f"ck-{name}", Transformer(cfg).eval(), tok, {"data_dir": str(data_dir)})
-        out[name] = (root / name, build(ck, "android", root / name, p, data_dir, sets, log=lambda m: None))
+        out[name] = (root / name, build(ck, "android", root / name, p, data_dir, sets | extra, log=lambda m: None))
     return out
 
 
@@ -131,7 +144,7 @@ def runtime(art_dir):
 
 
 def greedy(rt, prompt, n):
-    logits, out = rt.prefill(prompt)[-1], []
+    logits, out = rt.prefill_last(prompt), []
     for _ in range(n):
         out.append(int(logits.argmax()))
         logits = rt.decode(out[-1])
@@ -154,6 +167,29 @@ def test_golden_greedy_tokens_equal_torch(built):
     used = signatures_used(rt)  # positions 20..43 cross from the 32-position window to the cache's 128
     assert greedy(rt, prompt, 24) == want
     assert {"prefill_32", "decode_32", "decode_128"} <= set(used), used
+    # the prefill signatures run the head on the prompt's last position only; every position's
+    # logits (parity, perplexity) come through decode calls, and agree with torch and with it
+    assert rt.last_only and rt.details["prefill_32"][1]["logits"]["shape"].tolist() == [1, 1, m.cfg.vocab_size]
+    every = rt.prefill(prompt)
+    want_all = m(torch.from_numpy(prompt)[None])[0][0].detach().numpy()
+    assert np.abs(every - want_all).max() < 1e-3 and np.abs(every[-1] - rt.prefill_last(prompt)).max() < 1e-4
+
+
+def test_a_second_prompt_does_not_see_the_first(built):
+    """Cache slots are zeroed once: a -1e4 mask gives what an earlier, longer prompt left behind
+    exactly zero weight, so a short prompt after a long one answers as in a fresh runtime; a
+    small mask (int8-full's -30) zeroes the cache at every prefill instead."""
+    from litelm_edge.backends.litert.runtime import LiteRTRuntime
+    d, man = built["golden"]
+    rng = np.random.default_rng(3)
+    long, short = rng.integers(0, 256, 40), rng.integers(0, 256, 9)
+    fresh = runtime(d)
+    want = fresh.prefill(short), [fresh.decode(t) for t in (5, 6, 7)]
+    rt = runtime(d)
+    assert not rt.rezero and rt.prefill(long).shape == (40, man["model"]["vocab_size"])
+    got = rt.prefill(short), [rt.decode(t) for t in (5, 6, 7)]
+    assert np.abs(got[0] - want[0]).max() == 0 and all(np.abs(g - w).max() == 0 for g, w in zip(got[1], want[1]))
+    assert LiteRTRuntime(d, {**man, "mask_value": -30.0}, 1).rezero
 
 
 def test_int8_is_int8_and_passes_parity(built):
@@ -163,6 +199,28 @@ def test_int8_is_int8_and_passes_parity(built):
     assert man["parity"]["rule"] == "top1_agreement >= 0.95" and man["parity"]["top1_agreement"] >= 0.95
     with pytest.raises(UserError, match="float32 weights"):  # a float file labelled int8 fails
         litert_build.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
+
+
+def test_int4_channelwise_with_prefill_over_the_whole_cache(built):
+    """int4-ch: the layers' INT4 weights with one scale per output channel, in each tensor's own
+    quantization parameters; the tied embedding / head in blocks of 32 with fp16 scales (one buffer);
+    prefill_windows "" leaves one prefill signature (the capacity's) beside both decode ones, and
+    the runtime uses them."""
+    from litelm_edge.backends.litert.inspect import read_model, weight_dtypes
+    d, man = built["int4ch"]
+    assert weight_dtypes(d / "model.tflite") == {"int4", "float16"} and man["precision"] == "int4-ch"
+    assert (man["windows"], man["prefill_windows"]) == ([32], [])
+    assert man["parity"]["rule"] == "top1_agreement >= 0.9" and man["parity"]["ok"]
+    model, _ = read_model(d / "model.tflite")
+    per_channel = [t for sg in model.subgraphs for t in sg.tensors
+                   if t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale) > 1]
+    assert len(per_channel) == 3 * 7 * man["model"]["n_layer"]  # 3 signatures x 7 projections a layer
+    assert man["size_breakdown"]["weights_by_dtype"]["float16"] == 2 * man["model"]["vocab_size"] * man["model"]["n_embd"] // 32
+    rt = runtime(d)
+    assert sorted(rt.details) == ["decode_128", "decode_32", "prefill_128"]
+    used = signatures_used(rt)
+    greedy(rt, np.arange(5, 25), 4)
+    assert used == ["prefill_128", "prefill_128", "decode_32", "decode_32", "decode_32", "decode_32"]
 
 
 def test_x86_litert_target_builds_and_benches_here(built, data_dir, tmp_path):

@@ -141,7 +141,7 @@ def check_parity(rt, reference: dict, tol: dict) -> dict:
     """Compare logits with the build host's (same artifact) and greedy tokens with torch's."""
     prompt = np.array(reference["prompt_ids"], np.int64)
     forced = reference["torch_greedy"]  # torch's greedy continuation, fed back step by step
-    logits = [rt.prefill(prompt)[-1]]
+    logits = [prefill_last(rt, prompt)]
     for tok in forced[:-1]:
         logits.append(rt.decode(int(tok)))
     logits = np.stack(logits)

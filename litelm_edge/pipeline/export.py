@@ -73,7 +73,8 @@ def reference(model, rt, prompt_ids: list[int], max_abs_err: float) -> dict:
     import torch
     ids = torch.tensor([prompt_ids])
     greedy = model.generate(ids, REF_STEPS)[0, len(prompt_ids):].tolist()
-    art_last = rt.prefill(np.array(prompt_ids, np.int64))[-1]
+    from ..devices.runner import prefill_last
+    art_last = prefill_last(rt, np.array(prompt_ids, np.int64))  # the path check_parity replays
     return {"prompt": REF_PROMPT, "prompt_ids": prompt_ids, "torch_greedy": greedy,
             "artifact_last_logits": [round(float(x), 5) for x in art_last],
             # a device may differ from this host by at most twice what this host differs from torch

@@ -17,12 +17,12 @@ def sample_np(logits: np.ndarray, temperature: float, top_k: int | None, rng) ->
 
 
 def generate_artifact(art_dir: Path, ids: list[int], n: int, temperature: float, top_k, seed: int, eot: int) -> list[int]:
-    from ..devices.runner import open_runtime
+    from ..devices.runner import open_runtime, prefill_last
     from ..manifest import verified
     m = verified(art_dir)
     rt, rng = open_runtime(art_dir, m), np.random.default_rng(seed)
     room = m["model"]["max_seq_len"] - len(ids)
-    out, logits = list(ids), rt.prefill(np.array(ids, np.int64))[-1]
+    out, logits = list(ids), prefill_last(rt, np.array(ids, np.int64))
     for _ in range(min(n, room)):
         tok = sample_np(logits, temperature, top_k, rng)
         out.append(tok)

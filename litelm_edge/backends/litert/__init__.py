@@ -24,7 +24,8 @@ class Settings:
     prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks
     capacity: int = 512  # KV-cache length in tokens; a multiple of prefill_len
     mask_value: float = -1e4  # additive attention mask; int8-full clamps it to FULL_INT_MASK
-    windows: str = "128"  # attention windows below capacity: a prefill + decode signature each
+    windows: str = "128"  # attention windows below capacity: a decode signature each
+    prefill_windows: str | None = None  # the same for prefill signatures; None: as windows, "": none
 
     def validate(self):
         at_least(self, threads=1, prefill_len=1, capacity=1)
@@ -44,5 +45,9 @@ PRECISIONS = (
     Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.14,
               about="INT4 weights in blocks of 32 with fp16 scales, embeddings included"),
     Precision("int4-b64", 4, 64, INT4_MIN_TOP1, 0.13,
-              about="INT4 weights in blocks of 64 with fp16 scales, embeddings included (recipes/android-15mb)"),
+              about="INT4 weights in blocks of 64 with fp16 scales, embeddings included"),
+    Precision("int4-ch", 4, None, INT4_MIN_TOP1, 0.13,
+              advice="build --precision int4-b32 (a scale per 32 weights holds more), or a wider one",
+              about="INT4 weights per output channel (XNNPACK's qd8 x qc4w GEMM: prefill ~1.5x int4-b32), "
+                    "the tied embedding / LM head in blocks of 32"),
 )

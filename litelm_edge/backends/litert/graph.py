@@ -10,8 +10,8 @@ A signature attends over the first `window` cache positions only (its bucket, <=
 runtime calls the smallest window that holds every position written so far, so a short reply does
 not pay for the whole cache. Grouped-query attention multiplies each K/V group by its `rep` query
 heads side by side ((nkv, rep*T, hd) @ (nkv, hd, window)), so the repeated K/V never exist.
-The attention mask is finite (additive `mask_value`, about -30): -inf or -1e4 wrecks full-integer
-INT8 calibration. Weights and submodules are the Transformer's own, so every signature shares one
+The attention mask is finite (additive `mask_value`: -1e4, or -30 for full-integer INT8, whose
+calibration a wider range wrecks; -inf would make NaNs). Weights and submodules are the Transformer's own, so every signature shares one
 set of tensors.
 """
 from __future__ import annotations
@@ -44,8 +44,10 @@ def cache_names(n_layer: int) -> list[str]:
 
 
 class CachedLM(nn.Module):
-    """forward(tokens (1, T) int32, input_pos (T,) int32, k_0.., v_0..) -> {'logits', k_0.., v_0..}.
-    input_pos must be contiguous and end inside the window: input_pos[-1] < window <= capacity."""
+    """forward(tokens (1, T) int32, input_pos (T,) int32, k_0.., v_0.., last) -> {'logits', k_0.., v_0..}.
+    input_pos must be contiguous and end inside the window: input_pos[-1] < window <= capacity.
+    last (1,) int32, prefill signatures only: the LM head runs on that position alone (logits
+    (1, 1, V)), the prompt's last real token in a padded chunk; without it, on every position."""
 
     def __init__(self, model: Transformer, capacity: int, mask_value: float = -30.0, update=slice_update,
                  window: int | None = None):
@@ -58,11 +60,13 @@ class CachedLM(nn.Module):
         shape = (1, c.n_kv_head, self.capacity, c.head_dim)
         return {n: torch.zeros(shape) for n in cache_names(c.n_layer)}
 
-    def sample_inputs(self, T: int) -> dict:
+    def sample_inputs(self, T: int, last: bool = True) -> dict:
+        """A call's inputs; `last` for a prefill (T > 1) whose head runs on one position."""
+        last = {"last": torch.tensor([T - 1], dtype=torch.int32)} if T > 1 and last else {}
         return dict(tokens=torch.zeros((1, T), dtype=torch.int32),
-                    input_pos=torch.arange(T, dtype=torch.int32), **self.empty_cache())
+                    input_pos=torch.arange(T, dtype=torch.int32), **self.empty_cache(), **last)
 
-    def forward(self, tokens, input_pos, **caches):
+    def forward(self, tokens, input_pos, last=None, **caches):
         m = self.model
         T = tokens.shape[1]
         rep = m.cfg.n_head // m.cfg.n_kv_head
@@ -79,6 +83,8 @@ class CachedLM(nn.Module):
                 input_pos[0], mask)
             x = x + a
             x = x + blk.mlp(blk.post_attention_layernorm(x))
+        if last is not None:  # serving needs one position: the head's 64 x V products were 15 % of a prefill
+            x = torch.index_select(x, 1, last)
         return {"logits": m.lm_head(m.norm(x)), **out}
 
     def _attend(self, attn, x, cos, sin, k_cache, v_cache, pos, mask):

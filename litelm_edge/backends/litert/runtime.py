@@ -44,8 +44,8 @@ class _InterpreterCaches:
     def reset(self, zeros: dict):
         self.names, self.cache = list(zeros), dict(zeros)
 
-    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        out = self.sig[sig](tokens=tokens[None], input_pos=positions, **self.cache)
+    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray, extra: dict) -> np.ndarray:
+        out = self.sig[sig](tokens=tokens[None], input_pos=positions, **extra, **self.cache)
         self.cache = {n: out[n] for n in self.names}
         return out["logits"]
 
@@ -62,9 +62,8 @@ class _CompiledCaches:
         opts = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads))
         self.cm = CompiledModel.from_file(str(path), options=opts)
         self.details, self.cache = details, {}
-        self.io = {s: (self.cm.create_input_buffer_by_name(s, "tokens"),
-                       self.cm.create_input_buffer_by_name(s, "input_pos"),
-                       self.cm.create_output_buffer_by_name(s, "logits")) for s in details}
+        self.io = {s: ({n: self.cm.create_input_buffer_by_name(s, n) for n in ("tokens", "input_pos", "last")
+                        if n in details[s][0]}, self.cm.create_output_buffer_by_name(s, "logits")) for s in details}
 
     def reset(self, zeros: dict):
         if not self.cache:  # one buffer per cache, shared by every signature
@@ -73,11 +72,11 @@ class _CompiledCaches:
         for n, z in zeros.items():
             self.cache[n].write(z)
 
-    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        tok, pos, logits = self.io[sig]
-        tok.write(tokens[None])
-        pos.write(positions)
-        self.cm.run_by_name(sig, {"tokens": tok, "input_pos": pos, **self.cache}, {"logits": logits, **self.cache})
+    def run(self, sig: str, tokens: np.ndarray, positions: np.ndarray, extra: dict) -> np.ndarray:
+        ins, logits = self.io[sig]
+        for name, x in (("tokens", tokens[None]), ("input_pos", positions), *extra.items()):
+            ins[name].write(x)
+        self.cm.run_by_name(sig, {**ins, **self.cache}, {"logits": logits, **self.cache})
         d = self.details[sig][1]["logits"]
         return logits.read(int(np.prod(d["shape"])), d["dtype"]).reshape(d["shape"])
 
@@ -124,6 +123,12 @@ class LiteRTRuntime:
         self.cache_in_place = self.engine is not None
         self.engine = self.engine or _InterpreterCaches(it, self.details)
         self.pos = 0
+        # Cache slots past the positions written hold what an earlier prompt left there. A mask of
+        # -1e4 gives them exactly zero weight (exp underflows), so they are zeroed once; a small
+        # mask (int8-full's -30, or a manifest without one) lets them leak: zeroed every prefill.
+        self.rezero = manifest.get("mask_value", 0.0) > -1e3
+        self.zeroed = False
+        self.last_only = "last" in ins  # the prefill signatures' LM head on one position
 
     @staticmethod
     def _to(detail: dict, x: np.ndarray) -> np.ndarray:
@@ -142,21 +147,46 @@ class LiteRTRuntime:
         scale, zp = detail["quantization"]
         return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
 
-    def _run(self, kind: str, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        last = int(positions[-1])
-        sig = next(s for w, s in self.windows[kind] if last < w)  # the smallest window holding `last`
+    def _run(self, kind: str, tokens: np.ndarray, positions: np.ndarray, last: int = 0) -> np.ndarray:
+        """-> logits (T, V), or (1, V) of position `last` of the call where the signature takes `last`."""
+        end = int(positions[-1])
+        sig = next(s for w, s in self.windows[kind] if end < w)  # the smallest window holding `end`
         ins, outs = self.details[sig]
-        y = self.engine.run(sig, tokens.astype(ins["tokens"]["dtype"]), positions.astype(ins["input_pos"]["dtype"]))
-        return self._from(outs["logits"], y)[0]  # (T, V)
+        extra = {"last": np.array([last], ins["last"]["dtype"])} if "last" in ins else {}
+        y = self.engine.run(sig, tokens.astype(ins["tokens"]["dtype"]), positions.astype(ins["input_pos"]["dtype"]), extra)
+        return self._from(outs["logits"], y)[0]
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
-        """ids (T,) int64 -> logits (T, V) float32; resets the cache, runs in prefill_len chunks."""
+        """ids (T,) int64 -> logits (T, V) float32 (parity, perplexity), from a fresh cache. Files
+        whose prefill signatures run the LM head on one position (`last_only`) give the others
+        through decode calls, one a token: slower, and the same numbers a reply sees."""
         ids = np.asarray(ids, np.int64)
-        if len(ids) > self.capacity:
-            raise ValueError(f"prompt of {len(ids)} tokens exceeds the cache capacity {self.capacity}: "
+        if not self.last_only:
+            return self._prefill(ids, all_logits=True)
+        self._check_fits(len(ids))
+        self._reset()
+        self.pos = 0
+        return np.stack([self.decode(int(t)) for t in ids])
+
+    def prefill_last(self, ids: np.ndarray) -> np.ndarray:
+        """ids (T,) -> the last position's logits (V,): what serving needs, in prefill_len chunks."""
+        return self._prefill(np.asarray(ids, np.int64), all_logits=False)[-1]
+
+    def _check_fits(self, n: int):
+        if n > self.capacity:
+            raise ValueError(f"prompt of {n} tokens exceeds the cache capacity {self.capacity}: "
                              "rebuild with a larger --set litert.capacity")
-        ins = next(iter(self.details.values()))[0]  # zeros: stale entries would leak through the finite mask
-        self.engine.reset({n: self._to(ins[n], np.zeros(ins[n]["shape"], np.float32)) for n in self.cache_names})
+
+    def _reset(self):
+        if self.rezero or not self.zeroed:
+            ins = next(iter(self.details.values()))[0]
+            self.engine.reset({n: self._to(ins[n], np.zeros(ins[n]["shape"], np.float32)) for n in self.cache_names})
+            self.zeroed = True
+
+    def _prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        """Resets the cache and runs ids in prefill_len chunks: logits (T, V), or (1, V) of the last."""
+        self._check_fits(len(ids))
+        self._reset()
         P, logits = self.prefill_len, []
         for s in range(0, len(ids), P):
             chunk = ids[s:s + P]
@@ -166,9 +196,10 @@ class LiteRTRuntime:
             if s + P > self.capacity:  # dynamic_update_slice would clamp the write to a wrong slot
                 raise ValueError(f"prompt chunk at {s} does not fit capacity {self.capacity}: "
                                  "use a capacity that is a multiple of prefill_len")
-            logits.append(self._run("prefill", padded, np.arange(s, s + P))[:n])
+            y = self._run("prefill", padded, np.arange(s, s + P), last=n - 1)
+            logits.append(y[:n] if all_logits else y[-1:] if self.last_only else y[n - 1:n])
         self.pos = len(ids)
-        return np.concatenate(logits)
+        return np.concatenate(logits) if all_logits else logits[-1]
 
     def decode(self, token: int) -> np.ndarray:
         """One token at the current position -> logits (V,)."""
