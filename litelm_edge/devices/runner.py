@@ -203,7 +203,7 @@ def time_decode(rt, prompt, gen_len: int) -> list[float]:
 def round_ms(rt, ids, reps: int, steps: int) -> dict:
     """One round of the benchmarks/ scripts, with this protocol's timers: 1 warmup prefill, `reps`
     timed prefills of ids, then a greedy decode of `steps` tokens after them (ms each)."""
-    rt.prefill(ids)
+    prefill_last(rt, ids)
     return {"prefill_ms": time_prefill(rt, ids, reps), "decode_ms": time_decode(rt, ids, steps)}
 
 

@@ -52,17 +52,15 @@ def signatures(prefill_len: int, capacity: int, windows=(), prefill_windows=()) 
             + [(f"decode_{w}", w, 1) for w in sorted(set(windows) | {capacity})])
 
 
-def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float, windows=(), prefill_windows=(),
-              head_on_last: bool = True):
-    """Trace the `signatures`, all sharing one set of weights and the same caches. head_on_last:
-    prefills run the LM head on their `last` position only (graph.CachedLM); False gives the
-    files of sessions 3-4 (every position's logits), which the runtime still reads."""
+def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float, windows=(), prefill_windows=()):
+    """Trace the `signatures`, all sharing one set of weights and the same caches; prefills run the
+    LM head on their `last` position only (graph.CachedLM)."""
     import litert_torch
     from .graph import CachedLM, litert_update
     conv = litert_torch
     for name, w, T in signatures(prefill_len, capacity, windows, prefill_windows):
         g = CachedLM(model, capacity, mask_value, update=litert_update, window=w).eval()
-        conv = conv.signature(name, g, sample_kwargs=g.sample_inputs(T, head_on_last))
+        conv = conv.signature(name, g, sample_kwargs=g.sample_inputs(T))
     conv.convert().export(str(path))
 
 
@@ -85,8 +83,8 @@ def calibration_data(float_path: Path, texts, prefill_len: int) -> dict:
         caches = {n: np.zeros(spec[n]["shape"], np.float32) for n in names}
         ids = np.zeros((1, prefill_len), np.int32)
         ids[0, :T] = w[:T]
-        feed = dict(tokens=ids, input_pos=np.arange(prefill_len, dtype=np.int32), **caches,
-                    **({"last": np.array([T - 1], np.int32)} if "last" in spec else {}))
+        feed = dict(tokens=ids, input_pos=np.arange(prefill_len, dtype=np.int32), last=np.array([T - 1], np.int32),
+                    **caches)
         feeds["prefill"].append(feed)
         caches = {n: v for n, v in pre(**feed).items() if n != "logits"}
         for p in range(T, T + 4):

@@ -60,9 +60,9 @@ class CachedLM(nn.Module):
         shape = (1, c.n_kv_head, self.capacity, c.head_dim)
         return {n: torch.zeros(shape) for n in cache_names(c.n_layer)}
 
-    def sample_inputs(self, T: int, last: bool = True) -> dict:
-        """A call's inputs; `last` for a prefill (T > 1) whose head runs on one position."""
-        last = {"last": torch.tensor([T - 1], dtype=torch.int32)} if T > 1 and last else {}
+    def sample_inputs(self, T: int) -> dict:
+        """A call's inputs; a prefill (T > 1) takes `last`: its head runs on one position."""
+        last = {"last": torch.tensor([T - 1], dtype=torch.int32)} if T > 1 else {}
         return dict(tokens=torch.zeros((1, T), dtype=torch.int32),
                     input_pos=torch.arange(T, dtype=torch.int32), **self.empty_cache(), **last)
 

@@ -162,7 +162,7 @@ class LiteRTRuntime:
         through decode calls, one a token: slower, and the same numbers a reply sees."""
         ids = np.asarray(ids, np.int64)
         if not self.last_only:
-            return self._prefill(ids, all_logits=True)
+            return self._prefill(ids, keep_all=True)
         self._check_fits(len(ids))
         self._reset()
         self.pos = 0
@@ -170,7 +170,7 @@ class LiteRTRuntime:
 
     def prefill_last(self, ids: np.ndarray) -> np.ndarray:
         """ids (T,) -> the last position's logits (V,): what serving needs, in prefill_len chunks."""
-        return self._prefill(np.asarray(ids, np.int64), all_logits=False)[-1]
+        return self._prefill(np.asarray(ids, np.int64), keep_all=False)
 
     def _check_fits(self, n: int):
         if n > self.capacity:
@@ -183,8 +183,9 @@ class LiteRTRuntime:
             self.engine.reset({n: self._to(ins[n], np.zeros(ins[n]["shape"], np.float32)) for n in self.cache_names})
             self.zeroed = True
 
-    def _prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
-        """Resets the cache and runs ids in prefill_len chunks: logits (T, V), or (1, V) of the last."""
+    def _prefill(self, ids: np.ndarray, keep_all: bool) -> np.ndarray:
+        """Resets the cache and runs ids in prefill_len chunks: every position's logits (T, V) (files
+        whose head runs on every position), or the last position's (V,)."""
         self._check_fits(len(ids))
         self._reset()
         P, logits = self.prefill_len, []
@@ -197,9 +198,10 @@ class LiteRTRuntime:
                 raise ValueError(f"prompt chunk at {s} does not fit capacity {self.capacity}: "
                                  "use a capacity that is a multiple of prefill_len")
             y = self._run("prefill", padded, np.arange(s, s + P), last=n - 1)
-            logits.append(y[:n] if all_logits else y[-1:] if self.last_only else y[n - 1:n])
+            if keep_all:
+                logits.append(y[:n])
         self.pos = len(ids)
-        return np.concatenate(logits) if all_logits else logits[-1]
+        return np.concatenate(logits) if keep_all else y[-1 if self.last_only else n - 1]
 
     def decode(self, token: int) -> np.ndarray:
         """One token at the current position -> logits (V,)."""
