@@ -10,6 +10,7 @@ greedy decode of n tokens after it); llama-bench: -p p (prefill) and -n n -d p (
     python benchmarks/x86_vs_llamacpp.py --preset minimind-26m             # untrained: no parity gate
     python benchmarks/x86_vs_llamacpp.py --checkpoint CKPT --data DATA     # parity printed per artifact
     python benchmarks/x86_vs_llamacpp.py --preset minimind-26m --before    # + the torch.export graphs
+    python benchmarks/x86_vs_llamacpp.py ... --also "old=ART"              # + an artifact built earlier
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
     from litelm_edge.pipeline.data import default_corpus, prepare
     from litelm_edge.pipeline.model import Transformer, preset as model_preset
     cfg = model_preset(preset)
+    work = work / "untrained" / preset
     if not (work / "data" / "val.bin").is_file():
         prepare([default_corpus()], work / "data", vocab_size=cfg.vocab_size, log=lambda m: None)
     if not (work / "ckpt").is_dir():
@@ -47,11 +49,17 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
     return work / "ckpt", work / "data"
 
 
+def weights_id(ck: Path) -> str:
+    """The checkpoint's weights, named by their sha256: what --work's cached files are kept under,
+    so a GGUF or an artifact of other weights is never reused (session 6 found one that was)."""
+    return json.loads((ck / "training.json").read_text())["model_sha256"][:12]
+
+
 def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path, dict]:
     """A full `build` (manifest, reference, parity recorded but not enforced: gate=False)."""
     from litelm_edge.manifest import read_manifest
     from litelm_edge.pipeline.export import build
-    art = work / f"x86-{graph}-{prec}"
+    art = work / weights_id(ck) / f"x86-{graph}-{prec}"
     if not (art / "manifest.json").is_file():  # --work DIR keeps builds between runs
         build(ck, "x86", art, prec, data, recipe={"graph": graph}, log=lambda s: None, gate=False)
     return art, read_manifest(art)
@@ -98,7 +106,7 @@ def engines(a, work: Path):
     ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
     eng, sizes, notes = {}, {}, []
     for gguf_type in filter(None, a.llama.split(",")):
-        f32 = llama.convert(ck, "f32", work / "gguf", log=print)
+        f32 = llama.convert(ck, "f32", work / weights_id(ck) / "gguf", log=print)
         g = f32 if gguf_type == "f32" else llama.quantize(f32, gguf_type)
         eng[f"llama.cpp {gguf_type}"], sizes[f"llama.cpp {gguf_type}"] = ("llama", g), g.stat().st_size / 1e6
     from litelm_edge.backends.ort.fused import PRECISIONS
@@ -110,6 +118,16 @@ def engines(a, work: Path):
             sizes[name] = m["size_bytes"] / 1e6
             notes.append(f"{name}: parity top-1 {m['parity']['top1_agreement']:.3f}, max abs {m['parity']['max_abs_err']:.2g} "
                          f"({m['parity']['rule']}: {'ok' if m['parity']['ok'] else 'FAILS'}{'' if a.checkpoint else ', untrained'})")
+    from litelm_edge.manifest import read_manifest
+    for spec in a.also:  # artifacts built elsewhere (an earlier version's, say), run by today's runtime
+        label, _, art = spec.partition("=")
+        m = read_manifest(Path(art))
+        made_from = m["training"].get("model_sha256") or weights_id(Path(m["checkpoint"]))  # before session 6: the path
+        if made_from[:12] != weights_id(ck):
+            sys.exit(f"--also {spec}: built from other weights than {ck} (its manifest's training.model_sha256)")
+        name = f"{label.strip()} {m['precision']}"
+        eng[name] = ("ort", open_runtime(Path(art), m, a.threads, {"on": True, "off": False}.get(a.spin)))
+        sizes[name] = m["size_bytes"] / 1e6
     return eng, sizes, notes
 
 
@@ -127,6 +145,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("-p", type=int, default=64)
     ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=ARTIFACT",
+                    help="an x86 artifact built before (e.g. by an earlier version), run as 'LABEL PRECISION'")
     ap.add_argument("--out", type=Path, help="JSON of every round")
     ap.add_argument("--work", type=Path, help="folder for checkpoints, GGUF files and artifacts, reused when there")
     a = ap.parse_args()

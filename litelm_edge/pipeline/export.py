@@ -112,7 +112,8 @@ def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: 
             "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
                                                     "n_kv_head", "intermediate_size", "max_seq_len")}
             | {"head_dim": cfg.head_dim},
-            "n_params": model.num_params(), "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256")},
+            "n_params": model.num_params(),
+            "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256", "model_sha256")},
             "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
             "tools": mf.tool_versions(*res.tools), "weight_bytes": res.weight_bytes, **res.extra}
 
