@@ -88,15 +88,20 @@ def fmt(s: dict, nd=0) -> str:
     return f"{s['min']:,.{nd}f} / {s['median']:,.{nd}f} / {s['max']:,.{nd}f} (±{s['spread_pct']:.0f}%)"
 
 
-def table(res: dict, sizes: dict) -> list[str]:
-    out = ["| engine | size MB | decode tok/s min / median / max | prefill-64 ms min / median / max | decode vs llama.cpp | prefill vs llama.cpp |",
-           "|---|---|---|---|---|---|"]
+def table(res: dict, sizes: dict, rounds: dict) -> list[str]:
+    """Ratios = ours / llama.cpp speed of equal bits: of the medians over rounds, and (decode) per
+    round, min / median / max: a VM's speed drifts by tens of % over minutes, and both engines of
+    one round see the same drift, so the per-round ratio is the steadier figure."""
+    out = ["| engine | size MB | decode tok/s min / median / max | prefill-64 ms min / median / max | decode vs llama.cpp "
+           "| decode ratio per round | prefill vs llama.cpp |", "|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         cls = CLASS.get(name.split()[-1])
-        ref = res.get(f"llama.cpp {PAIRS[cls]}") if cls else None
-        dr = f"{r['decode']['median'] / ref['decode']['median']:.2f}x" if ref else ""
-        pr = f"{ref['prefill']['median'] / r['prefill']['median']:.2f}x" if ref else ""
-        out.append(f"| {name} | {sizes[name]:.1f} | {fmt(r['decode'])} | {fmt(r['prefill'], 1)} | {dr} | {pr} |")
+        ref = f"llama.cpp {PAIRS[cls]}" if cls and f"llama.cpp {PAIRS[cls]}" in res else None
+        dr = f"{r['decode']['median'] / res[ref]['decode']['median']:.2f}x" if ref else ""
+        per = summary([a[1] / b[1] for a, b in zip(rounds[name], rounds[ref])]) if ref else None
+        pr = f"{res[ref]['prefill']['median'] / r['prefill']['median']:.2f}x" if ref else ""
+        out.append(f"| {name} | {sizes[name]:.1f} | {fmt(r['decode'])} | {fmt(r['prefill'], 1)} | {dr} | "
+                   f"{fmt(per, 2) if per else ''} | {pr} |")
     return out
 
 
@@ -168,7 +173,7 @@ def main():
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"\n{cpu or platform.processor()}; {a.threads} threads, spin {a.spin}; {a.rounds} interleaved rounds x {a.reps} reps; "
           f"prefill {a.p}, decode {a.n} after {a.p}; load: {load.split('load average:')[-1].strip()}")
-    print("\n".join(table(res, sizes)))
+    print("\n".join(table(res, sizes, rounds)))
     if a.out:
         a.out.write_text(json.dumps({"rounds": rounds, "summary": res, "sizes_mb": sizes, "notes": notes,
                                      "cpu": cpu, "load": load, "args": {k: str(v) for k, v in vars(a).items()}}, indent=1))
