@@ -48,16 +48,17 @@ def _int8_weights(onnx_path):
 
 def test_qat_export_is_lossless_in_ort(qat_run, build_once, data_dir):
     """ORT's int8 (the fused W8A8 graph) of a QAT checkpoint lands on QAT's grids: every dequantised
-    MatMulInteger weight equals the torch weights (q, k, v packed side by side), and the lm_head's
-    int8 matrix, which the embedding gathers from, equals the snapped embedding."""
+    MatMulInteger weight equals the torch weights (q, k, v packed side by side, gate and up too), and
+    the lm_head's int8 matrix, which the embedding gathers from, equals the snapped embedding."""
     pytest.importorskip("onnxruntime")
     art = build_once(qat_run["checkpoint"], "x86", "int8", data_dir)
     assert json.loads((art / "manifest.json").read_text())["graph"] == "fused"
     model = ckpt.load(qat_run["checkpoint"])[0]
     torch_w = [m.weight.detach().numpy().T for m in quant.quantised_linears(model)]
-    for blk in model.layers:  # the builder packs q, k, v into one MatMul; per-column grids are the same
-        a = blk.self_attn
+    for blk in model.layers:  # the builder packs q, k, v into one MatMul, and gate, up into another;
+        a, f = blk.self_attn, blk.mlp  # per-column grids are the same
         torch_w.append(np.concatenate([m.weight.detach().numpy().T for m in (a.q_proj, a.k_proj, a.v_proj)], 1))
+        torch_w.append(np.concatenate([m.weight.detach().numpy().T for m in (f.gate_proj, f.up_proj)], 1))
     emb = model.embed_tokens.weight.detach().numpy()
     torch_w.append(emb.T)  # the tied lm_head
     init, ws = _int8_weights(art / "decoder.onnx")
@@ -65,7 +66,7 @@ def test_qat_export_is_lossless_in_ort(qat_run, build_once, data_dir):
     for name, w in ws:
         deq = w * init[name.replace("_quantized", "_scale")]
         matched += any(t.shape == deq.shape and np.abs(t - deq).max() < 1e-6 for t in torch_w)
-    assert len(ws) == 5 * model.cfg.n_layer + 1 and matched == len(ws)  # qkv o gate up down, lm_head
+    assert len(ws) == 4 * model.cfg.n_layer + 1 and matched == len(ws)  # qkv o gate+up down, lm_head
     assert not any(v.dtype == np.float32 and v.shape in (emb.shape, emb.T.shape) for v in init.values())
 
 
