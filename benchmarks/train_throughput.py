@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def device_facts() -> dict:
     return facts
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="a `litelm-edge data` folder")
     ap.add_argument("--preset", default="minimind-26m")
@@ -60,7 +61,7 @@ def main():
     ap.add_argument("--steps", type=int, default=100, help="timed steps (the difference of the two runs)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--out", type=Path)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     from litelm_edge.pipeline.model import Transformer, preset as model_preset
     n_params = Transformer(model_preset(a.preset)).num_params()
     budgets = {k: (v or 20 * n_params) for k, v in BUDGETS.items()}
@@ -102,4 +103,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from litelm_edge.config import UserError
+    try:
+        main()
+    except UserError as e:  # a data folder that does not fit the preset, say: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

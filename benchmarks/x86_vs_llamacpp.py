@@ -49,10 +49,17 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
     return work / "ckpt", work / "data"
 
 
+class UsageError(Exception):
+    """A bad argument: main prints it in one line and exits 2."""
+
+
 def weights_id(ck: Path) -> str:
     """The checkpoint's weights, named by their sha256: what --work's cached files are kept under,
     so a GGUF or an artifact of other weights is never reused (session 6 found one that was)."""
-    return json.loads((ck / "training.json").read_text())["model_sha256"][:12]
+    from litelm_edge.files import sha256_file
+    meta = ck / "training.json"  # ours record it; a folder saved by transformers has none
+    known = json.loads(meta.read_text()).get("model_sha256") if meta.is_file() else None
+    return (known or sha256_file(ck / "model.safetensors"))[:12]
 
 
 def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path, dict]:
@@ -126,10 +133,12 @@ def engines(a, work: Path):
     from litelm_edge.manifest import read_manifest
     for spec in a.also:  # artifacts built elsewhere (an earlier version's, say), run by today's runtime
         label, _, art = spec.partition("=")
+        if not (Path(art) / "manifest.json").is_file():
+            raise UsageError(f"--also {spec}: give LABEL=ARTIFACT, an artifact folder with a manifest.json")
         m = read_manifest(Path(art))
         made_from = m["training"].get("model_sha256") or weights_id(Path(m["checkpoint"]))  # before session 6: the path
         if made_from[:12] != weights_id(ck):
-            sys.exit(f"--also {spec}: built from other weights than {ck} (its manifest's training.model_sha256)")
+            raise UsageError(f"--also {spec}: built from other weights than {ck} (its manifest's training.model_sha256)")
         name = f"{label.strip()} {m['precision']}"
         eng[name] = ("ort", open_runtime(Path(art), m, a.threads, {"on": True, "off": False}.get(a.spin)))
         sizes[name] = m["size_bytes"] / 1e6
@@ -180,4 +189,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

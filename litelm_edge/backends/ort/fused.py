@@ -62,7 +62,7 @@ def run_builder(src: Path, dst: Path, precision: str, log=print):
                         "pip install onnxruntime-genai (or build with --set build.graph=export)") from e
     p, block = PRECISIONS[precision]
     # gate and up as one MatMul (then a Split): one activation quantisation and one kernel hand-off
-    # fewer a layer, +9-15 % decode for minimind-26m at 4 bits (docs/x86-speed.md)
+    # fewer a layer, +4-5 % decode for minimind-26m at 4 and 8 bits, paired (docs/x86-speed.md)
     extra = ["--extra_options", "fuse_mlp_gate_up=true"]
     if p != "fp32":
         extra += ["accuracy_level=4", f"block_size={block}"]
@@ -76,17 +76,12 @@ def run_builder(src: Path, dst: Path, precision: str, log=print):
                         "build the torch.export graph instead: --set build.graph=export")
 
 
-def serving_inputs(src: Path, dst: Path):
-    """The builder's graph, rewritten for our runtime: `logits_to_keep` as an input."""
-    import onnx
-    model = onnx.load(str(src))
-    add_logits_to_keep(model.graph)
-    save(model, dst)
-
-
-def add_logits_to_keep(g):
+def add_logits_to_keep(src: Path, dst: Path):
     """Insert Slice(hidden, -k:) before the LM head; k comes from a new int64 [1] input."""
+    import onnx
     from onnx import TensorProto, helper
+    model = onnx.load(str(src))
+    g = model.graph
     head = next(n for n in g.node if any(o == "logits" for o in n.output))
     hidden = head.input[0]
     g.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
@@ -98,6 +93,7 @@ def add_logits_to_keep(g):
     at = list(g.node).index(head)
     for i, n in enumerate(nodes):
         g.node.insert(at + i, n)
+    save(model, dst)
 
 
 def save(model, path: Path):
@@ -162,7 +158,7 @@ def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> d
     try:
         src = hf_folder(model, tokenizer_json, work / "hf")
         run_builder(src, work / "onnx", precision, log)
-        serving_inputs(work / "onnx" / "model.onnx", out / GRAPH)
+        add_logits_to_keep(work / "onnx" / "model.onnx", out / GRAPH)
         if precision == "int8":
             w8a8(out / GRAPH, work / "q.onnx")
         elif PRECISIONS[precision][0] == "int8":
