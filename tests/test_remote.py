@@ -111,6 +111,43 @@ def test_timeout_kills_the_remote_process_group(sshd, ssh_home):
     assert _wait_gone("987.6") == []
 
 
+def test_timeout_holds_for_a_command_that_never_stops_writing(sshd, ssh_home):
+    """The deadline is checked before any output is read: a command whose output never pauses
+    (there is always more to read) is still stopped at its timeout, and its group killed."""
+    trust(ssh_home, sshd)
+    with Remote(sshd.address) as r:
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError, match="exceeded its 1 s timeout and was killed"):
+            r.run(["sh", "-c", "exec yes 987.63"], timeout=1)
+        assert time.monotonic() - t0 < 15
+    assert _wait_gone("987.63") == []
+
+
+def test_ctrl_c_is_raised_by_our_loop_never_inside_paramiko(sshd, ssh_home, monkeypatch):
+    """A Ctrl-C that arrives while paramiko runs (here: inside its buffer's read_ready) surfaces as
+    KeyboardInterrupt from our loop, after paramiko returned: raised inside paramiko it could leave a
+    lock held and hang the kill of the remote group (a CLI that ignored Ctrl-C for 20+ s, once)."""
+    import os
+    import signal
+    import traceback
+    import paramiko.buffered_pipe as bp
+    trust(ssh_home, sshd)
+    real, calls = bp.BufferedPipe.read_ready, []
+
+    def read_ready(self):
+        calls.append(1)
+        if len(calls) == 40:  # by then the group id has been read
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler here, inside paramiko's call
+        return real(self)
+
+    with Remote(sshd.address) as r:
+        monkeypatch.setattr(bp.BufferedPipe, "read_ready", read_ready)
+        with pytest.raises(KeyboardInterrupt) as e:
+            r.run(["sh", "-c", "sleep 987.64"], timeout=60)
+    assert traceback.extract_tb(e.value.__traceback__)[-1].filename.endswith("devices/remote.py")
+    assert _wait_gone("987.64") == []
+
+
 def test_ctrl_c_kills_the_remote_process_group(sshd, ssh_home, tmp_path):
     trust(ssh_home, sshd)
     script = tmp_path / "client.py"

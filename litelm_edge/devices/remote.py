@@ -10,13 +10,16 @@ process group can be killed on timeout or Ctrl-C: nothing is left running on the
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import select
 import shlex
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,23 @@ class _Timeout(Exception):
 
 class _Cancelled(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(flag: threading.Event):
+    """While a remote command streams, Ctrl-C only sets `flag`; the loop turns it into a
+    KeyboardInterrupt at a point of its own choosing. Raised anywhere else, it can land inside
+    paramiko between a lock's acquire and its try (left held: the transport thread then blocks, and
+    so does the kill of the remote group that follows, seen as a CLI that ignores Ctrl-C for 20+ s
+    once in a CI run). Only the main thread can own the handler; other threads stop on `cancel`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 class RemoteError(UserError):
@@ -290,34 +310,38 @@ class Remote:
         chan.exec_command(cmd)
         out, err, buf, pgid = bytearray(), [], b"", None
         deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                elif chan.recv_stderr_ready():
-                    buf += chan.recv_stderr(65536)
-                    *lines, buf = buf.split(b"\n")
-                    for line in (x.decode(errors="replace") for x in lines):
-                        if pgid is None and line.startswith("@pgid "):
-                            pgid = int(line[6:])
-                        else:
-                            err.append(line)
-                            on_line and on_line(line)
-                elif chan.exit_status_ready():
-                    break
-                elif time.monotonic() > deadline:
-                    raise _Timeout
-                elif self.cancel is not None and self.cancel.is_set():
-                    raise _Cancelled
-                elif not self.alive():
-                    raise EOFError("connection closed")
-                else:
-                    select.select([chan], [], [], 0.02)
-        except (KeyboardInterrupt, _Timeout, _Cancelled):
-            if pgid:
-                self.kill_group(pgid)
-            chan.close()
-            raise
+        interrupted = threading.Event()
+        with _ctrl_c_sets(interrupted):  # a second Ctrl-C while the group is killed changes nothing
+            try:
+                while True:
+                    if interrupted.is_set():  # checked first: a chatty command starves none of the three
+                        raise KeyboardInterrupt
+                    if self.cancel is not None and self.cancel.is_set():
+                        raise _Cancelled
+                    if time.monotonic() > deadline:
+                        raise _Timeout
+                    if chan.recv_ready():
+                        out += chan.recv(65536)
+                    elif chan.recv_stderr_ready():
+                        buf += chan.recv_stderr(65536)
+                        *lines, buf = buf.split(b"\n")
+                        for line in (x.decode(errors="replace") for x in lines):
+                            if pgid is None and line.startswith("@pgid "):
+                                pgid = int(line[6:])
+                            else:
+                                err.append(line)
+                                on_line and on_line(line)
+                    elif chan.exit_status_ready():
+                        break
+                    elif not self.alive():
+                        raise EOFError("connection closed")
+                    else:
+                        select.select([chan], [], [], 0.02)
+            except (KeyboardInterrupt, _Timeout, _Cancelled):
+                if pgid:
+                    self.kill_group(pgid)
+                chan.close()
+                raise
         err.append(buf.decode(errors="replace"))
         return chan.recv_exit_status(), out.decode(errors="replace"), "\n".join(err)
 
