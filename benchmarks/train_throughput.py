@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # train()'s progress bar: one line a configuration instead
 
-BUDGETS = {  # tokens: what the hours are printed for
-    "1B tokens": 1e9,
-    "Chinchilla (20 tokens a parameter)": None,  # 20 x n_params, filled in below
-}
+def budgets(n_params: int) -> dict[str, float]:
+    """Tokens: what the hours are printed for."""
+    return {"1B tokens": 1e9, "Chinchilla (20 tokens a parameter)": 20 * n_params}
+
 THRESHOLD_H = 12.0  # the design: training on one GPU < 12 h
 
 
@@ -42,9 +41,8 @@ def run_once(data: Path, out: Path, preset: str, batch: int, block: int, steps: 
 
 def device_facts() -> dict:
     import torch
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
-    facts = {"torch": torch.__version__, "cpu": cpu, "cpus": len(os.sched_getaffinity(0))}
+    from litelm_edge.devices.facts import cpu_facts
+    facts = {"torch": torch.__version__, "cpu": cpu_facts()["cpu_model"], "cpus": len(os.sched_getaffinity(0))}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         facts |= {"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
@@ -64,7 +62,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from litelm_edge.pipeline.model import Transformer, preset as model_preset
     n_params = Transformer(model_preset(a.preset)).num_params()
-    budgets = {k: (v or 20 * n_params) for k, v in BUDGETS.items()}
+    tokens_for = budgets(n_params)
     rows = []
     batches = [int(x) for x in a.batch.split(",")]
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
@@ -79,15 +77,15 @@ def main(argv=None):
             row = {"batch": b, "block": a.block, "tokens_per_step": b * a.block, "steps_timed": a.steps,
                    "seconds": dt, "ms_per_step": 1e3 * dt / a.steps, "tokens_per_s": tok / dt,
                    "device": long["device"], "dtype": long["dtype"], "val_loss_end": long["val_loss"],
-                   "hours_estimated": {k: v / (tok / dt) / 3600 for k, v in budgets.items()}}
+                   "hours_estimated": {k: v / (tok / dt) / 3600 for k, v in tokens_for.items()}}
             rows.append(row)
             print(f"batch {b} x {a.block}: {row['ms_per_step']:.1f} ms a step, {row['tokens_per_s']:,.0f} tokens/s "
                   f"(measured, {row['device']}, {row['dtype']})", flush=True)
     facts = device_facts()
     best = max(rows, key=lambda r: r["tokens_per_s"])
     print(f"\n{a.preset} ({n_params / 1e6:.1f}M parameters); {facts}")
-    print("| batch x block | ms / step | tokens / s (measured) | " + " | ".join(f"h for {k} (estimated)" for k in budgets) + " |")
-    print("|---|---|---|" + "---|" * len(budgets))
+    print("| batch x block | ms / step | tokens / s (measured) | " + " | ".join(f"h for {k} (estimated)" for k in tokens_for) + " |")
+    print("|---|---|---|" + "---|" * len(tokens_for))
     for r in rows:
         print(f"| {r['batch']} x {r['block']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
               + " | ".join(f"{h:.2f}" for h in r["hours_estimated"].values()) + " |")
@@ -97,7 +95,7 @@ def main(argv=None):
                                           for k, v in verdict.items()))
     if a.out:
         a.out.write_text(json.dumps({"preset": a.preset, "n_params": n_params, "facts": facts, "rows": rows,
-                                     "budgets_tokens": budgets, "threshold_h": THRESHOLD_H, "verdict": verdict,
+                                     "budgets_tokens": tokens_for, "threshold_h": THRESHOLD_H, "verdict": verdict,
                                      "method": "difference of two from-scratch runs of train(); hours: linear "
                                                "extrapolation of the measured tokens/s"}, indent=1))
 

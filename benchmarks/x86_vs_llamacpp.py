@@ -27,9 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import _llamacpp as llama  # noqa: E402
 
-PAIRS = {"fp32": "f32", "8-bit": "q8_0", "4-bit": "q4_0"}  # our class -> llama.cpp's type
-CLASS = {"fp32": "fp32", "int8": "8-bit", "int8-b32": "8-bit", "int8-b256": "8-bit", "int4-b32": "4-bit",
-         "int4-b64": "4-bit", "int4-b128": "4-bit"}
+from litelm_edge.backends.ort import PRECISIONS  # noqa: E402
+
+BITS = {p.name: p.bits for p in PRECISIONS}  # our precision -> bits a weight
+PAIRS = {32: "f32", 8: "q8_0", 4: "q4_0"}  # bits -> llama.cpp's type of the same bits
 
 
 def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
@@ -63,10 +64,11 @@ def weights_id(ck: Path) -> str:
 
 
 def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path, dict]:
-    """A full `build` (manifest, reference, parity recorded but not enforced: gate=False)."""
+    """A full `build` (manifest, reference, parity recorded but not enforced: gate=False) into
+    work, the folder of these weights."""
     from litelm_edge.manifest import read_manifest
     from litelm_edge.pipeline.export import build
-    art = work / weights_id(ck) / f"x86-{graph}-{prec}"
+    art = work / f"x86-{graph}-{prec}"
     if not (art / "manifest.json").is_file():  # --work DIR keeps builds between runs
         build(ck, "x86", art, prec, data, recipe={"graph": graph}, log=lambda s: None, gate=False)
     return art, read_manifest(art)
@@ -102,8 +104,8 @@ def table(res: dict, sizes: dict, rounds: dict) -> list[str]:
     out = ["| engine | size MB | decode tok/s min / median / max | prefill-64 ms min / median / max | decode vs llama.cpp "
            "| decode ratio per round | prefill vs llama.cpp |", "|---|---|---|---|---|---|---|"]
     for name, r in res.items():
-        cls = CLASS.get(name.split()[-1])
-        ref = f"llama.cpp {PAIRS[cls]}" if cls and f"llama.cpp {PAIRS[cls]}" in res else None
+        bits = BITS.get(name.split()[-1])
+        ref = f"llama.cpp {PAIRS[bits]}" if bits and f"llama.cpp {PAIRS[bits]}" in res else None
         dr = f"{r['decode']['median'] / res[ref]['decode']['median']:.2f}x" if ref else ""
         per = summary([a[1] / b[1] for a, b in zip(rounds[name], rounds[ref])]) if ref else None
         pr = f"{res[ref]['prefill']['median'] / r['prefill']['median']:.2f}x" if ref else ""
@@ -117,14 +119,14 @@ def engines(a, work: Path):
     from litelm_edge.devices.runner import open_runtime
     ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
     eng, sizes, notes = {}, {}, []
+    wid = weights_id(ck)  # a hash of 100 MB when the folder does not record it: once
     for gguf_type in filter(None, a.llama.split(",")):
-        f32 = llama.convert(ck, "f32", work / weights_id(ck) / "gguf", log=print)
+        f32 = llama.convert(ck, "f32", work / wid / "gguf", log=print)
         g = f32 if gguf_type == "f32" else llama.quantize(f32, gguf_type)
         eng[f"llama.cpp {gguf_type}"], sizes[f"llama.cpp {gguf_type}"] = ("llama", g), g.stat().st_size / 1e6
-    from litelm_edge.backends.ort.fused import PRECISIONS
     for graph in (["export"] if a.before else []) + ["fused"]:
         for prec in [p for p in a.precisions.split(",") if graph == "export" or p in PRECISIONS]:
-            art, m = build_ours(ck, data, prec, graph, work)
+            art, m = build_ours(ck, data, prec, graph, work / wid)
             name = f"ort {m.get('graph', 'export')} {prec}"
             eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))
             sizes[name] = m["size_bytes"] / 1e6
@@ -137,7 +139,7 @@ def engines(a, work: Path):
             raise UsageError(f"--also {spec}: give LABEL=ARTIFACT, an artifact folder with a manifest.json")
         m = read_manifest(Path(art))
         made_from = m["training"].get("model_sha256") or weights_id(Path(m["checkpoint"]))  # before session 6: the path
-        if made_from[:12] != weights_id(ck):
+        if made_from[:12] != wid:
             raise UsageError(f"--also {spec}: built from other weights than {ck} (its manifest's training.model_sha256)")
         name = f"{label.strip()} {m['precision']}"
         eng[name] = ("ort", open_runtime(Path(art), m, a.threads, {"on": True, "off": False}.get(a.spin)))

@@ -28,11 +28,12 @@ import sys
 from pathlib import Path
 
 from ...config import UserError
+from . import PRECISIONS as BACKEND_PRECISIONS
 
 GRAPH = "decoder.onnx"
-# our precision -> (builder precision, block size along K)
-PRECISIONS = {"fp32": ("fp32", 0), "int8": ("fp32", 0), "int8-b32": ("int8", 32), "int8-b256": ("int8", 256),
-              "int4-b32": ("int4", 32), "int4-b64": ("int4", 64), "int4-b128": ("int4", 128)}
+# our precision -> (builder precision, block size along K), read off the backend's table: blocks
+# are the builder's own MatMulNBits; fp32 and int8 (W8A8: our quantiser, after) start from its fp32 graph
+PRECISIONS = {p.name: (f"int{p.bits}", p.block) if p.block else ("fp32", 0) for p in BACKEND_PRECISIONS}
 BUILDER = "onnxruntime_genai.models.builder"
 
 
