@@ -37,7 +37,7 @@ def profile(art: Path, threads: int, steps: int) -> dict:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= t0:
             per_op[e["args"]["op_name"]] += e["dur"]
             nodes[e["args"]["op_name"]] += 1
-    return {"graph": m.get("graph", "export"), "precision": m["precision"], "run_us": total / steps,
+    return {"graph": m["ort"]["graph"], "precision": m["precision"], "run_us": total / steps,
             "per_op_us": {k: v / steps for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
             "nodes_per_step": {k: v // steps for k, v in nodes.items()}}
 

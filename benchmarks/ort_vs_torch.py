@@ -19,7 +19,7 @@ import torch
 from litelm_edge.devices.runner import open_runtime, round_ms
 from litelm_edge.manifest import read_manifest
 from litelm_edge.pipeline import checkpoint as ckpt
-from litelm_edge.pipeline.export import build
+from litelm_edge.flows.build import build
 
 
 class TorchEngine:
@@ -52,13 +52,17 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
 def raw_build(model, art: Path, precision: str, tokenizer_json: str) -> dict:
     """The ORT backend's export without `build`'s parity gate: an untrained model's near-tied
     logits make next-token agreement meaningless, and this script measures speed and size only."""
+    from dataclasses import asdict
+    from litelm_edge.backends import BuildContext
+    from litelm_edge.backends.ort import BACKEND, Settings
     from litelm_edge.backends.ort.build import build as ort_build
-    from litelm_edge.pipeline.export import BuildContext
     art.mkdir(parents=True)
-    res = ort_build(BuildContext(model, art, {}, art, precision, [], log=lambda s: None, tokenizer_json=tokenizer_json))
+    res = ort_build(BuildContext(model, art, {}, art, precision, [], Settings(), log=lambda s: None,
+                                 tokenizer_json=tokenizer_json))
     c = model.cfg
     keys = ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "max_seq_len")
-    return dict(res.extra, runtime=res.runtime, backend="ort", model={k: getattr(c, k) for k in keys})
+    return dict(res.extra, runtime=BACKEND.runtime, backend="ort", model={k: getattr(c, k) for k in keys},
+                ort=asdict(Settings()) | res.section)
 
 
 def main():

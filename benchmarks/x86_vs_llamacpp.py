@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-import _llamacpp as llama  # noqa: E402
+import _llamacpp as llama
 
-from litelm_edge.backends.ort import PRECISIONS  # noqa: E402
+from litelm_edge.backends.ort import PRECISIONS
 
 BITS = {p.name: p.bits for p in PRECISIONS}  # our precision -> bits a weight
 PAIRS = {32: "f32", 8: "q8_0", 4: "q4_0"}  # bits -> llama.cpp's type of the same bits
@@ -67,10 +67,10 @@ def build_ours(ck: Path, data, prec: str, graph: str, work: Path) -> tuple[Path,
     """A full `build` (manifest, reference, parity recorded but not enforced: gate=False) into
     work, the folder of these weights."""
     from litelm_edge.manifest import read_manifest
-    from litelm_edge.pipeline.export import build
+    from litelm_edge.flows.build import build
     art = work / f"x86-{graph}-{prec}"
     if not (art / "manifest.json").is_file():  # --work DIR keeps builds between runs
-        build(ck, "x86", art, prec, data, recipe={"graph": graph}, log=lambda s: None, gate=False)
+        build(ck, "x86", art, prec, data, sets={"graph": graph}, log=lambda s: None, gate=False)
     return art, read_manifest(art)
 
 
@@ -107,7 +107,7 @@ def table(res: dict, sizes: dict, rounds: dict) -> list[str]:
         bits = BITS.get(name.split()[-1])
         ref = f"llama.cpp {PAIRS[bits]}" if bits and f"llama.cpp {PAIRS[bits]}" in res else None
         dr = f"{r['decode']['median'] / res[ref]['decode']['median']:.2f}x" if ref else ""
-        per = summary([a[1] / b[1] for a, b in zip(rounds[name], rounds[ref])]) if ref else None
+        per = summary([a[1] / b[1] for a, b in zip(rounds[name], rounds[ref], strict=True)]) if ref else None
         pr = f"{res[ref]['prefill']['median'] / r['prefill']['median']:.2f}x" if ref else ""
         out.append(f"| {name} | {sizes[name]:.1f} | {fmt(r['decode'])} | {fmt(r['prefill'], 1)} | {dr} | "
                    f"{fmt(per, 2) if per else ''} | {pr} |")

@@ -13,6 +13,8 @@ import click
 
 from .backends import precisions_help
 from .config import UserError, parse_sets, split_sets
+from .devices.fleet import WORKERS
+from .devices.remote_bench import RUN_TIMEOUT
 from .devices.runner import EXIT_USER, Protocol
 
 PROTO = Protocol()  # the bench protocol's defaults
@@ -108,11 +110,11 @@ def train_cmd(data_dir, out, preset, resume, sets):
 @SET
 def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, tokenizer, sets):
     """Build a checkpoint for a target; fails when the artifact disagrees with torch."""
-    from .pipeline.export import build as do_build
+    from .flows.build import build as do_build
     if tune:
         if not tune_remote:
             raise UserError("--tune needs --remote user@host: the device is the tuner's runner")
-        from .backends.tvm.tune import tune as do_tune
+        from .flows.tune import tune as do_tune
         m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets), log=click.echo)
     else:
         m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets), tokenizer=tokenizer)
@@ -154,10 +156,10 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--inventory", type=click.Path(path_type=Path), help="devices.toml: a fleet of [[device]] name/address/target/notes.")
 @ACCEPT
 @REMOTE_DIR
-@click.option("--timeout", default=900.0, show_default=True, help="Seconds the device runner may take.")
+@click.option("--timeout", default=RUN_TIMEOUT, show_default=True, help="Seconds the device runner may take.")
 @click.option("--remote-python", "python", default="python3", show_default=True, help="Python on the device.")
 @click.option("--install-runtime", is_flag=True, help="Install a missing runtime into a venv on the device.")
-@click.option("--workers", default=4, show_default=True, help="Devices benchmarked at once.")
+@click.option("--workers", default=WORKERS, show_default=True, help="Devices benchmarked at once.")
 @SSH_CONFIG
 def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check, junit,
               remotes, inventory, **remote):
@@ -200,7 +202,7 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
 @SET
 def run(recipe, until, sets):
     """Run a recipe: data -> train -> [compress] -> build -> bench -> report, with its [gates] (e.g. `run quickstart`)."""
-    from .pipeline.run import run_recipe
+    from .flows.run import run_recipe
     r = run_recipe(recipe, parse_sets(sets), log=click.echo, until=until)
     if until:
         click.echo(f"checkpoint {r['checkpoint']}, data {r['data']}")
@@ -247,7 +249,7 @@ def ci():
 @click.option("--check", is_flag=True, help="Exit 1 when a bench failed on any device.")
 def ci_report(bundles, out, check):
     """Verify every bundle under BUNDLES against its manifest and compare all devices in one summary."""
-    from .reports.ci import summarize
+    from .flows.ci import summarize
     code, md = summarize(list(bundles), out)
     click.echo(md)
     sys.exit(code if check else 0)
@@ -263,15 +265,15 @@ def targets():
 
 
 EXTRAS = {"torch": "train", "safetensors": "train", "tokenizers": "train", "tensorboard": "train",
-          "transformers": "dev"}  # the backends' own: backends/<name>/__init__.py EXTRA, HOST_MODULES
+          "transformers": "dev"}  # the backends' own: each Backend record's extra and host_modules
 
 
 def missing_extra(e: ModuleNotFoundError) -> str | None:
     """The one line for a module of an extra that is not installed (a base install has none)."""
     from . import backends
     top = (e.name or "").split(".")[0]
-    extra = EXTRAS.get(top) or next((m.EXTRA for m in map(backends.load, backends.names())
-                                     if top in m.HOST_MODULES), None)
+    extra = EXTRAS.get(top) or next((b.extra for b in map(backends.load, backends.names())
+                                     if top in b.host_modules), None)
     if extra is None:
         return None
     fix = f"pip install 'litelm-edge[{extra}]'"
@@ -325,7 +327,7 @@ def main(argv=None):
         if e.errno == 28:  # ENOSPC
             fail(f"disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", EXIT_USER)
         fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its permissions", EXIT_USER)
-    except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in the log
+    except Exception as e:  # a bug: one line here, the traceback in the log
         fail(f"internal error ({type(e).__name__}: {str(e)[:200]}); traceback in {crash_log(e)}", 70)
 
 

@@ -4,8 +4,10 @@ FORMAT/VERSION name the layout; an artifact of another version is refused with a
 "rebuild" instead of being misread. The artifact id is the first 16 hex digits of the sha256 of
 the manifest itself (canonical JSON, without the id): it names the whole content (the manifest
 lists every file's sha256), it is the id reports print and the artifact's folder on a device.
-Version 2 (this one): that id (version 1 had two: the files table's hash in reports, the hash of
-manifest.json on the device) and no copy of the target's unused [device] table.
+Version 2: that id (version 1 had two: the files table's hash in reports, the hash of
+manifest.json on the device) and no copy of the target's unused [device] table. Version 3 (this
+one): the backend's settings, resolved, under manifest[backend section] ("ort", "tvm", "litert"),
+where the device runtime reads them (version 2 had LiteRT's at the top level and ORT's graph there).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from .config import UserError
 from .files import sha256_file
 
-FORMAT, VERSION = "litelm-edge-artifact", 2
+FORMAT, VERSION = "litelm-edge-artifact", 3
 NAME = "manifest.json"
 
 
@@ -60,7 +62,7 @@ def _rebuild(m: dict) -> str:
             f"--checkpoint {m.get('checkpoint') or 'CHECKPOINT'} --out DIR`")
 
 
-def read_manifest(art_dir) -> dict:
+def read_manifest(art_dir: str | Path) -> dict:
     """The manifest of a built artifact, refused (one line) when it is not this format's version
     or its artifact id does not match its content."""
     p = Path(art_dir) / NAME
@@ -80,7 +82,7 @@ def read_manifest(art_dir) -> dict:
     return m
 
 
-def verify(art_dir, manifest: dict | None = None) -> dict:
+def verify(art_dir: str | Path, manifest: dict | None = None) -> dict:
     """-> {name: (path, sha256, size)} of every file, each checked against the manifest;
     manifest.json last (its presence on a device means every other file is in place)."""
     root = Path(art_dir)
@@ -100,7 +102,7 @@ def verify(art_dir, manifest: dict | None = None) -> dict:
     return out
 
 
-def verified(art_dir) -> dict:
+def verified(art_dir: str | Path) -> dict:
     """The manifest, after every file it lists matched its size and sha256: what bench, eval,
     generate and push call before they use an artifact."""
     m = read_manifest(art_dir)

@@ -3,8 +3,8 @@
     [target]      backend, default precision, description      (TargetInfo)
     [thresholds]  bench verdicts                               (Thresholds)
     [power]       the energy model when the device has no sensor (PowerModel)
-    [<backend>]   the backend's own keys: backends/<name>/__init__.py exposes SECTION (the table
-                  name) and Settings (a dataclass with defaults); nothing here knows which exist.
+    [<section>]   the backend's own keys, checked by its Settings (backends.load_target, which
+                  names the section: this module knows no backend)
 
 A misspelt key or table is an error naming the nearest valid one, so a threshold is never silently
 dropped and shown as "not measured".
@@ -13,13 +13,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .config import UserError, at_least, from_dict, named_toml, override, to_dict, unknown_key
+from .config import UserError, at_least, from_dict, to_dict, unknown_key
+
+# Which prefill statistic max_latency_ms is judged on: here, beside the thresholds it judges
+# (reports/judge.py, report.py and compare.py read it from here).
+DEFAULT_PERCENTILE = "p99"  # the tail a user meets, not the median
+PERCENTILES = ("p50", "p90", "p99", "mean", "max")
+DEFAULT_PRECISION = "int8"  # --precision when neither the command nor the target's [target] names one
+
+
+def latency_percentile(thresholds: dict) -> str:
+    """The percentile a [thresholds] table asks for (latency_percentile), else DEFAULT_PERCENTILE."""
+    p = thresholds.get("latency_percentile") or DEFAULT_PERCENTILE
+    if p not in PERCENTILES:
+        raise UserError(f"[thresholds] latency_percentile = {p!r}: use one of {', '.join(PERCENTILES)}")
+    return str(p)
 
 
 @dataclass
 class TargetInfo:
     backend: str  # a litelm_edge/backends/<name>/ package: ort, tvm, litert
-    precision: str = "int8"  # the default --precision
+    precision: str = DEFAULT_PRECISION  # the default --precision
     description: str = ""  # one line for `litelm-edge targets`
     arch: str | None = None  # the device's CPU (platform.machine()); None: any. Figures from another are host or emulated ones
 
@@ -32,12 +46,11 @@ class Thresholds:
     max_size_mb: float | None = None  # artifact on disk, decimal MB
     min_decode_tok_s: float | None = None  # decode with the KV cache
     min_energy_reduction: float | None = None  # vs the fp32 build's bench.json (bench --baseline)
-    latency_percentile: str | None = None  # the prefill percentile max_latency_ms is judged on (judge.py; default p99)
+    latency_percentile: str | None = None  # the prefill percentile max_latency_ms is judged on; None: DEFAULT_PERCENTILE
 
-    def validate(self):
-        from .reports.judge import latency_percentile
+    def validate(self) -> None:
         at_least(self, **{f.name: 0 for f in fields(Thresholds) if f.name != "latency_percentile"})
-        latency_percentile({"latency_percentile": self.latency_percentile} if self.latency_percentile else {})
+        latency_percentile({"latency_percentile": self.latency_percentile})
 
 
 @dataclass
@@ -48,7 +61,7 @@ class PowerModel:
     cores: int | None = None  # cores the full-load figure spans (default: the device's count)
     source: str = ""  # where the figures come from (the report quotes it)
 
-    def validate(self):
+    def validate(self) -> None:
         at_least(self, idle_w=0, cores=1)
         if self.full_load_w < self.idle_w:
             raise UserError(f"full_load_w ({self.full_load_w}) must be >= idle_w ({self.idle_w})")
@@ -57,51 +70,13 @@ class PowerModel:
 TABLES = {"target": TargetInfo, "thresholds": Thresholds, "power": PowerModel}
 
 
-def precision(backend: str, name: str):
-    from . import backends
-    return backends.precision(backend, name)
-
-
-def backend_module(name: str):
-    """The backend package: its tables (RUNTIME, PRECISIONS, SECTION, Settings), no heavy import."""
-    from . import backends
-    return backends.load(name)
-
-
-def load_target(name: str) -> tuple[str, dict]:
-    """-> (target name, its validated tables as plain dicts, unset keys left out)."""
-    path, raw = named_toml("targets", name)
-    where = str(path)
-    if not isinstance(raw.get("target"), dict) or "backend" not in raw["target"]:
-        from .backends import names
-        raise UserError(f"{where}: [target] needs 'backend' (one of: {', '.join(names())})")
-    info = from_dict(TargetInfo, raw["target"], f"{where} [target]")
-    backend = backend_module(info.backend)
-    precision(info.backend, info.precision)  # the default --precision is one the backend has
-    section = getattr(backend, "SECTION", None)
+def check_tables(raw: dict, where: str, section: str) -> dict:
+    """The generic tables of a target TOML, validated, as plain dicts (unset keys left out); the
+    backend's `section` is let through for its own check; any other table is an error."""
     out = {}
     for table, value in raw.items():
         if table in TABLES:
             out[table] = to_dict(from_dict(TABLES[table], value, f"{where} [{table}]"))
-        elif table == section:
-            out[table] = to_dict(from_dict(backend.Settings, value, f"{where} [{table}]"))
-        else:
-            raise unknown_key(table, [*TABLES, *([section] if section else [])], where, "table")
-    return path.stem, out
-
-
-def backend_sets(backend_name: str, sets: dict) -> dict:
-    """--set KEY=VALUE of `build`, checked against the backend's Settings: KEY, SECTION.KEY and
-    build.KEY all name the same key. Returns {KEY: typed value}; unknown keys are errors."""
-    backend = backend_module(backend_name)
-    section = getattr(backend, "SECTION", None)
-    plain = {}
-    for k, v in sets.items():
-        head, dot, rest = k.partition(".")
-        plain[rest if dot and head in ("build", section) else k] = v
-    if not plain:
-        return {}
-    if section is None:
-        raise UserError(f"the {backend_name} backend has no build settings, got --set {', '.join(sets)}: remove it")
-    s = override(backend.Settings(), plain, f"--set for the {backend_name} backend ([{section}])")
-    return {k: getattr(s, k) for k in plain}
+        elif table != section:
+            raise unknown_key(table, [*TABLES, section], where, "table")
+    return out

@@ -33,7 +33,7 @@ def write_corpus(d: Path, n_docs: int = 300, seed: int = 0) -> Path:
     rng = random.Random(seed)
     d.mkdir(parents=True, exist_ok=True)
     docs = []
-    for i in range(n_docs):
+    for _ in range(n_docs):
         who = rng.choice(["KING", "QUEEN", "LORD", "LADY"])
         lines = [f"{who}:"] + [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))).capitalize() + "."
                                 for _ in range(rng.randint(3, 6))]
@@ -119,7 +119,7 @@ def build_cached(tmp_path_factory, checkpoint, target: str, precision: str, data
     """export.build once per (checkpoint, target, precision, data, sets) in this session."""
     key = (str(Path(checkpoint).resolve()), target, precision, str(data), tuple(sorted((sets or {}).items())))
     if key not in _BUILT:
-        from litelm_edge.pipeline.export import build
+        from litelm_edge.flows.build import build
         out = tmp_path_factory.mktemp(f"art-{target}-{precision}") / "a"
         build(checkpoint, target, out, precision, data, dict(sets or {}), log=lambda m: None)
         _BUILT[key] = out

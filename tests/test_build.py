@@ -13,7 +13,7 @@ from litelm_edge.config import UserError
 from litelm_edge.devices.bench import bench
 from litelm_edge.files import sha256_file
 from litelm_edge.pipeline import checkpoint as ckpt
-from litelm_edge.pipeline import export
+from litelm_edge.flows import build as build_flow
 from litelm_edge.pipeline.generate import generate_artifact
 from litelm_edge.pipeline.tokenizer import Tokenizer
 
@@ -40,7 +40,7 @@ def test_manifest_describes_the_artifact(artifact):
     assert m["thresholds"]["max_latency_ms"] == 100.0
     assert len(m["reference"]["artifact_last_logits"]) == m["model"]["vocab_size"]
     assert {"torch", "onnxruntime", "onnx"} <= set(m["tools"])
-    assert (m["parity"]["windows"], m["parity"]["window_len"]) == (export.PARITY_WINDOWS, export.WINDOW_LEN)
+    assert (m["parity"]["windows"], m["parity"]["window_len"]) == (build_flow.PARITY_WINDOWS, build_flow.WINDOW_LEN)
     if m["precision"] == "fp32":
         assert m["parity"]["rule"] == "max_abs_err <= 0.001" and m["parity"]["max_abs_err"] < 1e-4
     else:  # int8 weights really are int8, read back from the ONNX file
@@ -64,9 +64,9 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
     ref = eval_checkpoint(tiny_run, data_dir)["ppl"]
     got = {}
     for p in ("int8-b32", "int4-b32"):
-        m = export.build(tiny_run, "x86", tmp_path / p, p, data_dir, log=lambda m: None)
+        m = build_flow.build(tiny_run, "x86", tmp_path / p, p, data_dir, log=lambda m: None)
         ops = [n.op_type for n in onnx.load(str(tmp_path / p / "decoder.onnx")).graph.node]
-        assert m["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
+        assert m["ort"]["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
         assert ops.count("MatMulNBits") == 4 * m["model"]["n_layer"] + 1  # qkv o gate+up down, lm_head
         assert "MatMul" not in ops and "MatMulInteger" not in ops  # every weight is in 8- or 4-bit blocks
         # int4: the tied embedding reads the LM head's blocks; int8: a uint8 Gather (the builder's
@@ -78,7 +78,7 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
     assert m4["parity"]["rule"] == "top1_agreement >= 0.9" and ppl4 > ppl8
     assert m4["size_bytes"] < m8["size_bytes"]
     with pytest.raises(UserError, match="unknown precision 'int3-b32' for onnxruntime, have: fp32, int8, int8-b32"):
-        export.build(tiny_run, "x86", tmp_path / "bad", "int3-b32", data_dir, log=lambda m: None)
+        build_flow.build(tiny_run, "x86", tmp_path / "bad", "int3-b32", data_dir, log=lambda m: None)
 
 
 def _perturb_one_weight(art: Path, dtype, change):
@@ -120,8 +120,8 @@ def test_perturbed_weight_fails_parity_and_writes_nothing(tiny_run, data_dir, tm
             return res
         return types.SimpleNamespace(build=build)
     monkeypatch.setattr(backends, "load", tampered)
-    with pytest.raises(export.ParityError, match="parity failed for x86/" + precision) as e:
-        export.build(tiny_run, "x86", tmp_path / "x", precision, data_dir, log=lambda m: None)
+    with pytest.raises(build_flow.ParityError, match="parity failed for x86/" + precision) as e:
+        build_flow.build(tiny_run, "x86", tmp_path / "x", precision, data_dir, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
     p = e.value.parity
     if precision == "fp32":  # the 1e-3 rule, not top-1, refused it
@@ -167,7 +167,7 @@ def test_float_artifact_claiming_int8_fails(graph, tiny_run, tmp_path, monkeypat
     monkeypatch.setattr(ort_build, "quantize_int8", no_quantisation)  # the export graph's
     monkeypatch.setattr(fused, "w8a8", lambda path, tmp: None)  # the fused graph's: in place
     with pytest.raises(UserError, match="quantiser did not apply"):
-        export.build(tiny_run, "x86", tmp_path / "x", "int8", recipe={"graph": graph}, log=lambda m: None)
+        build_flow.build(tiny_run, "x86", tmp_path / "x", "int8", sets={"graph": graph}, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -206,8 +206,8 @@ def test_shared_layers_build_as_int8_with_weights_stored_once(data_dir, tmp_path
     model = Transformer(cfg)
     model.embed_tokens.weight.data *= 30  # well-separated logits: parity is about the export, not ties
     ckpt.save(tmp_path / "c", model, T.load(data_dir).to_str(), {"step": 0, "data_dir": str(data_dir)})
-    m = export.build(tmp_path / "c", "x86", tmp_path / "a", "int8", log=lambda s: None)
-    assert m["graph"] == "export"  # the fused graph's builder would store each layer's copy
+    m = build_flow.build(tmp_path / "c", "x86", tmp_path / "a", "int8", log=lambda s: None)
+    assert m["ort"]["graph"] == "export"  # the fused graph's builder would store each layer's copy
     block = sum(p.numel() for n, p in model.layers[0].named_parameters() if p.dim() == 2)
     emb = model.embed_tokens.weight.numel()
     # the 2 unique blocks once each, and the tied embedding once (uint8, read by Gather and lm_head)

@@ -171,9 +171,9 @@ def _toolchain(target: str):
     """The build toolchain of the target's backend (TVM for rpi4, the LiteRT converter for android)."""
     from conftest import toolchain_or_skip
     from litelm_edge import backends
-    from litelm_edge.target import load_target
+    from litelm_edge.backends import load_target
     backend = load_target(target)[1]["target"]["backend"]
-    toolchain_or_skip(backends.load(backend, "build").python, backend)
+    toolchain_or_skip(backends.load(backend).module("build").python, backend)
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ def test_qat_export_is_lossless_in_ort(qat_run, build_once, data_dir):
     the lm_head's int8 matrix, which the embedding gathers from, equals the snapped embedding."""
     pytest.importorskip("onnxruntime")
     art = build_once(qat_run["checkpoint"], "x86", "int8", data_dir)
-    assert json.loads((art / "manifest.json").read_text())["graph"] == "fused"
+    assert json.loads((art / "manifest.json").read_text())["ort"]["graph"] == "fused"
     model = ckpt.load(qat_run["checkpoint"])[0]
     torch_w = [m.weight.detach().numpy().T for m in quant.quantised_linears(model)]
     for blk in model.layers:  # the builder packs q, k, v into one MatMul, and gate, up into another;
@@ -116,7 +116,7 @@ def test_threshold_and_per_layer_pruning(tiny_run):
 
 
 def test_structured_pruning_shrinks_model_and_artifact(tiny_run, data_dir, tmp_path, x86_fp32):
-    from litelm_edge.pipeline.export import build
+    from litelm_edge.flows.build import build
     r = compress("prune", tiny_run, data_dir, tmp_path / "s", dict(FT, ffn=0.5, heads=0.5, layers=1), **quiet)
     model = ckpt.load(r["checkpoint"])[0]
     c = model.cfg
@@ -235,7 +235,7 @@ set = {{ ffn = 0.5, "train.max_steps" = 2, "train.eval_every" = 2, "train.eval_b
 def test_failing_gate_applies_next_step_and_reports_attempts(corpus, data_dir, tiny_run, tmp_path):
     """An impossible perplexity gate: attempt 0 (PTQ) fails, attempt 1 (a compression step) runs too."""
     pytest.importorskip("onnxruntime")
-    from litelm_edge.pipeline.run import run_recipe
+    from litelm_edge.flows.run import run_recipe
     recipe = _gated_recipe(corpus, data_dir, tiny_run, tmp_path, "max_ppl_increase = -0.5\nmax_attempts = 5")
     r = run_recipe(str(recipe), log=lambda m: None)
     assert not r["ok"] and [a["attempt"] for a in r["attempts"]] == [0, 1]  # one step: 2 attempts, not 5
@@ -250,17 +250,17 @@ def test_failing_gate_applies_next_step_and_reports_attempts(corpus, data_dir, t
 def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_dir, tiny_run, tmp_path, monkeypatch):
     """An int8 build that fails its parity check fails that attempt's gate; the loop goes on."""
     pytest.importorskip("onnxruntime")
-    from litelm_edge.pipeline import export
-    from litelm_edge.pipeline.run import run_recipe
-    real, calls = export.build, []
+    from litelm_edge.flows import build as build_flow
+    from litelm_edge.flows.run import run_recipe
+    real, calls = build_flow.build, []
 
     def first_fails(*args, **kw):
         calls.append(args[1])
         if len(calls) == 1:
-            raise export.ParityError("parity failed for x86/int8: top-1 agreement 0.900",
-                                     {"top1_agreement": 0.9, "rule": "top1_agreement >= 0.95"})
+            raise build_flow.ParityError("parity failed for x86/int8: top-1 agreement 0.900",
+                                         {"top1_agreement": 0.9, "rule": "top1_agreement >= 0.95"})
         return real(*args, **kw)
-    monkeypatch.setattr(export, "build", first_fails)
+    monkeypatch.setattr(build_flow, "build", first_fails)
     recipe = _gated_recipe(corpus, data_dir, tiny_run, tmp_path, "max_ppl_increase = 10.0\nmax_attempts = 2")
     r = run_recipe(str(recipe), log=lambda m: None)
     a0, a1 = r["attempts"]
@@ -273,7 +273,7 @@ def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_di
 
 
 def test_gates_pass_with_room():
-    from litelm_edge.pipeline import gates
+    from litelm_edge.flows import gates
     bench = {"thresholds": [{"threshold": "max_latency_ms", "value": 5.0, "limit": 100, "pass": True, "note": ""}],
              "parity": {"ok": True, "top1_agreement_vs_torch": 1.0}, "size_mb": 1.5,
              "prefill_ms": {"p50": 5.0}, "inferences_per_s": 200.0, "qps": {"qps": 300.0}, "decode_tok_s": {"mean": 90.0},

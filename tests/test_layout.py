@@ -1,6 +1,7 @@
-"""The package's shape: the core at the top and one folder per part, no import cycles, no module
-over 400 lines, target names only in backends, device-side files that import no litelm_edge and
-run as uploaded, and backends found by name."""
+"""The package's shape: the core at the top and one folder per part, the parts in a strict order
+(each imports only the parts below it, no exceptions), no import cycles, no module over 400 lines,
+target names only in backends, device-side files that import no litelm_edge and run as uploaded,
+and every backend one folder with its typed record."""
 from __future__ import annotations
 
 import ast
@@ -18,13 +19,11 @@ TARGETS = sorted(p.stem for p in (PKG.parent / "targets").glob("*.toml"))
 BACKENDS = sorted(p.parent.name for p in (PKG / "backends").glob("*/__init__.py"))  # a new one is checked too
 # The top of litelm_edge/: what every part uses (and the CLI over them all), then the parts.
 CORE = {"__init__", "cli", "config", "target", "manifest", "files", "toolchain"}
-PARTS = {"pipeline", "backends", "devices", "reports", "schemas"}  # schemas: JSON Schemas, data
-# What each part imports besides itself (README, Layout); the pipeline's export reaches a backend, which
-# converts the pipeline's model and checkpoint.
-LAYERS = {"core": set(), "reports": {"core"}, "devices": {"core", "reports"},
-          "pipeline": {"core", "reports", "devices", "backends"}, "backends": {"core", "pipeline"}}
-ACROSS = {"litelm_edge.cli", "litelm_edge.reports.ci", "litelm_edge.backends.tvm.tune"}  # orchestrators
-LOOKUPS = {("litelm_edge.target", "litelm_edge.backends"), ("litelm_edge.target", "litelm_edge.reports.judge")}
+PARTS = {"pipeline", "backends", "devices", "reports", "flows", "schemas"}  # schemas: JSON Schemas, data
+# The floors, bottom first: a module imports only its own floor and those below (README, Layout).
+# Backends sit above the pipeline (they convert its model and checkpoint); the flows orchestrate
+# everything under them; only the CLI is above the flows.
+ORDER = ["core", "schemas", "reports", "devices", "pipeline", "backends", "flows", "cli"]
 
 
 def modules() -> dict[str, Path]:
@@ -93,19 +92,25 @@ def test_import_graph_has_no_cycle():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
     g = graph()
     assert cycle(g) is None, " -> ".join(cycle(g))
-    assert "litelm_edge.pipeline.export" in g["litelm_edge.backends.tvm.tune"]  # the walk sees function-level imports
+    assert "litelm_edge.flows.build" in g["litelm_edge.flows.tune"]  # the walk sees function-level imports
     assert "litelm_edge.devices.runner" in g["litelm_edge.devices.bench"]  # and `from . import runner`
 
 
 def part(name: str) -> str:
     p = name.split(".")
+    if name == "litelm_edge.cli":
+        return "cli"
     return p[1] if len(p) > 1 and p[1] in PARTS else "core"
 
 
-def test_parts_import_down_the_layers():
-    bad = [f"{n} -> {m}" for n, ms in graph().items() if n not in ACROSS for m in ms
-           if part(m) != part(n) and part(m) not in LAYERS[part(n)] and (n, m) not in LOOKUPS]
-    assert bad == []
+def upward(g: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{n} -> {m}" for n, ms in g.items() for m in ms if ORDER.index(part(m)) > ORDER.index(part(n)))
+
+
+def test_parts_import_only_down_the_floors():
+    assert set(ORDER) == PARTS | {"core", "cli"}
+    assert upward({"litelm_edge.target": {"litelm_edge.backends"}}) == ["litelm_edge.target -> litelm_edge.backends"]
+    assert upward(graph()) == []
 
 
 def test_no_module_over_the_line_budget():
@@ -161,13 +166,29 @@ def test_target_names_only_inside_backends():
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_every_backend_has_the_three_parts(name):
+def test_every_backend_is_one_folder_with_its_record(name):
+    """backends/<name>/: BACKEND (a Backend record), build.py's build(ctx), runtime.py's contract."""
+    import dataclasses
+    import inspect
     from litelm_edge import backends
-    pkg = backends.load(name)
-    assert pkg.RUNTIME and pkg.PRECISIONS[0].name == "fp32"
-    assert {p.name for p in pkg.PRECISIONS} >= {"fp32", "int8"}
-    assert all(0 < p.size_ratio <= 1 and p.bits in (4, 8, 32) for p in pkg.PRECISIONS)
-    assert (PKG / "backends" / name / "build.py").is_file() and (PKG / "backends" / name / "runtime.py").is_file()
+    b = backends.load(name)
+    assert isinstance(b, backends.Backend) and b.name == name and b.runtime and b.section
+    assert b.precisions[0].name == "fp32" and {p.name for p in b.precisions} >= {"fp32", "int8"}
+    assert all(0 < p.size_ratio <= 1 and p.bits in (4, 8, 32) for p in b.precisions)
+    assert dataclasses.is_dataclass(b.settings)
+    assert all(f.default is not dataclasses.MISSING for f in dataclasses.fields(b.settings))  # defaults own
+    assert b.extra is None or b.extra in (PKG.parent / "pyproject.toml").read_text()
+    build = (PKG / "backends" / name / "build.py").read_text()
+    assert "def build(ctx: BuildContext) -> BackendBuild:" in build
+    rt = runner_runtime(name)
+    assert isinstance(rt.Runtime.spins, bool) and rt.PACKAGES and rt.MODULE
+    assert list(inspect.signature(rt.default_threads).parameters) == ["manifest"]
+    assert rt.default_threads({"backend": name}) is None  # a manifest without the section: no ask
+
+
+def runner_runtime(name: str):
+    from litelm_edge.devices.runner import runtime_module
+    return runtime_module(name)
 
 
 def test_unknown_backend_and_precision_are_one_line_errors():

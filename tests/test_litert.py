@@ -18,6 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import toolchain_or_skip  # noqa: E402
+from litelm_edge import backends  # noqa: E402
+from litelm_edge.backends.litert import Settings  # noqa: E402
 from litelm_edge.backends.litert import build as litert_build  # noqa: E402
 from litelm_edge.backends.litert.graph import CachedLM  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
@@ -72,27 +74,34 @@ def test_default_mask_holds_when_attention_scores_are_large():
     with torch.no_grad():
         ref = m(idx)[0]
         err = {}
-        for mask in (litert_build.DEFAULTS["mask_value"], litert_build.FULL_INT_MASK):
+        for mask in (Settings().mask_value, litert_build.FULL_INT_MASK):
             g = CachedLM(m, capacity=32, mask_value=mask)
             err[mask] = (g(idx.int(), pos, **g.empty_cache())["logits"] - ref).abs().max().item()
-    assert err[litert_build.DEFAULTS["mask_value"]] < 1e-4, err
+    assert err[Settings().mask_value] < 1e-4, err
     assert err[litert_build.FULL_INT_MASK] > 1e-2, err  # the case the default exists for
+
+
+def settings(table: dict, sets: dict | None = None, precision: str = "fp32") -> dict:
+    """The LiteRT settings as the build flow resolves them, then as the build makes them effective."""
+    s = backends.resolve(backends.load("litert"), table, sets)
+    return litert_build.effective(s, precision)
 
 
 def test_settings_and_size_verdict():
     with pytest.raises(UserError, match="multiple of prefill_len"):
-        litert_build.settings({"litert": {"prefill_len": 64, "capacity": 100}})
+        settings({"prefill_len": 64, "capacity": 100})
     with pytest.raises(UserError, match="unknown key"):
-        litert_build.settings({"litert": {"thread": 4}})
+        settings({"thread": 4})
     with pytest.raises(UserError, match=r"windows \[100, 512\] must be multiples of prefill_len 64 below"):
-        litert_build.settings({"litert": {"windows": "128,100,512"}})
+        settings({"windows": "128,100,512"})
     with pytest.raises(UserError, match="comma-separated integers"):
-        litert_build.settings({}, {"windows": "128;256"})
-    assert litert_build.settings({}, {"windows": "256, 128"})["windows"] == [128, 256]
-    assert litert_build.settings({}, {"windows": ""})["windows"] == []
-    assert litert_build.settings({}, {"prefill_windows": ""})["prefill_windows"] == []
+        settings({}, {"windows": "128;256"})
+    assert settings({}, {"windows": "256, 128"})["windows"] == [128, 256]
+    assert settings({}, {"windows": ""})["windows"] == []
+    assert settings({}, {"prefill_windows": ""})["prefill_windows"] == []
     with pytest.raises(UserError, match=r"prefill_windows \[96\] must be multiples of prefill_len 64"):
-        litert_build.settings({"litert": {"prefill_windows": "96"}})
+        settings({"prefill_windows": "96"})
+    assert settings({}, {}, "int8-full")["mask_value"] == litert_build.FULL_INT_MASK
 
 
 def test_signatures_per_window_and_kind():
@@ -122,7 +131,7 @@ def built(toolchain, data_dir, tmp_path_factory):
     token repeated (a tied random model's is: each token's own embedding wins), so a KV-cache bug
     cannot hide behind it; the conftest's trained model repeats "\n\n" too."""
     import dataclasses
-    from litelm_edge.pipeline.export import build
+    from litelm_edge.flows.build import build
     root = tmp_path_factory.mktemp("litert")
     tok = (data_dir / "tokenizer.json").read_text()
     # --set build.*: 2 prefill chunks for a 20-token prompt; attention windows 32 and 128 (capacity)
@@ -188,10 +197,10 @@ def test_a_second_prompt_does_not_see_the_first(built):
     rt = runtime(d)
     assert not rt.rezero and rt.prefill(long).shape == (40, man["model"]["vocab_size"])
     got = rt.prefill(short), [rt.decode(t) for t in (5, 6, 7)]
-    assert np.abs(got[0] - want[0]).max() == 0 and all(np.abs(g - w).max() == 0 for g, w in zip(got[1], want[1]))
+    assert np.abs(got[0] - want[0]).max() == 0 and all(np.abs(g - w).max() == 0 for g, w in zip(got[1], want[1], strict=True))
     rt.prefill_last(long)  # through the prefill signature: padded chunks leave their slots too
     assert np.abs(rt.prefill_last(short) - fresh.prefill_last(short)).max() == 0
-    assert LiteRTRuntime(d, {**man, "mask_value": -30.0}, 1).rezero
+    assert LiteRTRuntime(d, {**man, "litert": dict(man["litert"], mask_value=-30.0)}, 1).rezero
 
 
 def test_int8_is_int8_and_passes_parity(built):
@@ -211,7 +220,7 @@ def test_int4_channelwise_with_prefill_over_the_whole_cache(built):
     from litelm_edge.backends.litert.inspect import read_model, weight_dtypes
     d, man = built["int4ch"]
     assert weight_dtypes(d / "model.tflite") == {"int4", "float16"} and man["precision"] == "int4-ch"
-    assert (man["windows"], man["prefill_windows"]) == ([32], [])
+    assert (man["litert"]["windows"], man["litert"]["prefill_windows"]) == ([32], [])
     assert man["parity"]["rule"] == "top1_agreement >= 0.9" and man["parity"]["ok"]
     model, _ = read_model(d / "model.tflite")
     per_channel = [t for sg in model.subgraphs for t in sg.tensors
@@ -229,16 +238,26 @@ def test_x86_litert_target_builds_and_benches_here(built, data_dir, tmp_path):
     """targets/x86-litert.toml: the same backend for this x86 CPU, judged on x86's thresholds (QPS
     included); one TOML, no code of its own."""
     from litelm_edge.devices.bench import bench
-    from litelm_edge.pipeline.export import build
+    from litelm_edge.flows.build import build
     ck = built["int8"][1]["checkpoint"]
     sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
     m = build(ck, "x86-litert", tmp_path / "a", None, data_dir, sets, log=lambda s: None)
     assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8", "litert")
-    assert m["threads"] == 2 and m["parity"]["ok"]
+    assert m["litert"]["threads"] == 2 and m["parity"]["ok"]
     r = bench(tmp_path / "a", dict(reps=1, warmup=1, iters=2, prompt_len=16, gen_len=4, concurrency=2, qps_iters=1),
               log=lambda s: None)
     assert {t["threshold"] for t in r["thresholds"]} == {"max_latency_ms", "min_inferences_per_s", "min_qps"}
     assert r["parity"]["ok"] and r["qps"]["sessions"] == 2 and r["provenance"] == "measured on this host (local bench)"
+
+
+def test_settings_land_under_the_section(built):
+    """targets/android.toml's [litert] threads and mask_value and the fixture's --set prefill_len,
+    capacity and windows: both reach the artifact's manifest["litert"], and the runtime reads it."""
+    from litelm_edge.backends.litert.runtime import default_threads
+    m = built["fp32"][1]["litert"]
+    assert (m["threads"], m["mask_value"]) == (4, -1e4)  # the target's table
+    assert (m["prefill_len"], m["capacity"], m["windows"], m["prefill_windows"]) == (16, 128, [32], [32])  # --set
+    assert default_threads(built["fp32"][1]) == 4 and "threads" not in built["fp32"][1]
 
 
 def test_size_breakdown_sums_to_file_size(built):

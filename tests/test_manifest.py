@@ -24,7 +24,7 @@ def test_an_old_version_is_refused_with_the_rebuild_command(tmp_path):
     m = json.loads((art / "manifest.json").read_text())
     m.update(version=1, checkpoint="runs/q/run")
     (art / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(UserError, match=r"format version 1, this litelm-edge reads version 2: rebuild with "
+    with pytest.raises(UserError, match=r"format version 1, this litelm-edge reads version 3: rebuild with "
                                         r"`litelm-edge build --target x86 --checkpoint runs/q/run --out DIR`$"):
         mf.read_manifest(art)
 

@@ -94,12 +94,14 @@ def test_target_toml_is_strict(tiny_run, tmp_path, text, needles):
 def test_build_set_of_a_key_no_backend_has(tiny_run, tmp_path):
     one_line(cli("build", "--target", "x86", "--checkpoint", tiny_run, "--out", tmp_path / "a", "--set",
                  "build.anything=1", check=False), 2, "unknown key 'anything' in --set for the ort backend")
+    from litelm_edge import backends
     from litelm_edge.config import UserError
-    from litelm_edge.target import backend_sets
+    litert = backends.load("litert")
     with pytest.raises(UserError, match="unknown key 'thread' .*did you mean 'threads'"):
-        backend_sets("litert", {"build.thread": "2"})
-    assert backend_sets("litert", {"build.threads": "2", "litert.capacity": "128", "prefill_len": "32"}) == {
-        "threads": 2, "capacity": 128, "prefill_len": 32}
+        backends.resolve(litert, {}, {"build.thread": "2"})
+    s = backends.resolve(litert, {"threads": 3, "windows": "64"}, {"build.threads": "2", "litert.capacity": "128",
+                                                                   "prefill_len": "32"})
+    assert (s.threads, s.capacity, s.prefill_len, s.windows) == (2, 128, 32, "64")  # --set over the table
     assert not (tmp_path / "a").exists()
 
 
@@ -258,8 +260,9 @@ def test_resume_keeps_the_runs_settings(data_dir, tmp_path):
 
 
 def test_pipeline_reuse_is_keyed_on_every_input(corpus, tmp_path, monkeypatch):
-    from litelm_edge.pipeline import run as R, train
-    from litelm_edge.pipeline.recipe import load_recipe
+    from litelm_edge.flows import run as R
+    from litelm_edge.pipeline import train
+    from litelm_edge.flows.recipe import load_recipe
     p = tmp_path / "r.toml"
     p.write_text(recipe(tmp_path, corpus))
     inputs = [str(corpus)]
@@ -292,8 +295,9 @@ def test_install_runtime_uses_each_runtimes_package_list(monkeypatch, tmp_path):
     for backend in ("tvm", "litert", "ort"):
         mod = D.runtime_module(backend)
 
-        def absent(*a, _m=mod.MODULE):
+        def absent(*a, _m=mod.MODULE, **kw):
             raise ImportError(f"No module named '{_m}'", name=_m)
+        absent.spins = mod.Runtime.spins  # the contract's class attribute, read before the call
         monkeypatch.setattr(mod, "Runtime", absent)
         with pytest.raises(D.RuntimeMissing) as e:
             D.open_runtime(tmp_path, {"backend": backend, "runtime": backend})
@@ -351,8 +355,9 @@ def test_runtime_missing_anywhere_is_one_line(art, tmp_path, monkeypatch, capsys
     from litelm_edge.devices import runner as D
     mod = D.runtime_module("ort")
 
-    def absent(*a):
+    def absent(*a, **kw):
         raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
+    absent.spins = True  # as the ORT Runtime declares
     monkeypatch.setattr(mod, "Runtime", absent)
     with pytest.raises(SystemExit) as e:
         C.main(["generate", "--artifact", str(art)])

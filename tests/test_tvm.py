@@ -1,4 +1,4 @@
-"""TVM backend through `export.build`: golden greedy tokens on x86, an aarch64 ELF for the Pi,
+"""TVM backend through `build_flow.build`: golden greedy tokens on x86, an aarch64 ELF for the Pi,
 int8 weights a quarter of fp32 with >= 95% top-1 on held-out text, the missing-compiler line, and
 the rpi4 artifact run on an emulated Pi (qemu-user + binfmt) with on-device parity."""
 from __future__ import annotations
@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 
 from litelm_edge.backends.tvm import build as tvm_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
-from litelm_edge.pipeline import checkpoint, export  # noqa: E402
+from litelm_edge.backends.tvm import Settings  # noqa: E402
+from litelm_edge.pipeline import checkpoint  # noqa: E402
 
 EM_AARCH64 = 183  # ELF e_machine of aarch64
 
@@ -22,7 +23,9 @@ EM_AARCH64 = 183  # ELF e_machine of aarch64
 @pytest.fixture(scope="module")
 def builds(tvm_python, build_once, rpi4_fp32, rpi4_int8, tiny_run, data_dir):
     """The session's TVM builds (conftest): read-only."""
-    return {"x86": build_once(tiny_run, "x86-tvm", "fp32", data_dir), "rpi4": rpi4_fp32, "rpi4-int8": rpi4_int8}
+    # x86: targets/x86-tvm.toml's [tvm] target "host" and tile [4, 32], the tile overridden by --set
+    x86 = build_once(tiny_run, "x86-tvm", "fp32", data_dir, {"tvm.tile": "2,16"})
+    return {"x86": x86, "rpi4": rpi4_fp32, "rpi4-int8": rpi4_int8}
 
 
 def manifest(d: Path) -> dict:
@@ -50,6 +53,15 @@ def test_x86_greedy_tokens_equal_torch(builds, tiny_run, tvm_python, tmp_path):
     finally:
         rt.close()
     assert manifest(builds["x86"])["parity"]["max_abs_err"] < 1e-4
+
+
+@pytest.mark.slow
+def test_settings_land_under_the_section(builds):
+    """The target table's value (target = "host") and the --set one (tile 2,16) both reach
+    manifest["tvm"], beside what the build derived from them (the LLVM target, the library)."""
+    m = manifest(builds["x86"])["tvm"]
+    assert (m["target"], m["tile"], m["cc"]) == ("host", [2, 16], None)
+    assert m["llvm_target"].startswith("llvm") and m["library"] == "model.so"
 
 
 @pytest.mark.slow
@@ -89,16 +101,16 @@ def test_embedded_weight_bytes_reads_tvm_tensor_headers(tmp_path):
 def test_missing_cross_compiler_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None if "aarch64" in name else "/usr/bin/" + name)
     with pytest.raises(UserError, match=r"^aarch64-linux-gnu-g\+\+ not found: apt-get install g\+\+-aarch64-linux-gnu"):
-        tvm_build.check_cc({"cc": "aarch64-linux-gnu-g++", "cc_package": "g++-aarch64-linux-gnu"})
+        tvm_build.check_cc(Settings("raspberry-pi/4b-aarch64", "aarch64-linux-gnu-g++"))
 
 
 def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_path):
     """The tuner's loop with the device and builds faked: the data it keeps beside the artifact."""
-    from litelm_edge.backends.tvm import tune as tvm_tune
+    from litelm_edge.flows import tune as tvm_tune
     from litelm_edge.devices import remote_bench
-    from litelm_edge.pipeline import export as export_mod
+    from litelm_edge.flows import build as build_flow
     built = []
-    monkeypatch.setattr(export_mod, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
+    monkeypatch.setattr(build_flow, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
     fake_ms = {(4, 16): 30.0, (8, 8): 20.0, (1, 32): 25.0}
     monkeypatch.setattr(remote_bench, "bench_remote", lambda addr, art, proto, log: {
         "prefill_ms": {"mean": fake_ms[tuple(built[-1])]}, "decode_ms_per_token": {"mean": 1.0}, "provenance": "fake"})
@@ -109,9 +121,13 @@ def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_pa
 
 
 def test_tile_override_is_checked():
-    from litelm_edge.target import backend_sets
-    assert tvm_build.tile_of({"tile": [4, 16]}, backend_sets("tvm", {"tvm.tile": "8,32"})) == [8, 32]
+    from litelm_edge import backends
+    tvm, table = backends.load("tvm"), {"target": "llvm", "tile": [4, 16]}
+    assert backends.resolve(tvm, table, {"tvm.tile": "8,32"}).tile == [8, 32]  # --set over the target's [tvm]
+    assert backends.resolve(tvm, table, {"cc": "g++"}).tile == [4, 16]
     with pytest.raises(UserError, match="two positive ints"):
-        backend_sets("tvm", {"tvm.tile": "8"})
+        backends.resolve(tvm, table, {"tvm.tile": "8"})
     with pytest.raises(UserError, match="did you mean 'tile'"):
-        backend_sets("tvm", {"tvm.tiles": "8,32"})
+        backends.resolve(tvm, table, {"tvm.tiles": "8,32"})
+    with pytest.raises(UserError, match=r"\[tvm\] target"):
+        backends.resolve(tvm, {}, {})

@@ -51,7 +51,7 @@ def test_tune_on_emulated_pi_stores_the_database(pi_home, tvm_python, tiny_run, 
     """`build --tune --remote`'s loop against a device reached over SSH: every candidate built,
     pushed and timed there; the database beside the artifact says the timings were emulated."""
     import json
-    from litelm_edge.backends.tvm import tune as tvm_tune
+    from litelm_edge.flows import tune as tvm_tune
     dev = pi_home
     monkeypatch.setattr(tvm_tune, "PROTOCOL", dict(tvm_tune.PROTOCOL, reps=1, warmup=0, prompt_len=16, gen_len=4))
     m = tvm_tune.tune(tiny_run, "rpi4", tmp_path / "art", f"{dev.user}@{dev.host}:{dev.port}", "int8", data_dir,

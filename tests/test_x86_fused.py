@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime_genai", reason="the fused x86 graph is emitted 
 
 from litelm_edge.config import UserError
 from litelm_edge.devices import runner as dr
-from litelm_edge.pipeline import export
+from litelm_edge.flows import build as build_flow
 from x86_artifact import x86_artifact
 
 
@@ -27,7 +27,7 @@ def test_fp32_fused_graph_passes_the_fp32_gate(art):
     import onnx
     m = manifest(art)
     ops = [n.op_type for n in onnx.load(str(art / m["graphs"]["decoder"]), load_external_data=False).graph.node]
-    assert m["graph"] == "fused" and m["kv_cache"] == "shared-buffer"
+    assert m["ort"]["graph"] == "fused" and m["kv_cache"] == "shared-buffer"
     assert ops.count("GroupQueryAttention") == m["model"]["n_layer"] and "Concat" not in ops
     assert "SkipSimplifiedLayerNormalization" in ops
     assert ops.count("Split") == m["model"]["n_layer"]  # gate and up: one MatMul a layer, split after it
@@ -40,7 +40,7 @@ def test_fp32_fused_graph_passes_the_fp32_gate(art):
 def test_io_binding_decode_equals_prefill_logits(art, data_dir):
     m = manifest(art)
     rt = dr.open_runtime(art, m, 1)
-    ids = export.heldout_windows(data_dir, 1, 48)[0]
+    ids = build_flow.heldout_windows(data_dir, 1, 48)[0]
     full = rt.prefill(ids)  # (T, V), every position (the parity path)
     assert full.shape == (len(ids), m["model"]["vocab_size"])
     ptrs = [c.data_ptr() for c in rt.cache]
@@ -57,7 +57,7 @@ def test_decode_after_any_call_equals_a_fresh_runtime(art, data_dir):
     """A decode step binds only its token and the mask: whatever ran before it (a prefill of every
     position, a serving prefill, decode steps of another prompt), its logits are a fresh runtime's."""
     m = manifest(art)
-    ids = export.heldout_windows(data_dir, 1, 40)[0]
+    ids = build_flow.heldout_windows(data_dir, 1, 40)[0]
     fresh = dr.open_runtime(art, m, 1)
     fresh.prefill_last(ids[:10])
     want = [fresh.decode(int(t)) for t in ids[10:20]]
@@ -66,7 +66,7 @@ def test_decode_after_any_call_equals_a_fresh_runtime(art, data_dir):
         first()
         rt.prefill_last(ids[:10])
         got = [rt.decode(int(t)) for t in ids[10:20]]
-        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
         assert not np.shares_memory(got[0], got[1])  # each step's logits are the caller's to keep
 
 
@@ -108,8 +108,8 @@ def test_kv_cache_overflow_is_a_clear_error(art):
 def test_fused_build_is_refused_by_the_parity_gate(tiny_run, data_dir, tmp_path, monkeypatch):
     from litelm_edge import backends
     monkeypatch.setattr(backends, "FP32_MAX_ABS", 0.0)  # the fp32 rule, read when parity is judged
-    with pytest.raises(export.ParityError, match="parity failed for x86/fp32"):
-        export.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, log=lambda s: None)
+    with pytest.raises(build_flow.ParityError, match="parity failed for x86/fp32"):
+        build_flow.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, log=lambda s: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -122,7 +122,7 @@ def test_int8_is_the_fused_graph_with_w8a8_and_one_copy_of_the_tied_embedding(x8
     m = manifest(x86_int8)
     g = onnx.load(str(x86_int8 / m["graphs"]["decoder"])).graph
     ops = [n.op_type for n in g.node]
-    assert m["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
+    assert m["ort"]["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
     assert ops.count("MatMulInteger") == 4 * m["model"]["n_layer"] + 1 and "MatMul" not in ops  # qkv o gate+up down, head
     assert "Transpose" in ops and ops.count("Gather") >= 2  # the embedding: columns of the head's int8 matrix
     big_floats = [i.name for i in g.initializer if numpy_helper.to_array(i).dtype == np.float32
@@ -132,28 +132,36 @@ def test_int8_is_the_fused_graph_with_w8a8_and_one_copy_of_the_tied_embedding(x8
     ppl8, ppl32 = eval_artifact(x86_int8, data_dir)["ppl"], eval_artifact(x86_fp32, data_dir)["ppl"]
     assert abs(ppl8 / ppl32 - 1) < 0.01, (ppl8, ppl32)
     rt = dr.open_runtime(x86_int8, m, 1)
-    ids = export.heldout_windows(data_dir, 1, 24)[0]
+    ids = build_flow.heldout_windows(data_dir, 1, 24)[0]
     full = rt.prefill(ids)
     last = rt.prefill_last(ids)  # logits_to_keep kept through the rewrite; activations are quantised
     assert last.shape == full[-1].shape and last.argmax() == full[-1].argmax()  # per tensor, so the
     assert np.abs(last - full[-1]).max() < 0.05  # head's scale differs a little between 1 and T rows
 
 
-def test_build_graph_option(tiny_run, data_dir, tmp_path):
+def test_build_graph_option_and_settings_in_the_manifest(tiny_run, data_dir, tmp_path):
+    """A target TOML's [ort] value (threads) and a --set one (graph) both reach manifest["ort"]."""
+    from litelm_edge.config import data_dir as shipped
+    target = tmp_path / "x86-2t.toml"
+    target.write_text((shipped("targets") / "x86.toml").read_text() + "\n[ort]\nthreads = 2\n")
     with pytest.raises(UserError, match="grpah"):
-        export.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, recipe={"grpah": "export"}, log=lambda s: None)
-    m = export.build(tiny_run, "x86", tmp_path / "e", "fp32", data_dir, recipe={"graph": "export"}, log=lambda s: None)
-    assert m["graph"] == "export" and "kv_cache" not in m and m["parity"]["ok"]
+        build_flow.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, sets={"grpah": "export"}, log=lambda s: None)
+    m = build_flow.build(tiny_run, str(target), tmp_path / "e", "fp32", data_dir, sets={"ort.graph": "export"},
+                         log=lambda s: None)
+    assert m["ort"] == {"graph": "export", "threads": 2} and "kv_cache" not in m and m["parity"]["ok"]
     rt = dr.open_runtime(tmp_path / "e", m, 1)
     assert type(rt).__name__ == "OrtRuntime"  # not the shared-buffer runtime
-    with pytest.raises(UserError, match="graph=fused|export"):
-        export.build(tiny_run, "x86", tmp_path / "y", "fp32", data_dir, recipe={"graph": "onnx"}, log=lambda s: None)
+    assert dr.choose_threads(dict(m, size_bytes=1e9)) <= 2  # the runner reads [ort] threads through the runtime
+    with pytest.raises(UserError, match="graph must be fused or export"):
+        build_flow.build(tiny_run, "x86", tmp_path / "y", "fp32", data_dir, sets={"graph": "onnx"}, log=lambda s: None)
 
 
 def test_threads_follow_affinity_sessions_and_size(monkeypatch):
     monkeypatch.setattr(dr, "affinity", lambda: list(range(8)))
-    big, small = {"size_bytes": 100e6}, {"size_bytes": 2e6}
+    big, small = {"backend": "ort", "size_bytes": 100e6}, {"backend": "ort", "size_bytes": 2e6}
     assert dr.choose_threads(big) == 8 and dr.choose_threads(big, sessions=4) == 2
+    assert dr.choose_threads(dict(big, ort={"threads": 3})) == 3  # the build's [ort] threads caps it
+    assert dr.choose_threads({"backend": "litert", "size_bytes": 100e6, "litert": {"threads": 4}}) == 4
     assert dr.choose_threads(small) == 1  # thread hand-offs cost more than a 2 MB model's matmuls
     monkeypatch.setattr(dr.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
     assert dr.choose_spin(8) is False  # busy machine: workers sleep instead of spinning

@@ -55,12 +55,12 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True, type=Path, help="run folder or checkpoint (the train job's)")
     ap.add_argument("--out", required=True, type=Path, help="folder receiving the bundle <target>-<precision>/")
     ap.add_argument("--data", type=Path, help="held-out data for the build's parity check (default: the checkpoint's)")
-    for name, default in (("reps", 3), ("warmup", 1), ("prompt-len", 64), ("gen-len", 32), ("concurrency", 2)):
-        ap.add_argument(f"--{name}", type=int, default=default)
+    from litelm_edge.flows import ci
+    for name in ("reps", "warmup", "prompt_len", "gen_len", "concurrency"):
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(ci.PROTOCOL, name))
     a = ap.parse_args(argv)
+    from litelm_edge.backends import load_target
     from litelm_edge.config import UserError
-    from litelm_edge.reports import ci
-    from litelm_edge.target import load_target
     protocol = dict(reps=a.reps, warmup=a.warmup, prompt_len=a.prompt_len, gen_len=a.gen_len, concurrency=a.concurrency)
     with tempfile.TemporaryDirectory(prefix="litelm-ci-") as td:
         tmp, state = Path(td), Path(td) / "emulated"

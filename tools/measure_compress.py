@@ -20,13 +20,14 @@ from pathlib import Path
 from litelm_edge.config import parse_sets
 from litelm_edge.pipeline.compress import compress
 
-NOLOG = (lambda m: None)
+def NOLOG(m):  # a log that drops every line
+    pass
 
 
 def measure(name, ckpt, step_s, how, precisions, data, work, more):
     """-> one row per precision: checkpoint ppl (torch), artifact size and ppl (its runtime)."""
     from litelm_edge.pipeline.eval import eval_artifact, eval_checkpoint
-    from litelm_edge.pipeline.export import build
+    from litelm_edge.flows.build import build
     c = eval_checkpoint(ckpt, data)
     rows = []
     for p in precisions:

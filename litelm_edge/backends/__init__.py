@@ -1,21 +1,35 @@
 """Backends: one package each, found by name (`targets/*.toml` [target] backend = "<name>").
 
-    backends/<name>/__init__.py  RUNTIME (the device runtime's name) and PRECISIONS (a table)
-    backends/<name>/build.py     build(ctx: BuildContext) -> BackendBuild, on the build host
-    backends/<name>/runtime.py   the device side: numpy and the runtime only, uploaded with
-                                 the runner core (devices/runner.py), which loads it by path
+The contract, typed here (the framework side) so that every backend reads one context and
+returns one result:
 
-A package is imported only when a target names it (or the CLI lists precisions). This module
-holds what export and every backend share: the precision record, the build result, the lookup.
+    backends/<name>/__init__.py  BACKEND = Backend(name, runtime, precisions, settings, section,
+                                 extra, host_modules): its tables, no heavy import
+    backends/<name>/build.py     build(ctx: BuildContext) -> BackendBuild, on the build host
+    backends/<name>/runtime.py   the device side: numpy and the runtime only, uploaded with the
+                                 runner core (devices/runner.py), which loads it by path. It
+                                 exposes PACKAGES, MODULE, Runtime (with `spins`) and
+                                 default_threads(manifest): the threads the build asks for
+
+Settings are resolved once, by `resolve`: the backend's Settings dataclass defaults, then the
+target TOML's [section] table, then `--set KEY=VALUE` (KEY, SECTION.KEY and build.KEY name the
+same key). The build gets them typed as ctx.settings, and the build flow writes them under
+manifest[section], where the device side reads them (default_threads).
+
+A package is imported only when a target names it (or the CLI lists precisions).
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+from collections.abc import Callable
 
-from ..config import UserError
+from ..config import UserError, from_dict, named_toml, override, to_dict
+from ..target import check_tables
 
 FP32_MAX_ABS = 1e-3  # logits, fp32 artifact vs torch
 INT8_MIN_TOP1 = 0.95  # next-token agreement with torch on held-out windows
@@ -47,13 +61,56 @@ FP32 = Precision("fp32", 32, None, None, 1.0, advice="", about="float32 weights:
 QAT_ADVICE = "fine-tune for int8 with `litelm-edge compress qat`, or build --precision fp32"
 
 
+@dataclass(frozen=True)
+class Backend:
+    """What a backend is, as data: the build flow, the CLI and the target loader read only this."""
+    name: str  # the package under backends/, what a target's [target] backend names
+    runtime: str  # the device runtime's name (the manifest's "runtime")
+    precisions: tuple[Precision, ...]  # the first is fp32; what --precision takes
+    settings: type[Any]  # a dataclass of the build's keys, each with a commented default
+    section: str  # the target TOML's table of those keys, and the manifest's key they land under
+    extra: str | None = None  # the pyproject extra that installs what the build imports; None: base
+    host_modules: tuple[str, ...] = ()  # modules of that extra (a missing one names the extra)
+
+    def module(self, part: str) -> ModuleType:
+        """One of the package's modules (part="build"), with a one-line error when its extra is missing."""
+        try:
+            return importlib.import_module(f"{__name__}.{self.name}.{part}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(__name__):
+                raise
+            raise UserError(f"backend '{self.name}' needs {e.name}: pip install "
+                            f"'litelm-edge[{self.extra or '<target>'}]'") from e
+
+    def precision(self, name: str) -> Precision:
+        table = {p.name: p for p in self.precisions}
+        if name not in table:
+            raise UserError(f"unknown precision '{name}' for {self.name}, have: {', '.join(table)}")
+        return table[name]
+
+
+@dataclass
+class BuildContext:
+    """What a backend's build() reads: one typed context (the build flow fills it)."""
+    model: Any  # litelm_edge.pipeline.model.Transformer, eval, fp32
+    checkpoint: Path
+    target: dict  # the whole target TOML, validated (thresholds, power, the backend's section)
+    out_dir: Path  # temporary folder, renamed into place after the checks
+    precision: str
+    heldout: list  # np.int64 arrays of held-out token ids (parity, calibration)
+    settings: Any = None  # the backend's Settings, resolved (defaults <- [section] <- --set)
+    log: Callable[[str], None] = print
+    tokenizer_json: str = ""  # the checkpoint's tokenizer (a backend's exporter may read it)
+
+
 @dataclass
 class BackendBuild:
-    """What a backend's build() hands back to export."""
-    runtime: str  # the manifest's "runtime": the device runtime's name
+    """What a backend's build() hands back to the build flow."""
     weight_bytes: dict | None  # {dtype: bytes} of the stored weights, read back from the files written
     tools: tuple[str, ...] = ()  # modules whose versions the manifest records
-    extra: dict = field(default_factory=dict)  # backend keys merged into the manifest
+    extra: dict = field(default_factory=dict)  # backend keys merged into the manifest's top level
+    section: dict = field(default_factory=dict)  # what the build derived from its settings (the
+    #   effective values, what the runtime reads): merged over them under manifest[section]
     parity_runtime: object = None  # prefill/decode for the host parity check; None = the runner's
 
 
@@ -61,31 +118,55 @@ def names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.ispkg)
 
 
-def load(name: str, part: str = ""):
-    """The backend package (its tables), or one of its modules (part="build")."""
+def load(name: str) -> Backend:
+    """The backend's record (backends/<name>/__init__.py BACKEND)."""
     if name not in names():
         raise UserError(f"unknown backend '{name}', have: {', '.join(names())}")
-    mod = f"{__name__}.{name}" + (f".{part}" if part else "")
-    try:
-        return importlib.import_module(mod)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith(__name__):
-            raise
-        raise UserError(f"backend '{name}' needs {e.name}: pip install 'litelm-edge[<target>]'") from e
+    b = importlib.import_module(f"{__name__}.{name}").BACKEND
+    assert isinstance(b, Backend) and b.name == name, f"backends/{name}: BACKEND must be Backend('{name}', ...)"
+    return b
 
 
 def precision(backend: str, name: str) -> Precision:
-    table = {p.name: p for p in load(backend).PRECISIONS}
-    if name not in table:
-        raise UserError(f"unknown precision '{name}' for {load(backend).RUNTIME}, have: {', '.join(table)}")
-    return table[name]
+    return load(backend).precision(name)
+
+
+def load_target(name: str) -> tuple[str, dict]:
+    """targets/NAME.toml (or a path) -> (its name, its tables validated as plain dicts, unset keys
+    left out): the generic tables by target.py, the backend's own [section] by its Settings."""
+    path, raw = named_toml("targets", name)
+    where = str(path)
+    if not isinstance(raw.get("target"), dict) or "backend" not in raw["target"]:
+        raise UserError(f"{where}: [target] needs 'backend' (one of: {', '.join(names())})")
+    b = load(str(raw["target"]["backend"]))
+    out = check_tables(raw, where, b.section)
+    if b.section in raw:
+        out[b.section] = to_dict(from_dict(b.settings, raw[b.section], f"{where} [{b.section}]"))
+    b.precision(out["target"]["precision"])  # the default --precision is one the backend has
+    return path.stem, out
+
+
+def resolve(backend: Backend, section: dict | None, sets: dict | None = None) -> Any:
+    """The backend's Settings: defaults <- the target's [section] table <- --set. A --set KEY may
+    be written KEY, SECTION.KEY or build.KEY; unknown keys and ill-typed values are errors."""
+    s = from_dict(backend.settings, section or {}, f"the target's [{backend.section}]")
+    plain = {}
+    for k, v in (sets or {}).items():
+        head, dot, rest = k.partition(".")
+        plain[rest if dot and head in ("build", backend.section) else k] = v
+    return override(s, plain, f"--set for the {backend.name} backend ([{backend.section}])")
+
+
+def settings_table(settings: Any) -> dict:
+    """Settings as the manifest stores them (a JSON table; unset keys kept as null)."""
+    return asdict(settings)
 
 
 def precisions_help() -> str:
     """'fp32, int8, or a backend's own (ort: ...; litert: ...)' from the tables."""
     own = []
     for b in names():
-        extra = [p.name for p in load(b).PRECISIONS if p.name not in ("fp32", "int8")]
+        extra = [p.name for p in load(b).precisions if p.name not in ("fp32", "int8")]
         if extra:
             own.append(f"{b}: {', '.join(extra)}")
     return f"fp32, int8, or a backend's own ({'; '.join(own)})"
@@ -96,7 +177,7 @@ def precisions_markdown() -> str:
     rows = ["| backend | precision | bits | block | parity rule | size vs fp32 | when parity fails |",
             "|---|---|---|---|---|---|---|"]
     for b in names():
-        for p in load(b).PRECISIONS:
+        for p in load(b).precisions:
             rows.append(f"| {b} | `{p.name}` | {p.bits} | {p.block or '-'} | {p.rule} | {p.size_ratio:.2f} "
                         f"| {p.advice or '-'} |")
     return "\n".join(rows)

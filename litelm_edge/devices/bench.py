@@ -13,10 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import runner as R
 from ..config import UserError
-from ..reports.judge import latency_percentile, overall, verdicts, where  # noqa: F401 - verdicts: bench's public judgement
-from ..manifest import read_manifest, verified  # noqa: F401 (read_manifest: imported from here by older callers)
+from ..manifest import verified
+from ..reports.judge import overall, verdicts, where
+from ..target import latency_percentile
+from . import runner as R
 
 RUNNER = Path(R.__file__)
 SCHEMA = "litelm-edge-bench/2"  # the judged bench.json; litelm_edge/schemas/bench-2.schema.json

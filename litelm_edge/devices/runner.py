@@ -120,7 +120,7 @@ def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool
     spin: idle workers spin or sleep, for runtimes that take it (Runtime.spins)."""
     mod = runtime_module(manifest["backend"])
     try:
-        kw = {"spin": spin} if getattr(mod.Runtime, "spins", False) else {}
+        kw = {"spin": spin} if mod.Runtime.spins else {}
         return mod.Runtime(Path(art_dir), manifest, threads or choose_threads(manifest), **kw)
     except ImportError as e:
         raise RuntimeMissing(f"{e.name or manifest['runtime']} is not installed: "
@@ -240,11 +240,11 @@ MB_PER_THREAD = 8.0
 def choose_threads(manifest: dict, sessions: int = 1) -> int:
     """Runtime threads per session when --threads is not given: the CPUs in this process's affinity
     (a runtime's own default counts every core and ignores taskset), shared by the sessions, at
-    most one per MB_PER_THREAD of stored weights and no more than the build asks for (LiteRT: the
-    phone's big cores)."""
+    most one per MB_PER_THREAD of stored weights and no more than the build's settings ask for
+    (the runtime's default_threads(manifest), e.g. LiteRT's: the phone's big cores)."""
     share = max(1, len(affinity()) // sessions)
     by_size = max(1, int(manifest.get("size_bytes", 0) / 1e6 // MB_PER_THREAD))
-    return min(share, by_size, manifest.get("threads") or share)
+    return min(share, by_size, runtime_module(manifest["backend"]).default_threads(manifest) or share)
 
 
 def choose_spin(threads: int, sessions: int = 1) -> bool:
@@ -288,7 +288,7 @@ def bench(art_dir: Path, p: Protocol = Protocol(), sysfs_root: str = "/sys") -> 
     meter, temp0 = facts.EnergyMeter(sysfs_root), facts.temperatures(sysfs_root)
     meter.start()
     with Span() as sp_pre:
-        for r in range(p.reps):
+        for _ in range(p.reps):
             prefill += time_prefill(rt, prompt, p.iters)
     e_pre = meter.stop()
     meter.start()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import html
 
 from .judge import verdict_line
-from .report import Markup, _fmt, page, table, verdict_cell
+from ..target import DEFAULT_PERCENTILE
+from .fmt import num
+from .report import Markup, page, table, verdict_cell
 
 
 def verdict(e: dict) -> str:
@@ -24,7 +26,7 @@ def _threshold_summary(res: dict) -> str:
     parts = []
     for t in res["thresholds"]:
         if t["pass"] is False:
-            parts.append(f"FAIL {t['threshold']} {_fmt(t['value'])} vs {t['limit']}")
+            parts.append(f"FAIL {t['threshold']} {num(t['value'])} vs {t['limit']}")
         elif t["pass"] is None:
             parts.append(f"{t['threshold']}: {t['note'].split(' (')[0]}")
         else:
@@ -37,12 +39,12 @@ def _cells(e: dict) -> list:
     if r is None:
         why = e.get("skipped") or e.get("error") or ""
         return [e["name"], "", "", verdict(e).upper(), why, "", "", "", "", ""]
-    m, pre, pct = r["manifest"], r["prefill_ms"], r.get("latency_percentile", "p99")
+    m, pre, pct = r["manifest"], r["prefill_ms"], r.get("latency_percentile", DEFAULT_PERCENTILE)
     return [e["name"], f"{m['target']}/{m['precision']}", r.get("where", "device"), verdict(e).upper(),
-            e.get("error") or _threshold_summary(r), f"{_fmt(pre['p50'])} / {_fmt(pre[pct])} ({pct})",
-            _fmt(r["decode_tok_s"]["mean"], 1), _fmt(r["size_mb"], 3),
-            f"{_fmt(r['energy']['j_per_inference'], 4)} ({r['energy']['how'].split(' (')[0]})",
-            _fmt(r["parity"]["top1_agreement_vs_torch"], 3)]
+            e.get("error") or _threshold_summary(r), f"{num(pre['p50'])} / {num(pre[pct])} ({pct})",
+            num(r["decode_tok_s"]["mean"], 1), num(r["size_mb"], 3),
+            f"{num(r['energy']['j_per_inference'], 4)} ({r['energy']['how'].split(' (')[0]})",
+            num(r["parity"]["top1_agreement_vs_torch"], 3)]
 
 
 HEAD = ["bench", "target/precision", "where", "verdict", "thresholds", "prefill p50 / basis, ms",
@@ -72,7 +74,7 @@ def _threshold_matrix(entries: list[dict]) -> str:
                 continue
             t = next((t for t in e["result"]["thresholds"] if t["threshold"] == k), None)
             row.append(Markup("<td>—</td>") if t is None else Markup(
-                verdict_cell(t["pass"], t["note"]).replace("</td>", f"<br><small>{html.escape(_fmt(t['value']))} "
+                verdict_cell(t["pass"], t["note"]).replace("</td>", f"<br><small>{html.escape(num(t['value']))} "
                                                                      f"vs {t['limit']}</small></td>")))
         body.append(row)
     return table(["threshold"] + [e["name"] for e in done], body)

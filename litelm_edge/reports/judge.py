@@ -8,8 +8,7 @@ that could not be obtained (energy without a baseline) is "not measured". Neithe
 """
 from __future__ import annotations
 
-DEFAULT_PERCENTILE = "p99"  # max_latency_ms is judged on this prefill percentile unless the target names one
-PERCENTILES = ("p50", "p90", "p99", "mean", "max")
+from ..target import latency_percentile
 SPEED = {"max_latency_ms", "min_inferences_per_s", "min_qps", "min_decode_tok_s", "min_energy_reduction"}
 OPTIONS = {"latency_percentile"}  # keys of [thresholds] that tune a threshold rather than being one
 
@@ -20,14 +19,6 @@ def where(raw: dict, manifest: dict) -> str:
         return "emulated"
     arch = manifest.get("arch")
     return "host" if arch and raw["device"].get("machine") != arch else "device"
-
-
-def latency_percentile(thresholds: dict) -> str:
-    p = thresholds.get("latency_percentile", DEFAULT_PERCENTILE)
-    if p not in PERCENTILES:
-        from ..config import UserError
-        raise UserError(f"[thresholds] latency_percentile = {p!r}: use one of {', '.join(PERCENTILES)}")
-    return p
 
 
 def _values(res: dict, pct: str, baseline: dict | None) -> dict:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+from .fmt import sig
 
 
 def _case(suite: ET.Element, name: str, classname: str, seconds: float = 0.0) -> ET.Element:
@@ -27,7 +25,7 @@ def bench_suite(res: dict, name: str) -> ET.Element:
     cls = f"litelm_edge.bench.{name}"  # a JUnit class name (kept stable for CI history), not a module path
     for t in res["thresholds"]:
         case = _case(suite, t["threshold"], cls)
-        what = f"{t['threshold']} = {_fmt(t['value'])}, limit {t['limit']}; measured: {t.get('how', '')}; {res['provenance']}"
+        what = f"{t['threshold']} = {sig(t['value'])}, limit {t['limit']}; measured: {t.get('how', '')}; {res['provenance']}"
         if t["pass"] is False:
             ET.SubElement(case, "failure", message=what, type="threshold").text = what
         elif t["pass"] is None:
@@ -36,8 +34,8 @@ def bench_suite(res: dict, name: str) -> ET.Element:
             ET.SubElement(case, "system-out").text = what
     p = res["parity"]
     case = _case(suite, "parity", cls, res.get("load_ms", 0.0) / 1e3)
-    what = (f"top-1 agreement vs torch {_fmt(p['top1_agreement_vs_torch'])} (min {p['tolerance']['min_top1']}), "
-            f"max abs vs build host {_fmt(p['max_abs_err_vs_host'])} (max {_fmt(p['tolerance']['max_abs_vs_host'])}) "
+    what = (f"top-1 agreement vs torch {sig(p['top1_agreement_vs_torch'])} (min {p['tolerance']['min_top1']}), "
+            f"max abs vs build host {sig(p['max_abs_err_vs_host'])} (max {sig(p['tolerance']['max_abs_vs_host'])}) "
             f"over {p['steps']} teacher-forced steps on the device")
     if not p["ok"]:
         ET.SubElement(case, "failure", message=what, type="parity").text = what

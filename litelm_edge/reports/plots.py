@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 
+from ..target import DEFAULT_PERCENTILE
+
 COLORS = {True: "#2e7d32", False: "#c62828", None: "#9e9e9e"}  # pass, fail, not judged / not measured
 PCT_STYLE = {"p50": ("#1565c0", "-"), "p90": ("#ef6c00", "--"), "p99": ("#6a1b9a", ":")}
 
@@ -43,7 +45,7 @@ def prefill_distribution(r: dict) -> str:
         ax.axvline(pre[p], color=color, linestyle=style, label=f"{p} {pre[p]:.2f} ms")
     limit = next((t["limit"] for t in r["thresholds"] if t["threshold"] == "max_latency_ms"), None)
     if limit is not None:
-        ax.axvline(limit, color="#c62828", linewidth=2, label=f"limit {limit:g} ms ({r.get('latency_percentile', 'p99')})")
+        ax.axvline(limit, color="#c62828", linewidth=2, label=f"limit {limit:g} ms ({r.get('latency_percentile', DEFAULT_PERCENTILE)})")
     ax.set(xlabel="prefill latency, ms", ylabel="samples",
            title=f"Prefill of {r['protocol']['prompt_len']} tokens: {pre['n']} samples ({r.get('where', 'device')})")
     ax.legend(frameon=False, fontsize=8)
@@ -89,7 +91,7 @@ def thresholds(r: dict) -> str | None:
         return None
     plt = _plt()
     fig, axes = plt.subplots(len(rows), 1, figsize=(6.4, 0.9 * len(rows) + 0.3), squeeze=False)
-    for ax, t in zip(axes[:, 0], rows):
+    for ax, t in zip(axes[:, 0], rows, strict=True):
         v = t["value"]
         if v is not None:
             ax.barh([0], [v], color=COLORS[t["pass"]], height=0.5)
@@ -112,7 +114,7 @@ def compare_metrics(results: list[dict]) -> str:
               ("artifact size, MB", [r["size_mb"] for r in results], None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(10, 0.8 + 0.45 * len(results)), sharey=True)
     colors = ["#9e9e9e" if r.get("where") != "device" else "#42a5f5" for r in results]
-    for ax, (title, vals, extra) in zip(axes, panels):
+    for ax, (title, vals, extra) in zip(axes, panels, strict=True):
         ax.barh(names, vals, color=colors)
         if "(log)" in title:  # emulated figures are ~1000x the device's: a linear axis hides the device rows
             ax.set_xscale("log")

@@ -10,15 +10,9 @@ import json
 from pathlib import Path
 
 from ..files import write_atomic
+from ..target import DEFAULT_PERCENTILE
+from .fmt import num
 from .judge import verdict_line
-
-
-def _fmt(v, nd=2):
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{nd}g}" if abs(v) < 1e-2 and v else f"{v:,.{nd}f}"
-    return str(v)
 
 
 def rows(r: dict) -> list[tuple[str, str, str]]:
@@ -29,19 +23,19 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     e = r["energy"]
     return [
         (f"prefill {pro['prompt_len']} tokens, ms (p50 / p90 / p99)",
-         f"{_fmt(p['p50'])} / {_fmt(p['p90'])} / {_fmt(p['p99'])}", f"{how}; {p['n']} samples after {pro['warmup']} warmup"),
-        ("single-stream inferences/s", _fmt(r["inferences_per_s"], 1), f"{how}; 1000 / mean prefill ms"),
-        ("decode, tokens/s (mean ± std of reps)", f"{_fmt(r['decode_tok_s']['mean'], 1)} ± {_fmt(r['decode_tok_s']['std'], 1)}",
+         f"{num(p['p50'])} / {num(p['p90'])} / {num(p['p99'])}", f"{how}; {p['n']} samples after {pro['warmup']} warmup"),
+        ("single-stream inferences/s", num(r["inferences_per_s"], 1), f"{how}; 1000 / mean prefill ms"),
+        ("decode, tokens/s (mean ± std of reps)", f"{num(r['decode_tok_s']['mean'], 1)} ± {num(r['decode_tok_s']['std'], 1)}",
          f"{how}; {pro['gen_len']} tokens with KV cache, {pro['reps']} reps"),
-        ("decode, ms/token (p50)", _fmt(d["p50"], 3), how),
-        (f"QPS, {q['sessions']} concurrent sessions", _fmt(q["qps"], 1), f"{how}; {q['inferences']} prefills"),
+        ("decode, ms/token (p50)", num(d["p50"], 3), how),
+        (f"QPS, {q['sessions']} concurrent sessions", num(q["qps"], 1), f"{how}; {q['inferences']} prefills"),
         ("threads: single stream / each QPS session", f"{pro.get('threads') or 'runtime default'} / "
          f"{pro.get('qps_threads_per_session') or 'runtime default'}", f"chosen by {pro.get('chosen_by', 'the runtime')}; "
          f"spin {pro.get('spin')} / {pro.get('qps_spin')}; CPUs {pro.get('affinity')}; 1-min load {pro.get('load_avg_1m')}"),
-        ("peak RSS, MB", _fmt(r["peak_rss_mb"], 1), how),
-        ("artifact size, MB", _fmt(r["size_mb"], 2), "manifest (sum of file sizes)"),
-        ("energy per inference, J", _fmt(e["j_per_inference"], 4), e["how"]),
-        ("parity: top-1 vs torch / max abs vs build host", f"{_fmt(par['top1_agreement_vs_torch'], 3)} / {_fmt(par['max_abs_err_vs_host'])}",
+        ("peak RSS, MB", num(r["peak_rss_mb"], 1), how),
+        ("artifact size, MB", num(r["size_mb"], 2), "manifest (sum of file sizes)"),
+        ("energy per inference, J", num(e["j_per_inference"], 4), e["how"]),
+        ("parity: top-1 vs torch / max abs vs build host", f"{num(par['top1_agreement_vs_torch'], 3)} / {num(par['max_abs_err_vs_host'])}",
          f"{how}; {'ok' if par['ok'] else 'FAILED'}"),
     ]
 
@@ -52,7 +46,7 @@ def verdict_word(ok, note: str = "") -> str:
 
 
 def basis_line(r: dict) -> str:
-    pct = r.get("latency_percentile", "p50")
+    pct = r.get("latency_percentile", DEFAULT_PERCENTILE)
     return (f"Latency threshold basis: prefill {pct} (`max_latency_ms` is judged on it). "
             f"Figures from: {r['provenance']}.")
 
@@ -75,7 +69,7 @@ def to_markdown(r: dict) -> str:
     out += ["", basis_line(r)]
     if r["thresholds"]:
         out += ["", "| threshold | value | limit | verdict | how measured |", "|---|---|---|---|---|"]
-        out += [f"| {t['threshold']} | {_fmt(t['value'])} | {t['limit']} | {verdict_word(t['pass'], t['note'])} | "
+        out += [f"| {t['threshold']} | {num(t['value'])} | {t['limit']} | {verdict_word(t['pass'], t['note'])} | "
                 f"{t.get('how', '')} |" for t in r["thresholds"]]
     out += ["", verdict_line(r)]
     return "\n".join(out) + "\n"
@@ -111,7 +105,7 @@ def page(title: str, body: str) -> str:
 def to_html(r: dict) -> str:
     from . import plots
     m, dev = r["manifest"], r["device"]
-    thr = [(t["threshold"], _fmt(t["value"]), t["limit"], verdict_cell(t["pass"], t["note"]), t.get("how", ""))
+    thr = [(t["threshold"], num(t["value"]), t["limit"], verdict_cell(t["pass"], t["note"]), t.get("how", ""))
            for t in r["thresholds"]]
     figs = [plots.prefill_distribution(r), plots.decode_sequence(r), plots.size_by_dtype(r), plots.thresholds(r)]
     word = verdict_line(r).removeprefix("Overall: ")

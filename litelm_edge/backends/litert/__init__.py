@@ -6,11 +6,8 @@ Build side: build.py (drives convert.py in the LiteRT venv: graph.py; inspect.py
 from dataclasses import dataclass
 
 from ...config import UserError, at_least
-from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
+from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Backend, Precision
 
-RUNTIME = "litert"
-EXTRA, HOST_MODULES = "android", ("ai_edge_litert",)  # pyproject extra that installs what the build imports here
-SECTION = "litert"  # the target TOML's table of this backend's keys (targets/android.toml)
 # Full-integer INT8 quantizes the attention scores too: a mask of -1e4 stretches their range and
 # wrecks calibration, so int8-full masks with -30 (exact enough when scores stay well under 30).
 # Every other precision keeps float scores and needs the large mask: with -30, a trained
@@ -20,6 +17,7 @@ FULL_INT_MASK = -30.0
 
 @dataclass
 class Settings:
+    """The target TOML's [litert] table (targets/android.toml), or --set litert.KEY / build.KEY."""
     threads: int = 4  # XNNPACK threads on the device
     prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks
     capacity: int = 512  # KV-cache length in tokens; a multiple of prefill_len
@@ -51,3 +49,5 @@ PRECISIONS = (
               about="INT4 weights per output channel (XNNPACK's qd8 x qc4w GEMM: prefill ~1.5x int4-b32), "
                     "the tied embedding / LM head in blocks of 32"),
 )
+
+BACKEND = Backend("litert", "litert", PRECISIONS, Settings, "litert", extra="android", host_modules=("ai_edge_litert",))

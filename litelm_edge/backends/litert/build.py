@@ -2,7 +2,7 @@
 
 The conversion runs in the toolchain venv (`python()`, below) as `python -m litelm_edge.backends.litert.convert`;
 this module only writes its inputs, checks what comes back, and says whether the size meets the
-target. Keys, from the target TOML's [litert] table (targets/android.toml):
+target. Keys (Settings: the target TOML's [litert] table, targets/android.toml, then --set):
   threads      XNNPACK threads on the device
   prefill_len  tokens per prefill call (longer prompts run in chunks)
   capacity     KV-cache length; a multiple of prefill_len
@@ -17,15 +17,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ... import toolchain
-from ...config import UserError, from_dict, override
-from .. import BackendBuild, precision as precision_of
-from . import FULL_INT_MASK, RUNTIME, SECTION, Settings
+from ...config import UserError
+from .. import BackendBuild, BuildContext
+from . import BACKEND, FULL_INT_MASK, Settings
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
 # backtracks to litert-torch 0.8 with another torch. So the converter gets its own venv.
@@ -37,18 +36,17 @@ def python(log=lambda msg: None) -> Path:
     """The converter venv's python (made on first use; tools/setup-litert.sh makes it ahead)."""
     return toolchain.ensure(VENV, PACKAGES, log, imports=("litert_torch", "ai_edge_quantizer"))
 
-DEFAULTS = asdict(Settings())
+
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 
 
-def settings(target: dict, recipe: dict | None = None) -> dict:
-    """Settings defaults, then the target's [litert] table, then --set build.KEY=VALUE."""
-    s = asdict(override(from_dict(Settings, target.get(SECTION, {}), "[litert]"), recipe or {}, "--set build.*"))
-    if s["prefill_windows"] is None:
-        s["prefill_windows"] = s["windows"]
-    for key in ("windows", "prefill_windows"):
-        s[key] = _windows(s[key], s["prefill_len"], s["capacity"], key)
-    return s
+def effective(s: Settings, precision: str) -> dict:
+    """What the settings mean for this build: the windows as lists of ints (prefill_windows unset:
+    as windows), the mask clamped for int8-full. Written over them under manifest["litert"]."""
+    prefill = s.windows if s.prefill_windows is None else s.prefill_windows
+    mask = max(s.mask_value, FULL_INT_MASK) if precision == "int8-full" else s.mask_value
+    return {"windows": _windows(s.windows, s.prefill_len, s.capacity, "windows"),
+            "prefill_windows": _windows(prefill, s.prefill_len, s.capacity, "prefill_windows"), "mask_value": mask}
 
 
 def host_runtime_or_fail():
@@ -114,27 +112,26 @@ def size_verdict(size: int, target: dict) -> dict:
     return dict(meets_size=ok, size_note=note)
 
 
-def build(ctx) -> BackendBuild:
-    precision_of("litert", ctx.precision)
-    s = settings(ctx.target, getattr(ctx, "recipe", None))
-    if ctx.precision == "int8-full":
-        s["mask_value"] = max(s["mask_value"], FULL_INT_MASK)
+def build(ctx: BuildContext) -> BackendBuild:
+    """model.tflite at ctx.precision; the settings as built go under manifest["litert"]."""
+    BACKEND.precision(ctx.precision)
+    s: Settings = ctx.settings
+    eff = effective(s, ctx.precision)
     host_runtime_or_fail()  # before the conversion: the parity check runs the .tflite here
     py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,
-                    prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
-                    windows=s["windows"], prefill_windows=s["prefill_windows"], calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
+                    prefill_len=s.prefill_len, capacity=s.capacity, **eff,
+                    calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"))
         report = _convert(py, spec, ctx.log)
         check_precision(ctx.precision, report)
         os.replace(Path(tmp) / "model.tflite", Path(ctx.out_dir) / "model.tflite")
-    tok = Path(ctx.checkpoint) / "tokenizer.json"  # export ships it beside the model: it counts
+    tok = Path(ctx.checkpoint) / "tokenizer.json"  # the build flow ships it beside the model: it counts
     size = report["breakdown"]["total"] + (tok.stat().st_size if tok.is_file() else 0)
     verdict = size_verdict(size, ctx.target)
     ctx.log("litert: " + ", ".join(f"{k} {v / MB:.2f} MB" for k, v in report["breakdown"].items()
                                    if isinstance(v, int)) + (f"; {verdict['size_note']}" if verdict else ""))
-    extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"], size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
-                 convert_s=report["convert_s"], quantize_s=report["quantize_s"], threads=s["threads"],
-                 prefill_len=s["prefill_len"], capacity=s["capacity"], mask_value=s["mask_value"],
-                 windows=s["windows"], prefill_windows=s["prefill_windows"], **verdict)
-    return BackendBuild(RUNTIME, report["breakdown"]["weights_by_dtype"], ("ai_edge_litert",), extra)
+    extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"], size_breakdown=report["breakdown"],
+                 weight_dtypes=report["weight_dtypes"], convert_s=report["convert_s"],
+                 quantize_s=report["quantize_s"], **verdict)
+    return BackendBuild(report["breakdown"]["weights_by_dtype"], ("ai_edge_litert",), extra, section=eff)

@@ -19,6 +19,11 @@ TFLITE_RUNTIME_WARNING = ("warning: ai_edge_litert not found, using tflite_runti
                           "pip install ai-edge-litert")
 
 
+def default_threads(manifest: dict) -> int | None:
+    """The XNNPACK threads the build asks for ([litert] threads: the phone's big cores)."""
+    return manifest.get("litert", {}).get("threads")
+
+
 def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -98,10 +103,12 @@ class LiteRTRuntime:
     numpy. Full-integer INT8 models have int8 inputs/outputs: values are (de)quantized with each
     tensor's scale and zero point, so callers always see float32 logits."""
 
+    spins = False  # XNNPACK takes no spin policy
+
     def __init__(self, art_dir: Path, manifest: dict, threads: int | None, in_place: bool | None = None):
         Interpreter, self.runtime_name = _interpreter_class()
         path = Path(art_dir) / manifest.get("graphs", {}).get("model", "model.tflite")
-        threads = threads or manifest.get("threads") or 1
+        threads = threads or default_threads(manifest) or 1
         it = Interpreter(model_path=str(path), num_threads=threads)  # reads the signatures' details
         self.details = {s: (it.get_signature_runner(s).get_input_details(),
                             it.get_signature_runner(s).get_output_details()) for s in it.get_signature_list()}
@@ -126,7 +133,7 @@ class LiteRTRuntime:
         # Cache slots past the positions written hold what an earlier prompt left there. A mask of
         # -1e4 gives them exactly zero weight (exp underflows), so they are zeroed once; a small
         # mask (int8-full's -30, or a manifest without one) lets them leak: zeroed every prefill.
-        self.rezero = manifest.get("mask_value", 0.0) > -1e3
+        self.rezero = manifest.get("litert", {}).get("mask_value", 0.0) > -1e3
         self.zeroed = False
         self.last_only = "last" in ins  # the prefill signatures' LM head on one position
 

@@ -5,10 +5,9 @@ builder: the fused graph). Device side: runtime.py.
 """
 from dataclasses import dataclass
 
-from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
+from ...config import UserError, at_least
+from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Backend, Precision
 
-RUNTIME = "onnxruntime"
-EXTRA, HOST_MODULES = "x86", ("onnx", "onnxruntime", "onnxscript", "onnxruntime_genai")  # pyproject extra that installs what the build imports here
 PRECISIONS = (
     FP32,
     Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
@@ -23,9 +22,18 @@ PRECISIONS = (
               about="weight-only int4 in blocks of 128 (MatMulNBits): the fastest 4-bit decode"),
 )
 
-SECTION = "ort"  # --set build.graph=export (or ort.graph)
-
 
 @dataclass
 class Settings:
+    """The target TOML's [ort] table, or --set ort.KEY / build.KEY."""
     graph: str = "fused"  # "fused": contrib-op graph by onnxruntime-genai's builder; "export": torch.export
+    threads: int | None = None  # intra-op threads on the device at most; None: the runner's choice
+
+    def validate(self):
+        at_least(self, threads=1)
+        if self.graph not in ("fused", "export"):
+            raise UserError(f"ort graph must be fused or export, got {self.graph!r}")
+
+
+BACKEND = Backend("ort", "onnxruntime", PRECISIONS, Settings, "ort", extra="x86",
+                  host_modules=("onnx", "onnxruntime", "onnxscript", "onnxruntime_genai"))

@@ -24,9 +24,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...config import UserError
-from .. import BackendBuild, precision as precision_of
-from . import RUNTIME
+from .. import BackendBuild, BuildContext
+from . import BACKEND
 
 GRAPH = "decoder.onnx"
 
@@ -153,31 +152,29 @@ def weight_bytes(path: Path) -> dict:
     return out
 
 
-def graph_kind(ctx) -> str:
+def graph_kind(ctx: BuildContext) -> str:
     """'fused' (fused.py) where the builder can express the model and precision, else 'export'
-    (torch.export, below); --set build.graph=export forces the latter."""
+    (torch.export, below); --set ort.graph=export forces the latter."""
     from . import fused
-    unknown = sorted(set(ctx.recipe or {}) - {"graph"})
-    want = (ctx.recipe or {}).get("graph", "fused")
-    if unknown or want not in ("fused", "export"):
-        raise UserError(f"onnxruntime build options: graph=fused|export, got {dict(ctx.recipe)}")
+    want = ctx.settings.graph
     why = fused.unsupported(ctx.model.cfg) or ("" if ctx.precision in fused.PRECISIONS else f"{ctx.precision} (W8A8)")
     if want == "fused" and why:
         ctx.log(f"graph: torch.export (the fused graph does not express {why})")
     return "fused" if want == "fused" and not why else "export"
 
 
-def build(ctx) -> BackendBuild:
+def build(ctx: BuildContext) -> BackendBuild:
+    """The graph (fused or export) at ctx.precision; manifest["ort"]["graph"] says which was built."""
     import logging
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
-    spec = precision_of("ort", ctx.precision)
+    spec = BACKEND.precision(ctx.precision)
     out = Path(ctx.out_dir)
     if graph_kind(ctx) == "fused":
         from . import fused
         tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
         extra = fused.build(ctx.model, tok, out, ctx.precision, ctx.log)
-        return BackendBuild(RUNTIME, weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"),
-                            dict(extra, graph="fused"))
+        return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"),
+                            extra, section={"graph": "fused"})
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
     else:
@@ -193,6 +190,7 @@ def build(ctx) -> BackendBuild:
         for p in work.iterdir():
             os.remove(p)
         work.rmdir()
-    return BackendBuild(RUNTIME, weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxscript"),
-                        {"graph": "export", "graphs": {"decoder": GRAPH}, "entry_points": {
-                            "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}})
+    return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxscript"),
+                        {"graphs": {"decoder": GRAPH}, "entry_points": {
+                            "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}},
+                        section={"graph": "export"})

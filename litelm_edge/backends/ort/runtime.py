@@ -3,9 +3,10 @@
 Device side: needs only numpy and onnxruntime (no litelm_edge import); uploaded beside the runner.
 API (every runtime.py): Runtime(art_dir, manifest, threads); prefill(ids int64 (T,)) -> logits
 float32 (T, V), resetting and filling the KV cache; decode(token int) -> logits (V,), appending one
-position. PACKAGES is what `--install-runtime` pip-installs; MODULE is whose version is reported.
-Here also: prefill_last(ids) -> (V,) (serving: the LM head on the last position only) and a spin
-policy (spins = True: the runner passes spin=True/False for the intra-op workers).
+position; Runtime.spins: whether the runner passes spin=True/False for idle workers.
+default_threads(manifest): the threads the build's settings ask for (manifest[section]), None for
+the runner's choice. PACKAGES is what `--install-runtime` pip-installs; MODULE is whose version is
+reported. Here also: prefill_last(ids) -> (V,) (serving: the LM head on the last position only).
 Two graphs (the manifest's "kv_cache"): the torch.export graph (past in, past+new out) and the
 fused graph with one KV buffer per layer shared by past and present ("shared-buffer").
 """
@@ -18,6 +19,11 @@ import numpy as np
 
 PACKAGES = ["onnxruntime", "numpy"]
 MODULE = "onnxruntime"
+
+
+def default_threads(manifest: dict) -> int | None:
+    """The intra-op threads the build asks for at most ([ort] threads); None: the runner chooses."""
+    return manifest.get("ort", {}).get("threads")
 
 
 def session_options(ort, threads: int | None, spin: bool | None = None):

@@ -1,26 +1,25 @@
 """Apache TVM backend (targets rpi4, rpi5, x86-tvm): its runtime and precisions.
 
 Build side: build.py (drives convert.py in the TVM venv: graph.py, schedule.py, gemm.py; serve.py
-for host parity; tune.py picks the tile on a device). Device side: runtime.py.
+for host parity; flows/tune.py picks the tile on a device). Device side: runtime.py.
 """
 from dataclasses import dataclass
 
 from ...config import UserError
-from .. import FP32, INT8_MIN_TOP1, QAT_ADVICE, Precision
-
-RUNTIME = "tvm"
-EXTRA, HOST_MODULES = "rpi4", ()  # pyproject extra that installs what the build imports here
-SECTION = "tvm"  # the target TOML's table of this backend's keys (targets/rpi4.toml)
+from .. import FP32, INT8_MIN_TOP1, QAT_ADVICE, Backend, Precision
 
 
 @dataclass
 class Settings:
+    """The target TOML's [tvm] table (targets/rpi4.toml), or --set tvm.KEY / build.KEY."""
     target: str | dict | None = None  # a TVM tag ("raspberry-pi/4b-aarch64") or a table {kind, mtriple, mcpu, ...}
     cc: str | None = None  # links the library; None: this machine's g++
     cc_package: str = "g++-aarch64-linux-gnu"  # Debian package named when cc is missing
-    tile: list[int] | None = None  # matmul register tile, rows x columns
+    tile: list[int] | None = None  # matmul register tile, rows x columns; None: the schedule's default
 
     def validate(self):
+        if self.target is None:
+            raise UserError("the target TOML has no [tvm] target: add e.g. target = \"raspberry-pi/4b-aarch64\"")
         if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
             raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {self.tile!r}")
 
@@ -30,3 +29,6 @@ PRECISIONS = (
     Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
               "weight-only per-channel int8, dequantised inside the matmul"),
 )
+
+
+BACKEND = Backend("tvm", "tvm", PRECISIONS, Settings, "tvm", extra="rpi4")

@@ -1,6 +1,6 @@
 """TVM backend, build side: checkpoint -> a Relax VM library for any LLVM CPU target, cross-compiled.
 
-The target TOML's [tvm] table is all a board needs:
+The target TOML's [tvm] table (Settings, resolved with --set by the build flow) is all a board needs:
     target = "raspberry-pi/4b-aarch64"   # a TVM tag, or a table {kind, mtriple, mcpu, mattr, num-cores}
     cc = "aarch64-linux-gnu-g++"         # links the library; omit for this machine
     cc_package = "g++-aarch64-linux-gnu" # named in the error when cc is missing
@@ -21,8 +21,8 @@ import numpy as np
 
 from ... import toolchain
 from ...config import UserError
-from .. import BackendBuild, precision as precision_of
-from . import RUNTIME
+from .. import BackendBuild, BuildContext
+from . import BACKEND, Settings
 from .serve import recv, send
 
 VENV = "tvm-0.27"
@@ -33,11 +33,10 @@ def python() -> Path:
     return toolchain.ensure(VENV, PACKAGES)
 
 
-def check_cc(tvm_cfg: dict) -> str | None:
-    cc = tvm_cfg.get("cc")
+def check_cc(s: Settings) -> str | None:
+    cc = s.cc
     if cc and not shutil.which(cc):
-        pkg = tvm_cfg.get("cc_package", "g++-aarch64-linux-gnu")
-        raise UserError(f"{cc} not found: apt-get install {pkg}  (or run tools/setup-tvm.sh)")
+        raise UserError(f"{cc} not found: apt-get install {s.cc_package}  (or run tools/setup-tvm.sh)")
     if not shutil.which("g++"):  # the host parity library is linked with g++
         raise UserError("g++ not found: apt-get install g++")
     return cc
@@ -99,39 +98,30 @@ def embedded_weight_bytes(lib: Path) -> dict[str, int]:
     return out
 
 
-def tile_of(tvm_cfg: dict, recipe: dict) -> list[int] | None:
-    """The matmul register tile: --set tvm.tile=MT,NJ (checked by target.backend_sets), else the
-    target's [tvm] tile."""
-    tile = recipe.get("tile", tvm_cfg.get("tile"))
-    return [int(x) for x in tile] if tile is not None else None
-
-
-def _meta(ctx, convert: dict, weight_bytes: dict) -> dict:
+def _meta(ctx: BuildContext, convert: dict, weight_bytes: dict) -> dict:
     c = ctx.model.cfg
-    return {"library": "model.so", "precision": ctx.precision, "target": convert["target"],
+    return {"library": "model.so", "precision": ctx.precision, "llvm_target": convert["target"],  # the tag, resolved
             "cache_shape": [c.n_layer, 1, c.n_kv_head, 0, c.head_dim], "entry": "forward",
             "tile": convert["tile"], "weight_bytes": weight_bytes,
             "compile_s": convert["compile_s"], "tvm": "0.27.0.post1"}
 
 
-def build(ctx) -> BackendBuild:
-    precision_of("tvm", ctx.precision)
-    tvm_cfg = ctx.target.get("tvm", {})
-    if "target" not in tvm_cfg:
-        raise UserError("target TOML has no [tvm] target: add e.g. target = \"raspberry-pi/4b-aarch64\"")
-    cc = check_cc(tvm_cfg)
+def build(ctx: BuildContext) -> BackendBuild:
+    """The library for ctx.settings.target; meta (what the runtime reads) under manifest["tvm"]."""
+    BACKEND.precision(ctx.precision)
+    s: Settings = ctx.settings
+    cc = check_cc(s)
     py = toolchain.ensure(VENV, PACKAGES, ctx.log)
     host_dir = Path(tempfile.mkdtemp(prefix="litelm-tvm-host-"))
     spec = {"checkpoint": str(ctx.checkpoint), "out_dir": str(ctx.out_dir), "precision": ctx.precision,
-            "target": tvm_cfg["target"], "cc": cc, "host_dir": str(host_dir) if cc else None,
-            "tile": tile_of(tvm_cfg, getattr(ctx, "recipe", {}) or {})}
+            "target": s.target, "cc": cc, "host_dir": str(host_dir) if cc else None, "tile": s.tile}
     (host_dir / "spec.json").write_text(json.dumps(spec))
-    ctx.log(f"tvm: compiling for {tvm_cfg['target']} ({ctx.precision})")
+    ctx.log(f"tvm: compiling for {s.target} ({ctx.precision})")
     toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(host_dir / "spec.json")], ctx.log)
     convert = json.loads((Path(ctx.out_dir) / "convert.json").read_text())
     if not cc:  # a native build: the parity library is the shipped one
         shutil.copy(Path(ctx.out_dir) / "model.so", host_dir / "model.so")
     weights = embedded_weight_bytes(Path(ctx.out_dir) / "model.so")  # what ships, not the torch buffers
     meta = _meta(ctx, convert, weights)
-    return BackendBuild(RUNTIME, weights, extra={"tvm": meta},  # {dtype: bytes} embedded in model.so
+    return BackendBuild(weights, section=meta,  # weights: {dtype: bytes} embedded in model.so
                         parity_runtime=HostParity(py, host_dir, {"tvm": meta}))

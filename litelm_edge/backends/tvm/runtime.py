@@ -18,7 +18,13 @@ PACKAGES = ["numpy", "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"]
 MODULE = "tvm"
 
 
+def default_threads(manifest: dict) -> int | None:
+    """The build asks for no thread count: the runner chooses."""
+    return None
+
+
 class TvmRuntime:
+    spins = False  # TVM's pool takes no spin policy
     def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
         os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
         if threads:

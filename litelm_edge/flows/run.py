@@ -38,14 +38,14 @@ def point(link: Path, target: Path):
 def data_key(r: Recipe, inputs: list[str]) -> str:
     """Every input of the data step: its settings and the content of each input file."""
     from ..files import sha256_file
-    from .data import expand_inputs
+    from ..pipeline.data import expand_inputs
     files = expand_inputs(inputs) + ([Path(r.data.tokenizer)] if r.data.tokenizer else [])
     return _key(to_dict(r.data), inputs, [(str(f), sha256_file(f)) for f in files])
 
 
 def step_data(r: Recipe, work: Path, log) -> Path:
     """work/data-KEY: made once per distinct input; a changed vocab or file makes a new one."""
-    from .data import DataConfig, default_corpus, prepare
+    from ..pipeline.data import DataConfig, default_corpus, prepare
     inputs = [str(default_corpus()) if i == "default" else i for i in r.data.inputs]
     out = work / f"data-{data_key(r, inputs)}"
     if (out / "meta.json").is_file():
@@ -61,8 +61,8 @@ def step_train(r: Recipe, data: Path, work: Path, log) -> tuple[Path, dict]:
     resumes with its own settings, a changed setting trains a new run."""
     from dataclasses import asdict
     from ..config import split_sets
-    from .model import preset
-    from .train import TrainConfig, train
+    from ..pipeline.model import preset
+    from ..pipeline.train import TrainConfig, train
     model_sets, rest = split_sets(dict(r.train.set), "model")
     cfg, model_cfg = override(TrainConfig(), rest, "recipe [train.set]"), preset(r.train.preset, model_sets)
     run = work / f"run-{_key(data.name, asdict(model_cfg), asdict(cfg))}"
@@ -74,7 +74,7 @@ def step_train(r: Recipe, data: Path, work: Path, log) -> tuple[Path, dict]:
 
 def step_compress(step, src: Path, data: Path, work: Path, k: int, log) -> dict:
     """Apply one [[compress]] step (method + set) to checkpoint `src` -> work/compress-k-METHOD."""
-    from .compress import compress
+    from ..pipeline.compress import compress
     out = work / f"compress-{k}-{step.method}"
     log(f"compress: attempt {k} applies {step.method} {step.set}")
     return compress(step.method, src, data, out, dict(step.set), log=log)
@@ -85,8 +85,8 @@ def attempt(k: int, label: str, ckpt: Path, recipe: Recipe, data: Path, work: Pa
     from . import gates
     from ..devices.bench import bench
     from ..reports import report
-    from .eval import eval_artifact, eval_checkpoint
-    from .export import ParityError, build
+    from ..pipeline.eval import eval_artifact, eval_checkpoint
+    from .build import ParityError, build
     from dataclasses import asdict
     b, gates_table = recipe.build, to_dict(recipe.gates)
     c = eval_checkpoint(ckpt, data)
@@ -119,7 +119,7 @@ def run_recipe(name: str, sets: dict | None = None, log=print, until: str | None
     """data -> train -> [compress -> build -> eval -> bench -> gates] until the gates pass.
     The whole recipe is checked before the first step runs. until="train" stops after training
     (CI's train job: each device job builds the checkpoint)."""
-    from .eval import eval_checkpoint
+    from ..pipeline.eval import eval_checkpoint
     path, recipe = load_recipe(name, sets)
     steps = recipe.compress
     work = Path(recipe.recipe.workdir or f"runs/{path.stem}")

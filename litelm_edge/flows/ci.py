@@ -13,13 +13,17 @@ import json
 import os
 import platform
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..config import UserError
+from ..devices.runner import Protocol
 
 BUNDLE_SCHEMA = "litelm-edge-bundle/1"
 SUMMARY_SCHEMA = "litelm-edge-summary/1"  # litelm_edge/schemas/summary-1.schema.json
+# The bench protocol of a CI device job (tools/ci_device.py's defaults): the runner's, shortened to
+# fit a job that also builds; the figures say which protocol made them.
+PROTOCOL = replace(Protocol(), reps=3, warmup=1, gen_len=32, concurrency=2)
 
 
 @dataclass
@@ -38,7 +42,7 @@ def secret_name(target: str) -> str:
 def plan(target: str, emulated: str | None, env=os.environ) -> list[Bench]:
     """Where `target` is benched: here or on the emulated device (address `emulated`), and on the
     real device its secret names."""
-    from ..target import load_target
+    from ..backends import load_target
     name, t = load_target(target)
     arch = t["target"].get("arch")
     out = [Bench("runner")] if arch in (None, platform.machine()) else [
@@ -66,12 +70,13 @@ def device_bundle(checkpoint, target: str, precision: str | None, out_root, benc
                   protocol: dict, data=None, log=print) -> tuple[int, Path]:
     """Build, bench everywhere planned, write the bundle. Returns (exit code, bundle folder):
     1 when the build, a bench or a judged threshold failed; skips and 'not judged' are not failures."""
-    from . import junit as J
-    from . import report
-    from ..pipeline.export import build
-    from ..target import load_target
-    precision = precision or load_target(target)[1]["target"].get("precision", "int8")
-    bundle = Path(out_root) / f"{load_target(target)[0]}-{precision}"
+    from ..reports import junit as J
+    from ..reports import report
+    from .build import build
+    from ..backends import load_target
+    name, tgt = load_target(target)
+    precision = precision or tgt["target"]["precision"]
+    bundle = Path(out_root) / f"{name}-{precision}"
     bundle.mkdir(parents=True, exist_ok=True)
     index = {"schema": BUNDLE_SCHEMA, "target": target, "precision": precision, "benches": []}
     try:
@@ -125,7 +130,7 @@ def read_bundle(bundle: Path) -> dict:
     """bundle.json with each bench's result loaded; the artifact verified against its manifest."""
     p = bundle / "bundle.json"
     if not p.is_file():
-        raise UserError(f"{bundle}: not a bundle (no bundle.json): pass folders written by `litelm-edge ci device`")
+        raise UserError(f"{bundle}: not a bundle (no bundle.json): pass folders written by tools/ci_device.py")
     index = json.loads(p.read_text())
     if "error" not in index:
         verify_artifact(bundle / "artifact")
@@ -148,7 +153,7 @@ def find_bundles(roots: list) -> list[Path]:
 def summarize(roots: list, out_dir) -> tuple[int, str]:
     """summary.json/.md/.html comparing every bundle's benches. Exit 1 when a bench failed; a
     bundle whose files do not match its manifest raises (exit 2), naming the file."""
-    from . import compare
+    from ..reports import compare
     from ..files import write_atomic
     bundles = [dict(read_bundle(b), name=b.name) for b in find_bundles(roots)]
     entries = [{"name": f"{x['name']} @ {b['name']}", "result": b["result"], "error": b["error"] or x.get("error"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import UserError, at_least, from_dict, named_toml, unknown_key
+from ..devices.runner import Protocol
 from ..target import Thresholds
 
 
@@ -49,14 +50,15 @@ class BuildStep:
 
 @dataclass
 class BenchStep:
-    reps: int = 5  # timed repetitions
-    warmup: int = 2  # untimed rounds first
-    prompt_len: int = 64
-    gen_len: int = 128
-    concurrency: int = 4  # sessions for the QPS figure
-    threads: int | None = None  # default: the CPUs in the process's affinity
-    iters: int | None = None  # prefill samples per rep (default: the runner's)
-    qps_iters: int | None = None  # prefills per session for QPS (default: the runner's)
+    """A recipe's [bench] table: the runner's Protocol, whose defaults (and comments) are the owners."""
+    reps: int = Protocol.reps
+    warmup: int = Protocol.warmup
+    prompt_len: int = Protocol.prompt_len
+    gen_len: int = Protocol.gen_len
+    concurrency: int = Protocol.concurrency
+    threads: int | None = Protocol.threads
+    iters: int = Protocol.iters
+    qps_iters: int = Protocol.qps_iters
 
     def validate(self):
         at_least(self, reps=1, warmup=0, prompt_len=1, gen_len=1, concurrency=1, threads=1, iters=1, qps_iters=1)
@@ -79,7 +81,7 @@ class CompressStep:
     from_: str = field(default="base", metadata={"key": "from"})  # base: the trained model; previous: the last attempt
 
     def validate(self):
-        from .compress import METHODS
+        from ..pipeline.compress import METHODS
         if self.method not in METHODS:
             raise unknown_key(self.method, METHODS, "[[compress]] method", "method")
         if self.from_ not in ("base", "previous"):
@@ -117,11 +119,11 @@ def apply_sets(raw: dict, sets: dict) -> dict:
 def check(r: Recipe, where: str):
     """What each step will ask of its inputs, asked now: overrides, preset, targets, build settings."""
     from ..config import override, split_sets
-    from ..target import load_target, precision
-    from .compress import check_sets
-    from .data import DataConfig
-    from .model import preset
-    from .train import TrainConfig
+    from ..backends import load_target, precision
+    from ..pipeline.compress import check_sets
+    from ..pipeline.data import DataConfig
+    from ..pipeline.model import preset
+    from ..pipeline.train import TrainConfig
     override(DataConfig(), r.data.set, f"{where} [data] set")
     model_sets, rest = split_sets(dict(r.train.set), "model")
     override(TrainConfig(), rest, f"{where} [train.set]")

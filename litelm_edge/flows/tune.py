@@ -1,4 +1,4 @@
-"""`build --tune --remote ADDRESS`: pick the matmul register tile on the real device.
+"""`build --tune --remote ADDRESS`: pick the TVM backend's matmul register tile on the real device.
 
 The schedule's search space is the register tile (MT rows x NJ columns, `schedule.py`). Each
 candidate is built (with the usual parity check), pushed and benched on the device with a short
@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from ..devices.runner import Protocol
+
 CANDIDATES = ([4, 16], [2, 16], [4, 8], [8, 8], [2, 32], [1, 32])
-PROTOCOL = {"reps": 3, "warmup": 1, "prompt_len": 64, "gen_len": 16, "concurrency": 1}
+# the bench protocol, shortened: a candidate is timed for a ranking, not a report
+PROTOCOL = asdict(replace(Protocol(), reps=3, warmup=1, gen_len=16, concurrency=1))
 DECODE_WEIGHT = 8  # a reply decodes many tokens per prefill: weigh decode time accordingly
 
 
@@ -25,8 +29,8 @@ def score(res: dict) -> float:
 
 def tune(checkpoint, target: str, out, remote: str, precision=None, data=None, sets=None,
          log=print, candidates=CANDIDATES) -> dict:
-    from ...devices.remote_bench import bench_remote
-    from ...pipeline.export import build
+    from ..devices.remote_bench import bench_remote
+    from .build import build
     sets = dict(sets or {})
     db = {"target": target, "remote": remote, "protocol": PROTOCOL, "candidates": []}
     tmp = Path(tempfile.mkdtemp(prefix="litelm-tvm-tune-"))

@@ -1,24 +1,23 @@
 """build: checkpoint -> artifact folder for a target, checked against torch before it is kept.
 
-The target TOML names a backend; `litelm_edge/backends/<name>/build.py` writes the files and hands
-back a BackendBuild. This module does what every backend shares: held-out windows, the parity check
-(the rule comes from the backend's precision table), the fixed-prompt reference a device checks
-itself against, the manifest (manifest.py), and the atomic rename into place. A failed check
-leaves no artifact behind.
+The target TOML names a backend (a `backends.Backend` record); its settings are resolved once
+(backends.resolve: defaults <- the target's [section] <- --set), its `build.py` gets them typed in a
+BuildContext, writes the files and hands back a BackendBuild. This module does what every backend
+shares: held-out windows, the parity check (the rule comes from the backend's precision table), the
+fixed-prompt reference a device checks itself against, the manifest (manifest.py, the settings under
+manifest[section]), and the atomic rename into place. A failed check leaves no artifact behind.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .. import backends, manifest as mf
-from ..backends import FP32_MAX_ABS, BackendBuild, Precision
+from ..backends import FP32_MAX_ABS, Backend, BackendBuild, BuildContext, Precision
 from ..config import UserError
 from ..files import atomic_dir
-from .eval import EvalConfig, torch_logits, val_windows
+from ..pipeline.eval import EvalConfig, torch_logits, val_windows
 
 PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 8, 64, 32
 REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
@@ -30,24 +29,6 @@ class ParityError(UserError):
     def __init__(self, msg: str, parity: dict):
         super().__init__(msg)
         self.parity = parity
-
-
-@dataclass
-class BuildContext:
-    model: object  # litelm_edge.pipeline.model.Transformer, eval, fp32
-    checkpoint: Path
-    target: dict  # the whole target TOML
-    out_dir: Path  # temporary folder, renamed into place after the checks
-    precision: str
-    heldout: list  # np.int64 arrays of held-out token ids (parity, calibration)
-    recipe: dict = field(default_factory=dict)  # backend options from --set build.*
-    log: Callable[[str], None] = print
-    tokenizer_json: str = ""  # the checkpoint's tokenizer (a backend's exporter may read it)
-
-
-def load_target(name: str) -> tuple[str, dict]:
-    from ..target import load_target as load
-    return load(name)
 
 
 def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WINDOW_LEN) -> list:
@@ -62,7 +43,7 @@ def parity(model, rt, heldout: list, precision: Precision) -> dict:
         ref, got = torch_logits(model, ids), rt.prefill(ids)
         errs.append(float(np.abs(ref - got).max()))
         agree.append(ref.argmax(-1) == got.argmax(-1))
-    p = {"windows": len(heldout), "window_len": int(len(heldout[0])), "max_abs_err": max(errs),
+    p = {"windows": len(heldout), "window_len": len(heldout[0]), "max_abs_err": max(errs),
          "top1_agreement": float(np.concatenate(agree).mean())}
     p["ok"], p["rule"] = precision.passes(p["max_abs_err"], p["top1_agreement"]), precision.rule
     return p
@@ -103,11 +84,12 @@ def check_really_quantised(files: dict, n_params: int, precision: str, weight_by
     raise UserError(f"build claims {precision} but the artifact holds {detail}: the quantiser did not apply")
 
 
-def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: BackendBuild, training: dict) -> dict:
-    """What the artifact is and how it was built; parity, reference and files are added after."""
-    cfg, model = ctx.model.cfg, ctx.model
-    return {"format": mf.FORMAT, "version": mf.VERSION, "target": name, "backend": tgt["target"]["backend"],
-            "runtime": res.runtime, "precision": precision, "checkpoint": str(ctx.checkpoint),
+def base_manifest(name: str, b: Backend, ctx: BuildContext, res: BackendBuild, training: dict) -> dict:
+    """What the artifact is and how it was built; parity, reference and files are added after.
+    The backend's settings, as resolved and then as the build made them, go under its section."""
+    cfg, model, tgt = ctx.model.cfg, ctx.model, ctx.target
+    return {"format": mf.FORMAT, "version": mf.VERSION, "target": name, "backend": b.name,
+            "runtime": b.runtime, "precision": ctx.precision, "checkpoint": str(ctx.checkpoint),
             "arch": tgt["target"].get("arch"),  # the device's platform.machine(); None: any (this host)
             "model": {k: getattr(cfg, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head",
                                                     "n_kv_head", "intermediate_size", "max_seq_len")}
@@ -115,7 +97,8 @@ def base_manifest(name: str, tgt: dict, precision: str, ctx: BuildContext, res: 
             "n_params": model.num_params(),
             "training": {k: training.get(k) for k in ("step", "val_loss", "corpus_sha256", "model_sha256")},
             "thresholds": tgt.get("thresholds", {}), "power": tgt.get("power", {}),
-            "tools": mf.tool_versions(*res.tools), "weight_bytes": res.weight_bytes, **res.extra}
+            "tools": mf.tool_versions(*res.tools), "weight_bytes": res.weight_bytes, **res.extra,
+            b.section: backends.settings_table(ctx.settings) | res.section}
 
 
 def host_runtime(art_dir: Path, manifest: dict):
@@ -127,29 +110,29 @@ def host_runtime(art_dir: Path, manifest: dict):
         raise UserError(f"the build checks parity by running the artifact on this machine, and {e}") from None
 
 
-def build(checkpoint, target: str, out, precision: str | None = None, data=None, recipe: dict | None = None,
+def build(checkpoint, target: str, out, precision: str | None = None, data=None, sets: dict | None = None,
           log=print, gate: bool = True, tokenizer=None) -> dict:
-    """checkpoint -> artifact folder for `target`. gate=False records a failed parity check in the
-    manifest (parity.ok false) instead of refusing the artifact: for measuring, never for shipping."""
-    from . import checkpoint as ckpt
-    from ..target import backend_sets
-    from .tokenizer import Tokenizer
-    name, tgt = load_target(target)
-    backend = tgt["target"]["backend"]
-    builder = backends.load(backend, "build")
-    recipe = backend_sets(backend, recipe or {})
-    precision = precision or tgt["target"].get("precision", "int8")
-    spec = backends.precision(backend, precision)
+    """checkpoint -> artifact folder for `target`; sets: --set KEY=VALUE of the backend's settings.
+    gate=False records a failed parity check in the manifest (parity.ok false) instead of refusing
+    the artifact: for measuring, never for shipping."""
+    from ..pipeline import checkpoint as ckpt
+    from ..pipeline.tokenizer import Tokenizer
+    name, tgt = backends.load_target(target)
+    b = backends.load(tgt["target"]["backend"])
+    settings = backends.resolve(b, tgt.get(b.section), sets)
+    precision = precision or tgt["target"]["precision"]
+    spec = b.precision(precision)
+    builder = b.module("build")
     model, tok_json, training = ckpt.load(checkpoint, tokenizer=tokenizer)
     heldout = heldout_windows(data or training.get("data_dir"))
     with atomic_dir(out) as tmp:
         ctx = BuildContext(model, ckpt.resolve(checkpoint, need_tokenizer=False), tgt, tmp, precision, heldout,
-                           recipe, log, tok_json)
+                           settings, log, tok_json)
         res = builder.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = mf.files_table(tmp)
         check_really_quantised(files, model.num_params(), precision, res.weight_bytes)
-        manifest = base_manifest(name, tgt, precision, ctx, res, training)
+        manifest = base_manifest(name, b, ctx, res, training)
         rt = res.parity_runtime or host_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
         p = parity(model, rt, heldout, spec)

@@ -10,6 +10,7 @@ The target's own thresholds (targets/*.toml) are gates as well: bench already ju
 from __future__ import annotations
 
 from ..config import UserError
+from ..reports.fmt import sig
 
 PPL_GATE = "max_ppl_increase"
 
@@ -44,10 +45,6 @@ def passed(rows: list[dict]) -> bool:
     return all(r["pass"] is not False for r in rows)
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def to_markdown(attempts: list[dict]) -> str:
     """One section per attempt: what was applied, each gate's verdict, the attempt's outcome."""
     out = ["## Quality gates", ""]
@@ -60,7 +57,7 @@ def to_markdown(attempts: list[dict]) -> str:
                      else "build refused by its parity check")
             out += [f"Target {t['target']}/{t['precision']}: {built}", "",
                     "| gate | value | limit | verdict | note |", "|---|---|---|---|---|"]
-            out += [f"| {r['gate']} | {_fmt(r['value'])} | {r['limit']} | "
+            out += [f"| {r['gate']} | {sig(r['value'], 4)} | {r['limit']} | "
                     f"{ {True: 'pass', False: '**FAIL**', None: 'not measured'}[r['pass']]} | {r['note']} |"
                     for r in t["gates"]]
             out.append("")
