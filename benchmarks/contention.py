@@ -87,10 +87,12 @@ def main():
     load = os.getloadavg()[0]
     print(f"{len(os.sched_getaffinity(0))} CPUs, 1-min load {load:.1f} at the end; {a.rounds} rounds, min / median / max")
     print("| figure | policy | alone | beside one busy process | ratio |\n|---|---|---|---|---|")
+    def fmt(xs):
+        return " / ".join(f"{x:,.0f}" for x in (min(xs), np.median(xs), max(xs)))
+
     for (fig, policy, busy), v in res.items():
         if busy:
             q, c = np.median(res[(fig, policy, False)]), np.median(v)
-            fmt = lambda xs: " / ".join(f"{x:,.0f}" for x in (min(xs), np.median(xs), max(xs)))
             print(f"| {fig} | {policy} | {fmt(res[(fig, policy, False)])} | {fmt(v)} | {max(q, c) / min(q, c):.2f}x |")
     print(json.dumps({" ".join(map(str, k)): v for k, v in res.items()}))
 

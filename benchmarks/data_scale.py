@@ -40,7 +40,7 @@ def pool(rng, n_sent: int = 200_000, n_vocab: int = 20_000) -> list[str]:
     p /= p.sum()
     ids = rng.choice(n_vocab, size=(n_sent, 14), p=p)
     lens = rng.integers(6, 15, n_sent)
-    return [" ".join(vocab[i] for i in row[:k]).capitalize() + "." for row, k in zip(ids, lens)]
+    return [" ".join(vocab[i] for i in row[:k]).capitalize() + "." for row, k in zip(ids, lens, strict=True)]
 
 
 def generate(out: Path, mb: int, seed: int = 0, file_mb: int = 50) -> dict:

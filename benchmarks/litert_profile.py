@@ -124,7 +124,7 @@ def time_op(content: bytes, values: list, threads: int, reps: int) -> tuple[floa
     from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(model_content=content, num_threads=threads)
     it.allocate_tensors()
-    for d, v in zip(it.get_input_details(), values):
+    for d, v in zip(it.get_input_details(), values, strict=True):
         shape = [int(x) for x in d["shape"]]
         if v is None or v.size != int(np.prod(shape)):  # not captured (empty or scalar-shaped)
             v = np.zeros(shape)

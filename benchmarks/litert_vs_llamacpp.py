@@ -22,13 +22,12 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _llamacpp  # noqa: E402
+import _llamacpp
 
 # LiteRT precision -> llama.cpp type of the same bits per weight. q4_0 is INT4 in blocks of 32
 # with an fp16 scale, exactly int4-b32; q8_0 is INT8 in blocks of 32 (LiteRT int8: per channel).
@@ -97,9 +96,9 @@ def run(a) -> dict:
                "llama_prefill_ms": spread([x for ll in rr["llama"] for x in ll["prefill_ms"]]),
                "llama_decode_tok_s": spread([x for ll in rr["llama"] for x in ll["decode_tok_s"]]),
                "prefill_ratio": spread([np.median(ll["prefill_ms"]) / np.median(lt["prefill_ms"])
-                                        for lt, ll in zip(rr["litert"], rr["llama"])]),
+                                        for lt, ll in zip(rr["litert"], rr["llama"], strict=True)]),
                "decode_ratio": spread([lt["decode_tok_s"] / np.median(ll["decode_tok_s"])
-                                       for lt, ll in zip(rr["litert"], rr["llama"])]),
+                                       for lt, ll in zip(rr["litert"], rr["llama"], strict=True)]),
                "cache_in_place": getattr(rts[p], "cache_in_place", False), "size_bytes": (Path(arts[p]) / "model.tflite").stat().st_size}
         out["results"][p] = res
     out["load_after"] = os.getloadavg()[0]

@@ -22,13 +22,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from litelm_edge import toolchain
-from litelm_edge.backends.ort.build import export_onnx
-from litelm_edge.backends.ort.runtime import OrtRuntime
-from litelm_edge.backends.tvm import build as tvm_backend
-from litelm_edge.devices.runner import round_ms  # the one round protocol, ORT and TVM alike
-from litelm_edge.pipeline import checkpoint
-from litelm_edge.pipeline.model import Transformer, preset
+from litelm_edge import toolchain  # noqa: E402
+from litelm_edge.backends.ort.build import export_onnx  # noqa: E402
+from litelm_edge.backends.ort.runtime import OrtRuntime  # noqa: E402
+from litelm_edge.backends.tvm import build as tvm_backend  # noqa: E402
+from litelm_edge.devices.runner import round_ms  # the one round protocol, ORT and TVM alike  # noqa: E402
+from litelm_edge.pipeline import checkpoint  # noqa: E402
+from litelm_edge.pipeline.model import Transformer, preset  # noqa: E402
 
 
 class TvmRunner:
@@ -90,7 +90,7 @@ def row(name: str, rounds: list[dict], base: list[dict] | None) -> str:
     if base is not None:
         for key in ("prefill_ms", "decode_ms"):
             med = np.median(np.concatenate([r[key] for r in rounds]))
-            per = [np.median(r[key]) / np.median(b[key]) for r, b in zip(rounds, base)]
+            per = [np.median(r[key]) / np.median(b[key]) for r, b in zip(rounds, base, strict=True)]
             ratio += f" {med / np.median(np.concatenate([b[key] for b in base])):5.2f}x ({min(per):.2f}-{max(per):.2f}) |"
     return f"| {name:<20} | {cols[0]} | {cols[1]} |{ratio}"
 

@@ -14,8 +14,15 @@ import dataclasses
 import difflib
 import os
 import tomllib
+import types
 import typing
 from pathlib import Path
+from typing import Any, TypeVar
+
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a config dataclass
 
 
 class UserError(Exception):
@@ -59,10 +66,10 @@ def named_toml(kind: str, name: str) -> tuple[Path, dict]:
     return p, read_toml(p)
 
 
-def _coerce(value, typ, key: str):
+def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Type-check one value against a dataclass field type; strings (from --set) are parsed."""
     origin = typing.get_origin(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None or value == "none":
             return None
@@ -112,7 +119,7 @@ def _coerce(value, typ, key: str):
     raise UserError(f"'{key}' must be {getattr(typ, '__name__', typ)}, got {value!r}")
 
 
-def unknown_key(key: str, have, where: str, what: str = "key") -> UserError:
+def unknown_key(key: str, have: typing.Iterable[str], where: str, what: str = "key") -> UserError:
     """'unknown key 'precison' in [build]: did you mean 'precision'?' (else the valid keys)."""
     have = sorted(have)
     near = difflib.get_close_matches(key, have, n=1, cutoff=0.6)
@@ -120,7 +127,7 @@ def unknown_key(key: str, have, where: str, what: str = "key") -> UserError:
     return UserError(f"unknown {what} '{key}' in {where}: {hint}")
 
 
-def _validated(obj, where: str):
+def _validated(obj: T, where: str) -> T:
     """Run the dataclass's own range checks, naming where the values came from."""
     check = getattr(obj, "validate", None)
     if check is None:
@@ -132,7 +139,7 @@ def _validated(obj, where: str):
     return obj
 
 
-def at_least(obj, **limits):
+def at_least(obj: Any, **limits: float) -> None:
     """Range check: at_least(cfg, n_layer=1, eval_every=1); None means "not set" and passes."""
     for k, lo in limits.items():
         v = getattr(obj, k)
@@ -140,7 +147,7 @@ def at_least(obj, **limits):
             raise UserError(f"'{k}' must be >= {lo}, got {v}")
 
 
-def override(obj, values: dict, where: str = "config"):
+def override(obj: T, values: dict, where: str = "config") -> T:
     """Return a copy of dataclass `obj` with `values` applied; unknown keys are an error."""
     hints = typing.get_type_hints(type(obj))
     fields = {f.name for f in dataclasses.fields(obj)}
@@ -156,9 +163,9 @@ def _key_of(f: dataclasses.Field) -> str:
     return f.metadata.get("key", f.name)  # a TOML key that is a Python keyword: from -> from_
 
 
-def _value(value, typ, where: str, key: str):
+def _value(value: Any, typ: Any, where: str, key: str) -> Any:
     """One table value against a field type: nested dataclasses and lists of them recurse."""
-    if dataclasses.is_dataclass(typ):
+    if dataclasses.is_dataclass(typ) and isinstance(typ, type):
         return from_dict(typ, value, f"{where} [{key}]")
     if typing.get_origin(typ) is list and dataclasses.is_dataclass(typing.get_args(typ)[0]):
         if not isinstance(value, list):
@@ -170,7 +177,7 @@ def _value(value, typ, where: str, key: str):
         raise UserError(f"{where}: {e}") from None
 
 
-def from_dict(cls, data, where: str):
+def from_dict(cls: type[T], data: Any, where: str) -> T:
     """A dataclass `cls` from table `data` (TOML or JSON): strict keys, coerced values, validated."""
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a table of keys, got {type(data).__name__} {data!r}"[:200])
@@ -187,7 +194,7 @@ def from_dict(cls, data, where: str):
     return _validated(cls(**kw), where)
 
 
-def to_dict(obj) -> dict:
+def to_dict(obj: Any) -> dict:
     """A dataclass as a plain table, without the keys left unset (None)."""
     return {_key_of(f): (to_dict(v) if dataclasses.is_dataclass(v) else
                          [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v] if isinstance(v, list) else v)

@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _RUN_START = time.time()  # PID-less temporaries older than this are stale
@@ -37,7 +38,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(parent: Path):
+def clean_stale(parent: Path) -> None:
     """Remove the temporaries of killed writers beside a write: `.NAME.tmp-PID-*` and
     `.NAME.old-PID` whose PID is dead, and `.NAME.tmp-XXXXXXXX` (made before names carried a
     PID) older than this run. Nothing else is touched."""
@@ -55,7 +56,7 @@ def clean_stale(parent: Path):
 
 
 @contextlib.contextmanager
-def atomic_dir(final):
+def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final` to fill; on success it replaces `final`, on any error
     it is removed and `final` is untouched."""
     final = Path(final)
@@ -70,7 +71,7 @@ def atomic_dir(final):
         raise
 
 
-def commit_dir(tmp: Path, final: Path):
+def commit_dir(tmp: Path, final: Path) -> None:
     """Replace `final` by `tmp`; the old folder is moved aside first and removed last."""
     old = None
     if final.exists():
@@ -81,7 +82,7 @@ def commit_dir(tmp: Path, final: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_atomic(path: Path, data: bytes | str):
+def write_atomic(path: Path, data: bytes | str) -> None:
     path = Path(path)
     clean_stale(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)

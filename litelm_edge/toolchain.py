@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import UserError, cache_dir
@@ -28,7 +29,7 @@ def torch_pin() -> str:
         return "torch==2.13.0"
 
 
-def _pip(python: Path, args: list[str], log):
+def _pip(python: Path, args: list[str], log: Callable[[str], None]) -> None:
     cmd = [str(python), "-m", "pip", "install", "--quiet", *args]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
@@ -38,7 +39,7 @@ def _pip(python: Path, args: list[str], log):
     log(f"installed {' '.join(args)}")
 
 
-def _check(python: Path, imports: tuple[str, ...], pin: str):
+def _check(python: Path, imports: tuple[str, ...], pin: str) -> None:
     code = f"import torch, {', '.join(imports)}; print(torch.__version__)" if imports else "import torch; print(torch.__version__)"
     r = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
     if r.returncode or not r.stdout.startswith(pin.split("==")[1]):
@@ -46,7 +47,8 @@ def _check(python: Path, imports: tuple[str, ...], pin: str):
                         f"{(r.stderr.strip().splitlines() or [''])[-1]}): check PyPI access and retry")
 
 
-def ensure(name: str, packages: list[str], log=lambda msg: None, imports: tuple[str, ...] = ()) -> Path:
+def ensure(name: str, packages: list[str], log: Callable[[str], None] = lambda msg: None,
+           imports: tuple[str, ...] = ()) -> Path:
     """The python of toolchain venv `name`, created (atomically) when missing; `imports` must
     import there afterwards, with torch still the pinned version."""
     root = cache_dir() / "toolchains"
@@ -79,7 +81,7 @@ def src_env(src: str | None = None) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
 
 
-def run(python: Path, module: str, args: list[str], log=lambda msg: None) -> None:
+def run(python: Path, module: str, args: list[str], log: Callable[[str], None] = lambda msg: None) -> None:
     """Run `python -m module args` with litelm_edge importable; a failure is one UserError line."""
     r = subprocess.run([str(python), "-m", module, *args], env=src_env(), capture_output=True, text=True)
     if r.returncode:

@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from litelm_edge import manifest  # noqa: E402
-from litelm_edge.devices.bench import bench  # noqa: E402
+from litelm_edge import manifest
+from litelm_edge.devices.bench import bench
 
 QUICK = dict(reps=2, warmup=0, iters=3, prompt_len=16, gen_len=4, concurrency=1, qps_iters=1)
 

@@ -62,7 +62,7 @@ def test_transformers_5_config_with_rope_parameters(tmp_path, data_dir):
 
 
 def test_transformers_4_config_with_top_level_rope_theta(tmp_path, data_dir):
-    hf = hf_checkpoint(tmp_path / "hf", tie_word_embeddings=True)
+    hf_checkpoint(tmp_path / "hf", tie_word_embeddings=True)
     edit_config(tmp_path / "hf", rope_parameters=None, rope_theta=THETA)  # how transformers 4.x writes it
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()  # transformers reads it too
     model, _, _ = ckpt.load(tmp_path / "hf", tokenizer=data_dir / "tokenizer.json")

@@ -7,7 +7,7 @@ from conftest import TINY_SETS
 from litelm_edge.config import UserError, override, parse_sets, split_sets
 from litelm_edge.pipeline import checkpoint as ckpt
 from litelm_edge.pipeline.model import preset
-from litelm_edge.pipeline.train import TrainConfig, lr_at, train
+from litelm_edge.pipeline.train import TrainConfig, lr_at
 
 
 def cfg(**kw):

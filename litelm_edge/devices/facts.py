@@ -196,7 +196,7 @@ class EnergyMeter:
             self._stop.set()
             self._thread.join()
         seconds = (self._t_end if self._thread else time.perf_counter()) - self._t0
-        for (_, path, wrap), s in zip(self.counters, self._start):
+        for (_, path, wrap), s in zip(self.counters, self._start, strict=True):
             e = _int(path) or 0
             self._uj += e - s if e >= s else e + wrap - s  # the counter wrapped once
         joules = self._uj / 1e6

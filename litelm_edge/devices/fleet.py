@@ -45,7 +45,7 @@ def read_inventory(path) -> list[Device]:
         raise UserError(f"{path}: no [[device]] tables: list devices as [[device]] with name and "
                         "address")
     devices = [from_dict(Device, row, f"{path} [[device]] #{i + 1}") for i, row in enumerate(rows)]
-    for i, d in enumerate(devices):
+    for d in devices:
         parse_address(d.address)  # OpenSSH's rules, before any connection
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
@@ -68,7 +68,7 @@ def _one(device: Device, target: str, cancel: threading.Event, bench_one) -> dic
         res = bench_one(device, cancel)
     except UserError as e:
         row["error"] = str(e)
-    except Exception as e:  # noqa: BLE001 - one device's bug must not lose the other rows
+    except Exception as e:  # one device's bug must not lose the other rows
         row["error"] = f"{type(e).__name__}: {e}"
     else:
         row.update(ok=bool(res["ok"]), result=res, verdict=res.get("verdict"))

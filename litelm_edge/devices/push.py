@@ -45,7 +45,7 @@ for f; do mkdir -p -- "$(dirname -- "$dir/$f")"; done
 find "$dir" -name '*%s' -type f -delete
 printf 'dir %%s\n' "$dir"
 (set -- $(df -Pk "$dir" | tail -n 1); printf 'free %%s\n' "$4")  # no awk: minimal Debian lacks it
-cd "$dir"; for f; do if [ -f "$f" ]; then sha256sum -- "$f"; fi; done""" % PART
+cd "$dir"; for f; do if [ -f "$f" ]; then sha256sum -- "$f"; fi; done""" % PART  # noqa: UP031 - a shell script: its own %s and {} would clash with f-string or .format braces
 
 
 def prepare(remote: Remote, root: str | None, sub: str, names: list[str]):

