@@ -212,3 +212,9 @@ def test_unknown_backend_and_precision_are_one_line_errors():
 def test_docs_print_the_precision_tables():
     from litelm_edge.backends import precisions_markdown
     assert precisions_markdown() in (PKG.parent / "docs" / "backends.md").read_text()
+
+
+def test_docs_index_lists_every_page():
+    docs = PKG.parent / "docs"
+    index = (docs / "index.md").read_text()
+    assert [p.name for p in sorted(docs.glob("*.md")) if p.name != "index.md" and f"({p.name})" not in index] == []
