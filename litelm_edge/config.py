@@ -170,7 +170,8 @@ def _value(value: Any, typ: Any, where: str, key: str) -> Any:
     if typing.get_origin(typ) is list and dataclasses.is_dataclass(typing.get_args(typ)[0]):
         if not isinstance(value, list):
             raise UserError(f"{where}: write [{key}] as an array of tables ([[{key}]]), got {value!r}"[:200])
-        return [from_dict(typing.get_args(typ)[0], v, f"{where} [[{key}]] #{i + 1}") for i, v in enumerate(value)]
+        item = typing.get_args(typ)[0]
+        return [from_dict(item, v, f"{where} [[{key}]] #{i + 1}") for i, v in enumerate(value)]
     try:
         return _coerce(value, typ, key)
     except UserError as e:
@@ -196,9 +197,11 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
 
 def to_dict(obj: Any) -> dict:
     """A dataclass as a plain table, without the keys left unset (None)."""
-    return {_key_of(f): (to_dict(v) if dataclasses.is_dataclass(v) else
-                         [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v] if isinstance(v, list) else v)
-            for f in dataclasses.fields(obj) if (v := getattr(obj, f.name)) is not None}
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return to_dict(v)
+        return [plain(x) for x in v] if isinstance(v, list) else v
+    return {_key_of(f): plain(v) for f in dataclasses.fields(obj) if (v := getattr(obj, f.name)) is not None}
 
 
 def parse_sets(sets: typing.Iterable[str]) -> dict:

@@ -48,11 +48,17 @@ def clean_stale(parent: Path) -> None:
             continue
         pid = m.group("pid") or m.group("old")
         try:
-            stale = (int(pid) != os.getpid() and not _alive(int(pid))) if pid else p.stat().st_mtime < _RUN_START
+            if pid:
+                stale = int(pid) != os.getpid() and not _alive(int(pid))
+            else:
+                stale = p.stat().st_mtime < _RUN_START
         except OSError:
             continue
         if stale:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

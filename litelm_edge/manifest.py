@@ -67,7 +67,8 @@ def read_manifest(art_dir: str | Path) -> dict:
     or its artifact id does not match its content."""
     p = Path(art_dir) / NAME
     if not p.is_file():
-        raise UserError(f"'{art_dir}' is not a built artifact (no manifest.json): pass a folder made by `litelm-edge build`")
+        raise UserError(f"'{art_dir}' is not a built artifact (no manifest.json): "
+                        "pass a folder made by `litelm-edge build`")
     try:
         m = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -78,7 +79,8 @@ def read_manifest(art_dir: str | Path) -> dict:
         raise UserError(f"{p}: artifact format version {m.get('version')}, this litelm-edge reads "
                         f"version {VERSION}: {_rebuild(m)}")
     if m.get("artifact_id") != artifact_id(m):
-        raise UserError(f"{p}: the manifest does not match its artifact id (edited or corrupt): {_rebuild(m)}")
+        raise UserError(f"{p}: the manifest does not match its artifact id (edited or corrupt): "
+                        f"{_rebuild(m)}")
     return m
 
 

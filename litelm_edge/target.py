@@ -35,7 +35,8 @@ class TargetInfo:
     backend: str  # a litelm_edge/backends/<name>/ package: ort, tvm, litert
     precision: str = DEFAULT_PRECISION  # the default --precision
     description: str = ""  # one line for `litelm-edge targets`
-    arch: str | None = None  # the device's CPU (platform.machine()); None: any. Figures from another are host or emulated ones
+    # the device's CPU (platform.machine()); None: any. Figures from another are host or emulated ones
+    arch: str | None = None
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Thresholds:
     max_size_mb: float | None = None  # artifact on disk, decimal MB
     min_decode_tok_s: float | None = None  # decode with the KV cache
     min_energy_reduction: float | None = None  # vs the fp32 build's bench.json (bench --baseline)
-    latency_percentile: str | None = None  # the prefill percentile max_latency_ms is judged on; None: DEFAULT_PERCENTILE
+    latency_percentile: str | None = None  # the percentile max_latency_ms is judged on (DEFAULT_PERCENTILE)
 
     def validate(self) -> None:
         at_least(self, **{f.name: 0 for f in fields(Thresholds) if f.name != "latency_percentile"})

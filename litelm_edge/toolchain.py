@@ -40,7 +40,7 @@ def _pip(python: Path, args: list[str], log: Callable[[str], None]) -> None:
 
 
 def _check(python: Path, imports: tuple[str, ...], pin: str) -> None:
-    code = f"import torch, {', '.join(imports)}; print(torch.__version__)" if imports else "import torch; print(torch.__version__)"
+    code = f"import {', '.join(('torch', *imports))}; print(torch.__version__)"
     r = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
     if r.returncode or not r.stdout.startswith(pin.split("==")[1]):
         raise UserError(f"toolchain venv is broken (torch {r.stdout.strip() or '?'}, want {pin}; "

@@ -51,7 +51,9 @@ class Precision:
 
     @property
     def rule(self) -> str:
-        return f"max_abs_err <= {FP32_MAX_ABS}" if self.min_top1 is None else f"top1_agreement >= {self.min_top1}"
+        if self.min_top1 is None:
+            return f"max_abs_err <= {FP32_MAX_ABS}"
+        return f"top1_agreement >= {self.min_top1}"
 
     def passes(self, max_abs_err: float, top1: float) -> bool:
         return max_abs_err <= FP32_MAX_ABS if self.min_top1 is None else top1 >= self.min_top1
@@ -123,7 +125,7 @@ def load(name: str) -> Backend:
     if name not in names():
         raise UserError(f"unknown backend '{name}', have: {', '.join(names())}")
     b = importlib.import_module(f"{__name__}.{name}").BACKEND
-    assert isinstance(b, Backend) and b.name == name, f"backends/{name}: BACKEND must be Backend('{name}', ...)"
+    assert isinstance(b, Backend) and b.name == name, f"backends/{name}: BACKEND must be Backend('{name}')"
     return b
 
 
