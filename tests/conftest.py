@@ -116,7 +116,7 @@ _BUILT: dict[tuple, Path] = {}  # build_once's artifacts, shared by every module
 
 
 def build_cached(tmp_path_factory, checkpoint, target: str, precision: str, data=None, sets: dict | None = None) -> Path:
-    """export.build once per (checkpoint, target, precision, data, sets) in this session."""
+    """flows.build.build once per (checkpoint, target, precision, data, sets) in this session."""
     key = (str(Path(checkpoint).resolve()), target, precision, str(data), tuple(sorted((sets or {}).items())))
     if key not in _BUILT:
         from litelm_edge.flows.build import build

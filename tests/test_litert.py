@@ -123,7 +123,7 @@ def toolchain():
 
 @pytest.fixture(scope="module")
 def built(toolchain, data_dir, tmp_path_factory):
-    """{name: (artifact dir, manifest)} of `tiny` preset models built through export.build.
+    """{name: (artifact dir, manifest)} of `tiny` preset models built through flows/build.build.
 
     fp32, int8: random weights (seed 0): the conftest's 2-layer model is so small that graph
     overhead makes its INT8 file more than half its float weights, which export rejects as "not

@@ -240,6 +240,17 @@ def test_missing_extra_gives_the_pip_command(tiny_run, tmp_path):
              "safetensors is not installed", "pip install 'litelm-edge[train]'")
 
 
+def test_missing_extra_names_each_backends_extra_and_survives_one_without(monkeypatch):
+    """The error handler reads each Backend record's extra and host_modules: a backend whose
+    record names no extra gives the plain internal-error line, never a crash inside the handler."""
+    import dataclasses
+    from litelm_edge import backends, cli as C
+    assert C.missing_extra(ModuleNotFoundError("x", name="onnxruntime_genai")).endswith("'litelm-edge[x86]'")
+    bare = dataclasses.replace(backends.load("tvm"), extra=None, host_modules=("tvm_ffi",))
+    monkeypatch.setattr(backends, "load", lambda name: bare)
+    assert C.missing_extra(ModuleNotFoundError("x", name="tvm_ffi")) is None
+
+
 # 7. --resume restores the run's own settings; pipeline reuse keyed on every input --------------------
 
 def test_resume_keeps_the_runs_settings(data_dir, tmp_path):

@@ -30,7 +30,7 @@ try:
 except ImportError:  # main() reports it with the install command (exit 3)
     np = None
 
-try:  # in the litelm_edge package (export, eval), or a script beside facts.py (bench)
+try:  # in the litelm_edge package (the build flow, eval), or a script beside facts.py (bench)
     from . import facts
 except ImportError:
     import facts
@@ -47,7 +47,8 @@ FILES = (SCRIPT, "devices/facts.py")  # the core a device receives, with a runti
 
 @dataclasses.dataclass
 class Protocol:
-    """The bench protocol's defaults: the CLI, the runner and the benchmarks read them here."""
+    """The bench protocol's defaults, owned here: the CLI, the runner, the benchmarks, a recipe's
+    [bench] (flows/recipe.BenchStep), CI jobs (flows/ci.PROTOCOL) and the tuner read them."""
     warmup: int = 2  # untimed rounds before the timed ones
     reps: int = 5  # timed rounds
     iters: int = 10  # prefills a round

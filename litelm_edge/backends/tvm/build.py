@@ -7,7 +7,7 @@ The target TOML's [tvm] table (Settings, resolved with --set by the build flow) 
     tile = [4, 16]                       # optional register tile (rows x columns) of the matmuls
 The compiler runs in its own venv (toolchain.py) as `python -m litelm_edge.backends.tvm.convert SPEC`.
 A cross-compiled library cannot run here, so the same module is also compiled for this machine
-and export checks parity on that one (HostParity), and on the device with `bench --remote`.
+and the build flow checks parity on that one (HostParity), and on the device with `bench --remote`.
 """
 from __future__ import annotations
 

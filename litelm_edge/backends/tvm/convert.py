@@ -39,7 +39,7 @@ def relax_module(checkpoint: str, precision: str):
     graph.prepare(model.float().eval(), precision)
     nbytes: dict[str, int] = {}
     for t in model.buffers():
-        name = str(t.dtype).removeprefix("torch.")  # "int8", "float32": the names export checks
+        name = str(t.dtype).removeprefix("torch.")  # "int8", "float32": the names the build flow checks
         nbytes[name] = nbytes.get(name, 0) + t.numel() * t.element_size()
     with torch.no_grad():
         mod = from_exported_program(graph.export(model))

@@ -2,7 +2,7 @@
 
     python -m litelm_edge.backends.tvm.serve LIB_DIR MANIFEST.json
 
-The main environment cannot import TVM (it conflicts with other toolchains), so export's parity
+The main environment cannot import TVM (it conflicts with other toolchains), so the build flow's parity
 check talks to this process over pipes: each request is one int64 array in .npy format
 ([0, ids...] = prefill, [1, token] = decode), each answer one float32 array of logits.
 """
