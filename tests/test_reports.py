@@ -60,7 +60,7 @@ def test_bench_json_matches_its_schema(judged):
     import jsonschema
     _, out, _ = judged
     doc = json.loads((out / "bench.json").read_text())
-    assert doc["schema"] == "litelm-edge-bench/2"
+    assert doc["schema"] == "litelm-edge-bench/3"
     schemas.validate(doc)
     broken = copy.deepcopy(doc)
     broken["thresholds"][0]["pass"] = "yes"

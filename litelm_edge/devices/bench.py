@@ -19,7 +19,7 @@ from ..reports.judge import latency_percentile, overall, verdicts, where  # noqa
 from ..manifest import read_manifest, verified  # noqa: F401 (read_manifest: imported from here by older callers)
 
 RUNNER = Path(R.__file__)
-SCHEMA = "litelm-edge-bench/2"  # the judged bench.json; litelm_edge/schemas/bench-2.schema.json
+SCHEMA = "litelm-edge-bench/3"  # the judged bench.json; litelm_edge/schemas/bench-3.schema.json
 ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64"}  # ELF e_machine -> platform.machine()
 
 
@@ -96,8 +96,11 @@ def energy(raw: dict, power: dict) -> dict:
             "model": {"idle_w": idle, "full_load_w": full, "cores": cores, "source": power.get("source")}}
 
 
-def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = None) -> dict:
-    res = dict(raw, schema=SCHEMA, where=where(raw, manifest))
+def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = None,
+           started_at: str | None = None) -> dict:
+    """The judged bench.json from the runner's raw JSON. started_at: when the bench began (UTC)."""
+    from ..reports import runinfo
+    res = dict(raw, schema=SCHEMA, where=where(raw, manifest), run=runinfo.record(started_at or runinfo.now()))
     arch = manifest.get("arch")
     res["provenance"] = {"emulated": "emulated device: a function check, not a speed figure",
                          "host": f"{provenance}, on a {raw['device'].get('machine')} host standing in for the "
@@ -118,8 +121,10 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
 
 def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs_root: str | None = None) -> dict:
     """The local bench: this machine is the device."""
+    from ..reports.runinfo import now
+    started_at = now()
     manifest = verified(art_dir)
     check_runs_here(art_dir, manifest)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log, sysfs_root)
-    return finish(raw, manifest, "measured on this host (local bench)", base)
+    return finish(raw, manifest, "measured on this host (local bench)", base, started_at)
