@@ -8,6 +8,7 @@ target's named power model), the threshold verdicts, and where every number came
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,15 @@ def check_runs_here(art_dir, manifest: dict):
                         "--remote user@host` (or on the emulated device, see docs/ci.md)")
 
 
+def shared_runner(env=os.environ) -> str | None:
+    """What this machine is when it is a CI runner shared with other jobs (its speed is not the
+    device's): GitHub sets RUNNER_ENVIRONMENT=github-hosted on its own runners; another CI can say
+    so with LITELM_EDGE_SHARED_RUNNER=NAME. None on a machine of one's own (self-hosted included)."""
+    if env.get("LITELM_EDGE_SHARED_RUNNER"):
+        return env["LITELM_EDGE_SHARED_RUNNER"]
+    return "GitHub-hosted runner" if env.get("RUNNER_ENVIRONMENT") == "github-hosted" else None
+
+
 def bench_local(art_dir, protocol: dict | None = None, log=print, sysfs_root: str | None = None) -> dict:
     """Run the device runner in a subprocess of this Python; returns its raw JSON.
     sysfs_root: where the runner reads energy sensors and temperatures (default /sys)."""
@@ -105,6 +115,8 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
     res["provenance"] = {"emulated": "emulated device: a function check, not a speed figure",
                          "host": f"{provenance}, on a {raw['device'].get('machine')} host standing in for the "
                                  f"{arch} device of target {manifest['target']}: host figures, not the device's",
+                         "hosted": f"{provenance}, on a shared CI runner ({raw['device'].get('shared_runner')}): "
+                                   "a function check, not the device's speed",
                          "device": provenance}[res["where"]]
     res["size_mb"] = manifest["size_bytes"] / 1e6
     res["inferences_per_s"] = 1e3 / raw["prefill_ms"]["mean"]
@@ -127,4 +139,6 @@ def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs
     check_runs_here(art_dir, manifest)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log, sysfs_root)
+    if shared_runner():  # labelled like an emulated result: no speed threshold is judged on it
+        raw["device"]["shared_runner"] = shared_runner()
     return finish(raw, manifest, "measured on this host (local bench)", base, started_at)
