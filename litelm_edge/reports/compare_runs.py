@@ -139,7 +139,10 @@ def plot(runs: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.2))
     for ax, (label, get, lower) in zip(axes.flat, METRICS):
         vals = [get(r) for r in runs]
-        ax.bar(names, [v[0] for v in vals], yerr=[v[1] or 0 for v in vals], color=colors, capsize=4)
+        spread = [v[1] for v in vals]
+        bars = ax.bar(names, [v[0] for v in vals], color=colors, capsize=4,
+                      yerr=None if None in spread else spread)  # single figures (QPS, RSS, size): no bar
+        ax.bar_label(bars, labels=[f"{v[0]:.3g}" for v in vals], fontsize=7, label_type="center")
         ax.set_ylim(0, None)
         ax.set_title(f"{label}\n({'lower' if lower else 'higher'} is better)", fontsize=9)
     fig.suptitle("Bench runs compared: mean ± stddev (grey: emulated or host figures)", fontsize=10)
