@@ -152,6 +152,8 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
 @click.option("--check", is_flag=True, help="Exit 1 when a threshold or parity fails (per device for a fleet).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write JUnit XML: a testcase per threshold and for parity.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["json", "csv", "md"]),
+              help="Print one row per measurement with build and hardware columns (llama-bench's) instead of the report.")
 @REMOTE
 @click.option("--inventory", type=click.Path(path_type=Path), help="devices.toml: a fleet of [[device]] name/address/target/notes.")
 @ACCEPT
@@ -162,22 +164,32 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--workers", default=WORKERS, show_default=True, help="Devices benchmarked at once.")
 @SSH_CONFIG
 def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check, junit,
-              remotes, inventory, **remote):
+              fmt, remotes, inventory, **remote):
     """Benchmark a built artifact here, or on devices over SSH (--remote, --inventory)."""
     from .devices.bench import bench
-    from .reports import report
+    from .reports import report, rows
     proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency, threads=threads)
     if remotes or inventory:
         from .devices.fleet import bench_devices
         code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact, check,
-                                   log=lambda m: click.echo(m, err=True), junit=junit, **remote)
+                                   log=lambda m: click.echo(m, err=True), junit=junit, fmt=fmt, **remote)
         click.echo(text)
         sys.exit(code)
     r = bench(artifact, proto, baseline, log=lambda m: click.echo(m, err=True))
     report.write(r, report_dir or artifact, junit)
-    click.echo(report.to_markdown(r))
+    click.echo(rows.render(fmt, [r]) if fmt else report.to_markdown(r))
     if check and not r["ok"]:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--plot", type=click.Path(path_type=Path), default=Path("compare.png"), show_default=True,
+              help="Plot of the runs side by side (.png, .svg or .pdf).")
+def compare(runs, plot):
+    """Compare bench runs (bench.json files or folders), each against the first: mean ± stddev and ratios."""
+    from .reports.compare_runs import compare as do_compare
+    click.echo(do_compare(list(runs), plot), nl=False)
 
 
 @cli.command()

@@ -35,7 +35,8 @@ def cache_dir() -> Path:
 
 
 def data_dir(kind: str) -> Path:
-    """Folder of shipped TOML data: kind is 'targets', 'model' or 'recipes'."""
+    """Folder of shipped data: 'targets', 'model', 'recipes' (TOML) or 'tools' (the CI scripts the
+    workflow runs: ci_device.py, emulated_device.py); in a wheel under _data/, else the checkout's."""
     here = Path(__file__).resolve().parent
     for d in (here / "_data" / kind, here.parent / kind):
         if d.is_dir():

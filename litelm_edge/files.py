@@ -28,6 +28,26 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def readable(path: Path, folder: bool = False):
+    """Give a temporary (mkstemp: 0600, mkdtemp: 0700) the mode of any build output: 0644 for a
+    file, 0755 for a folder, less what the umask takes away, so reports and artifacts can be read
+    by others like what a compiler or `cp` writes."""
+    os.chmod(path, (0o755 if folder else 0o644) & ~_umask())
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -69,6 +89,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    readable(tmp, folder=True)
     try:
         yield tmp
         commit_dir(tmp, final)
@@ -92,6 +113,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     path = Path(path)
     clean_stale(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    os.fchmod(fd, 0o644 & ~_umask())  # as readable(): 0644 like any build output, not mkstemp's 0600
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()

@@ -3,7 +3,7 @@
     ~/.cache/litelm-edge/toolchains/<name>/   (or $LITELM_EDGE_CACHE/toolchains/<name>/)
 
 Created on first use with torch==2.13.0 installed first (pip never resolves torch: a bare `torch`
-would pull a multi-GB CUDA build), then the backend's pinned packages. Creation goes to a
+would pull a multi-GB CUDA build; from $LITELM_EDGE_TORCH_INDEX when set), then the backend's pinned packages. Creation goes to a
 temporary folder renamed into place, so a crash never leaves a half-made venv that looks whole.
 The backend's converter runs in it as a subprocess with the litelm_edge sources on PYTHONPATH.
 """
@@ -27,6 +27,14 @@ def torch_pin() -> str:
         return "torch==" + torch.__version__.split("+")[0]
     except ImportError:
         return "torch==2.13.0"
+
+
+def torch_index() -> list[str]:
+    """pip's --index-url for the torch pin when $LITELM_EDGE_TORCH_INDEX names one: the workflow sets
+    torch's CPU wheel index on GitHub's runners, where a plain torch==X resolves the CUDA build
+    (cudnn, nccl, triton: GBs). Unset on machines whose pip already finds the CPU wheel."""
+    index = os.environ.get("LITELM_EDGE_TORCH_INDEX")
+    return ["--index-url", index] if index else []
 
 
 def _pip(python: Path, args: list[str], log: Callable[[str], None]) -> None:
@@ -62,7 +70,7 @@ def ensure(name: str, packages: list[str], log: Callable[[str], None] = lambda m
         log(f"creating toolchain venv {final} (once; a few minutes)")
         subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True)
         pin = torch_pin()
-        _pip(tmp / "bin" / "python", [pin], log)  # first, so the next step never resolves a torch
+        _pip(tmp / "bin" / "python", [pin, *torch_index()], log)  # first, so the next step never resolves a torch
         _pip(tmp / "bin" / "python", [*packages, pin], log)
         _check(tmp / "bin" / "python", imports, pin)
         try:

@@ -111,6 +111,6 @@ def test_end_to_end_train_build_bench_generate(corpus, tmp_path):
     r = cli("bench", art, "--reps", "2", "--warmup", "1", "--gen-len", "16", "--prompt-len", "32", "--concurrency", "2")
     assert "| prefill 32 tokens" in r.stdout and "max_latency_ms" in r.stdout
     res = json.loads((art / "bench.json").read_text())
-    assert res["schema"] == "litelm-edge-bench/2" and res["parity"]["ok"]
+    assert res["schema"] == "litelm-edge-bench/3" and res["parity"]["ok"]
     assert (art / "bench.md").is_file() and (art / "bench.html").read_text().startswith("<!doctype html>")
     assert len(cli("generate", "--artifact", art, "--prompt", "KING:", "--max-new-tokens", "8").stdout) > len("KING:")

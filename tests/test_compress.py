@@ -237,8 +237,12 @@ def test_failing_gate_applies_next_step_and_reports_attempts(corpus, data_dir, t
     pytest.importorskip("onnxruntime")
     from litelm_edge.flows.run import run_recipe
     recipe = _gated_recipe(corpus, data_dir, tiny_run, tmp_path, "max_ppl_increase = -0.5\nmax_attempts = 5")
-    r = run_recipe(str(recipe), log=lambda m: None)
+    logs = []
+    r = run_recipe(str(recipe), log=logs.append)
     assert not r["ok"] and [a["attempt"] for a in r["attempts"]] == [0, 1]  # one step: 2 attempts, not 5
+    html = next(x for x in logs if x.startswith("bench report (x86): ")).split(": ", 1)[1]  # where it went, printed
+    assert html == r["attempts"][1]["reports"]["x86"] and html.endswith("attempt-1/bench.html")
+    assert f"run report: {tmp_path / 'work' / 'report.md'}" in logs
     a0, a1 = r["attempts"]
     assert a1["n_params"] < a0["n_params"] and a1["step"].startswith("prune")
     gate = a0["targets"][0]["gates"][0]

@@ -60,7 +60,7 @@ def test_bench_json_matches_its_schema(judged):
     import jsonschema
     _, out, _ = judged
     doc = json.loads((out / "bench.json").read_text())
-    assert doc["schema"] == "litelm-edge-bench/2"
+    assert doc["schema"] == "litelm-edge-bench/3"
     schemas.validate(doc)
     broken = copy.deepcopy(doc)
     broken["thresholds"][0]["pass"] = "yes"
@@ -145,3 +145,21 @@ def test_foreign_native_code_is_sent_to_the_device(judged, tmp_path):
     r = cli("bench", other, *PROTO, check=False)
     assert r.returncode == 2 and "holds aarch64 native code (model.so)" in r.stderr
     assert "--remote user@host" in r.stderr and "pip install" not in r.stderr
+
+
+def test_latency_axis_fits_the_samples_and_marks_the_limit(judged, monkeypatch):
+    """~0.2 ms samples and a 100 ms limit: the axis fits the samples, the limit is named at the edge;
+    a limit near the data is drawn on the axis."""
+    from litelm_edge.reports import plots
+    left, right, shown = plots.axis_range([0.9, 1.0, 1.1], 100.0)
+    assert (left, shown) == (pytest.approx(0.89), False) and right < 1.2
+    left, right, shown = plots.axis_range([0.9, 1.0, 1.1], 1.25)
+    assert shown and right > 1.25 and left == pytest.approx(0.89)
+    monkeypatch.setattr(plots, "_svg", lambda fig: fig)  # the figure itself, to read its axes
+    res = json.loads((judged[1] / "bench.json").read_text())
+    far = dict(res, thresholds=[dict(res["thresholds"][0], limit=1e5)])
+    ax = plots.prefill_distribution(far).axes[0]
+    assert ax.get_xlim()[1] < 2 * max(res["prefill_ms"]["samples"])
+    assert any("off the axis" in t.get_text() for t in ax.texts)
+    bars = plots.compare_metrics([res, dict(res, where="emulated")]).axes
+    assert all(a.get_xscale() == "linear" and a.get_xlim()[0] == 0 for a in bars)  # bars from zero, no log

@@ -2,6 +2,7 @@
 """The one script CI runs per device: build TARGET at PRECISION, bench it, write its bundle.
 
     python tools/ci_device.py TARGET [PRECISION] --checkpoint RUN --out bundles/ [--reps 3 ...]
+    python tools/ci_device.py --cache-keys      # toolchains=HASH, rootfs=HASH: the workflow's cache keys
 
 The workflow (.github/workflows/devices.yml) runs exactly this for each matrix entry, and the
 project's own CI (.ci/run, tests/test_ci.py) runs it for x86 and rpi4. It starts the emulated arm64
@@ -48,7 +49,33 @@ def device_config(env, secret: str, tmp: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cache_keys() -> str:
+    """`name=hash` lines for $GITHUB_OUTPUT, each hashing the pins its cached folder is made from:
+    the toolchain venvs (python, torch, every backend's VENV and PACKAGES) and the emulated arm64
+    rootfs (its own key: suite, Debian packages, wheels). Read from the installed package, so a
+    repository calling the workflow gets the same keys as this one."""
+    import hashlib
+    import importlib.util
+    import json
+    from litelm_edge import backends, toolchain
+    pins = {"python": platform.python_version(), "torch": toolchain.torch_pin(),
+            "torch_index": os.environ.get("LITELM_EDGE_TORCH_INDEX", "")}
+    for name in backends.names():
+        build = backends.load(name, "build")
+        if hasattr(build, "VENV"):
+            pins[build.VENV] = list(getattr(build, "PACKAGES", []))
+    spec = importlib.util.spec_from_file_location("emulated_device", EMULATOR)
+    emu = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emu)
+    digest = hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:16]
+    return f"toolchains={digest}\nrootfs={emu.rootfs_key(emu.DEFAULT_PACKAGES)}"
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--cache-keys"]:
+        print(cache_keys())
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("target")
     ap.add_argument("precision", nargs="?", help="default: the target's")

@@ -11,8 +11,12 @@ py=${PYTHON:-python3}
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first, pinned: a local CPU wheel. Left to pip, a bare `torch` requirement would pull a
 # multi-GB CUDA build; with 2.13.0 installed, the extras' range installs nothing more.
-.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" torch==2.13.0
-extras="x86,train"
+# $LITELM_EDGE_TORCH_INDEX: an index holding torch's CPU wheels, for machines (GitHub's runners)
+# where pip would otherwise resolve torch==2.13.0 to the CUDA build; the workflow sets it.
+.venv/bin/python -c "import torch" 2>/dev/null ||
+    "${pip[@]}" torch==2.13.0 ${LITELM_EDGE_TORCH_INDEX:+--index-url "$LITELM_EDGE_TORCH_INDEX"}
+# $LITELM_EDGE_EXTRAS: the extras to install (the workflow's device jobs: only their target's)
+extras="${LITELM_EDGE_EXTRAS:-x86,train}"
 [ $dev = 1 ] && extras="$extras,dev,android"  # android: ai-edge-litert, the host-side LiteRT runtime
 "${pip[@]}" -e ".[$extras]"
 .venv/bin/python -c "import torch; v = torch.__version__; assert v.startswith('2.13'), f'torch {v} replaced 2.13.0'"

@@ -8,6 +8,7 @@ target's named power model), the threshold verdicts, and where every number came
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from ..target import latency_percentile
 from . import runner as R
 
 RUNNER = Path(R.__file__)
-SCHEMA = "litelm-edge-bench/2"  # the judged bench.json; litelm_edge/schemas/bench-2.schema.json
+SCHEMA = "litelm-edge-bench/3"  # the judged bench.json; litelm_edge/schemas/bench-3.schema.json
 ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64"}  # ELF e_machine -> platform.machine()
 
 
@@ -57,6 +58,15 @@ def check_runs_here(art_dir, manifest: dict):
         raise UserError(f"{art_dir} holds {native[0]} native code ({native[1]}) and this host is "
                         f"{platform.machine()}: bench it on the device with `litelm-edge bench {art_dir} "
                         "--remote user@host` (or on the emulated device, see docs/ci.md)")
+
+
+def shared_runner(env=os.environ) -> str | None:
+    """What this machine is when it is a CI runner shared with other jobs (its speed is not the
+    device's): GitHub sets RUNNER_ENVIRONMENT=github-hosted on its own runners; another CI can say
+    so with LITELM_EDGE_SHARED_RUNNER=NAME. None on a machine of one's own (self-hosted included)."""
+    if env.get("LITELM_EDGE_SHARED_RUNNER"):
+        return env["LITELM_EDGE_SHARED_RUNNER"]
+    return "GitHub-hosted runner" if env.get("RUNNER_ENVIRONMENT") == "github-hosted" else None
 
 
 def bench_local(art_dir, protocol: dict | None = None, log=print, sysfs_root: str | None = None) -> dict:
@@ -97,12 +107,17 @@ def energy(raw: dict, power: dict) -> dict:
             "model": {"idle_w": idle, "full_load_w": full, "cores": cores, "source": power.get("source")}}
 
 
-def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = None) -> dict:
-    res = dict(raw, schema=SCHEMA, where=where(raw, manifest))
+def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = None,
+           started_at: str | None = None) -> dict:
+    """The judged bench.json from the runner's raw JSON. started_at: when the bench began (UTC)."""
+    from ..reports import runinfo
+    res = dict(raw, schema=SCHEMA, where=where(raw, manifest), run=runinfo.record(started_at or runinfo.now()))
     arch = manifest.get("arch")
     res["provenance"] = {"emulated": "emulated device: a function check, not a speed figure",
                          "host": f"{provenance}, on a {raw['device'].get('machine')} host standing in for the "
                                  f"{arch} device of target {manifest['target']}: host figures, not the device's",
+                         "hosted": f"{provenance}, on a shared CI runner ({raw['device'].get('shared_runner')}): "
+                                   "a function check, not the device's speed",
                          "device": provenance}[res["where"]]
     res["size_mb"] = manifest["size_bytes"] / 1e6
     res["inferences_per_s"] = 1e3 / raw["prefill_ms"]["mean"]
@@ -119,8 +134,12 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
 
 def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs_root: str | None = None) -> dict:
     """The local bench: this machine is the device."""
+    from ..reports.runinfo import now
+    started_at = now()
     manifest = verified(art_dir)
     check_runs_here(art_dir, manifest)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log, sysfs_root)
-    return finish(raw, manifest, "measured on this host (local bench)", base)
+    if shared_runner():  # labelled like an emulated result: no speed threshold is judged on it
+        raw["device"]["shared_runner"] = shared_runner()
+    return finish(raw, manifest, "measured on this host (local bench)", base, started_at)

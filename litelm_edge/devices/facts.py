@@ -236,6 +236,7 @@ def device_facts(root: str = "/", sysfs_root: str = "/sys") -> dict:
     import numpy as np
     f = probe_facts(root, sysfs_root)
     return {**f, "cpu": f["cpu_model"], "machine": platform.machine(), "emulated": emulated(),
+            "hostname": platform.node(),
             "system": platform.system(),
             "release": platform.release(), "python": platform.python_version(),
             "numpy": np.__version__, "mem_gb": round((f["mem_total_mb"] or 0) / 1024, 2)}

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..config import UserError, read_toml
 
 WORKERS = 4  # devices benchmarked at once
-SCHEMA = "litelm-edge-fleet/2"  # litelm_edge/schemas/fleet-2.schema.json
+SCHEMA = "litelm-edge-fleet/3"  # litelm_edge/schemas/fleet-3.schema.json
 
 
 @dataclass
@@ -94,8 +94,10 @@ def run_fleet(devices: list[Device], target: str, bench_one, workers: int = WORK
 def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None,
                 workers: int = WORKERS, log=print, **kw) -> dict:
     from ..manifest import read_manifest
+    from ..reports import runinfo
     from .remote_bench import bench_remote
 
+    started_at = runinfo.now()
     manifest = read_manifest(art_dir)
 
     def bench_one(device, cancel):
@@ -105,7 +107,8 @@ def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None,
     rows = run_fleet(devices, manifest["target"], bench_one, workers)
     return {"schema": SCHEMA, "artifact": str(art_dir),
             "target": manifest["target"], "artifact_id": manifest.get("artifact_id"),
-            "protocol": protocol or {}, "ok": all(r["ok"] for r in rows), "devices": rows}
+            "protocol": protocol or {}, "ok": all(r["ok"] for r in rows), "devices": rows,
+            "run": runinfo.record(started_at)}
 
 
 def _cell(v, fmt="{:.1f}") -> str:
@@ -159,15 +162,15 @@ def write_fleet(report: dict, out_dir) -> dict:
 
 
 def bench_devices(art_dir, remotes: list[str], inventory, protocol: dict, baseline, out_dir,
-                  check: bool = False, workers: int = WORKERS, log=print, junit=None,
+                  check: bool = False, workers: int = WORKERS, log=print, junit=None, fmt=None,
                   **kw) -> tuple[int, str]:
     """The CLI's remote bench: one --remote gives the local bench's report, more give a fleet's.
 
-    Returns (exit code, Markdown). Exit 1 when a device failed or its parity failed (a mismatch is
+    Returns (exit code, Markdown, or with fmt the rows of reports/rows.py). Exit 1 when a device failed or its parity failed (a mismatch is
     a failed bench), or with check=True when a threshold failed on any device. junit: a JUnit XML
     file with one testsuite per device.
     """
-    from ..reports import junit as J, report
+    from ..reports import junit as J, report, rows
     from .remote_bench import bench_remote, transport_line
 
     if len(remotes) == 1 and not inventory:
@@ -179,10 +182,11 @@ def bench_devices(art_dir, remotes: list[str], inventory, protocol: dict, baseli
         report.write(res, out_dir)
         junit and J.write([J.bench_suite(res, res["remote"]["address"])], junit)
         bad = not res["parity"]["ok"] or (check and not res["ok"])
-        return int(bad), report.to_markdown(res) + "\n" + transport_line(res) + "\n"
+        return int(bad), rows.render(fmt, [res]) if fmt else report.to_markdown(res) + "\n" + transport_line(res) + "\n"
     devices = devices_from(remotes, inventory)
     fleet = bench_fleet(devices, art_dir, protocol, baseline, workers, log=log, **kw)
     write_fleet(fleet, out_dir)
     junit and J.write(J.fleet_suites(fleet), junit)
     bad = any(r["error"] for r in fleet["devices"]) or (check and not fleet["ok"])
-    return int(bad), fleet_markdown(fleet)
+    done = [d["result"] for d in fleet["devices"] if d["result"] is not None]
+    return int(bad), rows.render(fmt, done) if fmt else fleet_markdown(fleet)

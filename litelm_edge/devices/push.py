@@ -166,16 +166,16 @@ def push_to(address: str, artifact_dir, accept_new: bool = False, root: str | No
 
 
 def bar():
-    """A progress callback for push: a tqdm bar on stderr for each file of 1 MB or more."""
-    from tqdm import tqdm
+    """A progress callback for push: a bar on stderr for each file of 1 MB or more (a line per
+    10 % when stderr is not a terminal: reports/progress.py)."""
+    from ..reports.progress import bar as progress
 
     bars = {}
 
     def update(name, done, total):
         if total < 1 << 20:
             return
-        b = bars.get(name) or bars.setdefault(name, tqdm(total=total, unit="B", unit_scale=True,
-                                                         desc=name, leave=False))
+        b = bars.get(name) or bars.setdefault(name, progress(total, name, "B", unit_scale=True, leave=False))
         b.update(done - b.n)
         if done >= total:
             b.close()

@@ -1,6 +1,7 @@
 """One SSH connection to a device: open it the way `ssh` would, run commands with a timeout.
 
-Opening follows ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand), takes
+Opening follows ~/.ssh/config as OpenSSH resolves it, Include and all (devices/ssh_config.py: HostName,
+User, Port, IdentityFile, ProxyJump, ProxyCommand, UserKnownHostsFile), takes
 keys from the agent and from files, and checks the host key against known_hosts: an unknown key is
 refused (never a silent AutoAddPolicy) unless the caller passes accept_new=True, which records it.
 
@@ -145,16 +146,11 @@ def ssh_config_path() -> Path:
 
 
 def _lookup(alias: str) -> dict:
-    """ssh config entry for a host alias (empty when there is no config)."""
-    import paramiko
-
-    path = ssh_config_path()
-    if not path.is_file():
-        return {"hostname": alias}
-    try:
-        return paramiko.SSHConfig.from_path(str(path)).lookup(alias)
-    except paramiko.ConfigParseError as e:
-        raise UserError(f"{path}: {e}: fix the ssh config") from e
+    """ssh config entry for a host alias, resolved as OpenSSH does, Include and all (ssh -G where
+    ssh is installed, else a documented subset: devices/ssh_config.py); "_origins" names the file
+    and line of each value."""
+    from .ssh_config import resolve
+    return resolve(alias, ssh_config_path())
 
 
 def _client(accept_new: bool, known_hosts: str = ""):
@@ -193,7 +189,8 @@ def _connect_one(address: str, accept_new: bool, sock=None, timeout=CONNECT_TIME
         raise
     except Exception as e:  # every failure becomes one line naming the fix
         client.close()
-        raise RemoteError(_connect_message(e, label, keys)) from e
+        from .ssh_config import origins_note
+        raise RemoteError(_connect_message(e, label, keys) + origins_note(cfg)) from e
     client.get_transport().set_keepalive(15)
     return client, label, cfg
 

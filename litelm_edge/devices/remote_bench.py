@@ -76,6 +76,8 @@ def run_on_device(remote: Remote, art_dir, protocol: dict | None = None, python:
 def bench_remote(address: str, art_dir, protocol: dict | None = None, baseline=None,
                  accept_new: bool = False, log=print, cancel=None, **kw) -> dict:
     """The remote bench of one device: same protocol and judgement as the local bench."""
+    from ..reports.runinfo import now
+    started_at = now()
     manifest = verified(art_dir)  # every file against the manifest, before connecting
     base = json.loads(Path(baseline).read_text()) if baseline else None
     t0 = time.perf_counter()
@@ -83,7 +85,7 @@ def bench_remote(address: str, art_dir, protocol: dict | None = None, baseline=N
         remote.cancel = cancel
         connect_s = time.perf_counter() - t0
         raw, facts = run_on_device(remote, art_dir, protocol, log=log, **kw)
-    res = finish(raw, manifest, f"measured on {facts['address']} over SSH (remote bench)", base)
+    res = finish(raw, manifest, f"measured on {facts['address']} over SSH (remote bench)", base, started_at)
     res["remote"] = {**facts, "connect_s": connect_s, "total_s": time.perf_counter() - t0}
     return res
 

@@ -20,7 +20,7 @@ from ..config import UserError
 from ..devices.runner import Protocol
 
 BUNDLE_SCHEMA = "litelm-edge-bundle/1"
-SUMMARY_SCHEMA = "litelm-edge-summary/1"  # litelm_edge/schemas/summary-1.schema.json
+SUMMARY_SCHEMA = "litelm-edge-summary/2"  # litelm_edge/schemas/summary-2.schema.json
 # The bench protocol of a CI device job (tools/ci_device.py's defaults): the runner's, shortened to
 # fit a job that also builds; the figures say which protocol made them.
 PROTOCOL = replace(Protocol(), reps=3, warmup=1, gen_len=32, concurrency=2)
@@ -153,14 +153,16 @@ def find_bundles(roots: list) -> list[Path]:
 def summarize(roots: list, out_dir) -> tuple[int, str]:
     """summary.json/.md/.html comparing every bundle's benches. Exit 1 when a bench failed; a
     bundle whose files do not match its manifest raises (exit 2), naming the file."""
-    from ..reports import compare
+    from ..reports import compare, runinfo
     from ..files import write_atomic
+    started_at = runinfo.now()
     bundles = [dict(read_bundle(b), name=b.name) for b in find_bundles(roots)]
     entries = [{"name": f"{x['name']} @ {b['name']}", "result": b["result"], "error": b["error"] or x.get("error"),
                 "skipped": b["skipped"]} for x in bundles for b in x["benches"]]
     entries += [{"name": x["name"], "result": None, "error": x["error"], "skipped": None}
                 for x in bundles if x.get("error")]
-    doc = {"schema": SUMMARY_SCHEMA, "ok": all(compare.verdict(e) != "fail" for e in entries), "bundles": bundles}
+    doc = {"schema": SUMMARY_SCHEMA, "ok": all(compare.verdict(e) != "fail" for e in entries), "bundles": bundles,
+           "run": runinfo.record(started_at)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     title = "litelm-edge: devices and precisions side by side"

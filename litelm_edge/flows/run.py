@@ -91,7 +91,7 @@ def attempt(k: int, label: str, ckpt: Path, recipe: Recipe, data: Path, work: Pa
     b, gates_table = recipe.build, to_dict(recipe.gates)
     c = eval_checkpoint(ckpt, data)
     a = {"attempt": k, "step": label, "checkpoint": str(ckpt), "n_params": c["n_params"], "ckpt_ppl": c["ppl"],
-         "targets": [], "bench": {}}
+         "targets": [], "bench": {}, "reports": {}}
     for target in b.targets:
         art = work / "artifacts" / f"{target}-{b.precision or 'default'}" / f"attempt-{k}"
         try:
@@ -106,7 +106,7 @@ def attempt(k: int, label: str, ckpt: Path, recipe: Recipe, data: Path, work: Pa
         log(f"build: {target}/{m['precision']} {m['size_bytes'] / 1e6:.2f} MB, parity top-1 {m['parity']['top1_agreement']:.3f}")
         ppl = eval_artifact(art, data)["ppl"]
         r = bench(art, asdict(recipe.bench), log=log)
-        report.write(r, art)
+        a["reports"][target] = str(report.write(r, art)["html"])  # the quick start prints where it went
         rows = gates.judge(gates_table, ref_ppl, ppl, r)
         a["targets"].append({"target": target, "precision": m["precision"], "size_mb": m["size_bytes"] / 1e6,
                              "ppl": ppl, "gates": rows, "ok": gates.passed(rows)})
@@ -154,5 +154,8 @@ def _report(recipe: Recipe, path: Path, work: Path, run: Path, summary: dict, re
     text = "\n".join(md) + "\n" + gates.to_markdown(attempts)
     (work / "report.md").write_text(text)
     log(text)
+    for target, html in attempts[-1]["reports"].items():
+        log(f"bench report ({target}): {html}")
+    log(f"run report: {work / 'report.md'}")
     return {"train": summary, "bench": attempts[-1]["bench"], "attempts": attempts, "ok": attempts[-1]["ok"],
             "run": str(run), "data": str(Path(summary.get("data_dir", "")))}

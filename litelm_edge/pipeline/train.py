@@ -215,8 +215,8 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
     merged into training.json (for example what a compression step did).
     """
     import torch
-    from tqdm import tqdm
     from . import checkpoint as ckpt
+    from ..reports.progress import bar as progress
     from .tokenizer import Tokenizer
     data_dir, run = Path(data_dir), Path(out)
     tok = Tokenizer.load(data_dir / "tokenizer.json")
@@ -235,7 +235,7 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
     loss_fn = loss_fn or (lambda m, x, y: m(x, y)[1])
     writer = _tensorboard(run / "tb") if rank == 0 else None
     t0, tokens = time.time(), 0
-    bar = tqdm(total=c.max_steps, initial=step, disable=rank != 0, desc="train", unit="step")
+    bar = progress(c.max_steps, "train", "step", initial=step, disable=rank != 0)  # a line per 10 % off a terminal
     while step < c.max_steps:
         lr = lr_at(step, c)
         for g in opt.param_groups:

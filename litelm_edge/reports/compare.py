@@ -57,7 +57,8 @@ def to_markdown(title: str, entries: list[dict]) -> str:
     counts = {v: sum(verdict(e) == v for e in entries) for v in ("pass", "fail", "not judged", "skipped")}
     out += ["", ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(entries)} benches.",
             "", "`where`: device = the target's own hardware; emulated = qemu (function check, no speed "
-            "verdict); host = another machine standing in for the target (no speed verdict)."]
+            "verdict); host = another machine standing in for the target (no speed verdict); hosted = a shared "
+            "CI runner (GitHub-hosted: no speed verdict)."]
     return "\n".join(out) + "\n"
 
 

@@ -2,8 +2,9 @@
 
 A threshold is judged only on figures that can carry it. Speed (latency, throughput, energy
 reduction) is judged only where the result comes from the device the target describes: an emulated
-device (qemu) checks function, and a host standing in for another architecture (an android
-artifact benched on x86) measures the host, so both report those rows as "not judged". A figure
+device (qemu) checks function, a host standing in for another architecture (an android artifact
+benched on x86) measures the host, and a shared CI runner (GitHub-hosted: other jobs share its
+CPUs) measures the runner, so all three report those rows as "not judged". A figure
 that could not be obtained (energy without a baseline) is "not measured". Neither is a pass.
 """
 from __future__ import annotations
@@ -14,9 +15,12 @@ OPTIONS = {"latency_percentile"}  # keys of [thresholds] that tune a threshold r
 
 
 def where(raw: dict, manifest: dict) -> str:
-    """'device' (the target's own hardware), 'emulated' (qemu) or 'host' (another architecture)."""
+    """'device' (the target's own hardware), 'emulated' (qemu), 'host' (another architecture) or
+    'hosted' (a shared CI runner: devices/bench.py shared_runner)."""
     if raw["device"].get("emulated"):
         return "emulated"
+    if raw["device"].get("shared_runner"):
+        return "hosted"
     arch = manifest.get("arch")
     return "host" if arch and raw["device"].get("machine") != arch else "device"
 
@@ -51,7 +55,8 @@ def _row(key: str, limit, value, how: str, place: str) -> dict:
             else "not measured"
     elif key in SPEED and place != "device":
         row["note"] = {"emulated": "not judged: emulated device (a function check, not a speed figure)",
-                       "host": "not judged: measured on a host, not on the target's device"}[place]
+                       "host": "not judged: measured on a host, not on the target's device",
+                       "hosted": "not judged: a shared CI runner (GitHub-hosted), not the target's device"}[place]
     else:
         row["pass"] = bool(value <= limit if key.startswith("max_") else value >= limit)
     return row

@@ -35,20 +35,42 @@ def label(r: dict) -> str:
     return f"{m['target']}/{m['precision']} ({r.get('where', 'device')})"
 
 
+def axis_range(samples: list[float], limit: float | None) -> tuple[float, float, bool]:
+    """(left, right, limit shown) of a latency axis that fits the samples: the limit widens it only
+    when it lies within one span of the data; farther off it is marked at the edge instead (a 100 ms
+    limit drawn to scale beside ~1 ms samples leaves an empty plot)."""
+    lo, hi = min(samples), max(samples)
+    span = (hi - lo) or abs(hi) * 0.1 or 1.0
+    left, right = max(0.0, lo - 0.05 * span), hi + 0.05 * span
+    if limit is None or not lo - span <= limit <= hi + span:
+        return left, right, False
+    return max(0.0, min(left, limit - 0.05 * span)), max(right, limit + 0.05 * span), True
+
+
 def prefill_distribution(r: dict) -> str:
-    """Histogram of the prefill samples with p50/p90/p99 marked (and the latency limit, if any)."""
+    """Histogram of the prefill samples with p50/p90/p99 marked, on an axis fitting the samples;
+    the latency limit is drawn where it falls, or named at the edge it lies beyond."""
     plt = _plt()
     pre = r["prefill_ms"]
     fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    limit = next((t["limit"] for t in r["thresholds"] if t["threshold"] == "max_latency_ms"), None)
+    left, right, shown = axis_range(pre["samples"], limit)
     ax.hist(pre["samples"], bins=min(30, max(5, len(pre["samples"]) // 2)), color="#90caf9", edgecolor="white")
     for p, (color, style) in PCT_STYLE.items():
-        ax.axvline(pre[p], color=color, linestyle=style, label=f"{p} {pre[p]:.2f} ms")
-    limit = next((t["limit"] for t in r["thresholds"] if t["threshold"] == "max_latency_ms"), None)
+        ax.axvline(pre[p], color=color, linestyle=style, label=f"{p} {pre[p]:.3g} ms")
+    ax.set_xlim(left, right)
     if limit is not None:
-        ax.axvline(limit, color="#c62828", linewidth=2, label=f"limit {limit:g} ms ({r.get('latency_percentile', DEFAULT_PERCENTILE)})")
+        text = f"limit {limit:g} ms ({r.get('latency_percentile', DEFAULT_PERCENTILE)})"
+        if shown:
+            ax.axvline(limit, color="#c62828", linewidth=2, label=text)
+        else:  # off the axis: an arrow at the edge it lies beyond, with its distance in p99s
+            right_side = limit > right
+            ax.annotate(f"{text}, off the axis: {limit / pre[DEFAULT_PERCENTILE]:.3g}× the p99 " + ("→" if right_side else "←"),
+                        xy=(1.0 if right_side else 0.0, 0.97), xycoords="axes fraction", color="#c62828",
+                        ha="right" if right_side else "left", va="top", fontsize=8)
     ax.set(xlabel="prefill latency, ms", ylabel="samples",
            title=f"Prefill of {r['protocol']['prompt_len']} tokens: {pre['n']} samples ({r.get('where', 'device')})")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="center right")
     return _svg(fig)
 
 
@@ -106,20 +128,22 @@ def thresholds(r: dict) -> str | None:
 
 
 def compare_metrics(results: list[dict]) -> str:
-    """Devices and precisions side by side: prefill p50/p99, decode tok/s, size, one panel each."""
+    """Devices and precisions side by side: prefill p50/p99, decode tok/s, size, one panel each.
+    Bars are linear from zero (a log axis makes 2x look like 20x), each labelled with its value, so a
+    row dwarfed by an emulated one (~1000x slower) still reads."""
     plt = _plt()
     names = [label(r) for r in results]
-    panels = [("prefill p50 (bar) / p99 (|), ms (log)", [r["prefill_ms"]["p50"] for r in results], [r["prefill_ms"]["p99"] for r in results]),
-              ("decode, tokens/s (log)", [r["decode_tok_s"]["mean"] for r in results], None),
+    panels = [("prefill p50 (bar) / p99 (|), ms", [r["prefill_ms"]["p50"] for r in results], [r["prefill_ms"]["p99"] for r in results]),
+              ("decode, tokens/s", [r["decode_tok_s"]["mean"] for r in results], None),
               ("artifact size, MB", [r["size_mb"] for r in results], None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(10, 0.8 + 0.45 * len(results)), sharey=True)
     colors = ["#9e9e9e" if r.get("where") != "device" else "#42a5f5" for r in results]
     for ax, (title, vals, extra) in zip(axes, panels, strict=True):
-        ax.barh(names, vals, color=colors)
-        if "(log)" in title:  # emulated figures are ~1000x the device's: a linear axis hides the device rows
-            ax.set_xscale("log")
+        bars = ax.barh(names, vals, color=colors)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=7, padding=2)
         if extra:
             ax.scatter(extra, names, marker="|", s=200, color="#6a1b9a", zorder=3)
+        ax.set_xlim(0, max([*vals, *(extra or [])]) * 1.25 or 1)
         ax.set_title(title, fontsize=9)
     axes[0].invert_yaxis()
     fig.suptitle("Grey bars: emulated or host figures (function checks, not the device's speed)", fontsize=8, y=0.02)

@@ -1,6 +1,7 @@
 """JSON Schemas (draft 2020-12) of what litelm-edge writes for machines, versioned by file name:
-bench-2 (bench.json), fleet-2 (fleet.json), summary-1 (the CI summary.json). A document names its
-schema in its "schema" key ("litelm-edge-bench/2" -> bench-2.schema.json)."""
+bench-3 (bench.json), fleet-3 (fleet.json), summary-2 (the CI summary.json); the versions before
+(bench-2, fleet-2, summary-1: no `run` record) stay, so older documents still validate. A document
+names its schema in its "schema" key ("litelm-edge-bench/3" -> bench-3.schema.json)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ HERE = Path(__file__).parent
 
 
 def path_for(doc_schema: str) -> Path:
-    """'litelm-edge-bench/2' -> .../bench-2.schema.json"""
+    """'litelm-edge-bench/3' -> .../bench-3.schema.json"""
     kind, version = doc_schema.removeprefix("litelm-edge-").split("/")
     return HERE / f"{kind}-{version}.schema.json"
 

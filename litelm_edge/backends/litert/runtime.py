@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-PACKAGES = ["ai-edge-litert", "numpy"]  # Linux/Android-Termux arm64 and x86_64 wheels on PyPI
+PACKAGES = ["ai-edge-litert", "numpy"]  # manylinux (glibc) arm64/x86_64 wheels only: not Termux (docs/android.md)
 MODULE = "ai_edge_litert"
 
 TFLITE_RUNTIME_WARNING = ("warning: ai_edge_litert not found, using tflite_runtime: tflite-runtime 2.14 "
