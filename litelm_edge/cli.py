@@ -165,6 +165,7 @@ def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads,
     from .devices.bench import bench
     from .reports import report
     proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency, threads=threads)
+    Protocol(**proto).check()  # one line naming the option, before the artifact is read
     if remotes or inventory:
         from .devices.fleet import bench_devices
         code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact, check,
@@ -191,7 +192,8 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
     from .pipeline.generate import generate as gen
     if bool(checkpoint) == bool(artifact):
         raise UserError("pass exactly one of --checkpoint or --artifact")
-    click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed, from_artifact=bool(artifact)))
+    click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed, from_artifact=bool(artifact),
+                   log=lambda m: click.echo(m, err=True)))
 
 
 @cli.command()

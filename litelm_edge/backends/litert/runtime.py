@@ -13,6 +13,7 @@ import numpy as np
 
 PACKAGES = ["ai-edge-litert", "numpy"]  # Linux/Android-Termux arm64 and x86_64 wheels on PyPI
 MODULE = "ai_edge_litert"
+GRAPH = "graphs.model"  # the manifest key naming the file this runtime opens
 
 TFLITE_RUNTIME_WARNING = ("warning: ai_edge_litert not found, using tflite_runtime: tflite-runtime 2.14 "
                           "gives wrong answers on these files (on-device parity will tell); "
@@ -98,9 +99,9 @@ class LiteRTRuntime:
     numpy. Full-integer INT8 models have int8 inputs/outputs: values are (de)quantized with each
     tensor's scale and zero point, so callers always see float32 logits."""
 
-    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, in_place: bool | None = None):
+    def __init__(self, graph: Path, manifest: dict, threads: int | None, in_place: bool | None = None):
         Interpreter, self.runtime_name = _interpreter_class()
-        path = Path(art_dir) / manifest.get("graphs", {}).get("model", "model.tflite")
+        path = Path(graph)  # the verified graphs.model
         threads = threads or manifest.get("threads") or 1
         it = Interpreter(model_path=str(path), num_threads=threads)  # reads the signatures' details
         self.details = {s: (it.get_signature_runner(s).get_input_details(),
