@@ -2,18 +2,15 @@
 """litelm-edge device runner: benchmark one built artifact where it runs.
 
 The runner core, needing only python3, numpy and the artifact's runtime (no litelm_edge import).
-It runs with devices/facts.py, manifest.py (the artifact's checks: every file it opens is one the
-manifest lists, inside the folder, with its sha256) and backends/<backend>/runtime.py (the manifest's
-backend): files at the same paths under litelm_edge/ here (the local bench) and under runner/<hash>/
-on a device.
+It runs with devices/facts.py, manifest.py (opens only listed, hashed files) and the manifest's
+backends/<backend>/runtime.py, at these paths under litelm_edge/ here and runner/<hash>/ on a device.
 
     python3 devices/runner.py ARTIFACT_DIR --out result.json [--reps 5] [--warmup 2]
 
 Protocol (llama-bench style): load, on-device parity against the manifest's reference logits,
 then `warmup` untimed rounds and `reps` timed rounds of: prefill of a `prompt_len` prompt
 (`iters` samples a round), decode of `gen_len` tokens with the KV cache, and `concurrency`
-sessions prefilling in parallel (QPS). Exit 0 ok, 2 a bad artifact or protocol value (one line), 3 runtime
-missing, 4 parity failed.
+sessions prefilling in parallel (QPS). Exit 0 ok, 2 bad artifact or protocol, 3 no runtime, 4 parity failed.
 """
 from __future__ import annotations
 
@@ -40,8 +37,7 @@ try:  # in the litelm_edge package (export, eval), or a script beside facts.py (
 except ImportError:
     import facts
     _spec = importlib.util.spec_from_file_location("litelm_manifest", ROOT / "manifest.py")
-    mf = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(mf)  # alone: its own UserError and sha256 (manifest.py)
+    _spec.loader.exec_module(mf := importlib.util.module_from_spec(_spec))  # alone: its own UserError
 
 SCHEMA = "litelm-edge-bench/1"
 # Exit codes, defined once (the host's CLI and transport import them): 2 a bad input, 3 a device or
@@ -66,14 +62,12 @@ class Protocol:
     spin: int | None = None  # 1: idle workers spin, 0: they sleep; None = chosen (choose_spin)
 
     def check(self, max_seq_len: int | None = None) -> "Protocol":
-        """Every value in range, named as its option (--reps); the prompt and the decoded tokens
-        must fit the model's positions. Raises mf.UserError (exit 2), one line."""
-        lows = {"warmup": 0, "threads": 1, "spin": 0}
+        """Each value in range (named as its option), prompt + decode within the positions: else exit 2."""
         for f in dataclasses.fields(self):
-            v, lo = getattr(self, f.name), lows.get(f.name, 1)
+            v, lo = getattr(self, f.name), {"warmup": 0, "spin": 0}.get(f.name, 1)
             if v is not None and (type(v) is not int or v < lo or (f.name == "spin" and v > 1)):
-                opt = f"--{f.name.replace('_', '-')}"
-                raise mf.UserError(f"{opt} must be {'0 or 1' if f.name == 'spin' else f'an integer >= {lo}'}, got {v!r}")
+                raise mf.UserError(f"--{f.name.replace('_', '-')} must be an integer >= {lo}"
+                                   f"{' and <= 1' if f.name == 'spin' else ''}, got {v!r}")
         if max_seq_len and self.prompt_len + self.gen_len > max_seq_len:
             raise mf.UserError(f"--prompt-len {self.prompt_len} + --gen-len {self.gen_len} exceed the model's "
                                f"{max_seq_len} positions: lower them so they sum to at most {max_seq_len}")
@@ -117,23 +111,7 @@ def runtime_module(backend: str):
     return _RUNTIMES[backend]
 
 
-def affinity() -> list[int]:
-    """The CPUs this process may run on (taskset, cgroup cpusets), sorted."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux: every CPU
-        return list(range(os.cpu_count() or 1))
-
-
-def cpu_list(cpus: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5' (taskset's notation)."""
-    out, start = [], None
-    for i, c in enumerate(cpus):
-        start = c if start is None else start
-        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
-            out.append(f"{start}-{c}" if c != start else str(c))
-            start = None
-    return ",".join(out)
+affinity, cpu_list = facts.affinity, facts.cpu_list  # the CPUs this process may run on; '0-2,5'
 
 
 def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool | None = None):
