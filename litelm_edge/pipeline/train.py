@@ -229,13 +229,15 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
             scaler.scale(loss).backward()
         if c.grad_clip:
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip or math.inf)  # inf: measure only
+        train_loss = loss.item() * c.grad_accum
+        # before the step: nan never reaches the weights (fp16's scaler skips inf gradients itself)
+        stop_if_nonfinite(step + 1, train_loss, float(gnorm) if not scaler.is_enabled() else 0.0, run, c)
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens += c.batch_size * c.block_size * c.grad_accum * world
-        train_loss = loss.item() * c.grad_accum
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
         if writer:
@@ -243,6 +245,7 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
             writer.add_scalar("train/lr", lr, step)
         if step % c.eval_every == 0 or step == c.max_steps:
             val_loss = evaluate(model, val_b, c.eval_batches, dev, amp)
+            stop_if_nonfinite(step, val_loss, 0.0, run, c, "validation loss")
             history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss})
             if rank == 0:
                 writer.add_scalar("val/loss", val_loss, step)
@@ -263,6 +266,18 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
     if ddp:
         torch.distributed.destroy_process_group()
     return summary
+
+
+def stop_if_nonfinite(step: int, loss: float, grad_norm: float, run: Path, c: TrainConfig, what: str = "loss"):
+    """A loss or gradient norm of nan or inf stops the run before it reaches the weights, in one line
+    naming the step; the run's `latest` checkpoint (the last good one) stays as it was."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    latest = (run / "latest").read_text().strip() if (run / "latest").is_file() else None
+    bad = f"{what} {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+    raise UserError(f"step {step}: {bad}: training stopped; "
+                    + (f"the last good checkpoint is {run / latest}" if latest else "no checkpoint was written")
+                    + f": lower train.lr (now {c.lr:g}) or set train.grad_clip, then resume or start again")
 
 
 def _tensorboard(path: Path):
