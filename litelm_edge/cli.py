@@ -324,8 +324,8 @@ def main(argv=None):
         line = missing_extra(e)
         fail(line, EXIT_USER) if line else fail(f"internal error ({e}); traceback in {crash_log(e)}", 70)
     except OSError as e:
-        if e.errno == 28:  # ENOSPC
-            fail(f"disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", EXIT_USER)
+        if e.errno == 28:  # ENOSPC outside an atomic write (those say their path themselves)
+            fail(f"disk full writing {e.filename or '(no space left on device)'}: free space and retry", EXIT_USER)
         fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its permissions", EXIT_USER)
     except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in the log
         fail(f"internal error ({type(e).__name__}: {str(e)[:200]}); traceback in {crash_log(e)}", 70)

@@ -62,7 +62,7 @@ def free_bytes(remote: Remote, folder: str) -> int:
 
 
 def _disk_full(remote: Remote, folder: str, need: int, free: int) -> RemoteError:
-    return RemoteError(f"{remote.label}: disk full in {folder}: need {need / 1e6:.2f} MB, "
+    return RemoteError(f"{remote.label}: disk full writing {folder}: need {need / 1e6:.2f} MB, "
                        f"{free / 1e6:.2f} MB free: free space on the device and push again")
 
 
