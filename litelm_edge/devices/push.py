@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from .. import manifest as mf
 from ..config import UserError
+from ..files import is_disk_full
 from .remote import Remote, RemoteError
 
 STEP_TIMEOUT = 60.0  # s, for each small remote command (mkdir, sha256sum, df)
@@ -140,7 +141,7 @@ def sync(remote: Remote, sub: str, files: dict, root: str | None = None, progres
                 free = free_bytes(remote, folder)  # with this push's partial files removed
             except RemoteError:
                 raise e from None  # the connection is gone too: the upload error says it
-            if free < need:
+            if free < need or is_disk_full(e):  # short of space now, or the device said ENOSPC
                 raise _disk_full(remote, folder, need, free) from e
         raise
     result.sent, result.seconds = todo, time.perf_counter() - t0
