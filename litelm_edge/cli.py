@@ -296,6 +296,14 @@ def crash_log(exc: BaseException) -> Path:
     return path
 
 
+def thread_error(args):
+    """A worker thread's exception (TensorBoard's event writer on a full disk): its owner raises it
+    again and main() says it in one line; the traceback goes to the crash log, not the terminal."""
+    from .files import is_disk_full
+    if not is_disk_full(args.exc_value):
+        crash_log(args.exc_value)
+
+
 def fail(msg: str, code: int):
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
@@ -307,6 +315,8 @@ def main(argv=None):
     # before torch (and its OpenMP) loads: waiting workers sleep rather than spin, so a busy
     # neighbour costs a fair share instead of a collapse (litelm_edge/pipeline/train.py, cpu_threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import threading
+    threading.excepthook = thread_error
     from .devices.runner import RuntimeMissing
     try:
         cli.main(args=argv, standalone_mode=False)

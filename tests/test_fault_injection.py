@@ -24,7 +24,7 @@ SPREAD = 6  # writes failed per command in a normal run
 def run_full(n: int, under: Path, *args) -> tuple[subprocess.CompletedProcess, int]:
     count = under.parent / f"{under.name}.count"
     r = subprocess.run([sys.executable, str(INJECT), str(n), str(under), str(count), *map(str, args)],
-                       capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+                       capture_output=True, text=True)
     return r, int(count.read_text() or 0)
 
 
@@ -41,7 +41,7 @@ def leftovers(d: Path) -> list[str]:
 
 
 def one_disk_full_line(r, under: Path):
-    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    errors = [x[x.index("error: "):] for x in r.stderr.splitlines() if "error: " in x]  # beside train's bar
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Logging error" not in r.stderr, r.stderr[-3000:]
     assert len(errors) == 1 and errors[0].startswith(f"error: disk full writing {under}"), r.stderr[-3000:]
     return errors[0]
