@@ -18,7 +18,7 @@ from litelm_edge.devices.runner import round_ms
 
 def main(cache_shape, threads, vocab, *lib_dirs):
     manifest = {"tvm": {"library": "model.so", "cache_shape": json.loads(cache_shape)}}
-    rts = [TvmRuntime(Path(d), manifest, int(threads)) for d in lib_dirs]
+    rts = [TvmRuntime(Path(d) / "model.so", manifest, int(threads)) for d in lib_dirs]
     ids = np.random.default_rng(0).integers(0, int(vocab), 64)
     print("ready", flush=True)
     for line in sys.stdin:

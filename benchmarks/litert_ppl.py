@@ -41,7 +41,7 @@ def main() -> None:
     model = load(a.checkpoint)[0]
     tokens = np.load(a.heldout)
     for art in a.artifacts:
-        rt = LiteRTRuntime(Path(art), {}, a.threads)
+        rt = LiteRTRuntime(Path(art) / "model.tflite", {}, a.threads)
         L = rt.prefill_len
         wins = [tokens[i:i + L] for i in range(0, len(tokens) - L, L)][:a.windows]
         ce_t, ce_l, agree = [], [], []

@@ -73,7 +73,7 @@ def run(a) -> dict:
         _llamacpp._run = lambda cmd, *k, **kw: run_(cmd + a.llama_args.split() if "llama-bench" in str(cmd[0])
                                                     else cmd, *k, **kw)
     models = ggufs(Path(a.checkpoint), list(arts), log)
-    rts = {p: LiteRTRuntime(Path(d), {}, a.threads) for p, d in arts.items()}
+    rts = {p: LiteRTRuntime(Path(d) / "model.tflite", {}, a.threads) for p, d in arts.items()}
     prompt = np.random.default_rng(0).integers(0, 256, a.prompt)  # ids present in every vocab
     rows = {p: {"litert": [], "llama": []} for p in arts}
     for r in range(a.rounds + 1):  # round 0 warms both engines up and is dropped

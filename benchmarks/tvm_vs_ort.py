@@ -120,7 +120,7 @@ def main():
         names = list(builds)
         libs = [td / ("sched" if n == "tvm scheduled" else "default") for n in names]
         model = {k: getattr(cfg, k) for k in ("n_layer", "n_kv_head", "head_dim", "n_embd", "n_head")}
-        ort = OrtRuntime(td, {"graphs": {"decoder": "model.onnx"}, "model": model}, a.threads)
+        ort = OrtRuntime(Path(td) / "model.onnx", {"model": model}, a.threads)
         ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 64)  # the ids _tvm_time.py times TVM on
         tvm = TvmRunner(py, libs, cfg, a.threads)
         try:

@@ -169,6 +169,7 @@ def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads,
     from .devices.bench import bench
     from .reports import report, rows
     proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency, threads=threads)
+    Protocol(**proto).check()  # one line naming the option, before the artifact is read
     if remotes or inventory:
         from .devices.fleet import bench_devices
         code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact, check,
@@ -205,7 +206,8 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
     from .pipeline.generate import generate as gen
     if bool(checkpoint) == bool(artifact):
         raise UserError("pass exactly one of --checkpoint or --artifact")
-    click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed, from_artifact=bool(artifact)))
+    click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed, from_artifact=bool(artifact),
+                   log=lambda m: click.echo(m, err=True)))
 
 
 @cli.command()
@@ -308,6 +310,14 @@ def crash_log(exc: BaseException) -> Path:
     return path
 
 
+def thread_error(args):
+    """A worker thread's exception (TensorBoard's event writer on a full disk): its owner raises it
+    again and main() says it in one line; the traceback goes to the crash log, not the terminal."""
+    from .files import is_disk_full
+    if not is_disk_full(args.exc_value):
+        crash_log(args.exc_value)
+
+
 def fail(msg: str, code: int):
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
@@ -319,6 +329,8 @@ def main(argv=None):
     # before torch (and its OpenMP) loads: waiting workers sleep rather than spin, so a busy
     # neighbour costs a fair share instead of a collapse (litelm_edge/pipeline/train.py, cpu_threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import threading
+    threading.excepthook = thread_error
     from .devices.runner import RuntimeMissing
     try:
         cli.main(args=argv, standalone_mode=False)
@@ -336,8 +348,8 @@ def main(argv=None):
         line = missing_extra(e)
         fail(line, EXIT_USER) if line else fail(f"internal error ({e}); traceback in {crash_log(e)}", 70)
     except OSError as e:
-        if e.errno == 28:  # ENOSPC
-            fail(f"disk full writing {e.filename or ''}: free space and retry (nothing was replaced)", EXIT_USER)
+        if e.errno == 28:  # ENOSPC outside an atomic write (those say their path themselves)
+            fail(f"disk full writing {e.filename or '(no space left on device)'}: free space and retry", EXIT_USER)
         fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its permissions", EXIT_USER)
     except Exception as e:  # a bug: one line here, the traceback in the log
         fail(f"internal error ({type(e).__name__}: {str(e)[:200]}); traceback in {crash_log(e)}", 70)

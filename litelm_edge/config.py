@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -96,19 +97,20 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             except ValueError:
                 pass
     elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        try:
+            x = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        except (ValueError, OverflowError):  # OverflowError: an int beyond a float
+            x = None
+        if x is not None and not math.isfinite(x):  # nan passes every range check (nan < 0 is false)
+            raise UserError(f"'{key}' must be a finite number, got {value!r}")
+        if x is not None:
+            return x
     elif typ is str:
         if isinstance(value, str):
             return value
     elif typ is dict:
         if isinstance(value, dict):
-            return value
+            return _finite(value, key)
     elif typing.get_origin(typ) is list or typ is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -118,6 +120,15 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     else:
         return value
     raise UserError(f"'{key}' must be {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _finite(value: Any, key: str) -> Any:
+    """A free-form table (a backend's settings) holds no nan or inf at any depth either."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"'{key}' must hold finite numbers, got {value!r}")
+    for k, v in value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ():
+        _finite(v, f"{key}.{k}")
+    return value
 
 
 def unknown_key(key: str, have: typing.Iterable[str], where: str, what: str = "key") -> UserError:

@@ -2,11 +2,14 @@
 
 Every write of a user-visible file goes through here, so a crash never leaves half a file (or
 half a folder) under its final name. Temporaries carry the writer's PID; the next write beside
-them removes those of writers that died (kill -9, power loss).
+them removes those of writers that died (kill -9, power loss). A write that fills the disk, whatever
+library was writing (safetensors, torch.save, onnx, numpy), ends as one line: `disk full writing
+<final path>` (UserError, exit 2), with the temporary removed and the old file or folder in place.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -15,6 +18,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .config import UserError
 
 _RUN_START = time.time()  # PID-less temporaries older than this are stale
 _STALE = re.compile(r"^\..+\.(?:tmp-(?P<pid>\d+)-[a-z0-9_]+|old-(?P<old>\d+)|tmp-(?P<legacy>[a-z0-9_]{8}))$")
@@ -46,6 +51,40 @@ def readable(path: Path, folder: bool = False):
     file, 0755 for a folder, less what the umask takes away, so reports and artifacts can be read
     by others like what a compiler or `cp` writes."""
     os.chmod(path, (0o755 if folder else 0o644) & ~_umask())
+
+
+LOW_SPACE = 1 << 20  # bytes: below this, a failed write is taken for a full disk
+# What the writers say on ENOSPC when they do not raise an OSError: safetensors' Rust IoError; torch.save's
+# zip writer says "file write failed" or "unexpected pos N vs M" (no errno): there the free space decides.
+FULL_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def is_disk_full(e: BaseException, where: Path | None = None) -> bool:
+    """Whether the failed write `e` (or what caused it) ran out of space (ENOSPC, EDQUOT)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(t in str(e) for t in FULL_TEXT):
+            return True
+        if where is not None and isinstance(e, (OSError, RuntimeError)) and free_bytes(where) < LOW_SPACE:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_bytes(where: Path) -> int:
+    try:
+        return shutil.disk_usage(where).free
+    except OSError:
+        return LOW_SPACE
+
+
+class DiskFull(UserError):
+    """`disk full writing <path>`: an enclosing atomic write renames it to its own final path."""
+
+
+def disk_full(path) -> DiskFull:
+    return DiskFull(f"disk full writing {path}: free space there and retry (nothing was replaced)")
 
 
 def _alive(pid: int) -> bool:
@@ -88,13 +127,20 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    except OSError as e:
+        raise (disk_full(final) if is_disk_full(e) else e) from e
     readable(tmp, folder=True)
     try:
         yield tmp
         commit_dir(tmp, final)
-    except BaseException:
+    except BaseException as e:
+        # before the space is freed; a UserError counts by its text (a toolchain's stderr tail)
+        full = isinstance(e, DiskFull) or is_disk_full(e, None if isinstance(e, UserError) else tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise disk_full(final) from e
         raise
 
 
@@ -112,10 +158,16 @@ def commit_dir(tmp: Path, final: Path) -> None:
 def write_atomic(path: Path, data: bytes | str) -> None:
     path = Path(path)
     clean_stale(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
-    os.fchmod(fd, 0o644 & ~_umask())  # as readable(): 0644 like any build output, not mkstemp's 0600
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+        os.fchmod(fd, 0o644 & ~_umask())  # as readable(): 0644 like any build output, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise (disk_full(path) if is_disk_full(e) else e) from e

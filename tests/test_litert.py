@@ -200,7 +200,7 @@ def test_a_second_prompt_does_not_see_the_first(built):
     assert np.abs(got[0] - want[0]).max() == 0 and all(np.abs(g - w).max() == 0 for g, w in zip(got[1], want[1], strict=True))
     rt.prefill_last(long)  # through the prefill signature: padded chunks leave their slots too
     assert np.abs(rt.prefill_last(short) - fresh.prefill_last(short)).max() == 0
-    assert LiteRTRuntime(d, {**man, "litert": dict(man["litert"], mask_value=-30.0)}, 1).rezero
+    assert LiteRTRuntime(d / "model.tflite", {**man, "litert": dict(man["litert"], mask_value=-30.0)}, 1).rezero
 
 
 def test_int8_is_int8_and_passes_parity(built):

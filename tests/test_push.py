@@ -120,7 +120,7 @@ def test_disk_full(sshd, ssh_home, tmp_path, tiny_tmpfs, monkeypatch, precheck):
         real = P.prepare
         monkeypatch.setattr(P, "prepare", lambda *a: (lambda d, _, h: (d, 1 << 40, h))(*real(*a)))
     with Remote(sshd.address) as r:
-        with pytest.raises(RemoteError, match=r"disk full in .*MB free: free space") as e:
+        with pytest.raises(RemoteError, match=r"disk full writing .*MB free: free space") as e:
             P.push(r, art, root=str(tiny_tmpfs))
     assert "\n" not in str(e.value)
     dest = tiny_tmpfs / "artifacts" / read_manifest(art)["artifact_id"]

@@ -42,6 +42,22 @@ def test_unknown_host_key_is_refused_then_accepted(sshd, ssh_home):
         assert r.run(["echo", "ok"], timeout=10).stdout == "ok\n"
 
 
+def test_accepted_key_goes_to_the_configs_user_known_hosts_file(sshd, ssh_home, tmp_path, monkeypatch):
+    """--ssh-config naming a UserKnownHostsFile: --accept-new-host-key records the key there (as
+    OpenSSH writes to the first UserKnownHostsFile), never in ~/.ssh/known_hosts; later runs read it."""
+    kh = tmp_path / "emulated_known_hosts"
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host dev\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+                   f"  UserKnownHostsFile {kh}\n")
+    monkeypatch.setenv("LITELM_EDGE_SSH_CONFIG", str(cfg))
+    with Remote("dev", accept_new=True) as r:
+        assert r.run(["true"], timeout=10).rc == 0
+    assert sshd.host_pub in kh.read_text()
+    assert (ssh_home / ".ssh/known_hosts").read_text() == ""
+    with Remote("dev") as r:  # recorded where the config reads it: no flag needed any more
+        assert r.run(["echo", "ok"], timeout=10).stdout == "ok\n"
+
+
 def test_changed_host_key_is_refused(sshd, ssh_home, tmp_path):
     keygen(tmp_path / "other")
     other = (tmp_path / "other.pub").read_text().split()

@@ -31,6 +31,11 @@ def runner_files(backend: str) -> dict[str, Path]:
     return {name: R.ROOT / name for name in (*R.FILES, R.runtime_file(backend))}
 
 
+def check_protocol(protocol: dict | None, manifest: dict):
+    """The runner's own range checks, here before anything starts: one line naming the option."""
+    R.Protocol(**{k: v for k, v in (protocol or {}).items() if v is not None}).check(manifest["model"]["max_seq_len"])
+
+
 def runner_args(protocol: dict) -> list[str]:
     args = []
     for k, v in protocol.items():
@@ -81,7 +86,7 @@ def bench_local(art_dir, protocol: dict | None = None, log=print, sysfs_root: st
         for line in proc.stderr.splitlines():
             if line.startswith("[runner]"):
                 log(line)
-        if proc.returncode == R.EXIT_RUNTIME_MISSING:
+        if proc.returncode in (R.EXIT_RUNTIME_MISSING, R.EXIT_USER):  # its one line
             raise UserError(proc.stderr.strip().splitlines()[-1].removeprefix("error: "))
         if proc.returncode not in (0, R.EXIT_PARITY) or not out.is_file():
             tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
@@ -137,6 +142,7 @@ def bench(art_dir, protocol: dict | None = None, baseline=None, log=print, sysfs
     from ..reports.runinfo import now
     started_at = now()
     manifest = verified(art_dir)
+    check_protocol(protocol, manifest)
     check_runs_here(art_dir, manifest)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     raw = bench_local(art_dir, protocol, log, sysfs_root)

@@ -247,3 +247,22 @@ def energy_record(meter, pre: dict | None, dec: dict | None) -> dict:
     return {"prefill_j": pre and pre["joules"], "decode_j": dec and dec["joules"],
             "sensor": meter.source, "prefill": pre, "decode": dec,
             "note": meter.note or (None if meter.source else "no RAPL or hwmon power sensor")}
+
+
+def affinity() -> list[int]:
+    """The CPUs this process may run on (taskset, cgroup cpusets), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: every CPU
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (taskset's notation)."""
+    out, start = [], None
+    for i, c in enumerate(cpus):
+        start = c if start is None else start
+        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
+            out.append(f"{start}-{c}" if c != start else str(c))
+            start = None
+    return ",".join(out)

@@ -93,12 +93,14 @@ def run_fleet(devices: list[Device], target: str, bench_one, workers: int = WORK
 
 def bench_fleet(devices: list[Device], art_dir, protocol=None, baseline=None,
                 workers: int = WORKERS, log=print, **kw) -> dict:
-    from ..manifest import read_manifest
+    from ..manifest import verified
     from ..reports import runinfo
+    from .bench import check_protocol
     from .remote_bench import bench_remote
 
     started_at = runinfo.now()
-    manifest = read_manifest(art_dir)
+    manifest = verified(art_dir)  # once, before any device: a bad artifact or option is one line
+    check_protocol(protocol, manifest)
 
     def bench_one(device, cancel):
         return bench_remote(device.address, art_dir, protocol, baseline,

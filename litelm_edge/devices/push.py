@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from .. import manifest as mf
 from ..config import UserError
+from ..files import is_disk_full
 from .remote import Remote, RemoteError
 
 STEP_TIMEOUT = 60.0  # s, for each small remote command (mkdir, sha256sum, df)
@@ -62,7 +63,7 @@ def free_bytes(remote: Remote, folder: str) -> int:
 
 
 def _disk_full(remote: Remote, folder: str, need: int, free: int) -> RemoteError:
-    return RemoteError(f"{remote.label}: disk full in {folder}: need {need / 1e6:.2f} MB, "
+    return RemoteError(f"{remote.label}: disk full writing {folder}: need {need / 1e6:.2f} MB, "
                        f"{free / 1e6:.2f} MB free: free space on the device and push again")
 
 
@@ -140,7 +141,7 @@ def sync(remote: Remote, sub: str, files: dict, root: str | None = None, progres
                 free = free_bytes(remote, folder)  # with this push's partial files removed
             except RemoteError:
                 raise e from None  # the connection is gone too: the upload error says it
-            if free < need:
+            if free < need or is_disk_full(e):  # short of space now, or the device said ENOSPC
                 raise _disk_full(remote, folder, need, free) from e
         raise
     result.sent, result.seconds = todo, time.perf_counter() - t0

@@ -117,7 +117,8 @@ def _known_hosts() -> Path:
     return Path("~/.ssh/known_hosts").expanduser()
 
 
-def _host_key_policy(accept_new: bool):
+def _host_key_policy(accept_new: bool, record: Path | None = None):
+    """record: where an accepted key is written (OpenSSH: the first UserKnownHostsFile)."""
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
@@ -127,7 +128,7 @@ def _host_key_policy(accept_new: bool):
                     f"unknown host key for {hostname} ({key.get_name()} {fingerprint(key)}): "
                     "check it on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
                     "then rerun with --accept-new-host-key")
-            path = _known_hosts()
+            path = record or _known_hosts()
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with open(path, "a") as f:
                 f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
@@ -162,7 +163,7 @@ def _client(accept_new: bool, known_hosts: str = ""):
     for p in (Path("/etc/ssh/ssh_known_hosts"), _known_hosts(), *extra):
         if p.is_file():
             client.load_system_host_keys(str(p))
-    client.set_missing_host_key_policy(_host_key_policy(accept_new))
+    client.set_missing_host_key_policy(_host_key_policy(accept_new, extra[0] if extra else None))
     return client
 
 

@@ -1,6 +1,6 @@
 """bench over SSH: push the artifact and the runner, run it on the device, fetch, judge here.
 
-The device runs the same files as the local bench (devices/runner.py, devices/facts.py and the
+The device runs the same files as the local bench (devices/runner.py, devices/facts.py, manifest.py and the
 backend's backends/<name>/runtime.py, at these paths under runner/<hash of the set>/) with the same
 protocol; the host adds the same `finish()` (energy, thresholds). What the transport costs (connect,
 push, fetch) is timed separately and never enters the runner's figures.
@@ -17,9 +17,10 @@ from pathlib import Path
 from . import push as P
 from ..files import sha256_file
 from ..manifest import read_manifest, verified
-from .bench import finish, runner_args, runner_files
+from .bench import check_protocol, finish, runner_args, runner_files
 from .remote import Remote, RemoteError
-from .runner import EXIT_PARITY, EXIT_RUNTIME_MISSING, SCRIPT
+from ..config import UserError
+from .runner import EXIT_PARITY, EXIT_RUNTIME_MISSING, EXIT_USER, SCRIPT
 
 RUN_TIMEOUT = 900.0  # s, the whole runner on the device (load, parity, warmup, reps)
 
@@ -37,6 +38,8 @@ def _check_exit(remote: Remote, rc: int, stderr: str, python: str):
         raise RemoteError(f"{remote.label}: {python} not found on the device: install python3 "
                           "and numpy there (apt-get install python3 python3-numpy) or pass "
                           "--remote-python")
+    if rc == EXIT_USER:  # the artifact or a protocol value, refused by the runner before any load
+        raise UserError(f"{remote.label}: {last} (on the device)")
     if rc == EXIT_RUNTIME_MISSING:
         raise RemoteError(f"{remote.label}: {last} (on the device), or rerun with "
                           "--install-runtime")
@@ -79,6 +82,7 @@ def bench_remote(address: str, art_dir, protocol: dict | None = None, baseline=N
     from ..reports.runinfo import now
     started_at = now()
     manifest = verified(art_dir)  # every file against the manifest, before connecting
+    check_protocol(protocol, manifest)
     base = json.loads(Path(baseline).read_text()) if baseline else None
     t0 = time.perf_counter()
     with Remote(address, accept_new) as remote:

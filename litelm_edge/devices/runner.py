@@ -2,15 +2,15 @@
 """litelm-edge device runner: benchmark one built artifact where it runs.
 
 The runner core, needing only python3, numpy and the artifact's runtime (no litelm_edge import).
-It runs with devices/facts.py and backends/<backend>/runtime.py (the manifest's backend), three
-files at the same paths under litelm_edge/ here (the local bench) and under runner/<hash>/ on a device.
+It runs with devices/facts.py, manifest.py (opens only listed, hashed files) and the manifest's
+backends/<backend>/runtime.py, at these paths under litelm_edge/ here and runner/<hash>/ on a device.
 
     python3 devices/runner.py ARTIFACT_DIR --out result.json [--reps 5] [--warmup 2]
 
 Protocol (llama-bench style): load, on-device parity against the manifest's reference logits,
 then `warmup` untimed rounds and `reps` timed rounds of: prefill of a `prompt_len` prompt
 (`iters` samples a round), decode of `gen_len` tokens with the KV cache, and `concurrency`
-sessions prefilling in parallel (QPS). Exit 0 ok, 3 runtime missing, 4 parity failed.
+sessions prefilling in parallel (QPS). Exit 0 ok, 2 bad artifact or protocol, 3 no runtime, 4 parity failed.
 """
 from __future__ import annotations
 
@@ -30,19 +30,22 @@ try:
 except ImportError:  # main() reports it with the install command (exit 3)
     np = None
 
+ROOT = Path(__file__).resolve().parents[1]  # litelm_edge/ here, runner/<hash>/ on a device
 try:  # in the litelm_edge package (the build flow, eval), or a script beside facts.py (bench)
     from . import facts
+    from .. import manifest as mf
 except ImportError:
     import facts
+    _spec = importlib.util.spec_from_file_location("litelm_manifest", ROOT / "manifest.py")
+    _spec.loader.exec_module(mf := importlib.util.module_from_spec(_spec))  # alone: its own UserError
 
 SCHEMA = "litelm-edge-bench/1"
 # Exit codes, defined once (the host's CLI and transport import them): 2 a bad input, 3 a device or
 # transport fault (here: the runtime is missing), 4 on-device parity failed.
 EXIT_USER, EXIT_DEVICE, EXIT_PARITY = 2, 3, 4
 EXIT_RUNTIME_MISSING = EXIT_DEVICE
-ROOT = Path(__file__).resolve().parents[1]  # litelm_edge/ here, runner/<hash>/ on a device
 SCRIPT = "devices/runner.py"  # this file
-FILES = (SCRIPT, "devices/facts.py")  # the core a device receives, with a runtime
+FILES = (SCRIPT, "devices/facts.py", "manifest.py")  # the core a device receives, with a runtime
 
 
 @dataclasses.dataclass
@@ -58,6 +61,18 @@ class Protocol:
     qps_iters: int = 5  # prefills each session runs for QPS
     threads: int | None = None  # runtime threads a session; None = chosen (choose_threads)
     spin: int | None = None  # 1: idle workers spin, 0: they sleep; None = chosen (choose_spin)
+
+    def check(self, max_seq_len: int | None = None) -> "Protocol":
+        """Each value in range (named as its option), prompt + decode within the positions: else exit 2."""
+        for f in dataclasses.fields(self):
+            v, lo = getattr(self, f.name), {"warmup": 0, "spin": 0}.get(f.name, 1)
+            if v is not None and (type(v) is not int or v < lo or (f.name == "spin" and v > 1)):
+                raise mf.UserError(f"--{f.name.replace('_', '-')} must be an integer >= {lo}"
+                                   f"{' and <= 1' if f.name == 'spin' else ''}, got {v!r}")
+        if max_seq_len and self.prompt_len + self.gen_len > max_seq_len:
+            raise mf.UserError(f"--prompt-len {self.prompt_len} + --gen-len {self.gen_len} exceed the model's "
+                               f"{max_seq_len} positions: lower them so they sum to at most {max_seq_len}")
+        return self
 
 
 class RuntimeMissing(Exception):
@@ -97,32 +112,17 @@ def runtime_module(backend: str):
     return _RUNTIMES[backend]
 
 
-def affinity() -> list[int]:
-    """The CPUs this process may run on (taskset, cgroup cpusets), sorted."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux: every CPU
-        return list(range(os.cpu_count() or 1))
-
-
-def cpu_list(cpus: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5' (taskset's notation)."""
-    out, start = [], None
-    for i, c in enumerate(cpus):
-        start = c if start is None else start
-        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
-            out.append(f"{start}-{c}" if c != start else str(c))
-            start = None
-    return ",".join(out)
+affinity, cpu_list = facts.affinity, facts.cpu_list  # the CPUs this process may run on; '0-2,5'
 
 
 def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool | None = None):
     """The artifact's runtime: prefill(ids (T,)) -> logits (T, V); decode(token) -> logits (V,).
     spin: idle workers spin or sleep, for runtimes that take it (Runtime.spins)."""
     mod = runtime_module(manifest["backend"])
+    graph = mf.graph_path(art_dir, manifest, mod.GRAPH)  # listed, inside, its sha256: else exit 2
     try:
         kw = {"spin": spin} if mod.Runtime.spins else {}
-        return mod.Runtime(Path(art_dir), manifest, threads or choose_threads(manifest), **kw)
+        return mod.Runtime(graph, manifest, threads or choose_threads(manifest), **kw)
     except ImportError as e:
         raise RuntimeMissing(f"{e.name or manifest['runtime']} is not installed: "
                              f"{PIP}{' '.join(mod.PACKAGES)}", mod.PACKAGES) from e
@@ -271,7 +271,8 @@ def thread_plan(manifest: dict, threads: int | None, spin: bool | None, concurre
 
 def bench(art_dir: Path, p: Protocol = Protocol(), sysfs_root: str = "/sys") -> dict:
     """The protocol on one artifact; sysfs_root: where the energy meter and temperatures read."""
-    manifest = json.loads((Path(art_dir) / "manifest.json").read_text())
+    manifest = mf.verified(art_dir)  # its id, then every file's sha256: before anything loads
+    p.check(manifest["model"]["max_seq_len"])
     plan = thread_plan(manifest, p.threads, None if p.spin is None else bool(p.spin), p.concurrency)
     log(f"threads {plan['threads']} (QPS: {plan['qps_threads_per_session']} per session), spin {plan['spin']}, "
         f"chosen by {plan['chosen_by']}")
@@ -384,6 +385,9 @@ def main(argv=None) -> int:
         res = bench(a.artifact, proto, a.sysfs_root)
     except RuntimeMissing as e:
         return runtime_missing(e, argv, a.install_runtime)
+    except mf.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
     tmp = a.out.with_name(a.out.name + ".tmp")
     tmp.write_text(json.dumps(res))
     os.replace(tmp, a.out)

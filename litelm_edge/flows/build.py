@@ -132,7 +132,7 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         (tmp / "tokenizer.json").write_text(tok_json)
         files = mf.files_table(tmp)
         check_really_quantised(files, model.num_params(), precision, res.weight_bytes)
-        manifest = base_manifest(name, b, ctx, res, training)
+        manifest = dict(base_manifest(name, b, ctx, res, training), files=files)  # the runtime opens listed files only
         rt = res.parity_runtime or host_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
         p = parity(model, rt, heldout, spec)
@@ -145,7 +145,6 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         min_top1 = backends.INT8_MIN_TOP1 if spec.min_top1 is None else spec.min_top1  # fp32: int8's on the device
         tol = {"min_top1": min_top1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
         manifest["parity"] = dict(p, on_device_tolerance=tol)
-        manifest["files"] = files
         manifest["size_bytes"] = sum(f["size"] for f in files.values())
         manifest = mf.write(tmp, manifest)
     return manifest

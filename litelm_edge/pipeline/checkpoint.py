@@ -66,13 +66,24 @@ def special_tokens(tokenizer_json: str, max_len: int) -> tuple[dict, dict, dict]
     return ids, dict(ids), dict(tok_cfg, bos_token=EOT, eos_token=EOT, pad_token=EOT)
 
 
+def nonfinite(sd: dict) -> str | None:
+    """The first tensor of a state dict holding nan or inf (None: every value is finite)."""
+    import torch
+    return next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+
+
 def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None) -> Path:
+    """Write a checkpoint folder atomically; weights holding nan or inf are never written."""
     import torch
     from safetensors.torch import save_file
     final = Path(path)
     ids, gen, tok_cfg = special_tokens(tokenizer_json, model.cfg.max_seq_len)
+    sd = hf_state_dict(model)
+    if bad := nonfinite(sd):
+        raise UserError(f"not writing checkpoint '{final}': {bad} holds nan or inf (training diverged): "
+                        "lower the learning rate or set train.grad_clip, and resume from the last good checkpoint")
     with atomic_dir(final) as tmp:
-        save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg, ids), indent=2))
         (tmp / "tokenizer.json").write_text(tokenizer_json)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
@@ -146,6 +157,9 @@ def load(path, device="cpu", tokenizer=None):
     except (SafetensorError, KeyError, RuntimeError, OSError) as e:
         raise UserError(f"checkpoint '{p}': cannot load model.safetensors ({str(e).splitlines()[0]}); "
                         "restore it from where the checkpoint came from") from e
+    if bad := nonfinite(sd):  # no eval of nan, no build of one (an int8 scale of nan)
+        raise UserError(f"checkpoint '{p}': {bad} holds nan or inf (a diverged run): use an earlier "
+                        "checkpoint of the run, or retrain with a lower learning rate")
     return model.to(device).eval(), tok_path.read_text() if tokenizer is not False else None, training
 
 

@@ -11,6 +11,7 @@ Every stage streams: memory is bounded by a shard's signatures, not by the corpu
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from . import data_read as R
 from ..config import UserError
+from ..files import LOW_SPACE, free_bytes, is_disk_full
 
 
 class CorpusReader(PipelineStep):
@@ -121,7 +123,14 @@ def quiet_logs():
     def file_only(logging_dir, rank, local_rank=0, node_rank=-1):
         logger.remove()
         f = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        logger.add(f, level="INFO", colorize=False)
+
+        def sink(msg):  # a log line that cannot be written (a full disk) is dropped: loguru would
+            try:        # print a "Logging error" traceback per line; the stage's own write fails and says it
+                f.write(msg)
+                f.flush()
+            except OSError:
+                pass
+        logger.add(sink, level="INFO", colorize=False)
         return f
     B.add_task_logger = Ry.add_task_logger = file_only  # Ray's task logs its own import of it
     L.setup_default_logger = logger.remove
@@ -191,8 +200,12 @@ def check_complete(executor, stage: int):
                 lines = f.read().strip().splitlines()
         except FileNotFoundError:
             lines = ["no log"]
-        raise RuntimeError(f"data stage {stage}: {len(missing)} of {executor.world_size} tasks did not complete; "
-                           f"task {missing[0]}: {lines[-1] if lines else 'empty log'}")
+        msg = (f"data stage {stage}: {len(missing)} of {executor.world_size} tasks did not complete; "
+               f"task {missing[0]}: {lines[-1] if lines else 'empty log'}")
+        where = getattr(executor.logging_dir, "path", None)  # a local folder (else a remote store)
+        if is_disk_full(RuntimeError(msg)) or (where and free_bytes(Path(where)) < LOW_SPACE):
+            raise OSError(errno.ENOSPC, msg)  # prepare's atomic_dir: `disk full writing <out>`
+        raise RuntimeError(msg)
 
 
 def wait(executor, every_s: float = 30):

@@ -189,8 +189,10 @@ def _start(run: Path, resume: bool, tok, model_cfg, model, log):
     return (model if model is not None else Transformer(model_cfg)), None, 0, [], {}
 
 
-def _one_step(net, opt, scaler, amp, batches, loss_fn, c: TrainConfig, dev: str, ddp: bool) -> float:
-    """One optimizer step over c.grad_accum micro-batches (gradients synced on the last); -> train loss."""
+def _one_step(net, opt, scaler, amp, batches, loss_fn, c: TrainConfig, dev: str, ddp: bool,
+              step: int, run: Path) -> float:
+    """One optimizer step over c.grad_accum micro-batches (gradients synced on the last); -> train loss.
+    A non-finite loss or gradient norm stops the run before the step (stop_if_nonfinite)."""
     import torch
     for micro in range(c.grad_accum):
         x, y = batches.sample(dev)
@@ -200,11 +202,14 @@ def _one_step(net, opt, scaler, amp, batches, loss_fn, c: TrainConfig, dev: str,
         scaler.scale(loss).backward()
     if c.grad_clip:
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), c.grad_clip)
+    gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), c.grad_clip or math.inf)  # inf: measure only
+    train_loss = loss.item() * c.grad_accum
+    # before the step: nan never reaches the weights (fp16's scaler skips inf gradients itself)
+    stop_if_nonfinite(step, train_loss, float(gnorm) if not scaler.is_enabled() else 0.0, run, c)
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    return loss.item() * c.grad_accum
+    return train_loss
 
 
 def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool = False, model=None,
@@ -240,7 +245,7 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
         lr = lr_at(step, c)
         for g in opt.param_groups:
             g["lr"] = lr
-        train_loss = _one_step(net, opt, scaler, amp, train_b, loss_fn, c, dev, ddp)
+        train_loss = _one_step(net, opt, scaler, amp, train_b, loss_fn, c, dev, ddp, step + 1, run)
         step += 1
         tokens += c.batch_size * c.block_size * c.grad_accum * world
         bar.update(1)
@@ -248,6 +253,7 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
         _scalars(writer, step, train_loss=train_loss, train_lr=lr)
         if step % c.eval_every == 0 or step == c.max_steps:
             val_loss = evaluate(model, val_b, c.eval_batches, dev, amp)
+            stop_if_nonfinite(step, val_loss, 0.0, run, c, "validation loss")
             history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss})
             if rank == 0:
                 _scalars(writer, step, val_loss=val_loss, val_ppl=math.exp(val_loss))
@@ -286,6 +292,18 @@ def _finish(bar, writer, ddp: bool):
         writer.close()
     if ddp:
         torch.distributed.destroy_process_group()
+
+
+def stop_if_nonfinite(step: int, loss: float, grad_norm: float, run: Path, c: TrainConfig, what: str = "loss"):
+    """A loss or gradient norm of nan or inf stops the run before it reaches the weights, in one line
+    naming the step; the run's `latest` checkpoint (the last good one) stays as it was."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    latest = (run / "latest").read_text().strip() if (run / "latest").is_file() else None
+    bad = f"{what} {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+    raise UserError(f"step {step}: {bad}: training stopped; "
+                    + (f"the last good checkpoint is {run / latest}" if latest else "no checkpoint was written")
+                    + f": lower train.lr (now {c.lr:g}) or set train.grad_clip, then resume or start again")
 
 
 def _tensorboard(path: Path):

@@ -13,6 +13,7 @@ import numpy as np
 
 PACKAGES = ["ai-edge-litert", "numpy"]  # manylinux (glibc) arm64/x86_64 wheels only: not Termux (docs/android.md)
 MODULE = "ai_edge_litert"
+GRAPH = "graphs.model"  # the manifest key naming the file this runtime opens
 
 TFLITE_RUNTIME_WARNING = ("warning: ai_edge_litert not found, using tflite_runtime: tflite-runtime 2.14 "
                           "gives wrong answers on these files (on-device parity will tell); "
@@ -105,9 +106,9 @@ class LiteRTRuntime:
 
     spins = False  # XNNPACK takes no spin policy
 
-    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, in_place: bool | None = None):
+    def __init__(self, graph: Path, manifest: dict, threads: int | None, in_place: bool | None = None):
         Interpreter, self.runtime_name = _interpreter_class()
-        path = Path(art_dir) / manifest.get("graphs", {}).get("model", "model.tflite")
+        path = Path(graph)  # the verified graphs.model
         threads = threads or default_threads(manifest) or 1
         it = Interpreter(model_path=str(path), num_threads=threads)  # reads the signatures' details
         self.details = {s: (it.get_signature_runner(s).get_input_details(),

@@ -20,6 +20,7 @@ build host only; the device needs onnxruntime and numpy.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import sys
 from pathlib import Path
 
 from ...config import UserError
+from ...files import FULL_TEXT
 from . import PRECISIONS as BACKEND_PRECISIONS
 
 GRAPH = "decoder.onnx"
@@ -71,6 +73,8 @@ def run_builder(src: Path, dst: Path, precision: str, log=print):
            "-c", str(dst.parent / "hf-cache"), *extra]
     log(f"emitting the fused graph ({p}{f', blocks of {block}' if block else ''}) with onnxruntime-genai's builder ...")
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    if any(t in r.stderr + r.stdout for t in FULL_TEXT):  # not this model's fault: the build's atomic_dir says it
+        raise OSError(errno.ENOSPC, "No space left on device (onnxruntime-genai's builder)", str(dst))
     if r.returncode or not (dst / "model.onnx").is_file():
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
         raise UserError(f"onnxruntime-genai's builder failed on this model (exit {r.returncode}): {tail}\n"

@@ -1,7 +1,8 @@
 """ONNX Runtime on the device: decoder.onnx, one graph for prefill (P = 0) and decode (T = 1).
 
 Device side: needs only numpy and onnxruntime (no litelm_edge import); uploaded beside the runner.
-API (every runtime.py): Runtime(art_dir, manifest, threads); prefill(ids int64 (T,)) -> logits
+API (every runtime.py): Runtime(graph, manifest, threads), graph the verified path of the file
+named by the manifest key GRAPH (the runner's open_runtime builds it: manifest.graph_path); prefill(ids int64 (T,)) -> logits
 float32 (T, V), resetting and filling the KV cache; decode(token int) -> logits (V,), appending one
 position; Runtime.spins: whether the runner passes spin=True/False for idle workers.
 default_threads(manifest): the threads the build's settings ask for (manifest[section]), None for
@@ -19,6 +20,7 @@ import numpy as np
 
 PACKAGES = ["onnxruntime", "numpy"]
 MODULE = "onnxruntime"
+GRAPH = "graphs.decoder"  # the manifest key naming the file this runtime opens
 
 
 def default_threads(manifest: dict) -> int | None:
@@ -46,23 +48,22 @@ def session_options(ort, threads: int | None, spin: bool | None = None):
     return so
 
 
-def _session(art_dir: Path, manifest: dict, threads, spin):
+def _session(graph: Path, threads, spin):
     import onnxruntime as ort  # ImportError: the runner says how to install PACKAGES
-    path = str(Path(art_dir) / manifest["graphs"]["decoder"])
-    return ort, ort.InferenceSession(path, session_options(ort, threads, spin), providers=["CPUExecutionProvider"])
+    return ort, ort.InferenceSession(str(graph), session_options(ort, threads, spin), providers=["CPUExecutionProvider"])
 
 
 class OrtRuntime:
     """The torch.export graph: past KV in, past+new KV out (concatenated inside the graph)."""
     spins = True
 
-    def __new__(cls, art_dir: Path, manifest: dict, threads: int | None, spin: bool | None = None):
+    def __new__(cls, graph: Path, manifest: dict, threads: int | None, spin: bool | None = None):
         if cls is OrtRuntime and manifest.get("kv_cache") == "shared-buffer":
             cls = OrtSharedKvRuntime  # the fused graph (backends/ort/fused.py)
         return super().__new__(cls)
 
-    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, spin: bool | None = None):
-        _, self.sess = _session(art_dir, manifest, threads, spin)
+    def __init__(self, graph: Path, manifest: dict, threads: int | None, spin: bool | None = None):
+        _, self.sess = _session(graph, threads, spin)
         m = manifest["model"]
         hd = m.get("head_dim") or m["n_embd"] // m["n_head"]  # head pruning decouples it from n_embd
         self.empty = np.zeros((m["n_layer"], 1, m["n_kv_head"], 0, hd), np.float32)
@@ -91,8 +92,8 @@ class OrtSharedKvRuntime(OrtRuntime):
     a numpy array anew costs ~10 us an input, 3-4 % of a 26M model's step. No allocation, no copy
     of the cache."""
 
-    def __init__(self, art_dir: Path, manifest: dict, threads: int | None, spin: bool | None = None):
-        self.ort, self.sess = ort, _ = _session(art_dir, manifest, threads, spin)
+    def __init__(self, graph: Path, manifest: dict, threads: int | None, spin: bool | None = None):
+        self.ort, self.sess = ort, _ = _session(graph, threads, spin)
         m, io = manifest["model"], manifest["io"]
         self.S = m["max_seq_len"]
         shape = (1, m["n_kv_head"], self.S, m.get("head_dim") or m["n_embd"] // m["n_head"])

@@ -16,6 +16,7 @@ import numpy as np
 # aarch64 and x86_64 wheels; only the runtime library is loaded
 PACKAGES = ["numpy", "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"]
 MODULE = "tvm"
+GRAPH = "tvm.library"  # the manifest key naming the file this runtime opens
 
 
 def default_threads(manifest: dict) -> int | None:
@@ -25,7 +26,8 @@ def default_threads(manifest: dict) -> int | None:
 
 class TvmRuntime:
     spins = False  # TVM's pool takes no spin policy
-    def __init__(self, art_dir: Path, manifest: dict, threads: int | None):
+
+    def __init__(self, graph: Path, manifest: dict, threads: int | None):
         os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
         if threads:
             os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
@@ -33,7 +35,7 @@ class TvmRuntime:
         from tvm.runtime import vm as tvm_vm
         meta = manifest["tvm"]
         self.tensor = tvm.runtime.tensor
-        lib = tvm.runtime.load_module(str(Path(art_dir) / meta["library"]))
+        lib = tvm.runtime.load_module(str(graph))  # the verified meta["library"]
         self.fn = tvm_vm.VirtualMachine(lib, tvm.cpu())[meta.get("entry", "forward")]
         self.empty = np.zeros(meta["cache_shape"], np.float32)  # (n_layer, 1, n_kv_head, 0, hd)
         self.k = self.v = None

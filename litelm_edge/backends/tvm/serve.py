@@ -34,7 +34,8 @@ def recv(f) -> np.ndarray | None:
 
 
 def main(lib_dir: str, manifest: str) -> int:
-    rt = TvmRuntime(Path(lib_dir), json.loads(Path(manifest).read_text()), threads=None)
+    m = json.loads(Path(manifest).read_text())  # the build's own, before it is sealed
+    rt = TvmRuntime(Path(lib_dir) / m["tvm"]["library"], m, threads=None)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while (req := recv(inp)) is not None:
         logits = rt.prefill(req[1:]) if req[0] == 0 else rt.decode(int(req[1]))
