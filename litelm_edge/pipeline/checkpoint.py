@@ -66,11 +66,13 @@ def special_tokens(tokenizer_json: str, max_len: int) -> tuple[dict, dict, dict]
     return ids, dict(ids), dict(tok_cfg, bos_token=EOT, eos_token=EOT, pad_token=EOT)
 
 
-def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None) -> Path:
+def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None, special=None) -> Path:
+    """special: (config.json ids, generation_config.json, tokenizer_config.json) of an imported
+    model; by default <|endoftext|> is bos, eos and pad (special_tokens)."""
     import torch
     from safetensors.torch import save_file
     final = Path(path)
-    ids, gen, tok_cfg = special_tokens(tokenizer_json, model.cfg.max_seq_len)
+    ids, gen, tok_cfg = special or special_tokens(tokenizer_json, model.cfg.max_seq_len)
     with atomic_dir(final) as tmp:
         save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg, ids), indent=2))
@@ -89,6 +91,9 @@ def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None)
 def resolve(path, need_tokenizer: bool = True) -> Path:
     """A checkpoint folder, or a run folder whose `latest` file names one."""
     p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        raise UserError(f"'{path}' is a GGUF file: import it once, then use the folder: "
+                        f"litelm-edge import {path} --out CHECKPOINT_DIR")
     if (p / "latest").is_file():
         p = p / (p / "latest").read_text().strip()
     if not p.is_dir():
@@ -139,6 +144,9 @@ def load(path, device="cpu", tokenizer=None):
         tok_path = tok_path / "tokenizer.json"
     if tokenizer is not False and not tok_path.is_file():
         raise UserError(f"tokenizer '{tokenizer}' not found: pass a tokenizer.json")
+    tok_json = tok_path.read_text() if tokenizer is not False else None
+    if tok_json is not None:
+        check_vocab(tok_json, cfg.vocab_size, tok_path)
     try:
         sd = load_file(str(p / "model.safetensors"), device=device)
         model = Transformer(cfg)
@@ -146,7 +154,20 @@ def load(path, device="cpu", tokenizer=None):
     except (SafetensorError, KeyError, RuntimeError, OSError) as e:
         raise UserError(f"checkpoint '{p}': cannot load model.safetensors ({str(e).splitlines()[0]}); "
                         "restore it from where the checkpoint came from") from e
-    return model.to(device).eval(), tok_path.read_text() if tokenizer is not False else None, training
+    return model.to(device).eval(), tok_json, training
+
+
+def check_vocab(tokenizer_json: str, n_rows: int, where):
+    """The tokenizer must be the model's: no id past the embedding, and not a vocabulary that
+    covers under half of it (models pad their tables a little, to a multiple of 64 or 128, never
+    by half; ours are trained with the data's tokenizer, whose size they take)."""
+    from .tokenizer import Tokenizer
+    n = Tokenizer(tokenizer_json).vocab_size
+    if n > n_rows or n < n_rows // 2:
+        why = (f"ids {n_rows}..{n - 1} have no embedding row" if n > n_rows
+               else "it is another model's vocabulary")
+        raise UserError(f"tokenizer '{where}' has {n} tokens but the model's embedding has {n_rows} rows ({why}): "
+                        "pass the model's own tokenizer.json (--tokenizer), the one it was trained or published with")
 
 
 def update_latest(run_dir: Path, name: str, keep: int = 2):
