@@ -163,8 +163,9 @@ def expected_tensors(cfg) -> dict[str, tuple]:
                     p + "mlp.gate_proj.weight": (I, C), p + "mlp.up_proj.weight": (I, C), p + "mlp.down_proj.weight": (C, I)})
         if cfg.gated_attn:
             out[p + "self_attn.g_proj.weight"] = (cfg.n_head * hd, C)
-        if cfg.attn_bias:
-            out.update({p + "self_attn.q_proj.bias": (cfg.n_head * hd,), p + "self_attn.k_proj.bias": (cfg.n_kv_head * hd,),
+        if cfg.attn_bias:  # Qwen2
+            out.update({p + "self_attn.q_proj.bias": (cfg.n_head * hd,),
+                        p + "self_attn.k_proj.bias": (cfg.n_kv_head * hd,),
                         p + "self_attn.v_proj.bias": (cfg.n_kv_head * hd,)})
     return out
 
