@@ -146,7 +146,7 @@ def load(path, device="cpu", tokenizer=None):
         raise UserError(f"tokenizer '{tokenizer}' not found: pass a tokenizer.json")
     tok_json = tok_path.read_text() if tokenizer is not False else None
     if tok_json is not None:
-        check_vocab(tok_json, cfg.vocab_size, tok_path)
+        check_vocab(tok_json, cfg.vocab_size, tok_path, given=bool(tokenizer))
     try:
         sd = load_file(str(p / "model.safetensors"), device=device)
         model = Transformer(cfg)
@@ -157,13 +157,14 @@ def load(path, device="cpu", tokenizer=None):
     return model.to(device).eval(), tok_json, training
 
 
-def check_vocab(tokenizer_json: str, n_rows: int, where):
-    """The tokenizer must be the model's: no id past the embedding, and not a vocabulary that
-    covers under half of it (models pad their tables a little, to a multiple of 64 or 128, never
-    by half; ours are trained with the data's tokenizer, whose size they take)."""
+def check_vocab(tokenizer_json: str, n_rows: int, where, given: bool = True):
+    """The tokenizer must be the model's: no id past the embedding; and one given apart from the
+    weights (--tokenizer, an import) must not cover under half of it: published models pad their
+    tables a little (to a multiple of 64 or 128), never by half. A checkpoint's own tokenizer may:
+    `train` lets a preset's table be wider than the data's tokenizer."""
     from .tokenizer import Tokenizer
     n = Tokenizer(tokenizer_json).vocab_size
-    if n > n_rows or n < n_rows // 2:
+    if n > n_rows or (given and n < n_rows // 2):
         why = (f"ids {n_rows}..{n - 1} have no embedding row" if n > n_rows
                else "it is another model's vocabulary")
         raise UserError(f"tokenizer '{where}' has {n} tokens but the model's embedding has {n_rows} rows ({why}): "
