@@ -31,7 +31,6 @@ FAMILIES = {  # model_type -> (q/k/v biases, transformers' config defaults of th
                      "num_hidden_layers": 32, "num_attention_heads": 32, "max_position_embeddings": 32768,
                      "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": False}),
 }
-LLAMA_DEFAULTS = FAMILIES["llama"][1]
 OURS = "litelm-edge"  # model_type of a model transformers has no class for (gated attention)
 CHECKED = {"model_type", "architectures", "hidden_act", "rope_parameters", "rope_scaling", "attention_bias",
            "mlp_bias", "head_dim", "litelm", "use_sliding_window", "sliding_window", "max_window_layers",
