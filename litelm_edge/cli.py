@@ -98,6 +98,16 @@ def train_cmd(data_dir, out, preset, resume, sets):
         click.echo(f"step {s['step']}: val loss {s['val_loss']:.4f}, val ppl {s['val_ppl']:.2f} -> {out}")
 
 
+@cli.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
+def import_cmd(source, out):
+    """A published model (a .gguf file, or a folder transformers saved) -> a checkpoint folder."""
+    from .pipeline.importer import import_model
+    r = import_model(source, out, log=lambda m: click.echo(m, err=True))
+    click.echo(f"{r['model_type']}, {r['n_params'] / 1e6:.1f}M parameters, fp32, {r['seconds']:.1f} s -> {r['checkpoint']}")
+
+
 @cli.command()
 @click.option("--target", required=True, help="Target name in targets/ (or a .toml path).")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder.")
@@ -279,7 +289,7 @@ def targets():
 
 
 EXTRAS = {"torch": "train", "safetensors": "train", "tokenizers": "train", "tensorboard": "train",
-          "transformers": "dev"}  # the backends' own: each Backend record's extra and host_modules
+          "transformers": "import", "gguf": "import", "accelerate": "import"}  # the backends' own: each Backend record's extra and host_modules
 
 
 def missing_extra(e: ModuleNotFoundError) -> str | None:

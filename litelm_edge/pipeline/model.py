@@ -1,9 +1,11 @@
-"""The model: a decoder-only transformer in the Llama/MiniMind family, in one file.
+"""The model: a decoder-only transformer in the Llama/MiniMind family (and Qwen2's), in one file.
 
 RMSNorm, RoPE (tables computed from torch.arange so exported graphs keep a dynamic length),
-grouped-query attention through scaled_dot_product_attention, SwiGLU, tied embeddings, an optional
-sigmoid-gated attention output, optional cross-layer weight sharing, and a KV-cache forward.
-Module names follow HF Llama so a checkpoint maps 1:1 onto LlamaForCausalLM.
+grouped-query attention through scaled_dot_product_attention, optional q/k/v biases (Qwen2),
+SwiGLU, tied embeddings, an optional sigmoid-gated attention output, optional cross-layer weight
+sharing, and a KV-cache forward.
+Module names follow HF Llama so a checkpoint maps 1:1 onto LlamaForCausalLM (Qwen2ForCausalLM
+when the biases are there).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class ModelConfig:
     share_every: int = 1  # consecutive layers sharing one block's weights (1 = no sharing)
     dropout: float = 0.0  # residual/attention dropout at training time
     head_size: int = 0  # per-head width; 0 = n_embd // n_head (structured head pruning sets it)
+    attn_bias: bool = False  # q/k/v projections add a bias (Qwen2 / Qwen2.5); o_proj never does
 
     @property
     def head_dim(self) -> int:
@@ -88,9 +91,9 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * hd, bias=False)
-        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=False)
-        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=False)
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * hd, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=cfg.attn_bias)
         self.o_proj = nn.Linear(cfg.n_head * hd, cfg.n_embd, bias=False)
         self.g_proj = nn.Linear(cfg.n_embd, cfg.n_head * hd, bias=False) if cfg.gated_attn else None
 
@@ -171,6 +174,8 @@ class Transformer(nn.Module):
     def _init_weights(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def layer_order(self) -> list[int]:
         """Which unique block runs at each of the n_layer positions."""

@@ -102,6 +102,8 @@ def shrink_heads(model, sd: dict, frac: float) -> int:
         heads = torch.cat([g * rep + score[g].topk(keep_rep).indices.sort().values for g in range(c.n_kv_head)])
         sd[p + "q_proj.weight"] = q[heads].flatten(0, 1)
         sd[p + "o_proj.weight"] = o[:, heads].flatten(1)
+        if p + "q_proj.bias" in sd:  # Qwen2: a query head's bias goes with its weights
+            sd[p + "q_proj.bias"] = sd[p + "q_proj.bias"].view(c.n_head, hd)[heads].flatten()
         if p + "g_proj.weight" in sd:
             sd[p + "g_proj.weight"] = sd[p + "g_proj.weight"].view(c.n_head, hd, -1)[heads].flatten(0, 1)
     return c.n_kv_head * keep_rep

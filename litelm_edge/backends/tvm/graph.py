@@ -23,10 +23,12 @@ def quantize_kn(w_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class KNLinear(nn.Module):
-    """y = x @ W with W (K, N): fp32, or int8 + per-column scale dequantised in the graph."""
+    """y = x @ W (+ b) with W (K, N): fp32, or int8 + per-column scale dequantised in the graph;
+    b (N,) fp32 where the Linear has one (Qwen2's q/k/v)."""
 
-    def __init__(self, weight_nk: torch.Tensor, precision: str):
+    def __init__(self, weight_nk: torch.Tensor, precision: str, bias: torch.Tensor | None = None):
         super().__init__()
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         w = weight_nk.detach().t().contiguous()  # (N, K) torch layout -> (K, N)
         self.int8 = precision == "int8"
         if self.int8:
@@ -40,7 +42,10 @@ class KNLinear(nn.Module):
         return self.wq.float() * self.scale if self.int8 else self.w  # (K, N)
 
     def forward(self, x):  # (..., K) -> (..., N), as a 2-D matmul: a 3-D one broadcasts W per call
-        return (x.reshape(-1, x.shape[-1]) @ self.weight_kn()).reshape(*x.shape[:-1], -1)
+        y = x.reshape(-1, x.shape[-1]) @ self.weight_kn()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], -1)
 
     def columns(self, idx):
         """idx (B, T) -> W[:, idx] as (B, T, K): the embedding rows of a tied lm_head."""
@@ -67,7 +72,7 @@ def _swap_linears(module: nn.Module, precision: str, done: dict):
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
             if id(child) not in done:  # shared blocks: one converted module per original
-                done[id(child)] = KNLinear(child.weight, precision)
+                done[id(child)] = KNLinear(child.weight, precision, child.bias)
             setattr(module, name, done[id(child)])
         else:
             _swap_linears(child, precision, done)
