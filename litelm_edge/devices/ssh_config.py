@@ -71,7 +71,8 @@ def read(alias: str, path: Path) -> tuple[dict, dict]:
             if key == "host":
                 active = _match(alias, args)
             elif key == "match":
-                active = args[:1] == ["all"] or (args[:1] == ["host"] and _match(values.get("hostname", alias), args[1:]))
+                host = values.get("hostname", alias)
+                active = args[:1] == ["all"] or (args[:1] == ["host"] and _match(host, args[1:]))
             elif key == "include":
                 for f in (p for a in args for p in _include(a, home)):
                     walk(f, active, depth + 1)  # its Host lines reset activity inside it only
