@@ -41,7 +41,8 @@ def test_manifest_describes_the_artifact(artifact):
     assert m["thresholds"]["max_latency_ms"] == 100.0
     assert len(m["reference"]["artifact_last_logits"]) == m["model"]["vocab_size"]
     assert {"torch", "onnxruntime", "onnx"} <= set(m["tools"])
-    assert (m["parity"]["windows"], m["parity"]["window_len"]) == (export.PARITY_WINDOWS, export.WINDOW_LEN)
+    # as many 128-token windows as the test corpus's val split holds, up to PARITY_WINDOWS
+    assert 4 <= m["parity"]["windows"] <= export.PARITY_WINDOWS and m["parity"]["window_len"] == export.WINDOW_LEN
     if m["precision"] == "fp32":
         assert m["parity"]["rule"] == "max_abs_err <= 0.001" and m["parity"]["max_abs_err"] < 1e-4
     else:  # int8 weights really are int8, read back from the ONNX file
