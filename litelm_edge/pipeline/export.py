@@ -20,8 +20,8 @@ from ..config import UserError
 from ..files import atomic_dir
 from .eval import EvalConfig, divergence_summary, token_divergence, torch_logits, val_windows
 
-# 16 windows x 128 predicted tokens: the ppl ratio to about +-0.3 % (8-bit) and +-1.5 % (4-bit) on
-# SmolLM2-135M (one standard error, docs/quality.md), ~2k tokens as llama.cpp's -c 128 scores 4 chunks' worth
+# 16 windows x 128 predicted tokens (2,048): the ppl ratio to +-0.25 % at 8 bits and +-3 % at 4 bits
+# on SmolLM2-135M (one standard error, docs/quality.md); a 135M build spends ~1 min of CPU on it
 PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 16, 128, 32
 DEVICE_SLACK_STEPS = 2  # on-device top-1 may lose this many of the reference's steps to other kernels' near-ties
 REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
