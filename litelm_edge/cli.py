@@ -128,9 +128,8 @@ def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, token
         m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets), log=click.echo)
     else:
         m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets), tokenizer=tokenizer)
-    p = m["parity"]
-    click.echo(f"{m['target']}/{m['precision']}: {m['size_bytes'] / 1e6:.2f} MB, parity top-1 "
-               f"{p['top1_agreement']:.3f}, max abs {p['max_abs_err']:.2e} -> {out}")
+    from .flows.build import describe
+    click.echo(f"{m['target']}/{m['precision']}: {m['size_bytes'] / 1e6:.2f} MB, {describe(m['parity'])} -> {out}")
 
 
 @cli.command()

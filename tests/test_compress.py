@@ -261,15 +261,15 @@ def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_di
     def first_fails(*args, **kw):
         calls.append(args[1])
         if len(calls) == 1:
-            raise build_flow.ParityError("parity failed for x86/int8: top-1 agreement 0.900",
-                                         {"top1_agreement": 0.9, "rule": "top1_agreement >= 0.95"})
+            raise build_flow.ParityError("parity failed for x86/int8: ppl ratio 1.5",
+                                         {"ppl_ratio": 1.5, "rule": "ppl_ratio <= 1.03, mean_kl <= 0.03"})
         return real(*args, **kw)
     monkeypatch.setattr(build_flow, "build", first_fails)
     recipe = _gated_recipe(corpus, data_dir, tiny_run, tmp_path, "max_ppl_increase = 10.0\nmax_attempts = 2")
     r = run_recipe(str(recipe), log=lambda m: None)
     a0, a1 = r["attempts"]
     assert not a0["ok"] and a0["targets"][0]["gates"] == [
-        {"gate": "build parity", "value": 0.9, "limit": "top1_agreement >= 0.95", "pass": False,
+        {"gate": "build parity", "value": 1.5, "limit": "ppl_ratio <= 1.03, mean_kl <= 0.03", "pass": False,
          "note": "artifact vs torch on held-out text; not written, not benched"}]
     assert a1["ok"] and r["ok"] and len(calls) == 2
     text = (tmp_path / "work" / "report.md").read_text()

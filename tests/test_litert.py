@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from conftest import toolchain_or_skip  # noqa: E402
 from litelm_edge import backends  # noqa: E402
 from litelm_edge.backends.litert import Settings  # noqa: E402
+from litelm_edge.backends import INT4, INT8  # noqa: E402
 from litelm_edge.backends.litert import build as litert_build  # noqa: E402
 from litelm_edge.backends.litert.graph import CachedLM  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
@@ -207,7 +208,7 @@ def test_int8_is_int8_and_passes_parity(built):
     from litelm_edge.backends.litert.inspect import weight_dtypes
     d, man = built["int8"]
     assert weight_dtypes(d / "model.tflite") == {"int8"} and man["weight_dtypes"] == ["int8"]
-    assert man["parity"]["rule"] == "top1_agreement >= 0.95" and man["parity"]["top1_agreement"] >= 0.95
+    assert man["parity"]["rule"] == str(INT8) and man["parity"]["ok"]
     with pytest.raises(UserError, match="float32 weights"):  # a float file labelled int8 fails
         litert_build.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
 
@@ -221,7 +222,7 @@ def test_int4_channelwise_with_prefill_over_the_whole_cache(built):
     d, man = built["int4ch"]
     assert weight_dtypes(d / "model.tflite") == {"int4", "float16"} and man["precision"] == "int4-ch"
     assert (man["litert"]["windows"], man["litert"]["prefill_windows"]) == ([32], [])
-    assert man["parity"]["rule"] == "top1_agreement >= 0.9" and man["parity"]["ok"]
+    assert man["parity"]["rule"] == str(INT4) and man["parity"]["ok"]
     model, _ = read_model(d / "model.tflite")
     per_channel = [t for sg in model.subgraphs for t in sg.tensors
                    if t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale) > 1]

@@ -131,8 +131,10 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
     res["thresholds"] = verdicts(res, manifest.get("thresholds", {}), baseline)
     res["latency_percentile"] = latency_percentile(manifest.get("thresholds", {}))
     res["manifest"] = {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id",
-                                                    "n_params", "size_bytes", "tools", "size_breakdown", "weight_bytes", "arch")}
-    res["verdict"] = overall(bool(raw["parity"]["ok"]), res["thresholds"])
+                                                    "n_params", "size_bytes", "tools", "size_breakdown", "weight_bytes", "arch",
+                                                    "parity")}  # parity: the build's quality gate (reports show it)
+    build_ok = (manifest.get("parity") or {}).get("ok", True)  # False only for a build made with the gate off
+    res["verdict"] = overall(bool(raw["parity"]["ok"]) and bool(build_ok), res["thresholds"])
     res["ok"] = res["verdict"] != "fail"  # nothing failed; "not judged" is not a pass (see verdict)
     return res
 

@@ -17,9 +17,12 @@ from .. import backends, manifest as mf
 from ..backends import FP32_MAX_ABS, Backend, BackendBuild, BuildContext, Precision
 from ..config import UserError
 from ..files import atomic_dir
-from ..pipeline.eval import EvalConfig, torch_logits, val_windows
+from ..pipeline.eval import EvalConfig, divergence_summary, token_divergence, torch_logits, val_windows
 
-PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 8, 64, 32
+# 16 windows x 128 predicted tokens (2,048): the ppl ratio to +-0.25 % at 8 bits and +-3 % at 4 bits
+# on SmolLM2-135M (one standard error, docs/quality.md); a 135M build spends ~1 min of CPU on it
+PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 16, 128, 32
+DEVICE_SLACK_STEPS = 2  # on-device top-1 may lose this many of the reference's steps to other kernels' near-ties
 REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 
 
@@ -32,34 +35,54 @@ class ParityError(UserError):
 
 
 def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WINDOW_LEN) -> list:
-    """n evenly spaced windows of T tokens from val.bin: eval's windows, as model inputs only."""
-    return val_windows(data_dir, EvalConfig(windows=n, window_len=T - 1), max_seq_len=T - 1)
+    """n evenly spaced windows of T + 1 tokens from val.bin (T inputs, T targets): eval's windows."""
+    return val_windows(data_dir, EvalConfig(windows=n, window_len=T), max_seq_len=T)
 
 
 def parity(model, rt, heldout: list, precision: Precision) -> dict:
-    """Prefill every window through the artifact and torch: max abs error, top-1 agreement."""
-    errs, agree = [], []
-    for ids in heldout:
+    """Prefill every window through the artifact and torch, and score both on the next tokens as
+    `llama-perplexity --kl-divergence` does: the perplexity ratio (artifact / torch) with its
+    standard error, the mean KL(torch || artifact), top-1 agreement; and the max abs logit error.
+    The precision's rule judges them (fp32: max abs; quantised: ppl ratio and mean KL)."""
+    errs, per_token = [], []
+    for w in heldout:
+        ids, targets = w[:-1], w[1:]
         ref, got = torch_logits(model, ids), rt.prefill(ids)
         errs.append(float(np.abs(ref - got).max()))
-        agree.append(ref.argmax(-1) == got.argmax(-1))
-    p = {"windows": len(heldout), "window_len": len(heldout[0]), "max_abs_err": max(errs),
-         "top1_agreement": float(np.concatenate(agree).mean())}
-    p["ok"], p["rule"] = precision.passes(p["max_abs_err"], p["top1_agreement"]), precision.rule
+        per_token.append(token_divergence(ref, got, targets))
+    s = divergence_summary(per_token)
+    p = {"windows": len(heldout), "window_len": int(len(heldout[0]) - 1), "max_abs_err": max(errs),
+         "top1_agreement": s["top1_agreement"], "ppl_ratio": s["ppl_ratio"], "ppl_ratio_se": s["ppl_ratio_se"],
+         "mean_kl": s["mean_kl"], "ppl_torch": s["ppl_ref"], "ppl_artifact": s["ppl"],
+         "how": "measured on this build host: the artifact's runtime vs torch fp32 on held-out windows "
+                "(llama-perplexity --kl-divergence definitions, every token scored)"}
+    p["ok"], p["rule"] = precision.passes(p), precision.rule
     return p
 
 
-def reference(model, rt, prompt_ids: list[int], max_abs_err: float) -> dict:
-    """The fixed prompt a device replays: torch's greedy continuation and this host's logits."""
+def describe(p: dict) -> str:
+    """One line of the gate's figures (build output, refusals, reports)."""
+    return (f"ppl ratio {p['ppl_ratio']:.4f} +- {p['ppl_ratio_se']:.4f}, mean KL {p['mean_kl']:.4f}, "
+            f"top-1 {p['top1_agreement']:.3f}, max abs {p['max_abs_err']:.3g}")
+
+
+def reference(model, rt, prompt_ids: list[int], max_abs_err: float) -> tuple[dict, dict]:
+    """The fixed prompt a device replays (torch's greedy continuation and this host's logits), and
+    the tolerance it is held to: the top-1 this host's artifact reaches on that same replay, less
+    DEVICE_SLACK_STEPS, so a quantised build is held to what it does, not to a fixed guess."""
     import torch
     ids = torch.tensor([prompt_ids])
     greedy = model.generate(ids, REF_STEPS)[0, len(prompt_ids):].tolist()
-    from ..devices.runner import prefill_last
+    from ..devices.runner import check_parity, prefill_last
     art_last = prefill_last(rt, np.array(prompt_ids, np.int64))  # the path check_parity replays
-    return {"prompt": REF_PROMPT, "prompt_ids": prompt_ids, "torch_greedy": greedy,
-            "artifact_last_logits": [round(float(x), 5) for x in art_last],
-            # a device may differ from this host by at most twice what this host differs from torch
-            "tolerance_basis": max_abs_err}
+    ref = {"prompt": REF_PROMPT, "prompt_ids": prompt_ids, "torch_greedy": greedy,
+           "artifact_last_logits": [round(float(x), 5) for x in art_last],
+           # a device may differ from this host by at most twice what this host differs from torch
+           "tolerance_basis": max_abs_err}
+    tol = {"min_top1": 1.0, "max_abs_vs_host": max(2 * max_abs_err, FP32_MAX_ABS)}
+    host = check_parity(rt, ref, tol)["top1_agreement_vs_torch"]
+    tol["min_top1"] = round(max(0.0, host - DEVICE_SLACK_STEPS / max(1, len(greedy))), 4)
+    return ref, tol
 
 
 def check_really_quantised(files: dict, n_params: int, precision: str, weight_bytes: dict | None):
@@ -124,9 +147,10 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
     spec = b.precision(precision)
     builder = b.module("build")
     model, tok_json, training = ckpt.load(checkpoint, tokenizer=tokenizer)
-    heldout = heldout_windows(data or training.get("data_dir"))
+    heldout = heldout_windows(data or training.get("data_dir"), T=min(WINDOW_LEN, model.cfg.max_seq_len))
     with atomic_dir(out) as tmp:
-        ctx = BuildContext(model, ckpt.resolve(checkpoint, need_tokenizer=False), tgt, tmp, precision, heldout,
+        ctx = BuildContext(model, ckpt.resolve(checkpoint, need_tokenizer=False), tgt, tmp, precision,
+                           [w[:-1] for w in heldout],
                            settings, log, tok_json)
         res = builder.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
@@ -136,14 +160,12 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         rt = res.parity_runtime or host_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
         p = parity(model, rt, heldout, spec)
+        log(f"parity: {describe(p)} (rule {p['rule']}: {'pass' if p['ok'] else 'FAIL'})")
         if not p["ok"] and gate:
-            raise ParityError(f"parity failed for {name}/{precision}: max abs err {p['max_abs_err']:.3g}, "
-                              f"top-1 agreement {p['top1_agreement']:.3f} (rule {p['rule']}); artifact not written"
-                              + (f": {spec.advice}" if spec.advice else ""), p)
+            raise ParityError(f"parity failed for {name}/{precision}: {describe(p)} (rule {p['rule']}); "
+                              "artifact not written" + (f": {spec.advice}" if spec.advice else ""), p)
         prompt_ids = Tokenizer(tok_json).encode(REF_PROMPT)[: model.cfg.max_seq_len // 2]
-        manifest["reference"] = reference(model, rt, prompt_ids, p["max_abs_err"])
-        min_top1 = backends.INT8_MIN_TOP1 if spec.min_top1 is None else spec.min_top1  # fp32: int8's on the device
-        tol = {"min_top1": min_top1, "max_abs_vs_host": max(2 * p["max_abs_err"], FP32_MAX_ABS)}
+        manifest["reference"], tol = reference(model, rt, prompt_ids, p["max_abs_err"])
         manifest["parity"] = dict(p, on_device_tolerance=tol)
         manifest["size_bytes"] = sum(f["size"] for f in files.values())
         manifest = mf.write(tmp, manifest)

@@ -45,10 +45,37 @@ def val_windows(data_dir, c: EvalConfig, max_seq_len: int) -> list[np.ndarray]:
 
 def nll(logits: np.ndarray, targets: np.ndarray) -> float:
     """Summed negative log-likelihood (nats) of targets (T,) under logits (T, V), in float64."""
+    return float(-log_softmax(logits)[np.arange(len(targets)), targets].sum())
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(T, V) logits -> (T, V) log-probabilities, float64."""
     z = logits.astype(np.float64)
     z -= z.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return float(-logp[np.arange(len(targets)), targets].sum())
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def token_divergence(ref: np.ndarray, got: np.ndarray, targets: np.ndarray) -> dict:
+    """Per-token figures of `llama-perplexity --kl-divergence` (tools/perplexity/perplexity.cpp,
+    log_softmax()): ref = the base's logits (torch), got = the quantised model's, both (T, V).
+    Returns (T,) arrays: nll_ref, nll_got (nats), kl = KL(ref || got) (nats), same_top."""
+    lr, lg = log_softmax(ref), log_softmax(got)
+    rows = np.arange(len(targets))
+    return {"nll_ref": -lr[rows, targets], "nll_got": -lg[rows, targets],
+            "kl": (np.exp(lr) * (lr - lg)).sum(-1), "same_top": ref.argmax(-1) == got.argmax(-1)}
+
+
+def divergence_summary(per_token: list[dict]) -> dict:
+    """llama.cpp's summary over every scored token: PPL ratio with its standard error (from the
+    paired log-likelihood differences, as llama.cpp's ln(PPL(Q)/PPL(base)) +- its uncertainty),
+    mean KL, top-1 agreement ("same top p")."""
+    cat = {k: np.concatenate([d[k] for d in per_token]) for k in per_token[0]}
+    diff = cat["nll_got"] - cat["nll_ref"]  # ln(PPL ratio) = mean of this
+    n = len(diff)
+    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {"tokens": n, "ppl_ref": math.exp(cat["nll_ref"].mean()), "ppl": math.exp(cat["nll_got"].mean()),
+            "ppl_ratio": math.exp(diff.mean()), "ppl_ratio_se": math.exp(diff.mean()) * se,
+            "mean_kl": float(cat["kl"].mean()), "top1_agreement": float(cat["same_top"].mean())}
 
 
 def perplexity(logits_fn, windows: list[np.ndarray]) -> dict:

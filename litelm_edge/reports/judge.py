@@ -71,6 +71,17 @@ def verdicts(res: dict, thresholds: dict, baseline: dict | None, place: str | No
             for k, limit in thresholds.items() if k not in OPTIONS]
 
 
+def build_quality(res: dict) -> tuple[str, str, bool] | None:
+    """The build's quality gate as the manifest recorded it: (figures, how and rule, passed), or
+    None for an artifact built before the gate measured perplexity."""
+    p = (res.get("manifest") or {}).get("parity") or {}
+    if "ppl_ratio" not in p:
+        return None
+    figures = (f"{p['ppl_ratio']:.4f} ± {p['ppl_ratio_se']:.4f} / {p['mean_kl']:.4f} / {p['top1_agreement']:.3f}")
+    how = f"{p['how']}; {p['windows']} x {p['window_len']} tokens; rule {p['rule']}"
+    return figures, how, bool(p["ok"])
+
+
 def overall(parity_ok: bool, rows: list[dict]) -> str:
     """'fail' when parity or a judged threshold failed; 'pass' when every threshold was judged and
     passed; else 'not judged' (nothing failed, but something that the target asks was not judged)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..files import write_atomic
 from ..target import DEFAULT_PERCENTILE
 from .fmt import num
-from .judge import verdict_line
+from .judge import build_quality, verdict_line
 
 
 def rows(r: dict) -> list[tuple[str, str, str]]:
@@ -37,7 +37,17 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
         ("energy per inference, J", num(e["j_per_inference"], 4), e["how"]),
         ("parity: top-1 vs torch / max abs vs build host", f"{num(par['top1_agreement_vs_torch'], 3)} / {num(par['max_abs_err_vs_host'])}",
          f"{how}; {'ok' if par['ok'] else 'FAILED'}"),
-    ]
+    ] + quality_rows(r)
+
+
+def quality_rows(r: dict) -> list[tuple[str, str, str]]:
+    """The build's quality gate (perplexity ratio, mean KL, top-1 vs torch), when the manifest has it."""
+    q = build_quality(r)
+    if q is None:
+        return []
+    figures, how, ok = q
+    return [("build quality: ppl ratio ± se / mean KL / top-1 vs torch fp32", figures,
+             f"{how}; {'pass' if ok else 'FAILED'}")]
 
 
 def verdict_word(ok, note: str = "") -> str:

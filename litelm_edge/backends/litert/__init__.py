@@ -6,7 +6,7 @@ Build side: build.py (drives convert.py in the LiteRT venv: graph.py; inspect.py
 from dataclasses import dataclass
 
 from ...config import UserError, at_least
-from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Backend, Precision
+from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, Precision
 
 # Full-integer INT8 quantizes the attention scores too: a mask of -1e4 stretches their range and
 # wrecks calibration, so int8-full masks with -30 (exact enough when scores stay well under 30).
@@ -32,19 +32,19 @@ class Settings:
 
 
 # INT4 blockwise flips more near-ties (0.90-0.95 on tiny and minimind-26m; +1.7 to +2.5 %
-# perplexity on a trained minimind-26m, docs/android.md): held to INT4_MIN_TOP1 and judged by
+# perplexity on a trained minimind-26m, docs/android.md): held to INT4 and judged by
 # perplexity too (benchmarks/litert_ppl.py). Scales are fp16.
 PRECISIONS = (
     FP32,
-    Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
+    Precision("int8", 8, None, INT8, 0.25, QAT_ADVICE,
               "INT8 weights per channel, activations quantized on the fly (dynamic_wi8_afp32)"),
-    Precision("int8-full", 8, None, INT8_MIN_TOP1, 0.25,
+    Precision("int8-full", 8, None, INT8, 0.25,
               about="INT8 weights and activations (static_wi8_ai8), calibrated on held-out text"),
-    Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.14,
+    Precision("int4-b32", 4, 32, INT4, 0.14,
               about="INT4 weights in blocks of 32 with fp16 scales, embeddings included"),
-    Precision("int4-b64", 4, 64, INT4_MIN_TOP1, 0.13,
+    Precision("int4-b64", 4, 64, INT4, 0.13,
               about="INT4 weights in blocks of 64 with fp16 scales, embeddings included"),
-    Precision("int4-ch", 4, None, INT4_MIN_TOP1, 0.13,
+    Precision("int4-ch", 4, None, INT4, 0.13,
               advice="build --precision int4-b32 (a scale per 32 weights holds more), or a wider one",
               about="INT4 weights per output channel (XNNPACK's qd8 x qc4w GEMM: prefill ~1.5x int4-b32), "
                     "the tied embedding / LM head in blocks of 32"),

@@ -6,19 +6,19 @@ builder: the fused graph). Device side: runtime.py.
 from dataclasses import dataclass
 
 from ...config import UserError, at_least
-from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Backend, Precision
+from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, Precision
 
 PRECISIONS = (
     FP32,
-    Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
+    Precision("int8", 8, None, INT8, 0.25, QAT_ADVICE,
               "ORT dynamic W8A8: per-channel int8 MatMul weights, uint8 activations per call"),
-    Precision("int8-b32", 8, 32, INT8_MIN_TOP1, 0.28,
+    Precision("int8-b32", 8, 32, INT8, 0.28,
               about="weight-only int8 in blocks of 32 (MatMulNBits): fp32 perplexity"),
-    Precision("int8-b256", 8, 256, INT8_MIN_TOP1, 0.26,
+    Precision("int8-b256", 8, 256, INT8, 0.26,
               about="weight-only int8 in blocks of 256 (MatMulNBits): the fastest 8-bit decode"),
-    Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.16, about="weight-only int4 in blocks of 32 (MatMulNBits)"),
-    Precision("int4-b64", 4, 64, INT4_MIN_TOP1, 0.14, about="weight-only int4 in blocks of 64 (MatMulNBits)"),
-    Precision("int4-b128", 4, 128, INT4_MIN_TOP1, 0.13,
+    Precision("int4-b32", 4, 32, INT4, 0.16, about="weight-only int4 in blocks of 32 (MatMulNBits)"),
+    Precision("int4-b64", 4, 64, INT4, 0.14, about="weight-only int4 in blocks of 64 (MatMulNBits)"),
+    Precision("int4-b128", 4, 128, INT4, 0.13,
               about="weight-only int4 in blocks of 128 (MatMulNBits): the fastest 4-bit decode"),
 )
 

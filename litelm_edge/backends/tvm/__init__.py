@@ -6,7 +6,7 @@ for host parity; flows/tune.py picks the tile on a device). Device side: runtime
 from dataclasses import dataclass
 
 from ...config import UserError
-from .. import FP32, INT8_MIN_TOP1, QAT_ADVICE, Backend, Precision
+from .. import FP32, INT8, QAT_ADVICE, Backend, Precision
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Settings:
 
 PRECISIONS = (
     FP32,
-    Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
+    Precision("int8", 8, None, INT8, 0.25, QAT_ADVICE,
               "weight-only per-channel int8, dequantised inside the matmul"),
 )
 
