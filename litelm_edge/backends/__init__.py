@@ -104,7 +104,7 @@ class Backend:
     def precision(self, name: str) -> Precision:
         table = {p.name: p for p in self.precisions}
         if name not in table:
-            raise UserError(f"unknown precision '{name}' for {self.name}, have: {', '.join(table)}")
+            raise UserError(f"unknown precision '{name}' for {self.runtime}, have: {', '.join(table)}")
         return table[name]
 
 
