@@ -303,6 +303,10 @@ def test_install_runtime_uses_each_runtimes_package_list(monkeypatch, tmp_path):
     monkeypatch.setattr(D.os, "execv", lambda *a: (_ for _ in ()).throw(SystemExit(0)))
     monkeypatch.setattr(D, "VENV", str(tmp_path / "no-venv"))
     wanted = []
+    import hashlib
+    (tmp_path / "g").write_bytes(b"graph")  # the runtime's graph: listed and hashed (opened only then)
+    files = {"g": {"sha256": hashlib.sha256(b"graph").hexdigest(), "size": 5}}
+    graphs = {"files": files, "graphs": {"decoder": "g", "model": "g"}, "tvm": {"library": "g"}}
     for backend in ("tvm", "litert", "ort"):
         mod = D.runtime_module(backend)
 
@@ -311,7 +315,7 @@ def test_install_runtime_uses_each_runtimes_package_list(monkeypatch, tmp_path):
         absent.spins = mod.Runtime.spins  # the contract's class attribute, read before the call
         monkeypatch.setattr(mod, "Runtime", absent)
         with pytest.raises(D.RuntimeMissing) as e:
-            D.open_runtime(tmp_path, {"backend": backend, "runtime": backend})
+            D.open_runtime(tmp_path, {"backend": backend, "runtime": backend, **graphs})
         assert e.value.packages == mod.PACKAGES and D.PIP + " ".join(mod.PACKAGES) in str(e.value)
         with pytest.raises(SystemExit):
             D.runtime_missing(e.value, ["art", "--install-runtime"], install=True)
