@@ -13,11 +13,11 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # multi-GB CUDA build; with 2.13.0 installed, the extras' range installs nothing more.
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" torch==2.13.0
 extras="x86,train"
-[ $dev = 1 ] && extras="$extras,dev,android"  # android: ai-edge-litert, the host-side LiteRT runtime
+[ $dev = 1 ] && extras="$extras,dev,android,gguf"  # android: ai-edge-litert, the host-side LiteRT runtime; gguf: the GGUF writer
 "${pip[@]}" -e ".[$extras]"
 .venv/bin/python -c "import torch; v = torch.__version__; assert v.startswith('2.13'), f'torch {v} replaced 2.13.0'"
 if [ $dev = 1 ]; then
-    for s in tools/setup-ssh.sh tools/setup-tvm.sh tools/setup-litert.sh; do
+    for s in tools/setup-ssh.sh tools/setup-tvm.sh tools/setup-litert.sh tools/setup-llamacpp.sh; do
         [ -f "$s" ] && bash "$s"
     done
 fi
