@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-og = pytest.importorskip("onnxruntime_genai", reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
+og = pytest.importorskip("onnxruntime_genai",
+                         reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
+
+from x86_artifact import x86_artifact
 
 from litelm_edge.config import UserError
 from litelm_edge.devices import runner as dr
 from litelm_edge.manifest import verified
 from litelm_edge.pipeline.generate import generate, generate_artifact
 from litelm_edge.pipeline.tokenizer import Tokenizer
-from x86_artifact import x86_artifact
 
 PROMPT = "First Citizen:\nBefore we proceed"
 N = 24
@@ -41,7 +43,8 @@ def test_genai_generates_what_generate_artifact_does(art):
     m = verified(art)
     assert {"genai_config.json", "tokenizer_config.json"} <= set(m["files"])  # verified like the graph
     cfg = json.loads((art / "genai_config.json").read_text())["model"]
-    assert cfg["decoder"]["filename"] == m["graphs"]["decoder"] and cfg["vocab_size"] == m["model"]["vocab_size"]
+    assert cfg["decoder"]["filename"] == m["graphs"]["decoder"]
+    assert cfg["vocab_size"] == m["model"]["vocab_size"]
     tok = Tokenizer.load(art / "tokenizer.json")
     ids = tok.encode(PROMPT)
     ours = generate_artifact(art, ids, N, 0.0, None, 0, eot=-1)  # never stops early, as genai here

@@ -12,8 +12,8 @@ gguf = pytest.importorskip("gguf", reason="the gguf target writes with llama.cpp
                                           "pip install 'litelm-edge[gguf]'")
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python runs the GGUF: tools/setup-llamacpp.sh")
 
-from litelm_edge.config import UserError
 from litelm_edge.backends.gguf import build as gbuild
+from litelm_edge.config import UserError
 from litelm_edge.pipeline import checkpoint as ckpt
 from litelm_edge.pipeline.generate import generate_artifact
 from litelm_edge.pipeline.tokenizer import Tokenizer
@@ -49,14 +49,16 @@ def test_f32_gguf_passes_the_fp32_gate(f32):
     r = gguf.GGUFReader(str(f32 / "model.gguf"))
     field = lambda k: r.fields[k].contents()  # noqa: E731
     assert field("general.architecture") == "llama" and field("tokenizer.ggml.pre") == "gpt-2"
-    assert field("llama.block_count") == m["model"]["n_layer"] and field("tokenizer.ggml.add_bos_token") is False
+    assert field("llama.block_count") == m["model"]["n_layer"]
+    assert field("tokenizer.ggml.add_bos_token") is False
     assert {t.tensor_type.name for t in r.tensors} == {"F32"} and set(m["weight_bytes"]) == {"float32"}
 
 
 def test_llama_cpp_greedy_text_equals_torch(f32, tiny_run):
     """llama.cpp's own llama-simple (greedy, its default f16 KV cache) on the f32 GGUF, beside torch."""
     import torch
-    simple = _llamacpp().ensure_built(print, "no-amx", ("llama-simple",))["simple"]  # the build tools/setup-llamacpp.sh makes
+    # the build tools/setup-llamacpp.sh makes
+    simple = _llamacpp().ensure_built(print, "no-amx", ("llama-simple",))["simple"]
     r = subprocess.run([str(simple), "-m", str(f32 / "model.gguf"), "-n", str(N), PROMPT],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -96,14 +98,15 @@ def test_quantised_types_are_llama_cpps(build_once, tiny_run, data_dir, f32, pre
     assert types["token_embd.weight"] == qtype and types["blk.0.attn_q.weight"] == qtype
     assert types["output_norm.weight"] == "F32"  # norms stay F32, as llama.cpp keeps them
     w = m["weight_bytes"]
-    assert w[low] == (16 if low == "int8" else 8) * w["float16"]  # a block: 32 values (32 or 16 bytes), a 2-byte f16 scale
+    # a block: 32 values (32 or 16 bytes), a 2-byte f16 scale
+    assert w[low] == (16 if low == "int8" else 8) * w["float16"]
     assert m["files"]["model.gguf"]["size"] < 0.4 * manifest(f32)["files"]["model.gguf"]["size"]
 
 
 def test_tokenizers_llama_cpp_cannot_split_as_we_do_are_refused(tiny_run):
     _, tok_json, _ = ckpt.load(tiny_run)
     tj = json.loads(tok_json)
-    tj["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+    tj["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"}
     with pytest.raises(UserError, match="byte-level BPE pre-tokenizers .*Metaspace"):
         gbuild.vocab(json.dumps(tj), 512)
     tj["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}

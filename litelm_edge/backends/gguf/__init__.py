@@ -15,14 +15,16 @@ from ...config import UserError
 from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, Precision
 
 RUNTIME = "llama.cpp"
-EXTRA, HOST_MODULES = "gguf", ("gguf", "llama_cpp")  # pyproject extra that installs what the build imports here
+# the pyproject extra that installs what the build imports here
+EXTRA, HOST_MODULES = "gguf", ("gguf", "llama_cpp")
 SECTION = "gguf"  # the target TOML's table of this backend's keys (targets/gguf.toml)
 WIDER = "build --precision q8_0 (or fp32)"
 
 
 @dataclass
 class Settings:
-    kv_type: str = "f32"  # the runtime's KV cache: f32 keeps fp32 parity within 1e-3; f16 is llama.cpp's default
+    # the runtime's KV cache: f32 keeps fp32 parity within 1e-3; f16 is llama.cpp's default
+    kv_type: str = "f32"
     flash_attn: bool = False  # llama.cpp's flash attention on the CPU (rounds Q to the cache's type)
 
     def validate(self):
@@ -35,7 +37,7 @@ class Settings:
 PRECISIONS = (
     FP32,
     Precision("q8_0", 8, 32, INT8_MIN_TOP1, 34 / 128, "build --precision fp32",
-              "llama.cpp Q8_0: int8 in blocks of 32 with an f16 scale (activations rounded to Q8_0 per block)"),
+              "llama.cpp Q8_0: int8 blocks of 32, an f16 scale each (activations rounded to Q8_0 by block)"),
     Precision("q4_0", 4, 32, INT4_MIN_TOP1, 18 / 128, WIDER,
               "llama.cpp Q4_0: 4-bit in blocks of 32 with an f16 scale, the embedding included (--pure)"),
 )

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ...config import UserError, from_dict, override
-from .. import BackendBuild, precision as precision_of
+from .. import BackendBuild
+from .. import precision as precision_of
 from . import RUNTIME, SECTION, Settings
 
 GGUF_FILE = "model.gguf"
@@ -33,7 +34,8 @@ BLOCK_PARTS = {"Q8_0": ("int8", 32), "Q4_0": ("int4", 16)}
 
 def settings(target: dict, recipe: dict | None = None) -> Settings:
     """Settings defaults, then the target's [gguf] table, then --set build.KEY=VALUE."""
-    return override(from_dict(Settings, target.get(SECTION, {}), f"[{SECTION}]"), recipe or {}, "--set build.*")
+    table = from_dict(Settings, target.get(SECTION, {}), f"[{SECTION}]")
+    return override(table, recipe or {}, "--set build.*")
 
 
 def unsupported(cfg) -> str | None:
@@ -44,7 +46,8 @@ def unsupported(cfg) -> str | None:
 
 
 def _byte_level(p: dict | None) -> bool:
-    return bool(p) and p.get("type") == "ByteLevel" and p.get("use_regex", True) and not p.get("add_prefix_space")
+    return bool(p) and p.get("type") == "ByteLevel" and p.get("use_regex", True) \
+        and not p.get("add_prefix_space")
 
 
 def pre_tokenizer(tj: dict) -> str:
@@ -60,7 +63,8 @@ def pre_tokenizer(tj: dict) -> str:
     if [p.get("type") for p in seq] == ["Digits", "ByteLevel"] and seq[0].get("individual_digits") \
             and _byte_level(seq[1]):
         return "smollm"
-    raise UserError(f"the GGUF build knows byte-level BPE pre-tokenizers (GPT-2's, SmolLM's), not {json.dumps(pt)[:120]}: "
+    raise UserError("the GGUF build knows byte-level BPE pre-tokenizers (GPT-2's, SmolLM's), "
+                    f"not {json.dumps(pt)[:120]}: "
                     "build for another target, or use llama.cpp's convert_hf_to_gguf.py on the checkpoint")
 
 
@@ -98,6 +102,7 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 def tensors(model, qtype_name: str):
     """(GGUF name, array, GGMLQuantizationType) of every weight, HF names mapped by gguf's table."""
     import gguf
+
     from ...pipeline.checkpoint import hf_state_dict
     c = model.cfg
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.n_layer)
@@ -112,11 +117,13 @@ def tensors(model, qtype_name: str):
             w = permute(w, c.n_head)
         elif hf.endswith(("k_proj.weight", "k_proj.bias")):
             w = permute(w, c.n_kv_head)
-        if w.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:  # norms and biases stay F32, as llama.cpp keeps them
+        # norms and biases stay F32, as llama.cpp keeps them
+        if w.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
             yield name, np.ascontiguousarray(w, np.float32), gguf.GGMLQuantizationType.F32
             continue
         if w.shape[-1] % block:
-            raise UserError(f"{hf} has rows of {w.shape[-1]}, not a multiple of {qtype_name}'s block of {block}: "
+            raise UserError(f"{hf} has rows of {w.shape[-1]}, not a multiple of {qtype_name}'s block "
+                            f"of {block}: "
                             "build --precision fp32")
         yield name, gguf.quants.quantize(w, qtype), qtype
 
@@ -124,6 +131,7 @@ def tensors(model, qtype_name: str):
 def write(model, tokenizer_json: str, path: Path, precision: str, log=print) -> dict:
     """model.gguf at path; returns the metadata the manifest records."""
     import gguf
+
     from ...pipeline.tokenizer import Tokenizer
     c = model.cfg
     v = vocab(tokenizer_json, c.vocab_size)
@@ -159,7 +167,8 @@ def write(model, tokenizer_json: str, path: Path, precision: str, log=print) -> 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return {"file": GGUF_FILE, "arch": "llama", "tensor_type": QTYPE[precision], "file_type": FILE_TYPE[precision],
+    return {"file": GGUF_FILE, "arch": "llama", "tensor_type": QTYPE[precision],
+            "file_type": FILE_TYPE[precision],
             "tokenizer": {"model": "gpt2", "pre": v["pre"], "add_bos": False, "eos": eot}}
 
 
@@ -198,7 +207,8 @@ def build(ctx) -> BackendBuild:
     tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
     meta = write(ctx.model, tok, Path(ctx.out_dir) / GGUF_FILE, ctx.precision, ctx.log)
     meta |= {"gguf_package": gguf_version(), **asdict(s)}  # kv_type, flash_attn: read by runtime.py
-    return BackendBuild(RUNTIME, weight_bytes(Path(ctx.out_dir) / GGUF_FILE), ("llama_cpp",),  # gguf: no __version__, in meta
+    # tools: llama_cpp (gguf has no __version__: meta["gguf_package"] has it)
+    return BackendBuild(RUNTIME, weight_bytes(Path(ctx.out_dir) / GGUF_FILE), ("llama_cpp",),
                         {"gguf": meta, "entry_points": {
                             "prefill": "llama_decode of the prompt (logits of every position)",
                             "decode": "llama_decode of one token at position P"}})

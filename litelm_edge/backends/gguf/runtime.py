@@ -27,7 +27,8 @@ class GgufRuntime:
         import llama_cpp  # ImportError: the runner says how to install PACKAGES
         meta, m = manifest["gguf"], manifest["model"]
         kv = KV_TYPES[meta.get("kv_type", "f32")]
-        batch = min(512, m["max_seq_len"])  # tokens a llama_decode call takes (llama.cpp's default); longer prompts run in chunks
+        # tokens a llama_decode call takes (llama.cpp's default); longer prompts run in chunks
+        batch = min(512, m["max_seq_len"])
         self.llm = llama_cpp.Llama(str(Path(art_dir) / meta["file"]), n_ctx=m["max_seq_len"],
                                    n_batch=batch, n_ubatch=batch, n_threads=threads,
                                    n_threads_batch=threads, logits_all=True, type_k=kv, type_v=kv,
@@ -37,7 +38,8 @@ class GgufRuntime:
     def _eval(self, ids) -> np.ndarray:
         start = self.llm.n_tokens
         if start + len(ids) > self.S:
-            raise ValueError(f"sequence of {start + len(ids)} tokens exceeds the KV cache ({self.S}, the model's max_seq_len)")
+            raise ValueError(f"sequence of {start + len(ids)} tokens exceeds the KV cache "
+                             f"({self.S}, the model's max_seq_len)")
         self.llm.eval([int(t) for t in ids])
         return self.llm.scores[start:self.llm.n_tokens]  # (T, V) float32, a view of llama-cpp-python's array
 
