@@ -32,7 +32,9 @@ from pathlib import Path
 
 VERSION = os.environ.get("LITELM_LLAMA_CPP_PYTHON", "0.3.36")  # llama-cpp-python sdist version
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litelm-edge" / "llama.cpp"
-TARGETS = ("llama-bench", "llama-quantize")
+# the tools the benchmarks and tests run; their build also makes libllama.so and libggml*.so, which
+# tools/setup-llamacpp.sh gives llama-cpp-python (the gguf target's runtime) in place of a second build
+TARGETS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-simple", "llama-cli")
 
 # Run in a child process: the converter is a script with global state and heavy imports.
 _CONVERT = """
@@ -86,8 +88,8 @@ def _flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     return ["-DGGML_NATIVE=OFF"] + [f"-DGGML_{v}={'ON' if k in have else 'OFF'}" for k, v in ISA.items()]
 
 
-def ensure_built(log=print, variant: str = "native") -> dict:
-    """Build llama-bench and llama-quantize once per variant (cached); return the paths.
+def ensure_built(log=print, variant: str = "native", targets: tuple = TARGETS) -> dict:
+    """Build the targets once per variant (cached); return the paths of all TARGETS' binaries.
     variant: "native" (-DGGML_NATIVE=ON) or "no-amx" (this CPU's flags, AMX off)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:  # two benchmarks at once build it once
@@ -95,13 +97,14 @@ def ensure_built(log=print, variant: str = "native") -> dict:
         root = _source(log)
         build = root / ("build" if variant == "native" else f"build-{variant}")
         bins = {t: build / "bin" / t for t in TARGETS}
-        if not all(b.is_file() for b in bins.values()):
-            log(f"building llama.cpp ({', '.join(TARGETS)}, {variant}) in {build}: several minutes, once ...")
+        if not all(bins[t].is_file() for t in targets):
+            log(f"building llama.cpp ({', '.join(targets)}, {variant}) in {build}: several minutes, once ...")
             isa = ["-DGGML_NATIVE=ON"] if variant == "native" else _flags()
             _run(["cmake", "-S", root, "-B", build, "-DCMAKE_BUILD_TYPE=Release", *isa, "-DLLAMA_CURL=OFF"], log)
-            _run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", *TARGETS], log)
+            _run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", *targets], log)
     return {"root": root, "bench": bins["llama-bench"], "quantize": bins["llama-quantize"],
-            "convert": root / "convert_hf_to_gguf.py", "version": VERSION, "variant": variant}
+            "simple": bins["llama-simple"], "cli": bins["llama-cli"], "perplexity": bins["llama-perplexity"],
+            "bin": build / "bin", "convert": root / "convert_hf_to_gguf.py", "version": VERSION, "variant": variant}
 
 
 def convert(ckpt, outtype: str, out_dir, log=print) -> Path:
@@ -154,3 +157,8 @@ def bench(gguf, threads: int = 2, p: int = 64, n: int = 128, reps: int = 5, log=
             "build": dict({k: pre.get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "type_k")},
                           variant=variant),
             "model": {k: pre.get(k) for k in ("model_type", "model_size", "model_n_params")}}
+
+
+if __name__ == "__main__":  # tools/setup-llamacpp.sh: VARIANT [TARGET ...] built once (cached); prints the sdist, the bin folder
+    built = ensure_built(lambda m: print(m, file=sys.stderr), sys.argv[1], tuple(sys.argv[2:]) or TARGETS)
+    print(next((CACHE / "sdist").glob(f"llama_cpp_python-{VERSION}.tar.gz")), built["bin"])

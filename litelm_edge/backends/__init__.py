@@ -182,13 +182,12 @@ def settings_table(settings: Any) -> dict:
 
 
 def precisions_help() -> str:
-    """'fp32, int8, or a backend's own (ort: ...; litert: ...)' from the tables."""
-    own = []
-    for b in names():
-        extra = [p.name for p in load(b).precisions if p.name not in ("fp32", "int8")]
-        if extra:
-            own.append(f"{b}: {', '.join(extra)}")
-    return f"fp32, int8, or a backend's own ({'; '.join(own)})"
+    """'fp32, or a backend's own (gguf: q8_0, ...; ort: int8, ...)' from the tables: what every
+    backend has first (fp32), then each one's own names (llama.cpp's q8_0, ORT's int8, ...)."""
+    tables = {b: [p.name for p in load(b).precisions] for b in names()}
+    common = [n for n in tables[names()[0]] if all(n in t for t in tables.values())]
+    own = [f"{b}: {', '.join(n for n in t if n not in common)}" for b, t in tables.items() if len(t) > len(common)]
+    return f"{', '.join(common)}, or a backend's own ({'; '.join(own)})"
 
 
 def precisions_markdown() -> str:

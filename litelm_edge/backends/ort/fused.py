@@ -7,7 +7,12 @@ the SwiGLU MLP with gate and up packed into one MatMul and split after it; MatMu
 level 4 (activations rounded to int8 per block at run time) for every projection and the LM head at
 4 or 8 bits, the embedding a GatherBlockQuantized over the LM head's own blocks (tied weights stored
 once). We add one input, `logits_to_keep` (int64 [1]): the LM head runs on the last k positions
-only (k = 1 when serving or decoding, T for parity).
+only (k = 1 when serving or decoding, T for parity); 0, its default when not fed, keeps every
+position (Hugging Face's convention), so onnxruntime-genai, which feeds no such input, runs it.
+
+The artifact is also an onnxruntime-genai model folder: the builder's genai_config.json (its
+decoder's file renamed to ours) and tokenizer_config.json beside decoder.onnx and tokenizer.json,
+so `onnxruntime_genai.Model(artifact)` generates from it (tests/test_x86_fused.py).
 
 Why the builder: it is the ONNX Runtime team's own exporter for these operators (a well-kept
 library), reads our Hugging Face-layout checkpoint as it is, and its graph decodes 2.5-3x faster
@@ -33,6 +38,7 @@ from ...files import FULL_TEXT
 from . import PRECISIONS as BACKEND_PRECISIONS
 
 GRAPH = "decoder.onnx"
+GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai reads the folder through it
 # our precision -> (builder precision, block size along K), read off the backend's table: blocks
 # are the builder's own MatMulNBits; fp32 and int8 (W8A8: our quantiser, after) start from its fp32 graph
 PRECISIONS = {p.name: (f"int{p.bits}", p.block) if p.block else ("fp32", 0) for p in BACKEND_PRECISIONS}
@@ -82,7 +88,8 @@ def run_builder(src: Path, dst: Path, precision: str, log=print):
 
 
 def add_logits_to_keep(src: Path, dst: Path):
-    """Insert Slice(hidden, -k:) before the LM head; k comes from a new int64 [1] input."""
+    """Insert Slice(hidden, -k:) before the LM head; k comes from a new int64 [1] input, optional:
+    an initializer of the same name is its default (ONNX IR >= 4), 0 = every position."""
     import onnx
     from onnx import TensorProto, helper
     model = onnx.load(str(src))
@@ -90,7 +97,8 @@ def add_logits_to_keep(src: Path, dst: Path):
     head = next(n for n in g.node if any(o == "logits" for o in n.output))
     hidden = head.input[0]
     g.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
-    g.initializer.extend([helper.make_tensor("ltk_end", TensorProto.INT64, [1], [2 ** 62]),
+    g.initializer.extend([helper.make_tensor("logits_to_keep", TensorProto.INT64, [1], [0]),
+                          helper.make_tensor("ltk_end", TensorProto.INT64, [1], [2 ** 62]),
                           helper.make_tensor("ltk_axis", TensorProto.INT64, [1], [1])])
     nodes = [helper.make_node("Neg", ["logits_to_keep"], ["ltk_start"], name="/lm_head/keep/Neg"),
              helper.make_node("Slice", [hidden, "ltk_start", "ltk_end", "ltk_axis"], ["lm_head_in"], name="/lm_head/keep/Slice")]
@@ -157,6 +165,17 @@ def w8a8(path: Path, tmp: Path):
     save(model, path)
 
 
+def genai_folder(builder_out: Path, out: Path) -> dict:
+    """Keep the builder's genai_config.json (pointing at our graph) and tokenizer_config.json in out;
+    return the config's decoder table."""
+    from ...files import write_atomic
+    cfg = json.loads((builder_out / "genai_config.json").read_text())
+    cfg["model"]["decoder"]["filename"] = GRAPH
+    write_atomic(out / GENAI_CONFIG, json.dumps(cfg, indent=4))
+    shutil.copyfile(builder_out / "tokenizer_config.json", out / "tokenizer_config.json")
+    return cfg["model"]["decoder"]
+
+
 def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> dict:
     """Write out/decoder.onnx(+.data); return the manifest fields the runtime needs."""
     work = out / ".builder"
@@ -168,10 +187,10 @@ def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> d
             w8a8(out / GRAPH, work / "q.onnx")
         elif PRECISIONS[precision][0] == "int8":
             quantize_gather(out / GRAPH, work / "q.onnx")
-        genai = json.loads((work / "onnx" / "genai_config.json").read_text())["model"]["decoder"]
+        genai = genai_folder(work / "onnx", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"graphs": {"decoder": GRAPH}, "kv_cache": "shared-buffer",
+    return {"graphs": {"decoder": GRAPH}, "kv_cache": "shared-buffer", "genai_config": GENAI_CONFIG,
             "io": {"inputs": genai["inputs"], "outputs": genai["outputs"], "logits_to_keep": "logits_to_keep"},
             "entry_points": {"prefill": "decoder.onnx, P = 0, logits_to_keep = T (parity) or 1 (serving)",
                              "decode": "decoder.onnx with T = 1, KV written in place at position P"}}
