@@ -23,8 +23,9 @@ def _b(W, S, k, j, int8: bool):
     return T.Cast("float32", W[k, j]) if int8 else W[k, j]
 
 
-def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1) -> tirx.PrimFunc:
-    """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1."""
+def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> tirx.PrimFunc:
+    """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1. `order`: the
+    parameters' positions in the function replaced (match's), e.g. FuseTIR's (Wq, S, A, C)."""
     mt, nj = tile
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)  # the shapes' dtype in Relax
     wdtype = "int8" if int8 else "float32"
@@ -74,31 +75,40 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1) -> tirx.PrimFunc
                     for ji in T.vectorized(nj):
                         C[i, jo * nj + ji] = acc1[ji] * scale(S, jo * nj + ji)
 
-    if int8:
-        return main
-    s = main.params[2]  # fp32: no scale parameter (the body never reads S)
-    return tirx.PrimFunc([p for p in main.params if not p.same_as(s)], main.body, main.ret_type, main.attrs)
+    params = list(main.params) if int8 else [p for i, p in enumerate(main.params) if i != 2]  # fp32: no S
+    if order is not None:  # params[i] goes where the replaced function had its i-th role
+        params = [params[order.index(i)] for i in range(len(params))]
+    return tirx.PrimFunc(params, main.body, main.ret_type, main.attrs)
 
 
 def match(func: tirx.PrimFunc):
-    """(K, N, int8) when `func` is a weight matmul of FuseOpsByPattern's groups (params A (M, K),
-    W (K, N) [, S (N,)], C (M, N); M symbolic, K and N static), else None."""
+    """(K, N, int8, order) when `func` is a weight matmul of FuseOpsByPattern's groups, else None:
+    buffers A (M, K) fp32, W (K, N) fp32 or int8 [with S (N,) fp32], C (M, N) fp32 (M symbolic, K
+    and N static), in any order (FuseTIR puts an int8 group's constants first: Wq, S, A, C);
+    order[i] is the position of role i (A, W[, S], C) among func's parameters."""
     bufs = [p.ty for p in func.params]  # a buffer parameter's type holds its shape and dtype
     if len(bufs) not in (3, 4) or not all(isinstance(b, tirx.buffer.BufferType) for b in bufs):
         return None
-    a, w, c = bufs[0], bufs[1], bufs[-1]
     static = lambda x: isinstance(x, tirx.IntImm)  # noqa: E731
-    if len(a.shape) != 2 or static(a.shape[0]) or len(w.shape) != 2 or not all(map(static, w.shape)):
+    if any(len(b.shape) not in (1, 2) for b in bufs):
+        return None
+    act = [i for i, b in enumerate(bufs) if len(b.shape) == 2 and not static(b.shape[0])]  # A and C, inputs first
+    wts = [i for i, b in enumerate(bufs) if len(b.shape) == 2 and static(b.shape[0])]
+    sc = [i for i, b in enumerate(bufs) if len(b.shape) == 1]
+    int8 = len(bufs) == 4
+    if len(act) != 2 or len(wts) != 1 or len(sc) != int(int8) or act[1] != len(bufs) - 1:
+        return None
+    a, w, c = bufs[act[0]], bufs[wts[0]], bufs[act[1]]
+    if not all(map(static, (*w.shape, a.shape[1], c.shape[1]))) or not c.shape[0].same_as(a.shape[0]):
         return None
     K, N = int(w.shape[0]), int(w.shape[1])
-    int8 = len(bufs) == 4
     if (a.dtype, c.dtype, w.dtype) != ("float32", "float32", "int8" if int8 else "float32"):
         return None
-    if int8 and (len(bufs[2].shape) != 1 or bufs[2].dtype != "float32" or int(bufs[2].shape[0]) != N):
+    if int8 and (bufs[sc[0]].dtype != "float32" or not static(bufs[sc[0]].shape[0]) or int(bufs[sc[0]].shape[0]) != N):
         return None
-    if not static(a.shape[1]) or int(a.shape[1]) != K or not c.shape[0].same_as(a.shape[0]) or not static(c.shape[1]) or int(c.shape[1]) != N:
+    if int(a.shape[1]) != K or int(c.shape[1]) != N:
         return None
-    return K, N, int8
+    return K, N, int8, (act[0], wts[0], *sc, act[1])
 
 
 def scores(Bt: int, K: int, tile=TILE) -> tirx.PrimFunc:

@@ -97,7 +97,8 @@ class ScheduleMatmul:
                 continue
             shape = tvm_gemm.match(func)
             if shape and shape[1] % self.tile[1] == 0 and shape[1] % tvm_gemm.NJ1 == 0:
-                out[gv] = tvm_gemm.gemm(*shape, tile=self.tile)
+                K, N, int8, order = shape
+                out[gv] = tvm_gemm.gemm(K, N, int8, tile=self.tile, order=order)
                 continue
             heads = tvm_gemm.match_scores(func)
             if heads:
