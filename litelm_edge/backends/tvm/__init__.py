@@ -6,7 +6,7 @@ for host parity; tune.py picks the tile on a device). Device side: runtime.py.
 from dataclasses import dataclass
 
 from ...config import UserError
-from .. import FP32, INT8_MIN_TOP1, QAT_ADVICE, Precision
+from .. import FP32, INT4_MIN_TOP1, INT8_MIN_TOP1, QAT_ADVICE, Precision
 
 RUNTIME = "tvm"
 EXTRA, HOST_MODULES = "rpi4", ()  # pyproject extra that installs what the build imports here
@@ -29,4 +29,6 @@ PRECISIONS = (
     FP32,
     Precision("int8", 8, None, INT8_MIN_TOP1, 0.25, QAT_ADVICE,
               "weight-only per-channel int8, dequantised inside the matmul"),
+    Precision("int4-b32", 4, 32, INT4_MIN_TOP1, 0.18,
+              about="weight-only int4 in blocks of 32 (fp32 scales), the tied head/embedding int8: a 0.5B model in a 4 GB Pi"),
 )

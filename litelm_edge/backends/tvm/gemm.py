@@ -81,6 +81,77 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> t
     return tirx.PrimFunc(params, main.body, main.ret_type, main.attrs)
 
 
+def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
+    """int4-b32 weights (graph.quantize_int4): the PrimFunc (A (M, K), Wp (K, N/2) uint8, S (K/32, N),
+    C (M, N)). Decode: a task is one 64-column group (32 bytes a row); the 32-row block sums
+    a_k q_kj in fp32 and adds it times its scale. Prefill: the MT x NJ tile of gemm() with the
+    nibble and scale applied per element (NJ must divide 32: a tile reads one nibble of a byte)."""
+    mt, nj = tile
+    if 32 % nj:
+        raise ValueError(f"int4-b32 needs a tile of at most 32 columns dividing 32, got {nj}")
+    K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
+    KB, G, H = K // 32, N // 64, 32  # scale blocks, column groups, columns a nibble half
+
+    def q(W, k, byte, shift):  # the signed int4 of one nibble, as fp32; shift 0 (low) or 4 (high)
+        sh = T.uint8(shift) if isinstance(shift, int) else T.Cast("uint8", shift)
+        return T.Cast("float32", T.bitwise_and(T.shift_right(W[k, byte], sh), T.uint8(15))) - T.float32(8)
+
+    @T.prim_func(private=True, s_tir=False)
+    def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        M = T.int64()
+        A = T.match_buffer(a, (M, K), "float32")
+        W = T.match_buffer(w, (K, N // 2), "uint8")
+        S = T.match_buffer(s, (KB, N), "float32")
+        C = T.match_buffer(c, (M, N), "float32")
+        if M == 1:
+            for g in T.parallel(G):
+                acc = T.decl_buffer((64,), "float32", scope="local")
+                blk = T.decl_buffer((64,), "float32", scope="local")
+                for ji in T.vectorized(64):
+                    acc[ji] = T.float32(0)
+                for kb in range(KB):
+                    for ji in T.vectorized(64):
+                        blk[ji] = T.float32(0)
+                    for kk in range(32):
+                        for ji in T.vectorized(H):
+                            blk[ji] = blk[ji] + A[0, kb * 32 + kk] * q(W, kb * 32 + kk, g * H + ji, 0)
+                        for ji in T.vectorized(H):
+                            blk[H + ji] = blk[H + ji] + A[0, kb * 32 + kk] * q(W, kb * 32 + kk, g * H + ji, 4)
+                    for ji in T.vectorized(64):
+                        acc[ji] = acc[ji] + blk[ji] * S[kb, g * 64 + ji]
+                for ji in T.vectorized(64):
+                    C[0, g * 64 + ji] = acc[ji]
+        else:
+            for jo in T.parallel(N // nj):
+                # tile jo: columns jo*nj.., bytes (jo*nj // 64)*32 + (jo*nj % 32).., nibble (jo*nj % 64) // 32
+                for io in range(M // mt):
+                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            acc[ii, ji] = T.float32(0)
+                    for k in range(K):
+                        for ii in T.unroll(mt):
+                            for ji in T.vectorized(nj):
+                                acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * (
+                                    q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4) * S[k // 32, jo * nj + ji])
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            C[io * mt + ii, jo * nj + ji] = acc[ii, ji]
+                for i in range(M // mt * mt, M):
+                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
+                    for ji in T.vectorized(nj):
+                        acc1[ji] = T.float32(0)
+                    for k in range(K):
+                        for ji in T.vectorized(nj):
+                            acc1[ji] = acc1[ji] + A[i, k] * (
+                                q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4) * S[k // 32, jo * nj + ji])
+                    for ji in T.vectorized(nj):
+                        C[i, jo * nj + ji] = acc1[ji]
+
+    return main
+
+
 def match(func: tirx.PrimFunc):
     """(K, N, int8, order) when `func` is a weight matmul of FuseOpsByPattern's groups, else None:
     buffers A (M, K) fp32, W (K, N) fp32 or int8 [with S (N,) fp32], C (M, N) fp32 (M symbolic, K

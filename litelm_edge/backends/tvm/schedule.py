@@ -109,7 +109,49 @@ class ScheduleMatmul:
         return out
 
 
-def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE):
+@relax.expr_functor.mutator
+class _Int4Rewriter(relax.PyExprMutator):
+    """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised here."""
+
+    def __init__(self, mod: tvm.IRModule, tile):
+        super().__init__(mod)
+        self.mod, self.tile, self.kernels = mod, tile, {}
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        w = call.args[1] if call.op == tvm.ir.Op.get("relax.matmul") else None
+        w = w.value if isinstance(w, tvm.ir.expr.Constant) else None  # a relax constant: its tensor
+        if not isinstance(w, tvm.runtime.Tensor) or w.dtype != "float32" or len(w.shape) != 2:
+            return call
+        import torch
+        from litelm_edge.backends.tvm.graph import quantize_int4
+        K, N = (int(x) for x in w.shape)
+        if (K, N) not in self.kernels:
+            self.kernels[K, N] = self.builder_.add_func(tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}")
+        packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
+        return relax.call_tir(self.kernels[K, N], [call.args[0], relax.const(packed.numpy()), relax.const(scale.numpy())],
+                              call.ty)
+
+    def transform(self) -> tvm.IRModule:
+        for gv, func in self.mod.functions.items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+
+@tvm.transform.module_pass(opt_level=0, name="Int4Matmuls")
+class Int4Matmuls:
+    """int4-b32: every matmul by a constant fp32 matrix becomes gemm.gemm4 on its int4 blocks (the
+    graph keeps only the head int8 and nothing else fp32: graph.prepare)."""
+
+    def __init__(self, tile=DEFAULT_TILE):
+        self.tile = tuple(tile)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _Int4Rewriter(mod, self.tile).transform()
+
+
+def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False):
     """The Relax pipeline: pattern fusion, legalise, fuse TIR, schedule, lower."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
@@ -118,6 +160,7 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE):
         with target:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
+                + ([Int4Matmuls(tile)] if int4 else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
                    relax.transform.LegalizeOps(),
