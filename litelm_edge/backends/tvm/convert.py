@@ -40,7 +40,12 @@ def relax_module(checkpoint: str, precision: str):
     nbytes: dict[str, int] = {}
     for t in model.buffers():
         name = str(t.dtype).removeprefix("torch.")  # "int8", "float32": the names export checks
-        nbytes[name] = nbytes.get(name, 0) + t.numel() * t.element_size()
+        if precision == "int4-b32" and t.dim() == 2 and name == "float32":  # quantised on the graph:
+            name, n = "uint8", t.numel() // 2  # a nibble a weight, and a scale a 32
+            nbytes["float32"] = nbytes.get("float32", 0) + t.numel() // graph.INT4_BLOCK * 4
+        else:
+            n = t.numel() * t.element_size()
+        nbytes[name] = nbytes.get(name, 0) + n
     with torch.no_grad():
         mod = from_exported_program(graph.export(model))
     mod["forward"] = mod["main"].with_attr("global_symbol", "forward")
