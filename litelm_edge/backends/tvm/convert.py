@@ -53,13 +53,15 @@ def relax_module(checkpoint: str, precision: str):
     return mod, nbytes
 
 
-def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False) -> float:
-    """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`."""
+def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False,
+               kept: list | None = None) -> float:
+    """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`.
+    kept: filled with the [K, N] of the matrices an int4 build made int8 (the layout cannot hold them)."""
     import tvm
     from tvm.support import cc as tvm_cc
     from litelm_edge.backends.tvm import schedule as tvm_schedule
     t0 = time.time()
-    pipeline = tvm_schedule.pipeline(target, tile, int4) if schedule else "default"
+    pipeline = tvm_schedule.pipeline(target, tile, int4, kept) if schedule else "default"
     with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
         ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
@@ -78,8 +80,15 @@ def main(spec_path: str) -> int:
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
     int4 = spec["precision"] == "int4-b32"
+    kept: list = []
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile,
-                                           spec.get("schedule", True), int4), 2)
+                                           spec.get("schedule", True), int4, kept), 2)
+    if int4:
+        report["int4_as_int8"] = kept  # [K, N] of matrices the int4 layout cannot hold: int8 per channel
+        for K, N in kept:  # the size check below: those are int8 bytes and N scales, not nibbles
+            nbytes["uint8"] -= K * N // 2
+            nbytes["int8"] = nbytes.get("int8", 0) + K * N
+            nbytes["float32"] += N * 4 - K * N // 8
     so = (out / "model.so").stat().st_size
     if so < sum(nbytes.values()):  # the weights are embedded in the library: it cannot be smaller
         raise RuntimeError(f"model.so is {so} bytes, less than its {sum(nbytes.values())} weight bytes")
