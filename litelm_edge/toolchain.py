@@ -93,6 +93,7 @@ def run(python: Path, module: str, args: list[str], log: Callable[[str], None] =
     """Run `python -m module args` with litelm_edge importable; a failure is one UserError line."""
     r = subprocess.run([str(python), "-m", module, *args], env=src_env(), capture_output=True, text=True)
     if r.returncode:
-        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()] or ["(no output)"]
+        # TVM logs "[hh:mm:ss] file:line: Warning: ..." lines after the error itself: not the last line
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip() and "Warning:" not in ln] or ["(no output)"]
         log(r.stderr[-4000:])
         raise UserError(f"{module} failed: {lines[-1].strip()}")

@@ -86,6 +86,22 @@ def test_rpi4_int8_is_a_quarter_and_agrees(builds):
     assert m8["parity"]["rule"] == str(INT8) and m8["parity"]["ok"]  # held-out
 
 
+@pytest.mark.slow
+def test_x86_tvm_int4_is_nibbles_and_agrees(build_once, tiny_run, data_dir):
+    """int4-b32 through export.build on this CPU: packed nibbles in the library, the int8 head, the
+    matrices the layout cannot hold (the tiny model's 32-wide k/v) int8 and listed, parity on
+    held-out text."""
+    m = manifest(build_once(tiny_run, "x86-tvm", "int4-b32", data_dir))
+    w, c = m["tvm"]["weight_bytes"], checkpoint.load(tiny_run)[0].cfg
+    kv = c.n_kv_head * c.head_dim
+    as_int8 = [[c.n_embd, kv]] * 2 * c.n_layer if kv % 64 else []
+    assert m["tvm"]["int4_as_int8"] == as_int8
+    layers = c.n_layer * (2 * c.n_embd * c.n_embd + 3 * c.n_embd * c.intermediate_size)  # q, o, gate, up, down
+    assert w["uint8"] == layers // 2  # two weights a byte
+    assert w["int8"] == c.vocab_size * c.n_embd + sum(k * n for k, n in as_int8)  # the tied head / embedding
+    assert m["parity"]["rule"] == "top1_agreement >= 0.9" and m["parity"]["ok"], m["parity"]
+
+
 def test_embedded_weight_bytes_reads_tvm_tensor_headers(tmp_path):
     """The constant-pool reader on a hand-made blob: two tensors among other bytes."""
     import struct

@@ -6,7 +6,7 @@ for host parity; flows/tune.py picks the tile on a device). Device side: runtime
 from dataclasses import dataclass
 
 from ...config import UserError
-from .. import FP32, INT8, QAT_ADVICE, Backend, Precision
+from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, Precision
 
 
 @dataclass
@@ -28,6 +28,8 @@ PRECISIONS = (
     FP32,
     Precision("int8", 8, None, INT8, 0.25, QAT_ADVICE,
               "weight-only per-channel int8, dequantised inside the matmul"),
+    Precision("int4-b32", 4, 32, INT4, 0.18,
+              about="weight-only int4 in blocks of 32 (fp32 scales), the tied head/embedding int8: a 0.5B model in a 4 GB Pi"),
 )
 
 

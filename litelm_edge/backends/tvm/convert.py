@@ -2,7 +2,7 @@
 
     python -m litelm_edge.backends.tvm.convert SPEC.json
 
-SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"), target (a TVM tag string or a target
+SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"/"int4-b32"), target (a TVM tag string or a target
 dict), cc (the C++ compiler that links the target's library), host_dir (null, or a folder for
 the same module compiled for this machine: the host-side parity library of a cross build),
 tile ([MT, NJ] register tile, or null), schedule (default true; false = TVM's default
@@ -40,7 +40,12 @@ def relax_module(checkpoint: str, precision: str):
     nbytes: dict[str, int] = {}
     for t in model.buffers():
         name = str(t.dtype).removeprefix("torch.")  # "int8", "float32": the names the build flow checks
-        nbytes[name] = nbytes.get(name, 0) + t.numel() * t.element_size()
+        if precision == "int4-b32" and t.dim() == 2 and name == "float32":  # quantised on the graph:
+            name, n = "uint8", t.numel() // 2  # a nibble a weight, and a scale a 32
+            nbytes["float32"] = nbytes.get("float32", 0) + t.numel() // graph.INT4_BLOCK * 4
+        else:
+            n = t.numel() * t.element_size()
+        nbytes[name] = nbytes.get(name, 0) + n
     with torch.no_grad():
         mod = from_exported_program(graph.export(model))
     mod["forward"] = mod["main"].with_attr("global_symbol", "forward")
@@ -48,13 +53,15 @@ def relax_module(checkpoint: str, precision: str):
     return mod, nbytes
 
 
-def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True) -> float:
-    """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`."""
+def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False,
+               kept: list | None = None) -> float:
+    """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`.
+    kept: filled with the [K, N] of the matrices an int4 build made int8 (the layout cannot hold them)."""
     import tvm
     from tvm.support import cc as tvm_cc
     from litelm_edge.backends.tvm import schedule as tvm_schedule
     t0 = time.time()
-    pipeline = tvm_schedule.pipeline(target, tile) if schedule else "default"
+    pipeline = tvm_schedule.pipeline(target, tile, int4, kept) if schedule else "default"
     with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
         ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
@@ -72,8 +79,16 @@ def main(spec_path: str) -> int:
     report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile)}
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
+    int4 = spec["precision"] == "int4-b32"
+    kept: list = []
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile,
-                                                   spec.get("schedule", True)), 2)
+                                           spec.get("schedule", True), int4, kept), 2)
+    if int4:
+        report["int4_as_int8"] = kept  # [K, N] of matrices the int4 layout cannot hold: int8 per channel
+        for K, N in kept:  # the size check below: those are int8 bytes and N scales, not nibbles
+            nbytes["uint8"] -= K * N // 2
+            nbytes["int8"] = nbytes.get("int8", 0) + K * N
+            nbytes["float32"] += N * 4 - K * N // 8
     so = (out / "model.so").stat().st_size
     if so < sum(nbytes.values()):  # the weights are embedded in the library: it cannot be smaller
         raise RuntimeError(f"model.so is {so} bytes, less than its {sum(nbytes.values())} weight bytes")
@@ -81,7 +96,7 @@ def main(spec_path: str) -> int:
         host = Path(spec["host_dir"])
         host.mkdir(parents=True, exist_ok=True)
         report["host_target"] = str(host_target())
-        report["host_compile_s"] = round(compile_to(mod, host_target(), host / "model.so", None, tile), 2)
+        report["host_compile_s"] = round(compile_to(mod, host_target(), host / "model.so", None, tile, True, int4), 2)
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0
 

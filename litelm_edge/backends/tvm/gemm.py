@@ -23,8 +23,9 @@ def _b(W, S, k, j, int8: bool):
     return T.Cast("float32", W[k, j]) if int8 else W[k, j]
 
 
-def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1) -> tirx.PrimFunc:
-    """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1."""
+def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> tirx.PrimFunc:
+    """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1. `order`: the
+    parameters' positions in the function replaced (match's), e.g. FuseTIR's (Wq, S, A, C)."""
     mt, nj = tile
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)  # the shapes' dtype in Relax
     wdtype = "int8" if int8 else "float32"
@@ -74,31 +75,111 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1) -> tirx.PrimFunc
                     for ji in T.vectorized(nj):
                         C[i, jo * nj + ji] = acc1[ji] * scale(S, jo * nj + ji)
 
-    if int8:
-        return main
-    s = main.params[2]  # fp32: no scale parameter (the body never reads S)
-    return tirx.PrimFunc([p for p in main.params if not p.same_as(s)], main.body, main.ret_type, main.attrs)
+    params = list(main.params) if int8 else [p for i, p in enumerate(main.params) if i != 2]  # fp32: no S
+    if order is not None:  # params[i] goes where the replaced function had its i-th role
+        params = [params[order.index(i)] for i in range(len(params))]
+    return tirx.PrimFunc(params, main.body, main.ret_type, main.attrs)
+
+
+def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
+    """int4-b32 weights (graph.quantize_int4): the PrimFunc (A (M, K), Wp (K, N/2) uint8, S (K/32, N),
+    C (M, N)). Decode: a task is one 64-column group (32 bytes a row); the 32-row block sums
+    a_k q_kj in fp32 and adds it times its scale. Prefill: the MT x NJ tile of gemm() with the
+    nibble and scale applied per element (NJ must divide 32: a tile reads one nibble of a byte)."""
+    mt, nj = tile
+    if 32 % nj:
+        raise ValueError(f"int4-b32 needs a tile of at most 32 columns dividing 32, got {nj}")
+    K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
+    KB, G, H = K // 32, N // 64, 32  # scale blocks, column groups, columns a nibble half
+
+    def q(W, k, byte, shift):  # the signed int4 of one nibble, as fp32; shift 0 (low) or 4 (high)
+        sh = T.uint8(shift) if isinstance(shift, int) else T.Cast("uint8", shift)
+        return T.Cast("float32", T.bitwise_and(T.shift_right(W[k, byte], sh), T.uint8(15))) - T.float32(8)
+
+    @T.prim_func(private=True, s_tir=False)
+    def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        M = T.int64()
+        A = T.match_buffer(a, (M, K), "float32")
+        W = T.match_buffer(w, (K, N // 2), "uint8")
+        S = T.match_buffer(s, (KB, N), "float32")
+        C = T.match_buffer(c, (M, N), "float32")
+        if M == 1:
+            for g in T.parallel(G):
+                acc = T.decl_buffer((64,), "float32", scope="local")
+                blk = T.decl_buffer((64,), "float32", scope="local")
+                for ji in T.vectorized(64):
+                    acc[ji] = T.float32(0)
+                for kb in range(KB):
+                    for ji in T.vectorized(64):
+                        blk[ji] = T.float32(0)
+                    for kk in range(32):
+                        for ji in T.vectorized(H):
+                            blk[ji] = blk[ji] + A[0, kb * 32 + kk] * q(W, kb * 32 + kk, g * H + ji, 0)
+                        for ji in T.vectorized(H):
+                            blk[H + ji] = blk[H + ji] + A[0, kb * 32 + kk] * q(W, kb * 32 + kk, g * H + ji, 4)
+                    for ji in T.vectorized(64):
+                        acc[ji] = acc[ji] + blk[ji] * S[kb, g * 64 + ji]
+                for ji in T.vectorized(64):
+                    C[0, g * 64 + ji] = acc[ji]
+        else:
+            for jo in T.parallel(N // nj):
+                # tile jo: columns jo*nj.., bytes (jo*nj // 64)*32 + (jo*nj % 32).., nibble (jo*nj % 64) // 32
+                for io in range(M // mt):
+                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            acc[ii, ji] = T.float32(0)
+                    for k in range(K):
+                        for ii in T.unroll(mt):
+                            for ji in T.vectorized(nj):
+                                acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * (
+                                    q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4) * S[k // 32, jo * nj + ji])
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            C[io * mt + ii, jo * nj + ji] = acc[ii, ji]
+                for i in range(M // mt * mt, M):
+                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
+                    for ji in T.vectorized(nj):
+                        acc1[ji] = T.float32(0)
+                    for k in range(K):
+                        for ji in T.vectorized(nj):
+                            acc1[ji] = acc1[ji] + A[i, k] * (
+                                q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4) * S[k // 32, jo * nj + ji])
+                    for ji in T.vectorized(nj):
+                        C[i, jo * nj + ji] = acc1[ji]
+
+    return main
 
 
 def match(func: tirx.PrimFunc):
-    """(K, N, int8) when `func` is a weight matmul of FuseOpsByPattern's groups (params A (M, K),
-    W (K, N) [, S (N,)], C (M, N); M symbolic, K and N static), else None."""
+    """(K, N, int8, order) when `func` is a weight matmul of FuseOpsByPattern's groups, else None:
+    buffers A (M, K) fp32, W (K, N) fp32 or int8 [with S (N,) fp32], C (M, N) fp32 (M symbolic, K
+    and N static), in any order (FuseTIR puts an int8 group's constants first: Wq, S, A, C);
+    order[i] is the position of role i (A, W[, S], C) among func's parameters."""
     bufs = [p.ty for p in func.params]  # a buffer parameter's type holds its shape and dtype
     if len(bufs) not in (3, 4) or not all(isinstance(b, tirx.buffer.BufferType) for b in bufs):
         return None
-    a, w, c = bufs[0], bufs[1], bufs[-1]
     static = lambda x: isinstance(x, tirx.IntImm)  # noqa: E731
-    if len(a.shape) != 2 or static(a.shape[0]) or len(w.shape) != 2 or not all(map(static, w.shape)):
+    if any(len(b.shape) not in (1, 2) for b in bufs):
+        return None
+    act = [i for i, b in enumerate(bufs) if len(b.shape) == 2 and not static(b.shape[0])]  # A and C, inputs first
+    wts = [i for i, b in enumerate(bufs) if len(b.shape) == 2 and static(b.shape[0])]
+    sc = [i for i, b in enumerate(bufs) if len(b.shape) == 1]
+    int8 = len(bufs) == 4
+    if len(act) != 2 or len(wts) != 1 or len(sc) != int(int8) or act[1] != len(bufs) - 1:
+        return None
+    a, w, c = bufs[act[0]], bufs[wts[0]], bufs[act[1]]
+    if not all(map(static, (*w.shape, a.shape[1], c.shape[1]))) or not c.shape[0].same_as(a.shape[0]):
         return None
     K, N = int(w.shape[0]), int(w.shape[1])
-    int8 = len(bufs) == 4
     if (a.dtype, c.dtype, w.dtype) != ("float32", "float32", "int8" if int8 else "float32"):
         return None
-    if int8 and (len(bufs[2].shape) != 1 or bufs[2].dtype != "float32" or int(bufs[2].shape[0]) != N):
+    if int8 and (bufs[sc[0]].dtype != "float32" or not static(bufs[sc[0]].shape[0]) or int(bufs[sc[0]].shape[0]) != N):
         return None
-    if not static(a.shape[1]) or int(a.shape[1]) != K or not c.shape[0].same_as(a.shape[0]) or not static(c.shape[1]) or int(c.shape[1]) != N:
+    if int(a.shape[1]) != K or int(c.shape[1]) != N:
         return None
-    return K, N, int8
+    return K, N, int8, (act[0], wts[0], *sc, act[1])
 
 
 def scores(Bt: int, K: int, tile=TILE) -> tirx.PrimFunc:

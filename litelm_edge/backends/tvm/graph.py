@@ -6,7 +6,12 @@ gathers columns of the lm_head's (C, V) matrix, so tied weights are stored once.
 
 int8 is weight-only: per-output-channel symmetric int8 with one fp32 scale per column, dequantised
 inside the graph (`Wq.float() * scale`). The compiled library embeds the int8 tensors, so the
-artifact is about a quarter of fp32. Runs in the TVM toolchain venv (torch only).
+artifact is about a quarter of fp32.
+
+int4-b32 keeps the layers' Linears fp32 here: schedule.Int4Matmuls quantises each constant
+weight of the Relax graph (`quantize_int4`) and calls gemm.gemm4 on it, so no int4 unpacking
+runs as graph ops. The tied lm_head / embedding stays int8 per channel (llama.cpp's q4_0 also
+keeps its output matrix wider). Runs in the TVM toolchain venv (torch only).
 """
 from __future__ import annotations
 
@@ -20,6 +25,34 @@ def quantize_kn(w_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = amax / 127.0
     q = torch.round(w_kn / scale).clamp(-127, 127).to(torch.int8)
     return q, scale.float()
+
+
+INT4_BLOCK = 32  # weights along K sharing one fp32 scale (llama.cpp's q4_0 block)
+INT4_GROUP = 64  # columns a packed group: byte b of a row holds column b (low nibble) and b + 32 (high)
+
+
+def quantize_int4(w_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, N) fp32 -> packed (K, N // 2) uint8, (K // 32, N) fp32 scale: symmetric int4 in blocks
+    of 32 along K, stored q + 8 in a nibble. Byte g*32 + b of a row holds column g*64 + b in its
+    low nibble and column g*64 + 32 + b in its high one: a vector of 32 bytes unpacks to 64
+    contiguous columns with one mask and one shift (gemm.gemm4)."""
+    K, N = w_kn.shape
+    if K % INT4_BLOCK or N % INT4_GROUP:
+        raise ValueError(f"int4-b32 needs K % {INT4_BLOCK} == 0 and N % {INT4_GROUP} == 0, got ({K}, {N})")
+    blocks = w_kn.reshape(K // INT4_BLOCK, INT4_BLOCK, N)
+    scale = (blocks.abs().amax(dim=1) / 7.0).clamp(min=1e-12)  # (K/32, N)
+    q = torch.round(blocks / scale[:, None, :]).clamp(-8, 7).reshape(K, N).to(torch.int16) + 8  # 0..15
+    g = q.reshape(K, N // INT4_GROUP, 2, INT4_GROUP // 2)  # (K, groups, low/high, 32)
+    packed = (g[:, :, 0] | (g[:, :, 1] << 4)).to(torch.uint8).reshape(K, N // 2)
+    return packed, scale.float()
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The (K, N) fp32 matrix an int4-b32 kernel applies (for tests and parity)."""
+    K = packed.shape[0]
+    p = packed.to(torch.int16).reshape(K, -1, INT4_GROUP // 2)
+    q = torch.stack([p & 15, p >> 4], dim=2).reshape(K, -1) - 8  # (K, N)
+    return q.float() * scale.repeat_interleave(INT4_BLOCK, dim=0)
 
 
 class KNLinear(nn.Module):
@@ -79,15 +112,19 @@ def _swap_linears(module: nn.Module, precision: str, done: dict):
 
 
 def prepare(model, precision: str):
-    """The model with KN (fp32 or int8) linears, in place; model must be eval and fp32."""
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"unknown precision {precision!r}, have: fp32, int8")
+    """The model with KN (fp32 or int8) linears, in place; model must be eval and fp32.
+    int4-b32: fp32 layer linears (quantised later, on the Relax graph), an int8 head."""
+    if precision not in ("fp32", "int8", "int4-b32"):
+        raise ValueError(f"unknown precision {precision!r}, have: fp32, int8, int4-b32")
     tied = model.cfg.tie_embeddings
     emb = model.embed_tokens.weight.detach()
-    _swap_linears(model, precision, {})
+    head = model.lm_head.weight
+    _swap_linears(model, "fp32" if precision == "int4-b32" else precision, {})
+    if precision == "int4-b32":
+        model.lm_head = KNLinear(head, "int8")
     if tied:
         model.embed_tokens = TiedEmbedding(model.lm_head)
-    elif precision == "int8":  # untied: quantise the table per row (= per output channel)
+    elif precision != "fp32":  # untied: quantise the table per row (= per output channel)
         model.embed_tokens = TiedEmbedding(KNLinear(emb, "int8"))
     return model
 

@@ -97,7 +97,8 @@ class ScheduleMatmul:
                 continue
             shape = tvm_gemm.match(func)
             if shape and shape[1] % self.tile[1] == 0 and shape[1] % tvm_gemm.NJ1 == 0:
-                out[gv] = tvm_gemm.gemm(*shape, tile=self.tile)
+                K, N, int8, order = shape
+                out[gv] = tvm_gemm.gemm(K, N, int8, tile=self.tile, order=order)
                 continue
             heads = tvm_gemm.match_scores(func)
             if heads:
@@ -108,8 +109,58 @@ class ScheduleMatmul:
         return out
 
 
-def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE):
-    """The Relax pipeline: pattern fusion, legalise, fuse TIR, schedule, lower."""
+@relax.expr_functor.mutator
+class _Int4Rewriter(relax.PyExprMutator):
+    """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised here."""
+
+    def __init__(self, mod: tvm.IRModule, tile, kept: list):
+        super().__init__(mod)
+        self.mod, self.tile, self.kernels, self.kept = mod, tile, {}, kept
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        w = call.args[1] if call.op == tvm.ir.Op.get("relax.matmul") else None
+        w = w.value if isinstance(w, tvm.ir.expr.Constant) else None  # a relax constant: its tensor
+        if not isinstance(w, tvm.runtime.Tensor) or w.dtype != "float32" or len(w.shape) != 2:
+            return call
+        import torch
+        from litelm_edge.backends.tvm.graph import INT4_BLOCK, INT4_GROUP, quantize_int4, quantize_kn
+        K, N = (int(x) for x in w.shape)
+        if K % INT4_BLOCK or N % INT4_GROUP:  # e.g. a tiny model's 32-wide k/v: int8 per channel, recorded
+            self.kept.append([K, N])
+            q, s = quantize_kn(torch.from_numpy(w.numpy()))  # the int8 build's own graph: deq_matmul
+            deq = relax.op.multiply(relax.op.astype(relax.const(q.numpy()), "float32"), relax.const(s.numpy()))
+            return self.builder_.normalize(relax.op.matmul(call.args[0], deq))
+        if (K, N) not in self.kernels:
+            self.kernels[K, N] = self.builder_.add_func(tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}")
+        packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
+        return relax.call_tir(self.kernels[K, N], [call.args[0], relax.const(packed.numpy()), relax.const(scale.numpy())],
+                              call.ty)
+
+    def transform(self) -> tvm.IRModule:
+        for gv, func in self.mod.functions.items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+
+@tvm.transform.module_pass(opt_level=0, name="Int4Matmuls")
+class Int4Matmuls:
+    """int4-b32: every matmul by a constant fp32 matrix becomes gemm.gemm4 on its int4 blocks (the
+    graph keeps only the head int8 and nothing else fp32: graph.prepare). A matrix whose shape
+    the int4 layout cannot hold (K % 32, N % 64) gets the int8 build's per-channel weights and is
+    listed in `kept` (convert.json and the manifest say so); every published model's fits."""
+
+    def __init__(self, tile=DEFAULT_TILE, kept: list | None = None):
+        self.tile, self.kept = tuple(tile), kept if kept is not None else []
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _Int4Rewriter(mod, self.tile, self.kept).transform()
+
+
+def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None):
+    """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse TIR, schedule, lower.
+    kept: filled with the [K, N] of matrices an int4 build made int8 (the layout cannot hold them)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0)
@@ -117,6 +168,7 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE):
         with target:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
+                + ([Int4Matmuls(tile, kept)] if int4 else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
                    relax.transform.LegalizeOps(),

@@ -1,0 +1,75 @@
+"""Where a decode step of a TVM library goes, by kernel: run in the TVM venv.
+
+    python benchmarks/_tvm_profile.py LIB_DIR [LIB_DIR ...] [--steps 20] [--context 64]
+    (PYTHONPATH = the repository; benchmarks/rpi4_vs_llamacpp.py --work DIR keeps the libraries)
+
+TVM 0.27's Relax VM has no profiler object any more; its instrument hook (`set_instrument`) is
+called before and after every VM call, so the time between the two is one kernel's (or one VM
+builtin's) wall time, the hook's own Python overhead (~1 us a call) included. Prints, per
+library, the kernels sorted by time a step, their calls a step and share; then the untimed step
+(no hook) for scale. Timings on a loaded machine are noisy: read the shares, not the ms.
+"""
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    import tvm
+    from tvm.runtime import vm as tvm_vm
+    spec = json.loads((lib_dir / "spec.json").read_text())  # written by the benchmark's build
+    from litelm_edge.pipeline.checkpoint import read_config
+    c = read_config(Path(spec["checkpoint"]))[0]
+    vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(lib_dir / "model.so")), tvm.cpu())
+    f = vm["forward"]
+    empty = tvm.runtime.tensor(np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32))
+    ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, context))
+    _, k, v = f(tvm.runtime.tensor(ids), empty, empty)
+    tok = tvm.runtime.tensor(np.array([[1]], np.int64))
+    for _ in range(3):
+        f(tok, k, v)  # same context every step: k, v are not replaced
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        f(tok, k, v)
+    plain = (time.perf_counter() - t0) / steps * 1e3
+    acc, start = {}, {}
+
+    def hook(_func, name, before, _ret, *_args):
+        if before:
+            start["t"] = time.perf_counter()
+        else:
+            a = acc.setdefault(name, [0, 0.0])
+            a[0] += 1
+            a[1] += time.perf_counter() - start["t"]
+        return 0  # VMInstrumentReturnKind.kNoOp
+    vm.set_instrument(hook)
+    for _ in range(steps):
+        f(tok, k, v)
+    return plain, {n: (cnt / steps, s / steps * 1e3) for n, (cnt, s) in acc.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("libs", nargs="+", type=Path)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--top", type=int, default=12)
+    a = ap.parse_args()
+    for lib in a.libs:
+        plain, rows = profile(lib, a.steps, a.context)
+        total = sum(ms for _, ms in rows.values())
+        builtin = sum(ms for n, (_, ms) in rows.items() if n.startswith("vm.builtin"))
+        print(f"\n{lib.name}: decode step {plain:.2f} ms untimed, {total:.2f} ms of kernels + builtins timed "
+              f"(VM builtins {builtin:.2f} ms, {sum(c for n, (c, _) in rows.items() if n.startswith('vm.builtin')):.0f} calls)")
+        print("| kernel | calls a step | ms a step | share |\n|---|---|---|---|")
+        for n, (cnt, ms) in sorted(rows.items(), key=lambda x: -x[1][1])[:a.top]:
+            print(f"| {n} | {cnt:.0f} | {ms:.3f} | {100 * ms / total:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
