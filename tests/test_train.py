@@ -120,7 +120,7 @@ def test_failed_save_leaves_no_temporary_folder(tiny_run, tmp_path, monkeypatch)
         real(*a, **k)
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(safetensors.torch, "save_file", full_after_write)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=f"^disk full writing {good}: free space there and retry"):
         ckpt.save(good, model, tok, training)
     assert ckpt.load(good)[2]["model_sha256"] == training["model_sha256"]  # still the good one
     assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no temporary folder left
