@@ -9,7 +9,12 @@ import torch
 from litelm_edge import backends
 from litelm_edge.backends import FP32_MAX_ABS, INT4, INT8
 from litelm_edge.pipeline import export
-from litelm_edge.pipeline.eval import divergence_summary, nll, token_divergence, torch_logits
+from litelm_edge.pipeline.eval import (
+    divergence_summary,
+    nll,
+    token_divergence,
+    torch_logits,
+)
 from litelm_edge.pipeline.model import ModelConfig, Transformer
 
 
@@ -71,7 +76,7 @@ def test_a_faithful_artifact_passes_and_a_damaged_one_fails(model_and_windows):
     assert good["windows"] == 8 and good["window_len"] == 32 and good["ppl_torch"] > 1
     # damaged: noise of std 1 on every logit: top-1 unchanged (the distribution is peaked), yet
     # perplexity +21 % and mean KL 0.17 nats: over the 8-bit bar, under the 4-bit one
-    noisy = lambda z: z + np.random.default_rng(2).normal(0, 1.0, z.shape)  # noqa: E731
+    noisy = lambda z: z + np.random.default_rng(2).normal(0, 1.0, z.shape)
     bad = export.parity(model, Runtime(model, noisy), wins, _precision(INT8))
     assert bad["top1_agreement"] == 1.0 and not bad["ok"] and bad["rule"] == str(INT8)
     assert bad["mean_kl"] > INT8.max_mean_kl and bad["ppl_ratio"] > INT8.max_ppl_ratio + 3 * bad["ppl_ratio_se"]
