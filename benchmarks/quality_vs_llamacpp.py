@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is scripts, not a package
-import _llamacpp as lc  # noqa: E402
+import _llamacpp as lc
 
 FIGURES = {"ppl_ratio": r"Mean PPL\(Q\)/PPL\(base\)\s*:\s*([\d.]+)\s*±\s*([\d.]+)",
            "mean_kl": r"Mean    KLD:\s*([\d.]+)\s*±\s*([\d.]+)",
@@ -38,9 +38,10 @@ def perplexity(gguf: Path, text: Path, base: Path, ctx: int, chunks: int, make_b
     exe = lc.ensure_built()["root"] / "build" / "bin" / "llama-perplexity"
     if not exe.is_file():
         lc._run(["cmake", "--build", exe.parents[1], "-j", "2", "--target", "llama-perplexity"], print)
+    # -nr: no weight repacking, so no AMX buffers (a VM that reports AMX may SIGILL on its tile loads)
     kl = ["--kl-divergence-base", base] + ([] if make_base else ["--kl-divergence"])
-    cmd = [str(x) for x in (exe, "-m", gguf, "-f", text, "-c", ctx, "--chunks", chunks, "-t", 2, *kl)]
-    r = subprocess.run(cmd, capture_output=True, text=True)  # llama.cpp logs its summary to stderr
+    cmd = [str(x) for x in (exe, "-m", gguf, "-f", text, "-c", ctx, "--chunks", chunks, "-t", 2, "-nr", *kl)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)  # llama.cpp logs its summary to stderr
     if r.returncode:
         raise SystemExit(f"llama-perplexity failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-3:]}")
     return r.stdout + r.stderr

@@ -103,3 +103,14 @@ def test_every_quantised_precision_has_the_rule_of_its_bits():
             want = {32: None, 8: INT8, 4: INT4}[p.bits]
             assert p.quality == want, (b, p.name)
             assert f"| {b} | `{p.name}` | {p.bits} |" in table and p.rule in table
+
+
+def test_reports_show_the_build_gate_and_a_gate_off_build_fails_its_verdict():
+    from litelm_edge.reports import judge, report
+    p = {"windows": 16, "window_len": 128, "ppl_ratio": 1.35, "ppl_ratio_se": 0.03, "mean_kl": 0.4,
+         "top1_agreement": 0.58, "rule": str(INT4), "ok": False, "how": "measured on this build host"}
+    (name, figures, how), = report.quality_rows({"manifest": {"parity": p}})
+    assert "ppl ratio" in name and figures.startswith("1.3500 ± 0.0300 / 0.4000 / 0.580")
+    assert "16 x 128" in how and str(INT4) in how and how.endswith("FAILED")
+    assert report.quality_rows({"manifest": {"parity": {"ok": True, "top1_agreement": 1.0}}}) == []  # older artifact
+    assert judge.overall(True and p["ok"], []) == "fail"
