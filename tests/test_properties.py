@@ -137,12 +137,12 @@ SHIPPED = {p: tomllib.loads(p.read_text()) for d in ("targets", "recipes") for p
 @examples("mutated_toml")
 @given(st.sampled_from(sorted(SHIPPED)), st.data())
 def test_mutated_targets_and_recipes_never_crash(path, data):
-    from litelm_edge import target
-    from litelm_edge.pipeline import recipe
+    from litelm_edge import backends
+    from litelm_edge.flows import recipe
     edited = mutate(data.draw, SHIPPED[path])
     kind = path.parent.name
-    with mock.patch.object(target if kind == "targets" else recipe, "named_toml", lambda k, n: (path, copy.deepcopy(edited))):
-        only_user_errors(target.load_target if kind == "targets" else recipe.load_recipe, path.stem)
+    with mock.patch.object(backends if kind == "targets" else recipe, "named_toml", lambda k, n: (path, copy.deepcopy(edited))):
+        only_user_errors(backends.load_target if kind == "targets" else recipe.load_recipe, path.stem)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ CASES = {"rpi4-ort": ("ort", "onnxruntime", {}), "rpi4-litert": ("litert", "lite
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_rpi4_alternatives_load_with_the_pis_thresholds(name):
-    from litelm_edge.target import load_target
+    from litelm_edge.backends import load_target
     _, tgt = load_target(name)
     _, pi = load_target("rpi4")
     assert (tgt["target"]["backend"], tgt["target"]["arch"], tgt["target"]["precision"]) == (CASES[name][0], "aarch64", "int8")
