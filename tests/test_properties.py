@@ -49,7 +49,8 @@ values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dic
 
 def schema_classes():
     from litelm_edge.devices.fleet import Device
-    from litelm_edge.pipeline import data, eval as ev, recipe
+    from litelm_edge.flows import recipe
+    from litelm_edge.pipeline import data, eval as ev
     from litelm_edge.pipeline.model import ModelConfig
     from litelm_edge.pipeline.train import TrainConfig
     from litelm_edge.target import TABLES, TargetInfo
