@@ -44,8 +44,9 @@ for prec in sys.argv[1].split(","):
         want = a @ w
         if prec == "int4-b32":  # its own kernel, called by Int4Matmuls in this order
             c = np.zeros((M, N), np.float32)
-            out[f"{prec} M={M}"] = float(np.abs(run(gemm.gemm4(K, N, (4, 32)), [a, *consts, c]) - want).max() / np.abs(want).max())
-            out[f"{prec} M={M} tile 4x16"] = float(np.abs(run(gemm.gemm4(K, N, (4, 16)), [a, *consts, c]) - want).max() / np.abs(want).max())
+            for tile in ((4, 32), (4, 16)):
+                got = run(gemm.gemm4(K, N, tile), [a, *consts, c])
+                out[f"{prec} M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
             continue
         for first in ("act", "weights"):
             order = None if first == "act" else (len(consts), *range(len(consts)), len(consts) + 1)  # role -> position

@@ -134,7 +134,8 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                         for ii in T.unroll(mt):
                             for ji in T.vectorized(nj):
                                 acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * (
-                                    q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4) * S[k // 32, jo * nj + ji])
+                                    q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4)
+                                    * S[k // 32, jo * nj + ji])
                     for ii in T.unroll(mt):
                         for ji in T.vectorized(nj):
                             C[io * mt + ii, jo * nj + ji] = acc[ii, ji]
