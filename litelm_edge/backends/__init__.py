@@ -48,7 +48,7 @@ class Rule:
 # Bars for SmolLM2-135M-class models (docs/quality.md): the gate's 16 x 128 held-out tokens give the
 # ratio to +-0.25 % (one standard error) at 8 bits and +-3 % at 4 bits, measured there.
 INT8 = Rule(1.03, 0.03)  # 8-bit: the bar is +2 % on 32 windows; +1 % for the gate's noise
-INT4 = Rule(1.30, 0.25)  # 4-bit: llama.cpp q4_0 on the same weights costs +26 %
+INT4 = Rule(1.30, 0.35)  # 4-bit: llama.cpp q4_0 on the same weights: ratio 1.258, mean KL 0.311
 
 WIDER = "build a wider --precision (int8 or fp32)"  # the advice of most quantised precisions
 
