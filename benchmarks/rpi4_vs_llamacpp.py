@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-import _llamacpp as llama  # noqa: E402
-from tvm_vs_ort import TvmRunner, x86_tile  # noqa: E402
+import _llamacpp as llama
+from tvm_vs_ort import TvmRunner, x86_tile
 
-from litelm_edge.backends.tvm import PRECISIONS  # noqa: E402
+from litelm_edge.backends.tvm import PRECISIONS
 
 BITS = {p.name: p.bits for p in PRECISIONS}  # our precision -> bits a weight
 PAIRS = {32: "f16", 8: "q8_0", 4: "q4_0"}  # bits -> llama.cpp's type of the same class
@@ -77,8 +77,8 @@ def table(rounds: dict, sizes: dict) -> list[str]:
         dec, pre = summary([r[1] for r in rs]), summary([r[0] for r in rs])
         ratios = ["", ""]
         if ref in rounds:
-            ratios = [fmt(summary([x[1] / y[1] for x, y in zip(rs, rounds[ref])]), 2) + "x",
-                      fmt(summary([y[0] / x[0] for x, y in zip(rs, rounds[ref])]), 2) + "x"]
+            ratios = [fmt(summary([x[1] / y[1] for x, y in zip(rs, rounds[ref], strict=True)]), 2) + "x",
+                      fmt(summary([y[0] / x[0] for x, y in zip(rs, rounds[ref], strict=True)]), 2) + "x"]
         out.append(f"| {name} | {sizes[name]:.1f} | {fmt(dec)} | {fmt(pre, 1)} | {ratios[0]} | {ratios[1]} |")
     return out
 
@@ -102,7 +102,7 @@ def engines(a, work: Path) -> tuple[dict, dict, list]:
         from litelm_edge.pipeline.checkpoint import load
         cfg = load(ck, tokenizer=False)[0].cfg
         runner = TvmRunner(py, libs, cfg, a.threads)
-        for i, (p, lib) in enumerate(zip(precs, libs)):
+        for i, (p, lib) in enumerate(zip(precs, libs, strict=True)):
             eng[f"tvm {p}"] = ("tvm", _Lib(runner, i))
             sizes[f"tvm {p}"] = sum(tvm_backend.embedded_weight_bytes(lib / "model.so").values()) / 1e6
     return eng, sizes, [runner] if precs else []

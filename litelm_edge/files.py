@@ -46,7 +46,7 @@ def _umask() -> int:
     return mask
 
 
-def readable(path: Path, folder: bool = False):
+def readable(path: Path, folder: bool = False) -> None:
     """Give a temporary (mkstemp: 0600, mkdtemp: 0700) the mode of any build output: 0644 for a
     file, 0755 for a folder, less what the umask takes away, so reports and artifacts can be read
     by others like what a compiler or `cp` writes."""
@@ -59,9 +59,10 @@ LOW_SPACE = 1 << 20  # bytes: below this, a failed write is taken for a full dis
 FULL_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
 
 
-def is_disk_full(e: BaseException, where: Path | None = None) -> bool:
-    """Whether the failed write `e` (or what caused it) ran out of space (ENOSPC, EDQUOT)."""
+def is_disk_full(error: BaseException, where: Path | None = None) -> bool:
+    """Whether the failed write `error` (or what caused it) ran out of space (ENOSPC, EDQUOT)."""
     seen = set()
+    e: BaseException | None = error
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(t in str(e) for t in FULL_TEXT):
@@ -83,7 +84,7 @@ class DiskFull(UserError):
     """`disk full writing <path>`: an enclosing atomic write renames it to its own final path."""
 
 
-def disk_full(path) -> DiskFull:
+def disk_full(path: str | Path) -> DiskFull:
     return DiskFull(f"disk full writing {path}: free space there and retry (nothing was replaced)")
 
 

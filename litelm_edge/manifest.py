@@ -34,10 +34,10 @@ try:  # in the litelm_edge package
     from .config import UserError
     from .files import sha256_file
 except ImportError:  # alone beside the device runner (python3 and numpy only)
-    class UserError(Exception):
+    class UserError(Exception):  # type: ignore[no-redef]  # the package's, when run alone
         """A bad artifact: the runner prints one line and exits 2."""
 
-    def sha256_file(path) -> str:
+    def sha256_file(path: str | Path) -> str:
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -112,7 +112,7 @@ def read_manifest(art_dir: str | Path) -> dict:
     return m
 
 
-def _bad_name(name) -> str | None:
+def _bad_name(name: object) -> str | None:
     """Why `name` cannot be a file of an artifact (None: it can): a relative POSIX path inside it."""
     if not isinstance(name, str) or not name or name != name.strip() or "\\" in name or "\0" in name:
         return "is not a plain relative file name"
@@ -124,7 +124,7 @@ def _bad_name(name) -> str | None:
     return None
 
 
-def file_refs(m: dict, where="manifest") -> dict[str, str]:
+def file_refs(m: dict, where: str | Path = "manifest") -> dict[str, str]:
     """{'graphs.decoder': 'decoder.onnx', 'tvm.library': 'model.so', ...}: every file the manifest
     names outside its files table (a graph a runtime opens), each checked to be a listed name."""
     refs = {}
@@ -153,7 +153,7 @@ def _sha256(p: Path, st: os.stat_result) -> str:
     return _HASHED[key]
 
 
-def artifact_path(art_dir, m: dict, name: str) -> Path:
+def artifact_path(art_dir: str | Path, m: dict, name: str) -> Path:
     """The one way to a file of an artifact: `name` listed in m["files"], inside art_dir (symlinks
     resolved), a regular file whose size and sha256 match its entry. Anything else: UserError."""
     root = Path(art_dir)
@@ -173,7 +173,7 @@ def artifact_path(art_dir, m: dict, name: str) -> Path:
     return p
 
 
-def graph_path(art_dir, m: dict, ref: str) -> Path:
+def graph_path(art_dir: str | Path, m: dict, ref: str) -> Path:
     """The verified path of the file a runtime opens, by its manifest key ('graphs.decoder')."""
     name = file_refs(m).get(ref)
     if name is None:

@@ -111,7 +111,7 @@ def test_push(sshd, ssh_home, tmp_path, monkeypatch):
     for n in range(1, total + 1):
         root, calls = tmp_path / f"dev{n}", []
 
-        def put(self, local, remote, *a, **kw):
+        def put(self, local, remote, *a, calls=calls, n=n, **kw):  # this round's list and N
             calls.append(local)
             if len(calls) == n:
                 raise OSError(28, "No space left on device (injected)")

@@ -9,13 +9,13 @@ pytest.importorskip("onnxruntime")
 og = pytest.importorskip("onnxruntime_genai",
                          reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
 
-from x86_artifact import x86_artifact
+from x86_artifact import x86_artifact  # noqa: E402
 
-from litelm_edge.config import UserError
-from litelm_edge.devices import runner as dr
-from litelm_edge.manifest import verified
-from litelm_edge.pipeline.generate import generate, generate_artifact
-from litelm_edge.pipeline.tokenizer import Tokenizer
+from litelm_edge.config import UserError  # noqa: E402
+from litelm_edge.devices import runner as dr  # noqa: E402
+from litelm_edge.manifest import verified  # noqa: E402
+from litelm_edge.pipeline.generate import generate, generate_artifact  # noqa: E402
+from litelm_edge.pipeline.tokenizer import Tokenizer  # noqa: E402
 
 PROMPT = "First Citizen:\nBefore we proceed"
 N = 24

@@ -12,11 +12,11 @@ gguf = pytest.importorskip("gguf", reason="the gguf target writes with llama.cpp
                                           "pip install 'litelm-edge[gguf]'")
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python runs the GGUF: tools/setup-llamacpp.sh")
 
-from litelm_edge.backends.gguf import build as gbuild
-from litelm_edge.config import UserError
-from litelm_edge.pipeline import checkpoint as ckpt
-from litelm_edge.pipeline.generate import generate_artifact
-from litelm_edge.pipeline.tokenizer import Tokenizer
+from litelm_edge.backends.gguf import build as gbuild  # noqa: E402
+from litelm_edge.config import UserError  # noqa: E402
+from litelm_edge.pipeline import checkpoint as ckpt  # noqa: E402
+from litelm_edge.pipeline.generate import generate_artifact  # noqa: E402
+from litelm_edge.pipeline.tokenizer import Tokenizer  # noqa: E402
 
 PROMPT = "First Citizen:\nBefore we proceed"
 N = 24

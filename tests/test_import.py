@@ -13,7 +13,7 @@ gguf = pytest.importorskip("gguf")
 
 import tiny_gguf  # noqa: E402
 from litelm_edge.pipeline import checkpoint as ckpt  # noqa: E402
-from test_hf_import import QWEN_SHAPE, hf_checkpoint, qwen2_checkpoint  # noqa: E402
+from test_hf_import import hf_checkpoint, qwen2_checkpoint  # noqa: E402
 
 TOL = 1e-4
 

@@ -43,7 +43,7 @@ def test_bench_json_records_when_what_and_where(two_runs):
     doc = json.loads((out / "a/bench.json").read_text())
     schemas.validate(doc)
     run = doc["run"]
-    assert _utc(run["started_at"]) <= _utc(run["finished_at"]) <= dt.datetime.now(dt.timezone.utc)
+    assert _utc(run["started_at"]) <= _utc(run["finished_at"]) <= dt.datetime.now(dt.UTC)
     assert run["version"] == runinfo.version() and run["host"] == socket.gethostname()
     assert doc["device"]["hostname"] == platform.node()
     assert run["commit"] == runinfo.commit()  # this checkout's HEAD (tests run from one)

@@ -62,7 +62,7 @@ class Protocol:
     threads: int | None = None  # runtime threads a session; None = chosen (choose_threads)
     spin: int | None = None  # 1: idle workers spin, 0: they sleep; None = chosen (choose_spin)
 
-    def check(self, max_seq_len: int | None = None) -> "Protocol":
+    def check(self, max_seq_len: int | None = None) -> Protocol:
         """Each value in range (named as its option), prompt + decode within the positions: else exit 2."""
         for f in dataclasses.fields(self):
             v, lo = getattr(self, f.name), {"warmup": 0, "spin": 0}.get(f.name, 1)

@@ -116,7 +116,7 @@ def caveats(runs: list[dict]) -> list[str]:
 def to_markdown(paths: list[Path], runs: list[dict]) -> str:
     names = [chr(65 + i) if i < 26 else str(i) for i in range(len(runs))]
     out = [f"## compare: {len(runs)} bench runs, each against A", ""]
-    out += [f"- {describe(i, p, r)}" for i, (p, r) in enumerate(zip(paths, runs))]
+    out += [f"- {describe(i, p, r)}" for i, (p, r) in enumerate(zip(paths, runs, strict=True))]
     out += ["", "| metric | " + " | ".join(f"{n} (mean ± stddev)" for n in names) + " | "
             + " | ".join(f"{n} / A" for n in names[1:]) + " |", "|---" * (2 * len(runs)) + "|"]
     for label, get, lower in METRICS:
@@ -137,7 +137,7 @@ def plot(runs: list[dict], path: Path) -> Path:
     names = [chr(65 + i) if i < 26 else str(i) for i in range(len(runs))]
     colors = ["#42a5f5" if r.get("where", "device") == "device" else "#9e9e9e" for r in runs]
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.2))
-    for ax, (label, get, lower) in zip(axes.flat, METRICS):
+    for ax, (label, get, lower) in zip(axes.flat, METRICS, strict=False):
         vals = [get(r) for r in runs]
         spread = [v[1] for v in vals]
         bars = ax.bar(names, [v[0] for v in vals], color=colors, capsize=4,

@@ -17,7 +17,7 @@ SOURCE = Path(__file__).resolve().parents[2]  # the checkout holding litelm_edge
 
 def now() -> str:
     """The current time, ISO 8601 in UTC with a Z: '2026-12-06T02:31:07Z'."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def version() -> str:
