@@ -80,7 +80,8 @@ def _source(log) -> Path:
 
 # cpuinfo flag -> ggml's cmake switch, for the build without AMX (GGML_NATIVE=OFF names each one)
 ISA = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "bmi2": "BMI2", "avx_vnni": "AVX_VNNI",
-       "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI", "avx512_vnni": "AVX512_VNNI", "avx512_bf16": "AVX512_BF16"}
+       "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI", "avx512_vnni": "AVX512_VNNI",
+       "avx512_bf16": "AVX512_BF16"}
 
 
 def _flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
@@ -100,11 +101,13 @@ def ensure_built(log=print, variant: str = "native", targets: tuple = TARGETS) -
         if not all(bins[t].is_file() for t in targets):
             log(f"building llama.cpp ({', '.join(targets)}, {variant}) in {build}: several minutes, once ...")
             isa = ["-DGGML_NATIVE=ON"] if variant == "native" else _flags()
-            _run(["cmake", "-S", root, "-B", build, "-DCMAKE_BUILD_TYPE=Release", *isa, "-DLLAMA_CURL=OFF"], log)
+            _run(["cmake", "-S", root, "-B", build, "-DCMAKE_BUILD_TYPE=Release", *isa, "-DLLAMA_CURL=OFF"],
+                 log)
             _run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", *targets], log)
     return {"root": root, "bench": bins["llama-bench"], "quantize": bins["llama-quantize"],
             "simple": bins["llama-simple"], "cli": bins["llama-cli"], "perplexity": bins["llama-perplexity"],
-            "bin": build / "bin", "convert": root / "convert_hf_to_gguf.py", "version": VERSION, "variant": variant}
+            "bin": build / "bin", "convert": root / "convert_hf_to_gguf.py", "version": VERSION,
+            "variant": variant}
 
 
 def convert(ckpt, outtype: str, out_dir, log=print) -> Path:
@@ -115,8 +118,11 @@ def convert(ckpt, outtype: str, out_dir, log=print) -> Path:
     out = Path(out_dir) / f"model-{outtype}.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.is_file():
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(paths["root"] / "gguf-py"), os.environ.get("PYTHONPATH", "")]))
-        _run([sys.executable, "-c", _CONVERT, paths["root"], ckpt, "--outtype", outtype, "--outfile", out], log, env=env)
+        env = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join([str(paths["root"] / "gguf-py"),
+                                               os.environ.get("PYTHONPATH", "")]))
+        _run([sys.executable, "-c", _CONVERT, paths["root"], ckpt, "--outtype", outtype, "--outfile", out],
+             log, env=env)
     return out
 
 
@@ -154,11 +160,13 @@ def bench(gguf, threads: int = 2, p: int = 64, n: int = 128, reps: int = 5, log=
     dec = json.loads(_run([exe, *common, "-p", 0, "-n", n, "-d", p], log))[0]
     return {"prefill_ms": [1e3 * p / t for t in _samples(pre, "samples_ts")],
             "decode_tok_s": _samples(dec, "samples_ts"), "threads": threads, "p": p, "n": n, "reps": reps,
-            "build": dict({k: pre.get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "type_k")},
+            "build": dict({k: pre.get(k) for k in ("build_commit", "build_number", "cpu_info", "backends",
+                                                   "type_k")},
                           variant=variant),
             "model": {k: pre.get(k) for k in ("model_type", "model_size", "model_n_params")}}
 
 
-if __name__ == "__main__":  # tools/setup-llamacpp.sh: VARIANT [TARGET ...] built once (cached); prints the sdist, the bin folder
+# tools/setup-llamacpp.sh: VARIANT [TARGET ...] built once (cached); prints the sdist, the bin folder
+if __name__ == "__main__":
     built = ensure_built(lambda m: print(m, file=sys.stderr), sys.argv[1], tuple(sys.argv[2:]) or TARGETS)
     print(next((CACHE / "sdist").glob(f"llama_cpp_python-{VERSION}.tar.gz")), built["bin"])

@@ -65,7 +65,8 @@ def main():
         total = sum(ms for _, ms in rows.values())
         builtin = sum(ms for n, (_, ms) in rows.items() if n.startswith("vm.builtin"))
         print(f"\n{lib.name}: decode step {plain:.2f} ms untimed, {total:.2f} ms of kernels + builtins timed "
-              f"(VM builtins {builtin:.2f} ms, {sum(c for n, (c, _) in rows.items() if n.startswith('vm.builtin')):.0f} calls)")
+              f"(VM builtins {builtin:.2f} ms, "
+              f"{sum(c for n, (c, _) in rows.items() if n.startswith('vm.builtin')):.0f} calls)")
         print("| kernel | calls a step | ms a step | share |\n|---|---|---|---|")
         for n, (cnt, ms) in sorted(rows.items(), key=lambda x: -x[1][1])[:a.top]:
             print(f"| {n} | {cnt:.0f} | {ms:.3f} | {100 * ms / total:.1f}% |")

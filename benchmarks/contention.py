@@ -58,7 +58,8 @@ def run(code: str, args: list, policy: str) -> float:
         env["OMP_WAIT_POLICY"] = "PASSIVE"  # what litelm-edge's CLI sets before torch loads
     else:
         env.pop("OMP_WAIT_POLICY", None)
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args), policy], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args), policy], capture_output=True,
+                         text=True, env=env)
     if out.returncode:
         raise RuntimeError(out.stderr.strip().splitlines()[-1])
     return float(out.stdout.strip().splitlines()[-1])
@@ -85,7 +86,8 @@ def main():
                     hog.kill()
                     hog.wait()
     load = os.getloadavg()[0]
-    print(f"{len(os.sched_getaffinity(0))} CPUs, 1-min load {load:.1f} at the end; {a.rounds} rounds, min / median / max")
+    print(f"{len(os.sched_getaffinity(0))} CPUs, 1-min load {load:.1f} at the end; {a.rounds} rounds, min / "
+          "median / max")
     print("| figure | policy | alone | beside one busy process | ratio |\n|---|---|---|---|---|")
     def fmt(xs):
         return " / ".join(f"{x:,.0f}" for x in (min(xs), np.median(xs), max(xs)))
@@ -93,7 +95,8 @@ def main():
     for (fig, policy, busy), v in res.items():
         if busy:
             q, c = np.median(res[(fig, policy, False)]), np.median(v)
-            print(f"| {fig} | {policy} | {fmt(res[(fig, policy, False)])} | {fmt(v)} | {max(q, c) / min(q, c):.2f}x |")
+            print(f"| {fig} | {policy} | {fmt(res[(fig, policy, False)])} | {fmt(v)} | "
+                  f"{max(q, c) / min(q, c):.2f}x |")
     print(json.dumps({" ".join(map(str, k)): v for k, v in res.items()}))
 
 

@@ -110,7 +110,8 @@ def main():
     r = measure(a.pairs, a.distinct, a.threshold)
     print(f"MinHash {r['minhash']}, threshold {r['threshold']}")
     for kind, v in r["levels"].items():
-        print(f"  {kind:>9}: {v['removed']:5d} / {v['docs']:5d} removed ({v['removed'] / max(1, v['docs']):.1%})"
+        print(f"  {kind:>9}: {v['removed']:5d} / {v['docs']:5d} removed "
+              f"({v['removed'] / max(1, v['docs']):.1%})"
               + (f", mean Jaccard {v['mean_jaccard']}" if v["mean_jaccard"] else ""))
     print(f"precision {r['precision']:.3f}, recall {r['recall']:.3f} (truth: 0.95 pairs are duplicates; "
           "0.8 pairs, originals and distinct documents are not; 0.9 pairs sit on the threshold)")

@@ -106,15 +106,16 @@ def run(corpus: Path, out: Path, sets: list[str], every_s: float = 60) -> dict:
     output = logf.read_text()
     if p.returncode:
         raise SystemExit(f"data failed ({p.returncode}):\n{output[-3000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_sum_mb": round(peak_sum / 2**20), "peak_rss_one_mb": round(peak_one / 2**20),
-            "log": output.strip().splitlines()}
+    return {"wall_s": round(wall, 1), "peak_rss_sum_mb": round(peak_sum / 2**20),
+            "peak_rss_one_mb": round(peak_one / 2**20), "log": output.strip().splitlines()}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--keep", type=Path, help="corpus folder to keep (made when missing)")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="DataConfig override (repeatable)")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="DataConfig override (repeatable)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="data-scale-"))
     corpus = a.keep or work / "corpus"
@@ -128,10 +129,12 @@ def main():
     load0 = os.getloadavg()[0]
     r = run(corpus, work / "out", a.sets)
     meta = json.loads((work / "out" / "meta.json").read_text())
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               "?")
     res = dict(r, mb=round(mb), mb_per_s=round(mb / r["wall_s"], 3), cpus=os.cpu_count(), cpu=cpu,
-               load_before_after=[load0, os.getloadavg()[0]], dropped=meta["stats"], docs_in=meta["stages"][0]["docs_in"],
-               docs_out=meta["docs"], planted=planted, tokens=meta["train_tokens"] + meta["val_tokens"])
+               load_before_after=[load0, os.getloadavg()[0]], dropped=meta["stats"],
+               docs_in=meta["stages"][0]["docs_in"], docs_out=meta["docs"], planted=planted,
+               tokens=meta["train_tokens"] + meta["val_tokens"])
     res.pop("log")
     print("\n".join(r["log"][-4:]))
     print(json.dumps(res))

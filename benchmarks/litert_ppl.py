@@ -56,7 +56,8 @@ def main() -> None:
         dec_ms, dec_sd = timed(r["decode_ms"])
         pre_ms, pre_sd = timed(r["prefill_ms"])
         print(json.dumps(dict(artifact=art, size_bytes=(Path(art) / "model.tflite").stat().st_size,
-                              windows=len(wins), window_len=L, ppl_torch=round(float(np.exp(np.mean(ce_t))), 3),
+                              windows=len(wins), window_len=L,
+                              ppl_torch=round(float(np.exp(np.mean(ce_t))), 3),
                               ppl_litert=round(float(np.exp(np.mean(ce_l))), 3),
                               top1_agreement=round(float(np.mean(agree)), 4),
                               host_decode_ms=round(dec_ms, 2), host_decode_sd=round(dec_sd, 2),

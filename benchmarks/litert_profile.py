@@ -175,7 +175,8 @@ def profile(art: Path, sig: str, threads: int, pos: int, reps: int) -> dict:
         rows.append(dict(n=n, op=name, us=us, xnnpack=deleg,
                          shapes=[list(t.shape) for t in w], types=[int(t.type) for t in w]))
     return dict(artifact=str(art), signature=sig, threads=threads, pos=pos, reps=reps,
-                call_us=call_us, invoke_us=invoke_us, compiled_us=compiled_us, ops_us=sum(r["us"] for r in rows), ops=rows)
+                call_us=call_us, invoke_us=invoke_us, compiled_us=compiled_us,
+                ops_us=sum(r["us"] for r in rows), ops=rows)
 
 
 def summary(p: dict, top: int) -> str:
@@ -195,7 +196,8 @@ def summary(p: dict, top: int) -> str:
         out.append(f"  {op:28s} {'yes' if x else 'NO':>7s} {c:5d} {us / 1e3:8.3f} {100 * us / total:5.1f}%")
     out.append(f"  top {top} single ops:")
     for r in sorted(p["ops"], key=lambda r: -r["us"])[:top]:
-        out.append(f"    #{r['n']:<4d} {r['op']:24s} {r['us'] / 1e3:7.3f} ms  {'' if r['xnnpack'] else 'NOT XNNPACK '}{r['shapes']}")
+        out.append(f"    #{r['n']:<4d} {r['op']:24s} {r['us'] / 1e3:7.3f} ms  "
+                   f"{'' if r['xnnpack'] else 'NOT XNNPACK '}{r['shapes']}")
     return "\n".join(out)
 
 

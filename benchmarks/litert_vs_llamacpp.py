@@ -31,7 +31,8 @@ import _llamacpp
 
 # LiteRT precision -> llama.cpp type of the same bits per weight. q4_0 is INT4 in blocks of 32
 # with an fp16 scale, exactly int4-b32; q8_0 is INT8 in blocks of 32 (LiteRT int8: per channel).
-EQUAL_BITS = {"fp32": "f32", "int8": "q8_0", "int8-full": "q8_0", "int4-b32": "q4_0", "int4-b64": "q4_0", "int4-ch": "q4_0"}
+EQUAL_BITS = {"fp32": "f32", "int8": "q8_0", "int8-full": "q8_0", "int4-b32": "q4_0", "int4-b64": "q4_0",
+              "int4-ch": "q4_0"}
 
 
 def cpu_name() -> str:
@@ -89,8 +90,8 @@ def run(a) -> dict:
            "llama_args": a.llama_args, "results": {}}
     for p, rr in rows.items():
         pre = [x for lt in rr["litert"] for x in lt["prefill_ms"]]
-        res = {"litert_prefill_ms": {"p50": float(np.percentile(pre, 50)), "p99": float(np.percentile(pre, 99)),
-                                     "n": len(pre)},
+        res = {"litert_prefill_ms": {"p50": float(np.percentile(pre, 50)),
+                                     "p99": float(np.percentile(pre, 99)), "n": len(pre)},
                "litert_decode_tok_s": spread([lt["decode_tok_s"] for lt in rr["litert"]]),
                "llama_type": EQUAL_BITS[p],
                "llama_prefill_ms": spread([x for ll in rr["llama"] for x in ll["prefill_ms"]]),
@@ -99,7 +100,8 @@ def run(a) -> dict:
                                         for lt, ll in zip(rr["litert"], rr["llama"], strict=True)]),
                "decode_ratio": spread([lt["decode_tok_s"] / np.median(ll["decode_tok_s"])
                                        for lt, ll in zip(rr["litert"], rr["llama"], strict=True)]),
-               "cache_in_place": getattr(rts[p], "cache_in_place", False), "size_bytes": (Path(arts[p]) / "model.tflite").stat().st_size}
+               "cache_in_place": getattr(rts[p], "cache_in_place", False),
+               "size_bytes": (Path(arts[p]) / "model.tflite").stat().st_size}
         out["results"][p] = res
     out["load_after"] = os.getloadavg()[0]
     return out
@@ -117,7 +119,8 @@ def table(o: dict) -> str:
         lines.append(f"| {p} | {r['size_bytes'] / 1e6:.2f} | {r['litert_prefill_ms']['p50']:.1f} / "
                      f"{r['litert_prefill_ms']['p99']:.1f} | {r['litert_decode_tok_s']['median']:.0f} | "
                      f"{r['llama_type']} | {r['llama_prefill_ms']['median']:.1f} | "
-                     f"{r['llama_decode_tok_s']['median']:.0f} | {f(r['prefill_ratio'])} | {f(r['decode_ratio'])} |")
+                     f"{r['llama_decode_tok_s']['median']:.0f} | {f(r['prefill_ratio'])} | "
+                     f"{f(r['decode_ratio'])} |")
     return "\n".join(lines)
 
 

@@ -72,7 +72,8 @@ def main():
     ap.add_argument("--preset", default="minimind-26m")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--gen-len", type=int, default=128)
-    ap.add_argument("--precisions", default="fp32,int8,int8-b32,int4-b32", help="comma-separated ORT precisions")
+    ap.add_argument("--precisions", default="fp32,int8,int8-b32,int4-b32",
+                    help="comma-separated ORT precisions")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ort-vs-torch-"))
     ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
@@ -86,7 +87,8 @@ def main():
         if a.checkpoint:
             build(ck, "x86", art, prec, data, log=lambda s: None, gate=False)  # parity printed, not enforced
             manifest = read_manifest(art)
-            print(f"{prec}: parity top-1 {manifest['parity']['top1_agreement']:.3f} ({manifest['parity']['rule']})")
+            print(f"{prec}: parity top-1 {manifest['parity']['top1_agreement']:.3f} "
+                  f"({manifest['parity']['rule']})")
         else:
             manifest = raw_build(model, art, prec, tok_json)
         engines[f"onnxruntime {prec}"] = open_runtime(art, manifest)
@@ -100,12 +102,14 @@ def main():
             res[name].append(measure(e, prompt, a.gen_len))
     base_pre = np.median([r[0] for r in res["torch eager fp32"]])
     base_tok = np.median([r[1] for r in res["torch eager fp32"]])
-    print(f"{model.num_params() / 1e6:.1f}M params, torch threads {torch.get_num_threads()}, {a.reps} reps interleaved, median")
+    print(f"{model.num_params() / 1e6:.1f}M params, torch threads {torch.get_num_threads()}, {a.reps} reps "
+          "interleaved, median")
     print("| engine | size MB | prefill-64 ms | decode tok/s | prefill speedup | decode speedup |")
     print("|---|---|---|---|---|---|")
     for name, rs in res.items():
         pre, tok = np.median([r[0] for r in rs]), np.median([r[1] for r in rs])
-        print(f"| {name} | {sizes[name]:.1f} | {pre:.2f} | {tok:.1f} | {base_pre / pre:.2f}x | {tok / base_tok:.2f}x |")
+        print(f"| {name} | {sizes[name]:.1f} | {pre:.2f} | {tok:.1f} | {base_pre / pre:.2f}x | "
+              f"{tok / base_tok:.2f}x |")
 
 
 if __name__ == "__main__":

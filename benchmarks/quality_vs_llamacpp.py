@@ -41,9 +41,11 @@ def perplexity(gguf: Path, text: Path, base: Path, ctx: int, chunks: int, make_b
     # -nr: no weight repacking, so no AMX buffers (a VM that reports AMX may SIGILL on its tile loads)
     kl = ["--kl-divergence-base", base] + ([] if make_base else ["--kl-divergence"])
     cmd = [str(x) for x in (exe, "-m", gguf, "-f", text, "-c", ctx, "--chunks", chunks, "-t", 2, "-nr", *kl)]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)  # llama.cpp logs its summary to stderr
+    # llama.cpp logs its summary to stderr
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode:
-        raise SystemExit(f"llama-perplexity failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-3:]}")
+        raise SystemExit(f"llama-perplexity failed (exit {r.returncode}): "
+                         f"{r.stderr.strip().splitlines()[-3:]}")
     return r.stdout + r.stderr
 
 
@@ -75,8 +77,10 @@ def main():
     perplexity(f32, text, base, a.c, a.chunks, make_base=True)  # the base's log-probs, saved
     for t in a.types.split(","):
         q = lc.quantize(f32, t)
-        r = dict(parse(perplexity(q, text, base, a.c, a.chunks, make_base=False)), type=t, size_mb=q.stat().st_size / 1e6,
-                 how=f"llama-perplexity -c {a.c} --chunks {a.chunks} --kl-divergence vs f32, llama.cpp {lc.VERSION}")
+        r = dict(parse(perplexity(q, text, base, a.c, a.chunks, make_base=False)), type=t,
+                 size_mb=q.stat().st_size / 1e6,
+                 how=f"llama-perplexity -c {a.c} --chunks {a.chunks} --kl-divergence vs f32, llama.cpp "
+                     f"{lc.VERSION}")
         print(json.dumps(r), flush=True)
 
 

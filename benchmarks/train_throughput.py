@@ -42,10 +42,12 @@ def run_once(data: Path, out: Path, preset: str, batch: int, block: int, steps: 
 def device_facts() -> dict:
     import torch
     from litelm_edge.devices.facts import cpu_facts
-    facts = {"torch": torch.__version__, "cpu": cpu_facts()["cpu_model"], "cpus": len(os.sched_getaffinity(0))}
+    facts = {"torch": torch.__version__, "cpu": cpu_facts()["cpu_model"],
+             "cpus": len(os.sched_getaffinity(0))}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        facts |= {"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+        facts |= {"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2**30, 1),
+                  "cuda": torch.version.cuda,
                   "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     return facts
 
@@ -91,11 +93,13 @@ def main(argv=None):
               + " | ".join(f"{h:.2f}" for h in r["hours_estimated"].values()) + " |")
     verdict = {k: {"hours": h, "under_threshold": h < THRESHOLD_H} for k, h in best["hours_estimated"].items()}
     print(f"\nbest: batch {best['batch']}; against < {THRESHOLD_H:.0f} h (estimated by linear extrapolation of the "
-          f"measured rate): " + "; ".join(f"{k}: {v['hours']:.2f} h ({'pass' if v['under_threshold'] else 'FAIL'})"
+          f"measured rate): " + "; ".join(f"{k}: {v['hours']:.2f} h "
+                                          f"({'pass' if v['under_threshold'] else 'FAIL'})"
                                           for k, v in verdict.items()))
     if a.out:
         a.out.write_text(json.dumps({"preset": a.preset, "n_params": n_params, "facts": facts, "rows": rows,
-                                     "budgets_tokens": tokens_for, "threshold_h": THRESHOLD_H, "verdict": verdict,
+                                     "budgets_tokens": tokens_for, "threshold_h": THRESHOLD_H,
+                                     "verdict": verdict,
                                      "method": "difference of two from-scratch runs of train(); hours: linear "
                                                "extrapolation of the measured tokens/s"}, indent=1))
 

@@ -102,7 +102,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3, help="timed prefills a round")
     ap.add_argument("--steps", type=int, default=16, help="timed decode steps a round")
-    ap.add_argument("--tile", default=None, help="matmul register tile MT,NJ (default: targets/x86-tvm.toml's)")
+    ap.add_argument("--tile", default=None,
+                    help="matmul register tile MT,NJ (default: targets/x86-tvm.toml's)")
     ap.add_argument("--no-default", action="store_true", help="skip TVM's slow unscheduled pipeline")
     a = ap.parse_args()
     import torch
@@ -130,7 +131,8 @@ def main():
     print(f"\n{a.preset}, {a.threads} threads, tile {tile}, {a.rounds} interleaved rounds of "
           f"1 warmup + {a.reps} prefills of 64 tokens + {a.steps} decode steps; ratio = TVM / ORT of the "
           "medians (range over rounds)\n")
-    print("| runtime | prefill ms mean ± std | median | decode ms mean ± std | median | ratio prefill | ratio decode |")
+    print("| runtime | prefill ms mean ± std | median | decode ms mean ± std | median | ratio prefill | "
+          "ratio decode |")
     print("|---|---|---|---|---|---|---|")
     for name in ["ort fp32", "tvm default pipeline", "tvm scheduled"]:
         if name in res:

@@ -46,7 +46,8 @@ def untrained_checkpoint(preset: str, work: Path) -> tuple[Path, Path]:
         prepare([default_corpus()], work / "data", vocab_size=cfg.vocab_size, log=lambda m: None)
     if not (work / "ckpt").is_dir():
         torch.manual_seed(0)
-        ckpt.save(work / "ckpt", Transformer(cfg), (work / "data" / "tokenizer.json").read_text(), {"step": 0})
+        ckpt.save(work / "ckpt", Transformer(cfg), (work / "data" / "tokenizer.json").read_text(),
+                  {"step": 0})
     return work / "ckpt", work / "data"
 
 
@@ -90,7 +91,8 @@ def time_llama(gguf: Path, threads: int, p: int, n: int, reps: int) -> tuple[flo
 def summary(vals: list[float]) -> dict:
     a = np.asarray(vals)
     med = float(np.median(a))
-    return {"min": float(a.min()), "median": med, "max": float(a.max()), "spread_pct": 50 * float(a.max() - a.min()) / med}
+    return {"min": float(a.min()), "median": med, "max": float(a.max()),
+            "spread_pct": 50 * float(a.max() - a.min()) / med}
 
 
 def fmt(s: dict, nd=0) -> str:
@@ -131,16 +133,19 @@ def engines(a, work: Path):
             eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))
             sizes[name] = m["size_bytes"] / 1e6
             notes.append(f"{name}: parity top-1 {m['parity']['top1_agreement']:.3f}, max abs {m['parity']['max_abs_err']:.2g} "
-                         f"({m['parity']['rule']}: {'ok' if m['parity']['ok'] else 'FAILS'}{'' if a.checkpoint else ', untrained'})")
+                         f"({m['parity']['rule']}: "
+                         f"{'ok' if m['parity']['ok'] else 'FAILS'}{'' if a.checkpoint else ', untrained'})")
     from litelm_edge.manifest import read_manifest
     for spec in a.also:  # artifacts built elsewhere (an earlier version's, say), run by today's runtime
         label, _, art = spec.partition("=")
         if not (Path(art) / "manifest.json").is_file():
             raise UsageError(f"--also {spec}: give LABEL=ARTIFACT, an artifact folder with a manifest.json")
         m = read_manifest(Path(art))
-        made_from = m["training"].get("model_sha256") or weights_id(Path(m["checkpoint"]))  # before session 6: the path
+        # before session 6: the path
+        made_from = m["training"].get("model_sha256") or weights_id(Path(m["checkpoint"]))
         if made_from[:12] != wid:
-            raise UsageError(f"--also {spec}: built from other weights than {ck} (its manifest's training.model_sha256)")
+            raise UsageError(f"--also {spec}: built from other weights than {ck} (its manifest's "
+                             "training.model_sha256)")
         name = f"{label.strip()} {m['precision']}"
         eng[name] = ("ort", open_runtime(Path(art), m, a.threads, {"on": True, "off": False}.get(a.spin)))
         sizes[name] = m["size_bytes"] / 1e6
@@ -154,7 +159,8 @@ def main():
     ap.add_argument("--preset", default="minimind-26m")
     ap.add_argument("--precisions", default="fp32,int8-b32,int4-b32")
     ap.add_argument("--llama", default="f32,q8_0,q4_0", help="llama.cpp types ('' leaves llama.cpp out)")
-    ap.add_argument("--before", action="store_true", help="also the torch.export graph (the graph before the fused one)")
+    ap.add_argument("--before", action="store_true",
+                    help="also the torch.export graph (the graph before the fused one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spin", choices=("on", "off", "default"), default="default")
     ap.add_argument("--rounds", type=int, default=4)
@@ -164,7 +170,8 @@ def main():
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=ARTIFACT",
                     help="an x86 artifact built before (e.g. by an earlier version), run as 'LABEL PRECISION'")
     ap.add_argument("--out", type=Path, help="JSON of every round")
-    ap.add_argument("--work", type=Path, help="folder for checkpoints, GGUF files and artifacts, reused when there")
+    ap.add_argument("--work", type=Path,
+                    help="folder for checkpoints, GGUF files and artifacts, reused when there")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="x86-vs-llamacpp-"))
     work.mkdir(parents=True, exist_ok=True)

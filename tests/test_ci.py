@@ -39,7 +39,8 @@ def test_workflow_passes_actionlint():
 def test_a_broken_workflow_fails_actionlint(tmp_path):
     """The lint can fail: an undefined job in `needs` and a bad expression."""
     text = WORKFLOW.read_text()
-    broken = text.replace("needs: train", "needs: trian").replace("${{ matrix.target }}", "${{ matrix.targte }}")
+    broken = text.replace("needs: train", "needs: trian").replace("${{ matrix.target }}",
+                                                                  "${{ matrix.targte }}")
     assert broken != text
     path = tmp_path / ".github/workflows/devices.yml"
     path.parent.mkdir(parents=True)
@@ -49,8 +50,8 @@ def test_a_broken_workflow_fails_actionlint(tmp_path):
 
 
 def ci_device(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=1800)
+    return subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=1800)
 
 
 def _secretless() -> dict:
@@ -62,11 +63,13 @@ def x86_bundles(tiny_run, data_dir, tmp_path_factory):
     """x86 at fp32 (no device secret) and at int8 with a secret naming a device nobody listens on."""
     out = tmp_path_factory.mktemp("bundles")
     env = _secretless()
-    fp32 = subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), "x86", "fp32", "--checkpoint", tiny_run,
-                           "--data", data_dir, "--out", out, *SMALL], capture_output=True, text=True, env=env)
+    fp32 = subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), "x86", "fp32", "--checkpoint",
+                           tiny_run, "--data", data_dir, "--out", out,
+                           *SMALL], capture_output=True, text=True, env=env)
     dead = dict(env, LITELM_DEVICE_X86="ci@127.0.0.1:9", LITELM_DEVICE_X86_KEY="not a key")
-    int8 = subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), "x86", "int8", "--checkpoint", tiny_run,
-                           "--data", data_dir, "--out", out, *SMALL], capture_output=True, text=True, env=dead)
+    int8 = subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), "x86", "int8", "--checkpoint",
+                           tiny_run, "--data", data_dir, "--out", out,
+                           *SMALL], capture_output=True, text=True, env=dead)
     return out, fp32, int8
 
 
@@ -143,7 +146,8 @@ def test_fleet_report_per_device(sshd, ssh_home, x86_bundles, tmp_path):
     trust(ssh_home, sshd)
     art = out / "x86-fp32/artifact"
     r = cli("bench", art, *SMALL, "--remote", sshd.address, "--remote", "ci@127.0.0.1:9", "--remote-python",
-            sys.executable, "--report-dir", tmp_path, "--junit", tmp_path / "fleet.xml", "--check", check=False)
+            sys.executable, "--report-dir", tmp_path, "--junit", tmp_path / "fleet.xml", "--check",
+            check=False)
     assert r.returncode == 1, r.stderr
     doc = json.loads((tmp_path / "fleet.json").read_text())
     schemas.validate(doc)
@@ -185,7 +189,8 @@ def test_arm_bundle_on_the_emulated_device(target, tiny_run, data_dir, x86_bundl
     _toolchain(target)
     out = tmp_path / "bundles"
     shutil.copytree(x86_bundles[0], out)
-    r = ci_device(target, "--checkpoint", tiny_run, "--data", data_dir, "--out", out, *SMALL, env=_secretless())
+    r = ci_device(target, "--checkpoint", tiny_run, "--data", data_dir, "--out", out, *SMALL,
+                  env=_secretless())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "emulated arm64 device up" in r.stdout and "stopped" in r.stderr
     root = r.stdout.split("(its / is ")[1].split(")")[0]
@@ -215,23 +220,27 @@ def test_emulated_device_as_printed(x86_bundles, tmp_path):
     """`start` prints a bench command that works as printed; `stop` ends the device."""
     _emulator_or_skip()
     state = tmp_path / "state"
-    start = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "start", "--state", state],
+    start = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "start", "--state",
+                            state],
                            capture_output=True, text=True)  # every runtime: the rootfs CI builds once
     try:
         assert start.returncode == 0, start.stderr
         line = next(x for x in start.stdout.splitlines() if x.startswith("bench:"))
         art = x86_bundles[0] / "x86-fp32/artifact"
-        argv = line.removeprefix("bench:").split()[1:]  # litelm-edge bench ARTIFACT --remote ... --ssh-config ...
+        # litelm-edge bench ARTIFACT --remote ... --ssh-config ...
+        argv = line.removeprefix("bench:").split()[1:]
         argv[argv.index("ARTIFACT")] = str(art)
         r = cli(*argv, *SMALL, "--report-dir", tmp_path / "rep", check=False)
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads((tmp_path / "rep/bench.json").read_text())
         assert res["where"] == "emulated" and res["parity"]["ok"]
-        again = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "start", "--state", state],
+        again = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "start", "--state",
+                                state],
                                capture_output=True, text=True)
         assert again.returncode == 1 and "already runs" in again.stderr
     finally:
-        stop = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "stop", "--state", state],
+        stop = subprocess.run([sys.executable, str(ROOT / "tools/emulated_device.py"), "stop", "--state",
+                               state],
                               capture_output=True, text=True)
     assert stop.returncode == 0 and "stopped" in stop.stdout
     root = start.stdout.split("(its / is ")[1].split(")")[0]

@@ -26,7 +26,8 @@ def test_help_imports_no_heavy_runtime():
     import sys
     code = ("import sys; from litelm_edge.cli import cli; "
             "cli.main(['--help'], standalone_mode=False); "
-            "print(sorted(m for m in ('torch', 'onnxruntime', 'tvm', 'ai_edge_litert', 'onnx') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'tvm', 'ai_edge_litert', 'onnx') if m in "
+            "sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
@@ -48,7 +49,8 @@ def test_missing_and_corrupt_checkpoint(tiny_run, tmp_path):
     """A real checkpoint whose weights were damaged on disk: its sha256 check says so, exit 2."""
     import shutil
     from litelm_edge.pipeline import checkpoint as ckpt
-    one_line_error(cli("build", "--target", "x86", "--checkpoint", tmp_path / "none", "--out", tmp_path / "a", check=False),
+    one_line_error(cli("build", "--target", "x86", "--checkpoint", tmp_path / "none", "--out", tmp_path / "a",
+                       check=False),
                    "not found")
     bad = tmp_path / "c"
     shutil.copytree(ckpt.resolve(tiny_run), bad)
@@ -63,7 +65,8 @@ def test_bench_check_exits_1_on_a_failed_threshold(x86_fp32, tmp_path):
     """`bench --check`: exit 1 when a threshold fails, 0 when all pass; the report says which."""
     import shutil
     from litelm_edge import manifest
-    quick = ["--reps", "1", "--warmup", "0", "--prompt-len", "8", "--gen-len", "2", "--concurrency", "1", "--check"]
+    quick = ["--reps", "1", "--warmup", "0", "--prompt-len", "8", "--gen-len", "2", "--concurrency", "1",
+             "--check"]
     for name, limit, code in (("slow", 1e-6, 1), ("fast", 1e6, 0)):
         art = tmp_path / name
         shutil.copytree(x86_fp32, art)
@@ -79,13 +82,16 @@ def test_bench_check_exits_1_on_a_failed_threshold(x86_fp32, tmp_path):
 def test_malformed_toml(tmp_path, data_dir):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\nn_layer = 2")
-    one_line_error(cli("train", "--data", data_dir, "--out", tmp_path / "r", "--preset", bad, check=False), "malformed TOML")
+    one_line_error(cli("train", "--data", data_dir, "--out", tmp_path / "r", "--preset", bad, check=False),
+                   "malformed TOML")
 
 
 def test_unknown_set_key(tmp_path, data_dir):
-    one_line_error(cli("train", "--data", data_dir, "--out", tmp_path / "r", "--set", "lerning_rate=1", check=False),
+    one_line_error(cli("train", "--data", data_dir, "--out", tmp_path / "r", "--set", "lerning_rate=1",
+                       check=False),
                    "unknown key 'lerning_rate'")
-    one_line_error(cli("train", "--data", data_dir, "--out", tmp_path / "r", "--set", "model.n_layer=two", check=False),
+    one_line_error(cli("train", "--data", data_dir, "--out", tmp_path / "r", "--set", "model.n_layer=two",
+                       check=False),
                    "'n_layer' must be int")
 
 
@@ -108,7 +114,8 @@ def test_end_to_end_train_build_bench_generate(corpus, tmp_path):
     assert "val ppl" in r.stdout
     r = cli("build", "--target", "x86", "--checkpoint", run, "--out", art)
     assert "x86/int8" in r.stdout
-    r = cli("bench", art, "--reps", "2", "--warmup", "1", "--gen-len", "16", "--prompt-len", "32", "--concurrency", "2")
+    r = cli("bench", art, "--reps", "2", "--warmup", "1", "--gen-len", "16", "--prompt-len", "32",
+            "--concurrency", "2")
     assert "| prefill 32 tokens" in r.stdout and "max_latency_ms" in r.stdout
     res = json.loads((art / "bench.json").read_text())
     assert res["schema"] == "litelm-edge-bench/3" and res["parity"]["ok"]

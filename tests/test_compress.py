@@ -57,7 +57,8 @@ def test_qat_export_is_lossless_in_ort(qat_run, build_once, data_dir):
     torch_w = [m.weight.detach().numpy().T for m in quant.quantised_linears(model)]
     for blk in model.layers:  # the builder packs q, k, v into one MatMul, and gate, up into another;
         a, f = blk.self_attn, blk.mlp  # per-column grids are the same
-        torch_w.append(np.concatenate([m.weight.detach().numpy().T for m in (a.q_proj, a.k_proj, a.v_proj)], 1))
+        torch_w.append(np.concatenate([m.weight.detach().numpy().T for m in (a.q_proj, a.k_proj, a.v_proj)],
+                                      1))
         torch_w.append(np.concatenate([m.weight.detach().numpy().T for m in (f.gate_proj, f.up_proj)], 1))
     emb = model.embed_tokens.weight.detach().numpy()
     torch_w.append(emb.T)  # the tied lm_head
@@ -100,7 +101,8 @@ def test_magnitude_pruning_keeps_sparsity_through_finetune(tiny_run, data_dir, t
     assert prune.sparsity(model) == pytest.approx(0.5, abs=0.01) and r["params_after"] == r["params_before"]
     t = json.loads((ckpt.resolve(tmp_path / "p") / "training.json").read_text())
     assert t["sparsity"] == pytest.approx(0.5, abs=0.01) and "does not make dense runtimes faster" in t["compression"]["note"]
-    assert r["note"].startswith("50% of the weights are zero: unstructured sparsity does not make dense runtimes")
+    assert r["note"].startswith("50% of the weights are zero: unstructured sparsity does not make dense "
+                                "runtimes")
 
 
 def test_threshold_and_per_layer_pruning(tiny_run):
@@ -152,12 +154,14 @@ def test_distilled_student_is_closer_to_the_teacher(tiny_run, data_dir, tmp_path
     from litelm_edge.pipeline.model import Transformer
     steps = {"train.max_steps": 20, "train.eval_every": 20, "train.warmup_steps": 2, "train.lr": 3e-3}
     r = compress("distill", tiny_run, data_dir, tmp_path / "d",
-                 dict(FT, **steps, **{"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.n_kv_head": 1,
-                                      "model.intermediate_size": 64, "model.max_seq_len": 128}), **quiet)
+                 dict(FT, **steps, **{"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2,
+                                      "model.n_kv_head": 1, "model.intermediate_size": 64,
+                                      "model.max_seq_len": 128}), **quiet)
     teacher, student, alone = (ckpt.load(p)[0] for p in (tiny_run, r["checkpoint"], tmp_path / "d-alone"))
     torch.manual_seed(1337)  # TrainConfig.seed: the student's and the baseline's initialisation
     init = Transformer(student.cfg).eval()
-    kl = {name: _kl_to(teacher, m, data_dir) for name, m in [("init", init), ("alone", alone), ("distilled", student)]}
+    kl = {name: _kl_to(teacher, m, data_dir) for name, m in [("init", init), ("alone", alone),
+                                                             ("distilled", student)]}
     assert kl["distilled"] < kl["alone"] < kl["init"], kl
     assert r["params_after"] < r["params_before"] and student.cfg.n_layer == alone.cfg.n_layer == 1
 
@@ -186,7 +190,8 @@ def test_share_merge_equals_unshared_model_with_merged_layers(tiny_run, merge):
     block.load_state_dict({k.removeprefix("layers.0."): v for k, v in sd.items()})
     x = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(merged(x)[0], unshared_copy(merged, [block, block])(x)[0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(merged(x)[0], unshared_copy(merged, [block, block])(x)[0], atol=1e-6,
+                                   rtol=1e-6)
         assert (merged(x)[0] - base(x)[0]).abs().max() > 1e-3  # it did change the model
     assert base.num_params() - merged.num_params() == sum(p.numel() for p in block.parameters())
 
@@ -200,7 +205,8 @@ def test_compress_cli(tiny_run, data_dir, tmp_path):
     r = cli("compress", "prune", "--checkpoint", tiny_run, "--data", data_dir, "--out", tmp_path / "p",
             "--set", "sparsity=0.3", *[f"--set={k}={v}" for k, v in FT.items()])
     assert "prune:" in r.stdout and "val ppl" in r.stdout
-    r = cli("compress", "squash", "--checkpoint", tiny_run, "--data", data_dir, "--out", tmp_path / "x", check=False)
+    r = cli("compress", "squash", "--checkpoint", tiny_run, "--data", data_dir, "--out", tmp_path / "x",
+            check=False)
     assert r.returncode == 2 and "unknown compression method 'squash', have: qat" in r.stderr
 
 
@@ -240,7 +246,8 @@ def test_failing_gate_applies_next_step_and_reports_attempts(corpus, data_dir, t
     logs = []
     r = run_recipe(str(recipe), log=logs.append)
     assert not r["ok"] and [a["attempt"] for a in r["attempts"]] == [0, 1]  # one step: 2 attempts, not 5
-    html = next(x for x in logs if x.startswith("bench report (x86): ")).split(": ", 1)[1]  # where it went, printed
+    # where it went, printed
+    html = next(x for x in logs if x.startswith("bench report (x86): ")).split(": ", 1)[1]
     assert html == r["attempts"][1]["reports"]["x86"] and html.endswith("attempt-1/bench.html")
     assert f"run report: {tmp_path / 'work' / 'report.md'}" in logs
     a0, a1 = r["attempts"]
@@ -251,7 +258,8 @@ def test_failing_gate_applies_next_step_and_reports_attempts(corpus, data_dir, t
     assert "### Attempt 0" in text and "### Attempt 1: prune" in text and "**Verdict: FAIL** after 2 attempt(s)" in text
 
 
-def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_dir, tiny_run, tmp_path, monkeypatch):
+def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_dir, tiny_run, tmp_path,
+                                                                 monkeypatch):
     """An int8 build that fails its parity check fails that attempt's gate; the loop goes on."""
     pytest.importorskip("onnxruntime")
     from litelm_edge.flows import build as build_flow
@@ -278,12 +286,14 @@ def test_build_refused_by_parity_is_a_failed_attempt_not_the_end(corpus, data_di
 
 def test_gates_pass_with_room():
     from litelm_edge.flows import gates
-    bench = {"thresholds": [{"threshold": "max_latency_ms", "value": 5.0, "limit": 100, "pass": True, "note": ""}],
+    bench = {"thresholds": [{"threshold": "max_latency_ms", "value": 5.0, "limit": 100, "pass": True,
+                             "note": ""}],
              "parity": {"ok": True, "top1_agreement_vs_torch": 1.0}, "size_mb": 1.5,
-             "prefill_ms": {"p50": 5.0}, "inferences_per_s": 200.0, "qps": {"qps": 300.0}, "decode_tok_s": {"mean": 90.0},
-             "energy": {"j_per_inference": None}}
+             "prefill_ms": {"p50": 5.0}, "inferences_per_s": 200.0, "qps": {"qps": 300.0},
+             "decode_tok_s": {"mean": 90.0}, "energy": {"j_per_inference": None}}
     rows = gates.judge({"max_ppl_increase": 0.05, "max_size_mb": 2.0, "max_attempts": 2}, 100.0, 103.0, bench)
-    assert gates.passed(rows) and {r["gate"] for r in rows} == {"max_ppl_increase", "max_size_mb", "max_latency_ms", "parity"}
+    assert gates.passed(rows) and {r["gate"] for r in rows} == {"max_ppl_increase", "max_size_mb",
+                                                                "max_latency_ms", "parity"}
     assert not gates.passed(gates.judge({"max_size_mb": 1.0}, 100.0, 100.0, bench))
     with pytest.raises(UserError, match="max_attempts"):
         gates.split({"max_attempts": 0})

@@ -14,7 +14,8 @@ from litelm_edge.pipeline import data as D
 from litelm_edge.pipeline.data_read import normalize
 from litelm_edge.pipeline.tokenizer import SPECIAL_TOKENS, Tokenizer, train
 
-_spec = importlib.util.spec_from_file_location("data_dedup", Path(__file__).parents[1] / "benchmarks" / "data_dedup.py")
+_spec = importlib.util.spec_from_file_location("data_dedup",
+                                               Path(__file__).parents[1] / "benchmarks" / "data_dedup.py")
 dedup_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(dedup_bench)
 
@@ -76,7 +77,8 @@ def test_prepare_writes_memmaps_and_the_corpus_sha256(tmp_path):
 def test_corpus_sha256_is_the_hash_of_the_documents(tmp_path):
     """Recomputed here from the documents themselves: sha256 of the kept documents joined by NUL."""
     docs = [f"Document {i}: " + " ".join(f"word{i * 7 + j}" for j in range(20)) for i in range(40)]
-    lines = [json.dumps({"text": d}) for d in docs] + [json.dumps({"text": "too short"}), json.dumps({"text": docs[3]})]
+    lines = [json.dumps({"text": d}) for d in docs] + [json.dumps({"text": "too short"}),
+                                                       json.dumps({"text": docs[3]})]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "c.jsonl").write_text("\n".join(lines))
     meta = D.prepare([tmp_path / "in"], tmp_path / "d", vocab_size=300, log=lambda m: None)
@@ -163,7 +165,8 @@ def test_near_duplicates_removed_above_the_threshold_kept_below(tmp_path):
 def test_exact_duplicates_counted(tmp_path):
     rng = random.Random(4)
     docs = [prose(rng) for _ in range(10)]
-    meta = D.prepare([write_jsonl(tmp_path / "c.jsonl", docs + docs[:3])], tmp_path / "d", vocab_size=300, **quiet())
+    meta = D.prepare([write_jsonl(tmp_path / "c.jsonl", docs + docs[:3])], tmp_path / "d", vocab_size=300,
+                     **quiet())
     assert meta["stats"]["exact_dup"] == 3 and meta["docs"] == 10
 
 
@@ -184,7 +187,8 @@ def test_uint32_token_files_past_65535(tmp_path):
     base.tok.add_tokens([f"zq{i}zq" for i in range(70_000)])
     (tmp_path / "tok.json").write_text(base.to_str())
     texts = [prose(rng) + f" zq{69_990 + i % 10}zq" * 3 for i in range(40)]
-    meta = D.prepare([write_jsonl(tmp_path / "c.jsonl", texts)], tmp_path / "d", tokenizer=tmp_path / "tok.json", **quiet())
+    meta = D.prepare([write_jsonl(tmp_path / "c.jsonl", texts)], tmp_path / "d",
+                     tokenizer=tmp_path / "tok.json", **quiet())
     assert meta["token_dtype"] == "uint32" and meta["vocab_size"] > 70_000
     raw = np.fromfile(tmp_path / "d" / "train.bin", dtype=np.uint32)
     assert raw.max() > 65535 and len(raw) == meta["train_tokens"]
@@ -207,8 +211,10 @@ def test_parallel_tasks_match_one_task(tmp_path):
     docs = [[prose(rng, 120) for _ in range(15)] for _ in range(3)]
     for i, d in enumerate(docs + [[docs[0][0] + " extra"]]):  # file 3 copies a document of file 0
         write_jsonl(tmp_path / "in" / f"{i}.jsonl", d)
-    one = D.prepare([tmp_path / "in"], tmp_path / "a", vocab_size=300, cfg=D.DataConfig(tasks=1, workers=1), **quiet())
-    many = D.prepare([tmp_path / "in"], tmp_path / "b", vocab_size=300, cfg=D.DataConfig(tasks=4, workers=2), **quiet())
+    one = D.prepare([tmp_path / "in"], tmp_path / "a", vocab_size=300, cfg=D.DataConfig(tasks=1, workers=1),
+                    **quiet())
+    many = D.prepare([tmp_path / "in"], tmp_path / "b", vocab_size=300, cfg=D.DataConfig(tasks=4, workers=2),
+                     **quiet())
     assert many["corpus_sha256"] == one["corpus_sha256"] and many["docs"] == one["docs"] == 45
     assert one["stats"]["near_dup"] == many["stats"]["near_dup"] == 1
 

@@ -115,8 +115,9 @@ def test_runtime_missing_on_the_device_is_one_line(device, x86_fp32, tmp_path, m
         (home / ".ssh" / "config").write_text(f"Host dev\n  HostName {device.host}\n  Port {device.port}\n"
                                               f"  User {device.user}\n  IdentityFile {device.key_path}\n")
         monkeypatch.setenv("HOME", str(home))
-        p = subprocess.run([sys.executable, "-m", "litelm_edge.cli", "bench", "--remote", "dev", str(x86_fp32),
-                            "--report-dir", str(tmp_path / "rep")], capture_output=True, text=True, timeout=600)
+        p = subprocess.run([sys.executable, "-m", "litelm_edge.cli", "bench", "--remote", "dev",
+                            str(x86_fp32), "--report-dir",
+                            str(tmp_path / "rep")], capture_output=True, text=True, timeout=600)
     finally:
         assert ssh(device, f"mv {site}/onnxruntime.hidden {site}/onnxruntime").returncode == 0
     last = p.stderr.strip().splitlines()[-1]

@@ -67,8 +67,10 @@ def _edit_manifest(art: Path, **kw):
 def test_ina219_power_is_measured_through_the_bench(art, tmp_path):
     """2.5 W constant on an INA219 (power1_input, µW): exactly 2.5 W mean, and J per inference is
     the prefill phase's joules over its inferences."""
-    sysfs = _tree(tmp_path / "sys", {"class/hwmon/hwmon0/name": "cpu_thermal", "class/hwmon/hwmon0/temp1_input": "40000",
-                                     "class/hwmon/hwmon2/name": "ina219", "class/hwmon/hwmon2/power1_input": "2500000",
+    sysfs = _tree(tmp_path / "sys", {"class/hwmon/hwmon0/name": "cpu_thermal",
+                                     "class/hwmon/hwmon0/temp1_input": "40000",
+                                     "class/hwmon/hwmon2/name": "ina219",
+                                     "class/hwmon/hwmon2/power1_input": "2500000",
                                      "class/thermal/thermal_zone0/type": "cpu-thermal",
                                      "class/thermal/thermal_zone0/temp": "47500"})
     r = bench(art, QUICK, sysfs_root=sysfs, log=lambda m: None)

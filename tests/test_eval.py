@@ -14,7 +14,8 @@ def test_nll_matches_torch_cross_entropy():
     import torch
     rng = np.random.default_rng(0)
     logits, targets = rng.normal(size=(5, 11)).astype(np.float32), rng.integers(0, 11, 5)
-    want = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), reduction="sum")
+    want = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets),
+                                             reduction="sum")
     assert nll(logits, targets) == pytest.approx(float(want), rel=1e-5)
 
 

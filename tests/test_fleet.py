@@ -17,8 +17,9 @@ def _result(p50: float, parity_ok: bool = True) -> dict:
             "parity": {"ok": parity_ok, "top1_agreement_vs_torch": 1.0},
             "remote": {"address": "u@h:22"}, "device": {"cpu_model": "Cortex-A72"},
             "energy": {"j_per_inference": 0.01, "how": "estimated (cpu-time-linear model, x)"},
-            "prefill_ms": {"p50": p50, "p99": 2 * p50, "samples": [p50, 2 * p50]}, "decode_tok_s": {"mean": 100.0},
-            "qps": {"qps": 50.0}, "size_mb": 1.0, "where": "device", "thresholds": [], "latency_percentile": "p99",
+            "prefill_ms": {"p50": p50, "p99": 2 * p50, "samples": [p50, 2 * p50]},
+            "decode_tok_s": {"mean": 100.0}, "qps": {"qps": 50.0}, "size_mb": 1.0, "where": "device",
+            "thresholds": [], "latency_percentile": "p99",
             "manifest": {"target": "x86", "precision": "fp32"}}
 
 

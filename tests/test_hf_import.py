@@ -21,9 +21,11 @@ TOL = 1e-4
 def hf_checkpoint(path, **kw):
     """A tiny random LlamaForCausalLM saved by transformers (its own config.json style)."""
     torch.manual_seed(0)
-    c = transformers.LlamaConfig(**dict(dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                             rope_theta=THETA, initializer_range=0.2), **kw))  # logits of size
+    c = transformers.LlamaConfig(**dict(dict(vocab_size=512, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2, max_position_embeddings=128,
+                                             # logits of size
+                                             rope_theta=THETA, initializer_range=0.2), **kw))
     m = transformers.LlamaForCausalLM(c).eval()
     m.save_pretrained(path)
     return m
@@ -74,14 +76,17 @@ def test_transformers_4_config_with_top_level_rope_theta(tmp_path, data_dir):
 
 @pytest.mark.parametrize("change, message", [
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": THETA, "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}, "RoPE type 'llama3'"),
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+                          "RoPE type 'llama3'"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE type 'linear'"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({"attention_bias": True}, "attention_bias = true is not supported"),
     ({"model_type": "gemma2"}, "model_type 'gemma2' is not supported (its logit soft-capping"),
     ({"model_type": "qwen2"}, "lacks model.layers.0.self_attn.k_proj.bias"),  # Qwen2 without its biases
-    ({"num_hidden_layers": None, "num_hiden_layers": 2}, "num_hidden_layers is 32 but model.safetensors holds 2"),
-    ({"architectures": ["LlamaForSequenceClassification"]}, "'LlamaForSequenceClassification' is not a causal LM"),
+    ({"num_hidden_layers": None, "num_hiden_layers": 2},
+     "num_hidden_layers is 32 but model.safetensors holds 2"),
+    ({"architectures": ["LlamaForSequenceClassification"]},
+     "'LlamaForSequenceClassification' is not a causal LM"),
     ({"quantization_config": {"quant_method": "awq", "bits": 4}}, "packed by a quantiser (awq)"),
     ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 32, "max_window_layers": 1},
      "sliding-window attention (32 positions) on layers 1..1 is not implemented"),
@@ -90,15 +95,16 @@ def test_what_cannot_be_represented_is_refused(tmp_path, data_dir, change, messa
     hf_checkpoint(tmp_path / "hf")
     edit_config(tmp_path / "hf", **change)
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = cli("eval", "--checkpoint", tmp_path / "hf", "--tokenizer", data_dir / "tokenizer.json", "--data", data_dir,
-            check=False)
+    r = cli("eval", "--checkpoint", tmp_path / "hf", "--tokenizer", data_dir / "tokenizer.json", "--data",
+            data_dir, check=False)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-QWEN_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, rope_theta=THETA, initializer_range=0.2)
+QWEN_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rope_theta=THETA,
+                  initializer_range=0.2)
 
 
 def qwen2_checkpoint(path, **kw):
@@ -140,8 +146,8 @@ def test_hub_config_keys_that_change_nothing_are_accepted(tmp_path, data_dir):
 
 
 def test_our_own_config_keeps_strict_keys(tmp_path, data_dir):
-    m = Transformer(ModelConfig(vocab_size=512, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, intermediate_size=64,
-                                max_seq_len=64)).eval()
+    m = Transformer(ModelConfig(vocab_size=512, n_layer=1, n_embd=32, n_head=2, n_kv_head=1,
+                                intermediate_size=64, max_seq_len=64)).eval()
     ckpt.save(tmp_path / "c", m, (data_dir / "tokenizer.json").read_text(), {"step": 0})
     edit_config(tmp_path / "c", rope_thetta=1e4)
     with pytest.raises(UserError, match="unknown key 'rope_thetta'.*did you mean 'rope_theta'"):
@@ -165,8 +171,8 @@ def test_folder_without_tokenizer_needs_tokenizer_option(tmp_path, data_dir):
     hf_checkpoint(tmp_path / "hf")
     r = cli("eval", "--checkpoint", tmp_path / "hf", "--data", data_dir, check=False)
     assert r.returncode == 2 and "has no tokenizer.json: pass --tokenizer" in r.stderr, r.stderr
-    r = cli("eval", "--checkpoint", tmp_path / "hf", "--tokenizer", data_dir / "tokenizer.json", "--data", data_dir,
-            "--set", "windows=2", "--set", "window_len=16")
+    r = cli("eval", "--checkpoint", tmp_path / "hf", "--tokenizer", data_dir / "tokenizer.json", "--data",
+            data_dir, "--set", "windows=2", "--set", "window_len=16")
     assert "val ppl" in r.stdout
 
 
@@ -191,8 +197,8 @@ def test_our_export_loads_in_transformers_with_our_logits(tmp_path, data_dir, kw
 
 def test_gated_attention_does_not_claim_llama(tmp_path, data_dir):
     torch.manual_seed(0)
-    m = Transformer(ModelConfig(vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=128,
-                                max_seq_len=128, gated_attn=True)).eval()
+    m = Transformer(ModelConfig(vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+                                intermediate_size=128, max_seq_len=128, gated_attn=True)).eval()
     ckpt.save(tmp_path / "c", m, (data_dir / "tokenizer.json").read_text(), {"step": 0})
     d = json.loads((tmp_path / "c" / "config.json").read_text())
     assert d["architectures"] != ["LlamaForCausalLM"] and d["model_type"] != "llama"
@@ -205,8 +211,8 @@ def test_gated_attention_does_not_claim_llama(tmp_path, data_dir):
 
 
 def test_unknown_key_in_litelm_table(tmp_path, data_dir):
-    m = Transformer(ModelConfig(vocab_size=512, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, intermediate_size=64,
-                                max_seq_len=64)).eval()
+    m = Transformer(ModelConfig(vocab_size=512, n_layer=1, n_embd=32, n_head=2, n_kv_head=1,
+                                intermediate_size=64, max_seq_len=64)).eval()
     ckpt.save(tmp_path / "c", m, (data_dir / "tokenizer.json").read_text(), {"step": 0})
     d = json.loads((tmp_path / "c" / "config.json").read_text())
     d["litelm"]["gated_atn"] = True

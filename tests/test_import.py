@@ -43,7 +43,8 @@ def test_gguf_imports_with_transformers_logits(tmp_path, data_dir, family, qtype
     assert diff < TOL and model.cfg.attn_bias == (family == "qwen2")
     assert training["source"]["format"] == "gguf" and training["source"]["tensor_types"][qtype] > 0
     text = "KING:\nThe king speaks, fair and foul.<|endoftext|>"
-    from tokenizers import Tokenizer  # the GGUF's vocabulary and merges, rebuilt into the tokenizer it came from
+    # the GGUF's vocabulary and merges, rebuilt into the tokenizer it came from
+    from tokenizers import Tokenizer
     want = Tokenizer.from_file(str(data_dir / "tokenizer.json")).encode(text).ids
     assert Tokenizer.from_str(tok_json).encode(text).ids == want
     if qtype == "F32":  # dequantised nothing: the weights are the source's
@@ -69,8 +70,10 @@ def one_line(r, *fragments):
 
 
 @pytest.mark.parametrize("arch, qtype, fragments", [
-    ("gemma2", "F32", ("GGUF architecture 'gemma2' is not supported", "supported: llama (SmolLM2", "qwen2 (")),
-    ("llama", "Q8_K", ("GGUF tensor type Q8_K cannot be dequantised", "Q4_1", "re-quantise with llama-quantize")),
+    ("gemma2", "F32",
+     ("GGUF architecture 'gemma2' is not supported", "supported: llama (SmolLM2", "qwen2 (")),
+    ("llama", "Q8_K",
+     ("GGUF tensor type Q8_K cannot be dequantised", "Q4_1", "re-quantise with llama-quantize")),
 ])
 def test_unsupported_gguf_is_one_line(tmp_path, arch, qtype, fragments):
     f = tiny_gguf.write_header_only(tmp_path / "x.gguf", arch, qtype)
@@ -86,9 +89,11 @@ def test_a_gguf_given_as_checkpoint_names_the_import(tmp_path, data_dir):
 
 def test_not_a_model_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    one_line(cli("import", tmp_path / "notes.txt", "--out", tmp_path / "ck", check=False), "neither a .gguf file")
+    one_line(cli("import", tmp_path / "notes.txt", "--out", tmp_path / "ck", check=False),
+             "neither a .gguf file")
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)
-    one_line(cli("import", tmp_path / "bad.gguf", "--out", tmp_path / "ck", check=False), "not a readable GGUF file")
+    one_line(cli("import", tmp_path / "bad.gguf", "--out", tmp_path / "ck", check=False),
+             "not a readable GGUF file")
     one_line(cli("import", tmp_path, "--out", tmp_path / "ck", check=False), "has no config.json")
 
 
@@ -104,8 +109,8 @@ def test_a_tokenizer_of_another_vocabulary_is_refused_before_the_build(tmp_path,
         path = tmp_path / f"{name}.json"
         path.write_text(tok.to_str())
         hf_checkpoint(tmp_path / "hf")  # a folder without a tokenizer: --tokenizer is how one is given
-        r = cli("build", "--target", "x86", "--checkpoint", tmp_path / "hf", "--tokenizer", path, "--data", data_dir,
-                "--out", tmp_path / "art", check=False)
+        r = cli("build", "--target", "x86", "--checkpoint", tmp_path / "hf", "--tokenizer", path, "--data",
+                data_dir, "--out", tmp_path / "art", check=False)
         one_line(r, f"has {600 if name == 'big' else 100} tokens but the model's embedding has 512 rows", why,
                  "pass the model's own tokenizer.json")
         assert "parity" not in r.stdout and not (tmp_path / "art").exists()

@@ -108,7 +108,8 @@ def test_settings_and_size_verdict():
 def test_signatures_per_window_and_kind():
     """A prefill signature per prefill window and a decode one per window, each plus the capacity."""
     from litelm_edge.backends.litert.convert import signatures
-    assert signatures(16, 128, [32], []) == [("prefill_128", 128, 16), ("decode_32", 32, 1), ("decode_128", 128, 1)]
+    assert signatures(16, 128, [32], []) == [("prefill_128", 128, 16), ("decode_32", 32, 1),
+                                             ("decode_128", 128, 1)]
     assert [n for n, _, _ in signatures(64, 512, [128], [256, 128])] == [
         "prefill_128", "prefill_256", "prefill_512", "decode_128", "decode_512"]
     v = litert_build.size_verdict(26_100_000, TARGET)
@@ -140,11 +141,13 @@ def built(toolchain, data_dir, tmp_path_factory):
     sets = {"prefill_len": 16, "capacity": 128, "windows": "32", "prefill_windows": "32"}
     out = {}
     for name, p, cfg, extra in [("fp32", "fp32", preset("tiny"), {}), ("int8", "int8", preset("tiny"), {}),
-                                ("golden", "fp32", dataclasses.replace(preset("tiny"), tie_embeddings=False), {}),
+                                ("golden", "fp32", dataclasses.replace(preset("tiny"), tie_embeddings=False),
+                                 {}),
                                 ("int4ch", "int4-ch", preset("tiny"), {"prefill_windows": ""})]:
         torch.manual_seed(0)
         ck = checkpoint.save(root / f"ck-{name}", Transformer(cfg).eval(), tok, {"data_dir": str(data_dir)})
-        out[name] = (root / name, build(ck, "android", root / name, p, data_dir, sets | extra, log=lambda m: None))
+        out[name] = (root / name,
+                     build(ck, "android", root / name, p, data_dir, sets | extra, log=lambda m: None))
     return out
 
 
@@ -243,9 +246,11 @@ def test_x86_litert_target_builds_and_benches_here(built, data_dir, tmp_path):
     ck = built["int8"][1]["checkpoint"]
     sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
     m = build(ck, "x86-litert", tmp_path / "a", None, data_dir, sets, log=lambda s: None)
-    assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8", "litert")
+    assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8",
+                                                                      "litert")
     assert m["litert"]["threads"] == 2 and m["parity"]["ok"]
-    r = bench(tmp_path / "a", dict(reps=1, warmup=1, iters=2, prompt_len=16, gen_len=4, concurrency=2, qps_iters=1),
+    r = bench(tmp_path / "a",
+              dict(reps=1, warmup=1, iters=2, prompt_len=16, gen_len=4, concurrency=2, qps_iters=1),
               log=lambda s: None)
     assert {t["threshold"] for t in r["thresholds"]} == {"max_latency_ms", "min_inferences_per_s", "min_qps"}
     assert r["parity"]["ok"] and r["qps"]["sessions"] == 2 and r["provenance"] == "measured on this host (local bench)"
@@ -257,7 +262,8 @@ def test_settings_land_under_the_section(built):
     from litelm_edge.backends.litert.runtime import default_threads
     m = built["fp32"][1]["litert"]
     assert (m["threads"], m["mask_value"]) == (4, -1e4)  # the target's table
-    assert (m["prefill_len"], m["capacity"], m["windows"], m["prefill_windows"]) == (16, 128, [32], [32])  # --set
+    # --set
+    assert (m["prefill_len"], m["capacity"], m["windows"], m["prefill_windows"]) == (16, 128, [32], [32])
     assert default_threads(built["fp32"][1]) == 4 and "threads" not in built["fp32"][1]
 
 
@@ -294,4 +300,5 @@ def test_emulated_arm64_device_bench_remote_with_parity(built, emulated_device, 
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(next((tmp_path / "rep").rglob("bench.json")).read_text())
     assert res["device"]["machine"] == "aarch64" and res["provenance"].startswith("emulated device")
-    assert res["parity"]["ok"] and res["parity"]["top1_agreement_vs_torch"] >= 0.95, res["parity"]  # on the device
+    # on the device
+    assert res["parity"]["ok"] and res["parity"]["top1_agreement_vs_torch"] >= 0.95, res["parity"]

@@ -80,8 +80,10 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         loss = m(x, y)[1]
         return loss * float("nan") if len(calls) == 2 else loss
 
-    with pytest.raises(UserError, match=r"^step 6: loss nan: training stopped; the last good checkpoint is .*ckpt-000004"):
-        train(data_dir, run, None, override(c, {"max_steps": 8}), resume=True, loss_fn=poisoned, log=lambda m: None)
+    with pytest.raises(UserError, match=r"^step 6: loss nan: training stopped; the last good checkpoint is "
+                                        r".*ckpt-000004"):
+        train(data_dir, run, None, override(c, {"max_steps": 8}), resume=True, loss_fn=poisoned,
+              log=lambda m: None)
     assert (run / "latest").read_text().strip() == "ckpt-000004"
     assert (run / "ckpt-000004" / "model.safetensors").read_bytes() == good
     assert not list(run.glob("ckpt-000006*")) and not list(run.glob(".ckpt-*"))
@@ -89,10 +91,11 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 def test_an_exploding_gradient_stops_the_run(data_dir, tmp_path):
     """lr=1e30 is finite, so the schema takes it; the first nan loss or gradient stops the run."""
-    r = cli("train", "--data", data_dir, "--out", tmp_path / "run", *[a for s in TINY_SETS for a in ("--set", s)],
-            "--set", "lr=1e30", "--set", "max_steps=6", "--set", "warmup_steps=0", "--set", "grad_clip=0",
-            "--set", "eval_every=6", "--set", "batch_size=2", "--set", "block_size=16", "--set", "eval_batches=1",
-            check=False)
+    r = cli("train", "--data", data_dir, "--out", tmp_path / "run",
+            *[a for s in TINY_SETS for a in ("--set", s)], "--set", "lr=1e30", "--set", "max_steps=6",
+            "--set", "warmup_steps=0", "--set", "grad_clip=0",
+            "--set", "eval_every=6", "--set", "batch_size=2", "--set", "block_size=16", "--set",
+            "eval_batches=1", check=False)
     errors = [x[x.index("error: "):] for x in r.stderr.splitlines() if "error: " in x]  # beside tqdm's bar
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
     assert errors[0].startswith("error: step ") and "no checkpoint was written" in errors[0], errors
@@ -114,7 +117,8 @@ def test_no_checkpoint_with_nan_weights_is_written_evaluated_or_built(tiny_run, 
     sd["model.norm.weight"][0] = float("inf")
     save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
     (bad / "training.json").write_text("{}")  # no recorded sha256 to trip over first
-    for args in (["eval", "--checkpoint", bad], ["build", "--checkpoint", bad, "--target", "x86", "--out", tmp_path / "a"]):
+    for args in (["eval", "--checkpoint", bad],
+                 ["build", "--checkpoint", bad, "--target", "x86", "--out", tmp_path / "a"]):
         r = cli(*args, check=False)
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [
             f"error: checkpoint '{bad}': model.norm.weight holds nan or inf (a diverged run): use an earlier "

@@ -31,7 +31,8 @@ def test_bench_protocol_values_are_one_line_naming_the_option(x86_fp32, tmp_path
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("opt,value,need", BAD[:4] + [("--iters", "0", ">= 1"), ("--spin", "2", ">= 0 and <= 1")])
+@pytest.mark.parametrize("opt,value,need",
+                         BAD[:4] + [("--iters", "0", ">= 1"), ("--spin", "2", ">= 0 and <= 1")])
 def test_the_device_runner_checks_the_protocol_too(x86_fp32, tmp_path, opt, value, need):
     """A runner started by hand (or by an older host) on the device: the same line, exit 2."""
     r = subprocess.run([sys.executable, "-E", "-s", str(device_runner(tmp_path)), str(x86_fp32),
@@ -72,5 +73,7 @@ def test_tokens_stop_at_the_last_position_alike_with_a_notice(x86_fp32, tiny_run
 
 
 def test_empty_prompt_and_bad_sampling_settings_are_one_line(x86_fp32):
-    one_line(cli("generate", "--artifact", x86_fp32, "--prompt", "", check=False), 2, "pass a non-empty --prompt")
-    one_line(cli("generate", "--artifact", x86_fp32, "--temperature", "nan", check=False), 2, "--temperature finite")
+    one_line(cli("generate", "--artifact", x86_fp32, "--prompt", "", check=False), 2,
+             "pass a non-empty --prompt")
+    one_line(cli("generate", "--artifact", x86_fp32, "--temperature", "nan", check=False), 2,
+             "--temperature finite")

@@ -36,13 +36,15 @@ EXAMPLES = {"schema": 300, "mutated_toml": 200, "override": 300, "manifest": 150
 
 
 def examples(name: str):
-    return settings(settings.get_profile("deep" if DEEP else "ci"), max_examples=EXAMPLES[name] * (20 if DEEP else 1))
+    return settings(settings.get_profile("deep" if DEEP else "ci"),
+                    max_examples=EXAMPLES[name] * (20 if DEEP else 1))
 
 
 ROOT = Path(__file__).resolve().parents[1]
 # JSON/TOML-like values, nan and inf included: what a hand-edited file or a --set can hold
 leaves = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
-          | st.text(max_size=12) | st.sampled_from(["nan", "inf", "-inf", "1e999", "none", "true", "0", "-1", ""]))
+          | st.text(max_size=12) | st.sampled_from(["nan", "inf", "-inf", "1e999", "none", "true", "0", "-1",
+                                                    ""]))
 values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                       max_leaves=8)
 
@@ -93,7 +95,8 @@ def test_the_schema_takes_any_table_without_a_crash(case):
 
 
 @examples("override")
-@given(st.sampled_from(["lr", "max_steps", "beta2", "dtype", "grad_clip", "threads", "n_layer", "rope_theta"]),
+@given(st.sampled_from(["lr", "max_steps", "beta2", "dtype", "grad_clip", "threads", "n_layer",
+                        "rope_theta"]),
        st.text(max_size=12) | st.sampled_from(["nan", "inf", "-1", "1e400", "0x10", "1_000", "", " 3 "]))
 def test_set_key_value_never_crashes(key, text):
     from litelm_edge.pipeline.model import ModelConfig
@@ -142,7 +145,8 @@ def test_mutated_targets_and_recipes_never_crash(path, data):
     from litelm_edge.flows import recipe
     edited = mutate(data.draw, SHIPPED[path])
     kind = path.parent.name
-    with mock.patch.object(backends if kind == "targets" else recipe, "named_toml", lambda k, n: (path, copy.deepcopy(edited))):
+    with mock.patch.object(backends if kind == "targets" else recipe, "named_toml",
+                           lambda k, n: (path, copy.deepcopy(edited))):
         only_user_errors(backends.load_target if kind == "targets" else recipe.load_recipe, path.stem)
 
 

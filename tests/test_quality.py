@@ -66,7 +66,8 @@ def _precision(quality):
 def test_a_faithful_artifact_passes_and_a_damaged_one_fails(model_and_windows):
     model, wins = model_and_windows
     rng = np.random.default_rng(1)
-    good = build_flow.parity(model, Runtime(model, lambda z: z + rng.normal(0, 0.01, z.shape)), wins, _precision(INT8))
+    good = build_flow.parity(model, Runtime(model, lambda z: z + rng.normal(0, 0.01, z.shape)), wins,
+                             _precision(INT8))
     assert good["ok"] and good["ppl_ratio"] == pytest.approx(1.0, abs=0.01) and good["mean_kl"] < 1e-3
     assert good["windows"] == 8 and good["window_len"] == 32 and good["ppl_torch"] > 1
     # damaged: noise of std 1 on every logit: top-1 unchanged (the distribution is peaked), yet
@@ -77,7 +78,8 @@ def test_a_faithful_artifact_passes_and_a_damaged_one_fails(model_and_windows):
     assert bad["mean_kl"] > INT8.max_mean_kl and bad["ppl_ratio"] > INT8.max_ppl_ratio + 3 * bad["ppl_ratio_se"]
     assert build_flow.parity(model, Runtime(model, noisy), wins, _precision(INT4))["ok"]
     assert "ppl ratio" in build_flow.describe(bad) and "mean KL" in build_flow.describe(bad)
-    flat = build_flow.parity(model, Runtime(model, lambda z: z / 3), wins, _precision(INT4))  # flattened: x10 ppl
+    # flattened: x10 ppl
+    flat = build_flow.parity(model, Runtime(model, lambda z: z / 3), wins, _precision(INT4))
     assert not flat["ok"] and flat["ppl_ratio"] > 5 and flat["top1_agreement"] == 1.0
     # the same damage at fp32: judged by max abs, which it fails too
     assert not build_flow.parity(model, Runtime(model, noisy), wins, backends.FP32)["ok"]
@@ -112,5 +114,6 @@ def test_reports_show_the_build_gate_and_a_gate_off_build_fails_its_verdict():
     (name, figures, how), = report.quality_rows({"manifest": {"parity": p}})
     assert "ppl ratio" in name and figures.startswith("1.3500 ± 0.0300 / 0.4000 / 0.580")
     assert "16 x 128" in how and str(INT4) in how and how.endswith("FAILED")
-    assert report.quality_rows({"manifest": {"parity": {"ok": True, "top1_agreement": 1.0}}}) == []  # older artifact
+    # older artifact
+    assert report.quality_rows({"manifest": {"parity": {"ok": True, "top1_agreement": 1.0}}}) == []
     assert judge.overall(True and p["ok"], []) == "fail"

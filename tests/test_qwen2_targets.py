@@ -35,7 +35,8 @@ def check(m, precision="fp32"):
 def test_x86(qwen, data_dir, build_once, graph):
     pytest.importorskip("onnxruntime")
     if graph == "fused":
-        pytest.importorskip("onnxruntime_genai", reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
+        pytest.importorskip("onnxruntime_genai",
+                            reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
     art = build_once(qwen, "x86", "fp32", data_dir, {"graph": graph})
     check(json.loads((art / "manifest.json").read_text()))
 

@@ -25,8 +25,8 @@ def test_default_precision_keeps_the_targets_bar(target, smollm2_checkpoint, smo
     build_py = importlib.import_module(f"litelm_edge.backends.{backend}.build")
     if hasattr(build_py, "python"):  # a toolchain venv (TVM, LiteRT converter)
         toolchain_or_skip(build_py.python, backend)
-    m = build_flow.build(smollm2_checkpoint, target, tmp_path / target, None, smollm2_data, log=lambda s: None,
-                         tokenizer=smollm2_checkpoint / "tokenizer.json")
+    m = build_flow.build(smollm2_checkpoint, target, tmp_path / target, None, smollm2_data,
+                         log=lambda s: None, tokenizer=smollm2_checkpoint / "tokenizer.json")
     p = m["parity"]
     assert m["precision"] != "fp32" and p["ok"] and p["window_len"] == build_flow.WINDOW_LEN
     # the bar, and not by luck: the ratio's standard error is well under the room left

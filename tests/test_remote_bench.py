@@ -92,7 +92,8 @@ def test_install_runtime_into_device_venv(sshd, ssh_home, x86_art, numpy_only_py
         r = bench_remote(sshd.address, x86_art, PROTO, python=numpy_only_python, install_runtime=True,
                          log=lambda m: None)
     except RemoteError as e:
-        if "pip install" in str(e) and any(w in str(e) for w in ("connection", "Connection", "resolve", "No matching")):
+        if "pip install" in str(e) and any(w in str(e) for w in ("connection", "Connection", "resolve",
+                                                                 "No matching")):
             pytest.skip(f"pip cannot reach a package index here: {e}")
         raise
     assert r["parity"]["ok"]

@@ -19,7 +19,8 @@ from litelm_edge.reports import report
 from x86_artifact import x86_artifact
 
 PROTO = ["--reps", "2", "--warmup", "1", "--prompt-len", "16", "--gen-len", "8", "--concurrency", "2"]
-LIMITS = {"max_latency_ms": 1e-3, "min_inferences_per_s": 1.0, "max_size_mb": 100.0, "min_energy_reduction": 0.4}
+LIMITS = {"max_latency_ms": 1e-3, "min_inferences_per_s": 1.0, "max_size_mb": 100.0,
+          "min_energy_reduction": 0.4}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 from test_tvm_emulated import pi_home  # noqa: F401 - the fixture: HOME with the device's ssh key
 
 PROTOCOL = {"reps": 1, "warmup": 0, "prompt_len": 16, "gen_len": 4, "concurrency": 1}
-LITERT_SMALL = {"prefill_len": 16, "capacity": 128, "windows": "32"}  # small: fast under qemu; room for the parity window
+# small: fast under qemu; room for the parity window
+LITERT_SMALL = {"prefill_len": 16, "capacity": 128, "windows": "32"}
 CASES = {"rpi4-ort": ("ort", "onnxruntime", {}), "rpi4-litert": ("litert", "litert", LITERT_SMALL)}
 
 

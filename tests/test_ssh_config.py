@@ -73,7 +73,8 @@ def test_bad_configs_are_one_line(tmp_path, how):
 def test_connect_through_an_included_host_names_the_file(sshd, ssh_home, tmp_path, monkeypatch):
     """A real connection to a host defined only in an Included file; a failure names the line."""
     trust(ssh_home, sshd)
-    (tmp_path / "inc").write_text(f"Host device\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n")
+    (tmp_path / "inc").write_text(f"Host device\n  HostName {sshd.host}\n  Port {sshd.port}\n  User "
+                                  f"{sshd.user}\n")
     cfg = tmp_path / "config"
     cfg.write_text(f"Include {tmp_path}/inc\n")
     monkeypatch.setenv("LITELM_EDGE_SSH_CONFIG", str(cfg))

@@ -50,8 +50,10 @@ def art(tiny_run, data_dir, tmp_path_factory):
 # 1. a checkpoint checked as a whole ------------------------------------------------------------
 
 @pytest.mark.parametrize("edit, needles", [
-    (lambda d: d.update(num_hidden_layers=1), ["num_hidden_layers is 1 but model.safetensors holds 2 layers"]),
-    (lambda d: d.update(num_hidden_layers=3), ["num_hidden_layers is 3 but model.safetensors holds 2 layers"]),
+    (lambda d: d.update(num_hidden_layers=1),
+     ["num_hidden_layers is 1 but model.safetensors holds 2 layers"]),
+    (lambda d: d.update(num_hidden_layers=3),
+     ["num_hidden_layers is 3 but model.safetensors holds 2 layers"]),
     (lambda d: d.update(intermediate_size=96), ["mlp.", "(intermediate_size) implies [96, 64]"]),
     (lambda d: d.update(num_key_value_heads=4), ["k_proj", "num_key_value_heads"]),
     (lambda d: d.update(rope_theta=5e5, rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
@@ -61,8 +63,8 @@ def test_config_that_does_not_describe_the_weights(tiny_run, data_dir, tmp_path,
     c = copy_ckpt(tiny_run, tmp_path / "c")
     edit_json(c / "config.json", edit)
     before = tree(tmp_path)
-    line = one_line(cli("build", "--target", "x86", "--checkpoint", c, "--out", tmp_path / "art", "--precision",
-                        "fp32", check=False), 2, *needles)
+    line = one_line(cli("build", "--target", "x86", "--checkpoint", c, "--out", tmp_path / "art",
+                        "--precision", "fp32", check=False), 2, *needles)
     assert "re-run train" not in line and "restore the config.json" in line
     one_line(cli("eval", "--checkpoint", c, "--data", data_dir, check=False), 2, *needles)
     assert tree(tmp_path) == before and not (tmp_path / "art").exists()
@@ -78,9 +80,12 @@ def target_toml(tmp_path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("text, needles", [
-    (lambda s: s.replace("max_latency_ms", "max_latncy_ms"), ["unknown key 'max_latncy_ms'", "did you mean 'max_latency_ms'"]),
-    (lambda s: s.replace("[thresholds]", "[threshold]"), ["unknown table 'threshold'", "did you mean 'thresholds'"]),
-    (lambda s: s.replace("\nprecision = ", "\nprecison = "), ["unknown key 'precison'", "did you mean 'precision'"]),
+    (lambda s: s.replace("max_latency_ms", "max_latncy_ms"),
+     ["unknown key 'max_latncy_ms'", "did you mean 'max_latency_ms'"]),
+    (lambda s: s.replace("[thresholds]", "[threshold]"),
+     ["unknown table 'threshold'", "did you mean 'thresholds'"]),
+    (lambda s: s.replace("\nprecision = ", "\nprecison = "),
+     ["unknown key 'precison'", "did you mean 'precision'"]),
     (lambda s: s.replace("idle_w = 10.0", "idle_w = -1.0"), ["'idle_w' must be >= 0"]),
     (lambda s: s + "\n[litert]\nthreads = 2\n", ["unknown table 'litert'"]),
 ])
@@ -99,7 +104,8 @@ def test_build_set_of_a_key_no_backend_has(tiny_run, tmp_path):
     litert = backends.load("litert")
     with pytest.raises(UserError, match="unknown key 'thread' .*did you mean 'threads'"):
         backends.resolve(litert, {}, {"build.thread": "2"})
-    s = backends.resolve(litert, {"threads": 3, "windows": "64"}, {"build.threads": "2", "litert.capacity": "128",
+    s = backends.resolve(litert, {"threads": 3, "windows": "64"}, {"build.threads": "2",
+                                                                   "litert.capacity": "128",
                                                                    "prefill_len": "32"})
     assert (s.threads, s.capacity, s.prefill_len, s.windows) == (2, 128, 32, "64")  # --set over the table
     assert not (tmp_path / "a").exists()
@@ -110,8 +116,10 @@ def recipe(tmp_path, corpus) -> str:
 
 
 @pytest.mark.parametrize("edit, needles", [
-    (lambda s: s.replace("precision =", "precison ="), ["[build]", "unknown key 'precison'", "did you mean 'precision'"]),
-    (lambda s: s.replace("vocab =", "vocabulary ="), ["[data]", "unknown key 'vocabulary'", "did you mean 'vocab'"]),
+    (lambda s: s.replace("precision =", "precison ="),
+     ["[build]", "unknown key 'precison'", "did you mean 'precision'"]),
+    (lambda s: s.replace("vocab =", "vocabulary ="),
+     ["[data]", "unknown key 'vocabulary'", "did you mean 'vocab'"]),
     (lambda s: s.replace('targets = ["x86"]\n', ""), ["[build] needs 'targets'"]),
     (lambda s: s.replace('targets = ["x86"]', 'targets = ["x68"]'), ["unknown target 'x68'"]),
     (lambda s: s + "[gates]\nmax_latncy_ms = 5\n", ["[gates]", "did you mean 'max_latency_ms'"]),
@@ -177,7 +185,8 @@ def test_changed_artifact_is_refused_locally(art, data_dir, tmp_path, change, ne
 def test_shell_characters_in_a_host_never_reach_a_proxycommand(tmp_path):
     home, marker = tmp_path / "home", tmp_path / "ran"
     (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "config").write_text(f"Host *\n  ProxyCommand sh -c 'touch {marker}; echo %h > {marker}'\n")
+    (home / ".ssh" / "config").write_text(f"Host *\n  ProxyCommand sh -c 'touch {marker}; echo %h > "
+                                          f"{marker}'\n")
     art = make_artifact(tmp_path / "art", {"decoder.onnx": 1000})
     env = dict(os.environ, HOME=str(home))
     for address in ["pi@a$(touch${IFS}x)", "pi@a`id`", "pi@-oProxyCommand=id", "pi@a|id", "`id`@host"]:
@@ -213,8 +222,8 @@ def test_tokenizer_without_endoftext(corpus, tmp_path):
     tok.train_from_iterator(["the king the queen"] * 10, trainers.BpeTrainer(
         vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     tok.save(str(tmp_path / "tok.json"))
-    one_line(cli("data", corpus, "--out", tmp_path / "d", "--tokenizer", tmp_path / "tok.json", check=False), 2,
-             "has no <|endoftext|> token")
+    one_line(cli("data", corpus, "--out", tmp_path / "d", "--tokenizer", tmp_path / "tok.json", check=False),
+             2, "has no <|endoftext|> token")
     assert not (tmp_path / "d").exists()
 
 
@@ -234,7 +243,8 @@ def test_unknown_error_is_one_line_and_a_log(tmp_path, monkeypatch, capsys):
 def test_missing_extra_gives_the_pip_command(tiny_run, tmp_path):
     block = tmp_path / "block"
     block.mkdir()
-    (block / "safetensors.py").write_text("raise ModuleNotFoundError(\"No module named 'safetensors'\", name='safetensors')\n")
+    (block / "safetensors.py").write_text("raise ModuleNotFoundError(\"No module named 'safetensors'\", "
+                                          "name='safetensors')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")]))
     one_line(cli("generate", "--checkpoint", tiny_run, check=False, env=env), 2,
              "safetensors is not installed", "pip install 'litelm-edge[train]'")
@@ -256,8 +266,8 @@ def test_missing_extra_names_each_backends_extra_and_survives_one_without(monkey
 def test_resume_keeps_the_runs_settings(data_dir, tmp_path):
     from litelm_edge.pipeline import checkpoint as ckpt
     run = tmp_path / "run"
-    sets = [a for s in TINY_SETS + ["max_steps=4", "eval_every=2", "batch_size=4", "block_size=32", "lr=0.001",
-                                    "eval_batches=1"] for a in ("--set", s)]
+    sets = [a for s in TINY_SETS + ["max_steps=4", "eval_every=2", "batch_size=4", "block_size=32",
+                                    "lr=0.001", "eval_batches=1"] for a in ("--set", s)]
     cli("train", "--data", data_dir, "--out", run, *sets)
     r = cli("train", "--data", data_dir, "--out", run, "--resume", "--set", "max_steps=6")
     assert "resume: --set max_steps=6 changes the run's max_steps (was 4)" in r.stdout
@@ -331,8 +341,9 @@ def test_install_runtime_uses_each_runtimes_package_list(monkeypatch, tmp_path):
 def test_threads_follow_the_affinity(art, tmp_path):
     a = tmp_path / "a"
     shutil.copytree(art, a)
-    r = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "litelm_edge.cli", "bench", str(a), "--reps", "1",
-                        "--warmup", "0", "--gen-len", "4", "--prompt-len", "8", "--concurrency", "1"],
+    r = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "litelm_edge.cli", "bench", str(a),
+                        "--reps", "1", "--warmup", "0", "--gen-len", "4", "--prompt-len", "8",
+                        "--concurrency", "1"],
                        capture_output=True, text=True)
     assert r.returncode in (0, 1), r.stderr
     assert "Runtime threads: 1 (default: the CPUs in the process's affinity); CPU affinity: CPUs 0 of" in r.stdout
@@ -357,7 +368,8 @@ def test_android_build_without_host_litert_is_one_line(tiny_run, tmp_path, monke
     def absent():
         raise ImportError("ai_edge_litert is not installed", name="ai_edge_litert")
     monkeypatch.setattr(litert_runtime, "_interpreter_class", absent)
-    monkeypatch.setattr(litert_build, "python", lambda *a: pytest.fail("converted before checking the runtime"))
+    monkeypatch.setattr(litert_build, "python",
+                        lambda *a: pytest.fail("converted before checking the runtime"))
     with pytest.raises(SystemExit) as e:
         C.main(["build", "--target", "android", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -377,7 +389,8 @@ def test_runtime_missing_anywhere_is_one_line(art, tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit) as e:
         C.main(["generate", "--artifact", str(art)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err == [f"error: onnxruntime is not installed: {D.PIP}{' '.join(mod.PACKAGES)}"]
+    assert e.value.code == 2 and err == ["error: onnxruntime is not installed: "
+                                         f"{D.PIP}{' '.join(mod.PACKAGES)}"]
 
 
 # 12. temp folders of killed runs; no usable SSH key ----------------------------------------------------

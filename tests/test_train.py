@@ -34,21 +34,26 @@ def test_resume_after_a_real_kill_restores_the_optimizer(data_dir, tmp_path):
     import sys
     import time
     run = tmp_path / "run"
-    sets = [a for s in TINY_SETS + ["eval_every=5", "batch_size=4", "block_size=32", "eval_batches=1", "warmup_steps=2"]
+    sets = [a for s in TINY_SETS + ["eval_every=5", "batch_size=4", "block_size=32", "eval_batches=1",
+                                    "warmup_steps=2"]
             for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "litelm_edge.cli", "train", "--data", str(data_dir), "--out", str(run), *sets]
-    p = subprocess.Popen([*cmd, "--set", "max_steps=100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "litelm_edge.cli", "train", "--data", str(data_dir), "--out", str(run),
+           *sets]
+    p = subprocess.Popen([*cmd, "--set", "max_steps=100000"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (run / "latest").is_file() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     assert p.wait() == -signal.SIGKILL
     killed_at = ckpt.load(run)[2]["step"]  # the newest whole checkpoint: a save cut short is not one
-    r = subprocess.run([*cmd, "--resume", "--set", f"max_steps={killed_at + 5}"], capture_output=True, text=True)
+    r = subprocess.run([*cmd, "--resume", "--set", f"max_steps={killed_at + 5}"], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     t = ckpt.load(run)[2]
     assert t["step"] == killed_at + 5 and (run / "latest").read_text().strip() == f"ckpt-{killed_at + 5:06d}"
-    assert [h["step"] for h in t["history"]] == list(range(5, killed_at + 6, 5))  # carried over, not restarted
+    # carried over, not restarted
+    assert [h["step"] for h in t["history"]] == list(range(5, killed_at + 6, 5))
     opt = torch.load(ckpt.resolve(run) / "optimizer.pt", weights_only=False)
     steps = {int(s["step"]) for s in opt["optimizer"]["state"].values()}
     assert steps == {killed_at + 5}, f"AdamW state steps {steps}: the optimizer was not restored"
@@ -102,7 +107,8 @@ def test_kill_during_save_keeps_previous_checkpoint(tiny_run, tmp_path):
     model, _, after = ckpt.load(run)  # verifies the sha256 itself, and must not raise
     assert after["step"] == training["step"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not list(run.glob(f"{name}.*")) and not list(run.glob(f".{name}.old-*"))  # only a hidden .tmp-* may stay
+    # only a hidden .tmp-* may stay
+    assert not list(run.glob(f"{name}.*")) and not list(run.glob(f".{name}.old-*"))
 
 
 def test_failed_save_leaves_no_temporary_folder(tiny_run, tmp_path, monkeypatch):
@@ -148,15 +154,17 @@ def test_ddp_with_torchrun_two_processes(data_dir, tmp_path):
     import os
     import subprocess
     import sys
-    sets = [a for s in TINY_SETS + ["max_steps=6", "eval_every=6", "batch_size=4", "block_size=32", "eval_batches=2"]
+    sets = [a for s in TINY_SETS + ["max_steps=6", "eval_every=6", "batch_size=4", "block_size=32",
+                                    "eval_batches=2"]
             for a in ("--set", s)]
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                        "-m", "litelm_edge.cli", "train", "--data", str(data_dir), "--out", str(tmp_path / "run"), *sets],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master_port={port}", "-m", "litelm_edge.cli", "train", "--data", str(data_dir),
+                        "--out", str(tmp_path / "run"), *sets],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     t = ckpt.load(tmp_path / "run")[2]

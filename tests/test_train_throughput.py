@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("train_throughput", Path(__file__).parents[1] / "benchmarks" / "train_throughput.py")
+_spec = importlib.util.spec_from_file_location("train_throughput",
+                                               Path(__file__).parents[1] / "benchmarks" / "train_throughput.py")
 tt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tt)
 
@@ -18,7 +19,8 @@ def test_rate_hours_and_verdict_follow_from_two_runs(data_dir, tmp_path, monkeyp
     tt.main(["--data", str(data_dir), "--preset", "tiny", "--batch", "2,4", "--block", "16",
              "--steps", "3", "--warmup", "2", "--out", str(tmp_path / "r.json")])
     # one discarded start-up run, then per batch size a short (warmup) and a long (warmup + steps) run
-    assert calls == [("tiny", 2, 16, 2), ("tiny", 2, 16, 2), ("tiny", 2, 16, 5), ("tiny", 4, 16, 2), ("tiny", 4, 16, 5)]
+    assert calls == [("tiny", 2, 16, 2), ("tiny", 2, 16, 2), ("tiny", 2, 16, 5), ("tiny", 4, 16, 2),
+                     ("tiny", 4, 16, 5)]
     r = json.loads((tmp_path / "r.json").read_text())
     assert [row["batch"] for row in r["rows"]] == [2, 4] and r["threshold_h"] == 12.0
     for row in r["rows"]:

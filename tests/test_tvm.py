@@ -62,7 +62,8 @@ def test_settings_land_under_the_section(builds):
     manifest["tvm"], beside what the build derived from them (the LLVM target, the library)."""
     m = manifest(builds["x86"])["tvm"]
     assert (m["target"], m["tile"], m["cc"]) == ("host", [2, 16], None)
-    assert "\"kind\":\"llvm\"" in m["llvm_target"] and m["library"] == "model.so"  # TVM prints a target as JSON
+    # TVM prints a target as JSON
+    assert "\"kind\":\"llvm\"" in m["llvm_target"] and m["library"] == "model.so"
 
 
 @pytest.mark.slow
@@ -96,7 +97,8 @@ def test_x86_tvm_int4_is_nibbles_and_agrees(build_once, tiny_run, data_dir):
     kv = c.n_kv_head * c.head_dim
     as_int8 = [[c.n_embd, kv]] * 2 * c.n_layer if kv % 64 else []
     assert m["tvm"]["int4_as_int8"] == as_int8
-    layers = c.n_layer * (2 * c.n_embd * c.n_embd + 3 * c.n_embd * c.intermediate_size)  # q, o, gate, up, down
+    # q, o, gate, up, down
+    layers = c.n_layer * (2 * c.n_embd * c.n_embd + 3 * c.n_embd * c.intermediate_size)
     assert w["uint8"] == layers // 2  # two weights a byte
     assert w["int8"] == c.vocab_size * c.n_embd + sum(k * n for k, n in as_int8)  # the tied head / embedding
     assert m["parity"]["rule"] == str(INT4) and m["parity"]["ok"], m["parity"]
@@ -117,7 +119,8 @@ def test_embedded_weight_bytes_reads_tvm_tensor_headers(tmp_path):
 
 def test_missing_cross_compiler_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None if "aarch64" in name else "/usr/bin/" + name)
-    with pytest.raises(UserError, match=r"^aarch64-linux-gnu-g\+\+ not found: apt-get install g\+\+-aarch64-linux-gnu"):
+    with pytest.raises(UserError, match=r"^aarch64-linux-gnu-g\+\+ not found: apt-get install "
+                                        r"g\+\+-aarch64-linux-gnu"):
         tvm_build.check_cc(Settings("raspberry-pi/4b-aarch64", "aarch64-linux-gnu-g++"))
 
 
@@ -127,10 +130,12 @@ def test_tune_picks_the_fastest_tile_and_stores_the_database(monkeypatch, tmp_pa
     from litelm_edge.devices import remote_bench
     from litelm_edge.flows import build as build_flow
     built = []
-    monkeypatch.setattr(build_flow, "build", lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
+    monkeypatch.setattr(build_flow, "build",
+                        lambda ck, tgt, out, prec, data, sets, log: built.append(sets["tvm.tile"]) or {"tvm": {"tile": sets["tvm.tile"]}})
     fake_ms = {(4, 16): 30.0, (8, 8): 20.0, (1, 32): 25.0}
     monkeypatch.setattr(remote_bench, "bench_remote", lambda addr, art, proto, log: {
-        "prefill_ms": {"mean": fake_ms[tuple(built[-1])]}, "decode_ms_per_token": {"mean": 1.0}, "provenance": "fake"})
+        "prefill_ms": {"mean": fake_ms[tuple(built[-1])]}, "decode_ms_per_token": {"mean": 1.0},
+        "provenance": "fake"})
     m = tvm_tune.tune("ckpt", "rpi4", tmp_path / "art", "pi@host", candidates=([4, 16], [8, 8], [1, 32]),
                       log=lambda msg: None)
     db = json.loads((tmp_path / "art.tuning.json").read_text())

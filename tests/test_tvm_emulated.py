@@ -47,15 +47,17 @@ def test_rpi4_fp32_and_int8_run_on_emulated_pi(pi_home, rpi4_fp32, rpi4_int8, tm
 
 
 @pytest.mark.slow
-def test_tune_on_emulated_pi_stores_the_database(pi_home, tvm_python, tiny_run, data_dir, tmp_path, monkeypatch):
+def test_tune_on_emulated_pi_stores_the_database(pi_home, tvm_python, tiny_run, data_dir, tmp_path,
+                                                 monkeypatch):
     """`build --tune --remote`'s loop against a device reached over SSH: every candidate built,
     pushed and timed there; the database beside the artifact says the timings were emulated."""
     import json
     from litelm_edge.flows import tune as tvm_tune
     dev = pi_home
-    monkeypatch.setattr(tvm_tune, "PROTOCOL", dict(tvm_tune.PROTOCOL, reps=1, warmup=0, prompt_len=16, gen_len=4))
-    m = tvm_tune.tune(tiny_run, "rpi4", tmp_path / "art", f"{dev.user}@{dev.host}:{dev.port}", "int8", data_dir,
-                      candidates=([4, 16], [2, 16]), log=lambda m: None)
+    monkeypatch.setattr(tvm_tune, "PROTOCOL",
+                        dict(tvm_tune.PROTOCOL, reps=1, warmup=0, prompt_len=16, gen_len=4))
+    m = tvm_tune.tune(tiny_run, "rpi4", tmp_path / "art", f"{dev.user}@{dev.host}:{dev.port}", "int8",
+                      data_dir, candidates=([4, 16], [2, 16]), log=lambda m: None)
     db = json.loads((tmp_path / "art.tuning.json").read_text())
     assert [c["tile"] for c in db["candidates"]] == [[4, 16], [2, 16]]
     assert all(c["provenance"].startswith("emulated device") and c["prefill_ms"] > 0 for c in db["candidates"])

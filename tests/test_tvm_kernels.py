@@ -77,7 +77,8 @@ def test_int4_packing_round_trips_and_is_blocked():
 
 
 def check(py, precisions: str) -> dict:
-    r = subprocess.run([str(py), "-c", CHECK, precisions], capture_output=True, text=True, env=toolchain.src_env())
+    r = subprocess.run([str(py), "-c", CHECK, precisions], capture_output=True, text=True,
+                       env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

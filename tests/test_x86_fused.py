@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxruntime_genai", reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
+pytest.importorskip("onnxruntime_genai",
+                    reason="the fused x86 graph is emitted by onnxruntime-genai's builder")
 
 from litelm_edge.backends import INT8
 from litelm_edge.config import UserError
@@ -63,7 +64,8 @@ def test_decode_after_any_call_equals_a_fresh_runtime(art, data_dir):
     fresh.prefill_last(ids[:10])
     want = [fresh.decode(int(t)) for t in ids[10:20]]
     rt = dr.open_runtime(art, m, 1)
-    for first in (lambda: rt.prefill(ids), lambda: rt.prefill_last(ids[:30]), lambda: [rt.decode(1) for _ in range(3)]):
+    for first in (lambda: rt.prefill(ids), lambda: rt.prefill_last(ids[:30]),
+                  lambda: [rt.decode(1) for _ in range(3)]):
         first()
         rt.prefill_last(ids[:10])
         got = [rt.decode(int(t)) for t in ids[10:20]]
@@ -93,7 +95,8 @@ def test_sessions_flush_denormals(ours):
     A fresh process each: the flush is a thread's floating-point state, kept once set."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", f"OURS = {ours}" + FLUSH], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", f"OURS = {ours}" + FLUSH], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == str(not ours)  # the denormal survives only without our options
 
@@ -124,7 +127,8 @@ def test_int8_is_the_fused_graph_with_w8a8_and_one_copy_of_the_tied_embedding(x8
     g = onnx.load(str(x86_int8 / m["graphs"]["decoder"])).graph
     ops = [n.op_type for n in g.node]
     assert m["ort"]["graph"] == "fused" and ops.count("GroupQueryAttention") == m["model"]["n_layer"]
-    assert ops.count("MatMulInteger") == 4 * m["model"]["n_layer"] + 1 and "MatMul" not in ops  # qkv o gate+up down, head
+    # qkv o gate+up down, head
+    assert ops.count("MatMulInteger") == 4 * m["model"]["n_layer"] + 1 and "MatMul" not in ops
     assert "Transpose" in ops and ops.count("Gather") >= 2  # the embedding: columns of the head's int8 matrix
     big_floats = [i.name for i in g.initializer if numpy_helper.to_array(i).dtype == np.float32
                   and numpy_helper.to_array(i).size >= m["model"]["vocab_size"] * m["model"]["n_embd"] // 4]
@@ -146,15 +150,18 @@ def test_build_graph_option_and_settings_in_the_manifest(tiny_run, data_dir, tmp
     target = tmp_path / "x86-2t.toml"
     target.write_text((shipped("targets") / "x86.toml").read_text() + "\n[ort]\nthreads = 2\n")
     with pytest.raises(UserError, match="grpah"):
-        build_flow.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, sets={"grpah": "export"}, log=lambda s: None)
-    m = build_flow.build(tiny_run, str(target), tmp_path / "e", "fp32", data_dir, sets={"ort.graph": "export"},
+        build_flow.build(tiny_run, "x86", tmp_path / "x", "fp32", data_dir, sets={"grpah": "export"},
                          log=lambda s: None)
+    m = build_flow.build(tiny_run, str(target), tmp_path / "e", "fp32", data_dir,
+                         sets={"ort.graph": "export"}, log=lambda s: None)
     assert m["ort"] == {"graph": "export", "threads": 2} and "kv_cache" not in m and m["parity"]["ok"]
     rt = dr.open_runtime(tmp_path / "e", m, 1)
     assert type(rt).__name__ == "OrtRuntime"  # not the shared-buffer runtime
-    assert dr.choose_threads(dict(m, size_bytes=1e9)) <= 2  # the runner reads [ort] threads through the runtime
+    # the runner reads [ort] threads through the runtime
+    assert dr.choose_threads(dict(m, size_bytes=1e9)) <= 2
     with pytest.raises(UserError, match="graph must be fused or export"):
-        build_flow.build(tiny_run, "x86", tmp_path / "y", "fp32", data_dir, sets={"graph": "onnx"}, log=lambda s: None)
+        build_flow.build(tiny_run, "x86", tmp_path / "y", "fp32", data_dir, sets={"graph": "onnx"},
+                         log=lambda s: None)
 
 
 def test_threads_follow_affinity_sessions_and_size(monkeypatch):
@@ -175,7 +182,8 @@ def test_threads_follow_affinity_sessions_and_size(monkeypatch):
 
 def test_bench_reports_threads(art):
     from litelm_edge.devices.bench import bench
-    r = bench(art, dict(reps=1, warmup=0, iters=2, prompt_len=8, gen_len=4, concurrency=2, qps_iters=1), log=lambda m: None)
+    r = bench(art, dict(reps=1, warmup=0, iters=2, prompt_len=8, gen_len=4, concurrency=2, qps_iters=1),
+              log=lambda m: None)
     pro = r["protocol"]
     assert pro["threads"] >= 1 and pro["qps_threads_per_session"] >= 1 and pro["affinity"]
     assert "CPU affinity" in pro["chosen_by"] and r["parity"]["ok"]

@@ -79,16 +79,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("target")
     ap.add_argument("precision", nargs="?", help="default: the target's")
-    ap.add_argument("--checkpoint", required=True, type=Path, help="run folder or checkpoint (the train job's)")
-    ap.add_argument("--out", required=True, type=Path, help="folder receiving the bundle <target>-<precision>/")
-    ap.add_argument("--data", type=Path, help="held-out data for the build's parity check (default: the checkpoint's)")
+    ap.add_argument("--checkpoint", required=True, type=Path,
+                    help="run folder or checkpoint (the train job's)")
+    ap.add_argument("--out", required=True, type=Path,
+                    help="folder receiving the bundle <target>-<precision>/")
+    ap.add_argument("--data", type=Path,
+                    help="held-out data for the build's parity check (default: the checkpoint's)")
     from litelm_edge.flows import ci
     for name in ("reps", "warmup", "prompt_len", "gen_len", "concurrency"):
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(ci.PROTOCOL, name))
     a = ap.parse_args(argv)
     from litelm_edge.backends import load_target
     from litelm_edge.config import UserError
-    protocol = dict(reps=a.reps, warmup=a.warmup, prompt_len=a.prompt_len, gen_len=a.gen_len, concurrency=a.concurrency)
+    protocol = dict(reps=a.reps, warmup=a.warmup, prompt_len=a.prompt_len, gen_len=a.gen_len,
+                    concurrency=a.concurrency)
     with tempfile.TemporaryDirectory(prefix="litelm-ci-") as td:
         tmp, state = Path(td), Path(td) / "emulated"
         try:

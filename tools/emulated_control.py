@@ -54,7 +54,8 @@ def serve(emu, packages, port: int, state: Path) -> int:
     with emu.start_device(rootfs, port) as dev:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leaves the with block: unmounts
         write_ssh_config(dev, state)
-        (state / "ready").write_text(f"{dev.host}:{dev.port} {dev.root}\n")  # root: the overlay, unmounted by stop
+        # root: the overlay, unmounted by stop
+        (state / "ready").write_text(f"{dev.host}:{dev.port} {dev.root}\n")
         while True:
             time.sleep(3600)
 
@@ -88,7 +89,8 @@ def start(emu, packages, port: int, state: Path) -> str:
             proc.poll() is None and proc.terminate()
             pid_file.unlink(missing_ok=True)
             last = (log.read_text(errors="replace").strip().splitlines() or ["(empty log)"])[-1]
-            raise emu.DeviceError(f"the emulated device did not start: {last.removeprefix('error: ')} (log: {log})")
+            raise emu.DeviceError(f"the emulated device did not start: {last.removeprefix('error: ')} (log: "
+                                  f"{log})")
         time.sleep(0.2)
     cfg = state / "ssh_config"
     where, root = (state / "ready").read_text().split()

@@ -349,7 +349,8 @@ def check(device: Device, packages) -> list[str]:
 def _control():
     """tools/emulated_control.py (start/stop/serve), loaded by path: tools/ is not a package."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("emulated_control", Path(__file__).with_name("emulated_control.py"))
+    spec = importlib.util.spec_from_file_location("emulated_control",
+                                                  Path(__file__).with_name("emulated_control.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -368,7 +369,8 @@ def main(argv=None) -> int:
     me, state = sys.modules[__name__], ctl.state_dir(sys.modules[__name__], args.state)
     try:
         if args.verb in ("start", "stop", "serve"):
-            do = {"start": lambda: ctl.start(me, packages, args.port, state), "stop": lambda: ctl.stop(me, state),
+            do = {"start": lambda: ctl.start(me, packages, args.port, state),
+                  "stop": lambda: ctl.stop(me, state),
                   "serve": lambda: ctl.serve(me, packages, args.port, state)}[args.verb]
             print(do(), flush=True)
             return 0

@@ -33,14 +33,15 @@ def measure(name, ckpt, step_s, how, precisions, data, work, more):
     for p in precisions:
         t0, art = time.time(), Path(work) / "art" / f"{name}-{p}"
         try:
-            m = build(ckpt, "x86", art, p, data, log=NOLOG, gate=False)  # a failed gate is a column, not a hole
+            # a failed gate is a column, not a hole
+            m = build(ckpt, "x86", art, p, data, log=NOLOG, gate=False)
             e = eval_artifact(art, data)
-            a = {"size_mb": m["size_bytes"] / 1e6, "artifact_ppl": e["ppl"], "parity_top1": m["parity"]["top1_agreement"],
-                 "parity_ok": m["parity"]["ok"]}
+            a = {"size_mb": m["size_bytes"] / 1e6, "artifact_ppl": e["ppl"],
+                 "parity_top1": m["parity"]["top1_agreement"], "parity_ok": m["parity"]["ok"]}
         except Exception as ex:  # a failed build is a row that says so; the table goes on
             a = {"error": f"{type(ex).__name__}: {ex}"}
-        rows.append(dict(name=name, params=c["n_params"], torch_ppl=c["ppl"], step_s=step_s, how=how, precision=p,
-                         build_s=time.time() - t0, **a, **more))
+        rows.append(dict(name=name, params=c["n_params"], torch_ppl=c["ppl"], step_s=step_s, how=how,
+                         precision=p, build_s=time.time() - t0, **a, **more))
     return rows
 
 
@@ -54,15 +55,18 @@ def main():
     ap.add_argument("base"), ap.add_argument("data", type=Path), ap.add_argument("work", type=Path)
     ap.add_argument("--ft-steps", type=int, default=60)
     ap.add_argument("--distill-steps", type=int, default=100)
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="train.KEY=VALUE for every fine-tune")
-    ap.add_argument("--student-set", action="append", default=["model.n_layer=2"], help="model.KEY=VALUE of the student")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="train.KEY=VALUE for every fine-tune")
+    ap.add_argument("--student-set", action="append", default=["model.n_layer=2"],
+                    help="model.KEY=VALUE of the student")
     ap.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
     ap.add_argument("--workers", type=int, default=0, help="CPU processes building and measuring meanwhile")
     ap.add_argument("--threads", type=int, default=4, help="torch/ORT threads per worker")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     ft, dst = a.ft_steps, a.distill_steps
-    train = dict({"train.max_steps": ft, "train.eval_every": ft, "train.eval_batches": 4}, **parse_sets(a.sets))
+    train = dict({"train.max_steps": ft, "train.eval_every": ft, "train.eval_batches": 4},
+                 **parse_sets(a.sets))
     pool = ProcessPoolExecutor(a.workers, get_context("spawn"), _threads, (a.threads,)) if a.workers else None
     pending, rows = [], []
 
@@ -102,11 +106,12 @@ def main():
     step("qat", "qat", {}, f"QAT {ft} steps (ORT's grids), weights snapped")
     step("prune30", "prune", {"sparsity": 0.3}, f"global magnitude 30%, {ft} steps with masks")
     step("prune50", "prune", {"sparsity": 0.5}, f"global magnitude 50%, {ft} steps with masks")
-    step("structured", "prune", {"ffn": 0.5, "heads": 0.5}, f"half the FFN channels and query heads, {ft} steps", ("fp32", "int8"))
+    step("structured", "prune", {"ffn": 0.5, "heads": 0.5},
+         f"half the FFN channels and query heads, {ft} steps", ("fp32", "int8"))
     step("share2", "share", {"every": 2}, f"merge layer pairs (mean), {ft} steps")
     student = parse_sets(a.student_set)
-    step("distill", "distill", dict(student, **{"train.max_steps": dst, "train.eval_every": dst, "train.lr": 3e-3,
-                                                "train.warmup_steps": min(100, dst // 10)}),
+    step("distill", "distill", dict(student, **{"train.max_steps": dst, "train.eval_every": dst,
+                                                "train.lr": 3e-3, "train.warmup_steps": min(100, dst // 10)}),
          f"student ({', '.join(a.student_set)}) from scratch, {dst} steps, alpha 0.5, T 2")
     harvest(wait=True)
     if pool:
@@ -144,7 +149,8 @@ def qat_vs_ptq(rows) -> list[str]:
             f"vs PTQ int8 of the base ({pct(qat8['artifact_ppl'], base8['artifact_ppl'])}), "
             f"vs the control's PTQ int8 ({pct(qat8['artifact_ppl'], ctl8['artifact_ppl'])})",
             f"- QAT loses less than PTQ on the same model: {'yes' if qat8['artifact_ppl'] < base8['artifact_ppl'] else 'no'}; "
-            f"less than PTQ after the same fine-tune: {'yes' if qat8['artifact_ppl'] < ctl8['artifact_ppl'] else 'no'}"]
+            "less than PTQ after the same fine-tune: "
+            f"{'yes' if qat8['artifact_ppl'] < ctl8['artifact_ppl'] else 'no'}"]
 
 
 if __name__ == "__main__":

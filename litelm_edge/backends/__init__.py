@@ -186,7 +186,8 @@ def precisions_help() -> str:
     backend has first (fp32), then each one's own names (llama.cpp's q8_0, ORT's int8, ...)."""
     tables = {b: [p.name for p in load(b).precisions] for b in names()}
     common = [n for n in tables[names()[0]] if all(n in t for t in tables.values())]
-    own = [f"{b}: {', '.join(n for n in t if n not in common)}" for b, t in tables.items() if len(t) > len(common)]
+    own = [f"{b}: {', '.join(n for n in t if n not in common)}" for b, t in tables.items()
+           if len(t) > len(common)]
     return f"{', '.join(common)}, or a backend's own ({'; '.join(own)})"
 
 

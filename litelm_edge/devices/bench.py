@@ -108,7 +108,8 @@ def energy(raw: dict, power: dict) -> dict:
     idle, full, cores = power["idle_w"], power["full_load_w"], power.get("cores") or raw["device"]["cores"]
     # cpu-time-linear: idle power for the wall time, plus the dynamic range scaled by busy cores
     j = idle * pre["wall_s"] + (full - idle) * pre["cpu_s"] / cores
-    return {"j_per_inference": j / n, "how": f"{emulated}estimated (cpu-time-linear model, {power.get('name', 'target power model')}"
+    return {"j_per_inference": j / n,
+            "how": f"{emulated}estimated (cpu-time-linear model, {power.get('name', 'target power model')}"
                                              + (", on emulated CPU time: not an energy figure)" if emulated else ")"),
             "model": {"idle_w": idle, "full_load_w": full, "cores": cores, "source": power.get("source")}}
 
@@ -117,7 +118,8 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
            started_at: str | None = None) -> dict:
     """The judged bench.json from the runner's raw JSON. started_at: when the bench began (UTC)."""
     from ..reports import runinfo
-    res = dict(raw, schema=SCHEMA, where=where(raw, manifest), run=runinfo.record(started_at or runinfo.now()))
+    res = dict(raw, schema=SCHEMA, where=where(raw, manifest),
+               run=runinfo.record(started_at or runinfo.now()))
     arch = manifest.get("arch")
     res["provenance"] = {"emulated": "emulated device: a function check, not a speed figure",
                          "host": f"{provenance}, on a {raw['device'].get('machine')} host standing in for the "
@@ -131,9 +133,11 @@ def finish(raw: dict, manifest: dict, provenance: str, baseline: dict | None = N
     res["energy"] = dict(energy(raw, manifest.get("power", {})), runner=raw.get("energy"))
     res["thresholds"] = verdicts(res, manifest.get("thresholds", {}), baseline)
     res["latency_percentile"] = latency_percentile(manifest.get("thresholds", {}))
-    res["manifest"] = {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision", "artifact_id",
-                                                    "n_params", "size_bytes", "tools", "size_breakdown", "weight_bytes", "arch",
-                                                    "parity")}  # parity: the build's quality gate (reports show it)
+    res["manifest"] = {k: manifest.get(k) for k in ("target", "backend", "runtime", "precision",
+                                                    "artifact_id", "n_params", "size_bytes", "tools",
+                                                    "size_breakdown", "weight_bytes", "arch",
+                                                    # parity: the build's quality gate (reports show it)
+                                                    "parity")}
     build_ok = (manifest.get("parity") or {}).get("ok", True)  # False only for a build made with the gate off
     res["verdict"] = overall(bool(raw["parity"]["ok"]) and bool(build_ok), res["thresholds"])
     res["ok"] = res["verdict"] != "fail"  # nothing failed; "not judged" is not a pass (see verdict)

@@ -22,7 +22,8 @@ from ..pipeline.eval import EvalConfig, divergence_summary, token_divergence, to
 # 16 windows x 128 predicted tokens (2,048): the ppl ratio to +-0.25 % at 8 bits and +-3 % at 4 bits
 # on SmolLM2-135M (one standard error, docs/quality.md); a 135M build spends ~1 min of CPU on it
 PARITY_WINDOWS, WINDOW_LEN, REF_STEPS = 16, 128, 32
-DEVICE_SLACK_STEPS = 2  # on-device top-1 may lose this many of the reference's steps to other kernels' near-ties
+# on-device top-1 may lose this many of the reference's steps to other kernels' near-ties
+DEVICE_SLACK_STEPS = 2
 REF_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 
 
@@ -52,8 +53,9 @@ def parity(model, rt, heldout: list, precision: Precision) -> dict:
         per_token.append(token_divergence(ref, got, targets))
     s = divergence_summary(per_token)
     p = {"windows": len(heldout), "window_len": int(len(heldout[0]) - 1), "max_abs_err": max(errs),
-         "top1_agreement": s["top1_agreement"], "ppl_ratio": s["ppl_ratio"], "ppl_ratio_se": s["ppl_ratio_se"],
-         "mean_kl": s["mean_kl"], "ppl_torch": s["ppl_ref"], "ppl_artifact": s["ppl"],
+         "top1_agreement": s["top1_agreement"], "ppl_ratio": s["ppl_ratio"],
+         "ppl_ratio_se": s["ppl_ratio_se"], "mean_kl": s["mean_kl"], "ppl_torch": s["ppl_ref"],
+         "ppl_artifact": s["ppl"],
          "how": "measured on this build host: the artifact's runtime vs torch fp32 on held-out windows "
                 "(llama-perplexity --kl-divergence definitions, every token scored)"}
     p["ok"], p["rule"] = precision.passes(p), precision.rule
@@ -156,7 +158,8 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
         (tmp / "tokenizer.json").write_text(tok_json)
         files = mf.files_table(tmp)
         check_really_quantised(files, model.num_params(), precision, res.weight_bytes)
-        manifest = dict(base_manifest(name, b, ctx, res, training), files=files)  # the runtime opens listed files only
+        # the runtime opens listed files only
+        manifest = dict(base_manifest(name, b, ctx, res, training), files=files)
         rt = res.parity_runtime or host_runtime(tmp, manifest)
         log(f"parity check on {len(heldout)} held-out windows ...")
         p = parity(model, rt, heldout, spec)

@@ -123,7 +123,8 @@ def verify_artifact(art: Path):
     extra = sorted(str(p.relative_to(art)) for p in art.rglob("*") if p.is_file()
                    and str(p.relative_to(art)) not in listed)
     if extra:
-        raise UserError(f"{art / extra[0]} is not in the artifact's manifest: the bundle was altered; rebuild it")
+        raise UserError(f"{art / extra[0]} is not in the artifact's manifest: the bundle was altered; "
+                        "rebuild it")
 
 
 def read_bundle(bundle: Path) -> dict:
@@ -157,12 +158,13 @@ def summarize(roots: list, out_dir) -> tuple[int, str]:
     from ..files import write_atomic
     started_at = runinfo.now()
     bundles = [dict(read_bundle(b), name=b.name) for b in find_bundles(roots)]
-    entries = [{"name": f"{x['name']} @ {b['name']}", "result": b["result"], "error": b["error"] or x.get("error"),
+    entries = [{"name": f"{x['name']} @ {b['name']}", "result": b["result"],
+                "error": b["error"] or x.get("error"),
                 "skipped": b["skipped"]} for x in bundles for b in x["benches"]]
     entries += [{"name": x["name"], "result": None, "error": x["error"], "skipped": None}
                 for x in bundles if x.get("error")]
-    doc = {"schema": SUMMARY_SCHEMA, "ok": all(compare.verdict(e) != "fail" for e in entries), "bundles": bundles,
-           "run": runinfo.record(started_at)}
+    doc = {"schema": SUMMARY_SCHEMA, "ok": all(compare.verdict(e) != "fail" for e in entries),
+           "bundles": bundles, "run": runinfo.record(started_at)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     title = "litelm-edge: devices and precisions side by side"

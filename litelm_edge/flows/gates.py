@@ -50,7 +50,8 @@ def to_markdown(attempts: list[dict]) -> str:
     out = ["## Quality gates", ""]
     for a in attempts:
         out += [f"### Attempt {a['attempt']}: {a['step']}", "",
-                f"Checkpoint {a['checkpoint']}: {a['n_params']:,} params, val ppl (torch fp32) {a['ckpt_ppl']:.3f}"
+                f"Checkpoint {a['checkpoint']}: {a['n_params']:,} params, val ppl (torch fp32) "
+                f"{a['ckpt_ppl']:.3f}"
                 + (f"; compression took {a['seconds']:.0f} s" if a.get("seconds") is not None else ""), ""]
         for t in a["targets"]:
             built = (f"{t['size_mb']:.2f} MB, artifact val ppl {t['ppl']:.3f}" if t["size_mb"] is not None

@@ -21,7 +21,8 @@ class RecipeInfo:
 
 @dataclass
 class DataStep:
-    inputs: list[str] = field(default_factory=lambda: ["default"])  # files/folders; "default" = bundled corpus
+    # files/folders; "default" = bundled corpus
+    inputs: list[str] = field(default_factory=lambda: ["default"])
     vocab: int = 4096  # tokenizer size when one is trained
     tokenizer: str | None = None  # an existing tokenizer.json instead
     set: dict = field(default_factory=dict)  # DataConfig overrides
@@ -61,12 +62,14 @@ class BenchStep:
     qps_iters: int = Protocol.qps_iters
 
     def validate(self):
-        at_least(self, reps=1, warmup=0, prompt_len=1, gen_len=1, concurrency=1, threads=1, iters=1, qps_iters=1)
+        at_least(self, reps=1, warmup=0, prompt_len=1, gen_len=1, concurrency=1, threads=1, iters=1,
+                 qps_iters=1)
 
 
 @dataclass
 class Gates(Thresholds):
-    max_ppl_increase: float | None = None  # artifact val ppl vs the fp32 checkpoint's, relative (< 0: must improve)
+    # artifact val ppl vs the fp32 checkpoint's, relative (< 0: must improve)
+    max_ppl_increase: float | None = None
     max_attempts: int = 1  # attempt 0 builds the trained model; attempt k adds [[compress]] step k
 
     def validate(self):
@@ -78,7 +81,8 @@ class Gates(Thresholds):
 class CompressStep:
     method: str  # qat, prune, distill, share
     set: dict = field(default_factory=dict)  # the method's keys and train.* / model.*
-    from_: str = field(default="base", metadata={"key": "from"})  # base: the trained model; previous: the last attempt
+    # base: the trained model; previous: the last attempt
+    from_: str = field(default="base", metadata={"key": "from"})
 
     def validate(self):
         from ..pipeline.compress import METHODS

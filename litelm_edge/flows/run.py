@@ -90,8 +90,8 @@ def attempt(k: int, label: str, ckpt: Path, recipe: Recipe, data: Path, work: Pa
     from dataclasses import asdict
     b, gates_table = recipe.build, to_dict(recipe.gates)
     c = eval_checkpoint(ckpt, data)
-    a = {"attempt": k, "step": label, "checkpoint": str(ckpt), "n_params": c["n_params"], "ckpt_ppl": c["ppl"],
-         "targets": [], "bench": {}, "reports": {}}
+    a = {"attempt": k, "step": label, "checkpoint": str(ckpt), "n_params": c["n_params"],
+         "ckpt_ppl": c["ppl"], "targets": [], "bench": {}, "reports": {}}
     for target in b.targets:
         art = work / "artifacts" / f"{target}-{b.precision or 'default'}" / f"attempt-{k}"
         try:
@@ -100,10 +100,12 @@ def attempt(k: int, label: str, ckpt: Path, recipe: Recipe, data: Path, work: Pa
             log(f"build: {target}: {e}")
             a["targets"].append({"target": target, "precision": b.precision or "default", "size_mb": None,
                                  "ppl": None, "ok": False, "gates": [
-                                     {"gate": "build parity", "value": e.parity["ppl_ratio"], "limit": e.parity["rule"],
-                                      "pass": False, "note": "artifact vs torch on held-out text; not written, not benched"}]})
+                                     {"gate": "build parity", "value": e.parity["ppl_ratio"],
+                                      "limit": e.parity["rule"], "pass": False,
+                                      "note": "artifact vs torch on held-out text; not written, not benched"}]})
             continue
-        log(f"build: {target}/{m['precision']} {m['size_bytes'] / 1e6:.2f} MB, ppl ratio {m['parity']['ppl_ratio']:.4f}, mean KL {m['parity']['mean_kl']:.4f}")
+        log(f"build: {target}/{m['precision']} {m['size_bytes'] / 1e6:.2f} MB, ppl ratio "
+            f"{m['parity']['ppl_ratio']:.4f}, mean KL {m['parity']['mean_kl']:.4f}")
         ppl = eval_artifact(art, data)["ppl"]
         r = bench(art, asdict(recipe.bench), log=log)
         a["reports"][target] = str(report.write(r, art)["html"])  # the quick start prints where it went

@@ -39,8 +39,9 @@ def tune(checkpoint, target: str, out, remote: str, precision=None, data=None, s
             art = tmp / f"tile-{tile[0]}x{tile[1]}"
             build(checkpoint, target, art, precision, data, dict(sets, **{"tvm.tile": tile}), log=log)
             res = bench_remote(remote, art, PROTOCOL, log=log)
-            row = {"tile": tile, "prefill_ms": res["prefill_ms"]["mean"], "decode_ms": res["decode_ms_per_token"]["mean"],
-                   "score": score(res), "provenance": res["provenance"]}
+            row = {"tile": tile, "prefill_ms": res["prefill_ms"]["mean"],
+                   "decode_ms": res["decode_ms_per_token"]["mean"], "score": score(res),
+                   "provenance": res["provenance"]}
             log(f"tune: tile {tile}: prefill {row['prefill_ms']:.1f} ms, decode {row['decode_ms']:.2f} ms")
             db["candidates"].append(row)
     finally:
@@ -50,7 +51,8 @@ def tune(checkpoint, target: str, out, remote: str, precision=None, data=None, s
     if any(str(r["provenance"]).startswith("emulated") for r in db["candidates"]):
         db["note"] = "timed on an emulated device: a function check; the tile it picked says nothing about speed"
         log(f"tune: {db['note']}")
-    manifest = build(checkpoint, target, out, precision, data, dict(sets, **{"tvm.tile": best["tile"]}), log=log)
+    manifest = build(checkpoint, target, out, precision, data, dict(sets, **{"tvm.tile": best["tile"]}),
+                     log=log)
     path = Path(out).with_name(Path(out).name + ".tuning.json")
     path.write_text(json.dumps(db, indent=1))
     log(f"tune: best tile {best['tile']} -> {out}, database {path}")

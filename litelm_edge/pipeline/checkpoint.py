@@ -69,7 +69,8 @@ def special_tokens(tokenizer_json: str, max_len: int) -> tuple[dict, dict, dict]
 def nonfinite(sd: dict) -> str | None:
     """The first tensor of a state dict holding nan or inf (None: every value is finite)."""
     import torch
-    return next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    return next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())),
+                None)
 
 
 def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None, special=None) -> Path:
@@ -83,7 +84,8 @@ def save(path, model, tokenizer_json: str, training: dict, optimizer_state=None,
     sd = hf_state_dict(model)
     if bad := nonfinite(sd):
         raise UserError(f"not writing checkpoint '{final}': {bad} holds nan or inf (training diverged): "
-                        "lower the learning rate or set train.grad_clip, and resume from the last good checkpoint")
+                        "lower the learning rate or set train.grad_clip, and resume from the last good "
+                        "checkpoint")
     with atomic_dir(final) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg, ids), indent=2))
@@ -108,10 +110,12 @@ def resolve(path, need_tokenizer: bool = True) -> Path:
     if (p / "latest").is_file():
         p = p / (p / "latest").read_text().strip()
     if not p.is_dir():
-        raise UserError(f"checkpoint '{path}' not found: pass a checkpoint or run folder made by `litelm-edge train`")
+        raise UserError(f"checkpoint '{path}' not found: pass a checkpoint or run folder made by "
+                        "`litelm-edge train`")
     for f in ("model.safetensors", "config.json"):
         if not (p / f).is_file():
-            raise UserError(f"checkpoint '{p}' is missing {f}: it is not a litelm-edge checkpoint, or is damaged")
+            raise UserError(f"checkpoint '{p}' is missing {f}: it is not a litelm-edge checkpoint, or is "
+                            "damaged")
     if need_tokenizer and not (p / "tokenizer.json").is_file():
         raise UserError(f"checkpoint '{p}' has no tokenizer.json: pass --tokenizer PATH/tokenizer.json")
     return p
@@ -182,7 +186,8 @@ def check_vocab(tokenizer_json: str, n_rows: int, where, given: bool = True):
         why = (f"ids {n_rows}..{n - 1} have no embedding row" if n > n_rows
                else "it is another model's vocabulary")
         raise UserError(f"tokenizer '{where}' has {n} tokens but the model's embedding has {n_rows} rows ({why}): "
-                        "pass the model's own tokenizer.json (--tokenizer), the one it was trained or published with")
+                        "pass the model's own tokenizer.json (--tokenizer), the one it was trained or "
+                        "published with")
 
 
 def update_latest(run_dir: Path, name: str, keep: int = 2):

@@ -52,7 +52,8 @@ def method_qat(base, data_dir, out, sets, model_sets, tc, log) -> dict:
     quant.disable(model)
     n = quant.snap(model, c)
     resave(out, model, {"qat_snapped_matrices": n})
-    return {"config": asdict(c), "snapped_matrices": n, "grid_error": quant.grid_error(model, c), "model": model}
+    return {"config": asdict(c), "snapped_matrices": n, "grid_error": quant.grid_error(model, c),
+            "model": model}
 
 
 def method_prune(base, data_dir, out, sets, model_sets, tc, log) -> dict:
@@ -72,7 +73,8 @@ def method_prune(base, data_dir, out, sets, model_sets, tc, log) -> dict:
     res = {"config": asdict(c), "sparsity": prune.sparsity(model), "model": model}
     if res["sparsity"] > 0:
         res["note"] = (f"{res['sparsity']:.0%} of the weights are zero: unstructured sparsity does not make dense runtimes "
-                       "(ORT, TVM, LiteRT) faster or artifacts smaller; structured pruning (ffn, heads, layers) does")
+                       "(ORT, TVM, LiteRT) faster or artifacts smaller; structured pruning (ffn, heads, "
+                       "layers) does")
     return res
 
 
@@ -94,13 +96,15 @@ def method_distill(teacher, data_dir, out, sets, model_sets, tc, log) -> dict:
     torch.manual_seed(tc.seed)
     student = Transformer(cfg)
     rec = {"method": "distill", **asdict(c), "teacher_params": teacher.num_params()}
-    finetune(student, data_dir, out, tc, {"compression": rec}, log, distill.loss_fn(teacher, c.alpha, c.temperature))
+    finetune(student, data_dir, out, tc, {"compression": rec}, log,
+             distill.loss_fn(teacher, c.alpha, c.temperature))
     res = {"config": asdict(c), "model": student}
     if c.baseline:  # the same student, same init, same batches, cross-entropy only
         torch.manual_seed(tc.seed)
         alone = Transformer(cfg)
         t0 = time.time()
-        finetune(alone, data_dir, Path(str(out) + "-alone"), tc, {"compression": {"method": "student-alone"}}, log)
+        finetune(alone, data_dir, Path(str(out) + "-alone"), tc, {"compression": {"method": "student-alone"}},
+                 log)
         res.update(alone_ppl=eval_model(alone, data_dir)["ppl"], alone_seconds=time.time() - t0,
                    alone_run=str(out) + "-alone")
     return res
@@ -115,8 +119,8 @@ def method_share(base, data_dir, out, sets, model_sets, tc, log) -> dict:
     return {"config": asdict(c), "model": model}
 
 
-CONFIGS = {"qat": ("quant", "QATConfig"), "prune": ("prune", "PruneConfig"), "distill": ("distill", "DistillConfig"),
-           "share": ("share", "ShareConfig")}
+CONFIGS = {"qat": ("quant", "QATConfig"), "prune": ("prune", "PruneConfig"),
+           "distill": ("distill", "DistillConfig"), "share": ("share", "ShareConfig")}
 
 
 def check_sets(method: str, sets: dict, where: str):
@@ -152,6 +156,6 @@ def compress(method: str, checkpoint, data_dir, out, sets: dict | None = None, l
     seconds = time.time() - t0 - res.get("alone_seconds", 0.0)  # the baseline run is not this step's cost
     model = res.pop("model")
     after = eval_model(model, data_dir)
-    return dict(res, method=method, checkpoint=str(ckpt.resolve(out)), seconds=seconds, finetune_steps=tc.max_steps,
-                params_before=n_before, params_after=model.num_params(),
+    return dict(res, method=method, checkpoint=str(ckpt.resolve(out)), seconds=seconds,
+                finetune_steps=tc.max_steps, params_before=n_before, params_after=model.num_params(),
                 ppl_before=before["ppl"], ppl_after=after["ppl"])

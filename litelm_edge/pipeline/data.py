@@ -48,7 +48,8 @@ class DataConfig:
     max_url_ratio: float = 0.2  # share of characters inside URLs above which a document is dropped (urls)
     max_symbol_ratio: float = 0.1  # share of characters neither word, space nor common punctuation (symbols)
     boilerplate_max_lines: float = 0.3  # share of lines with ad/boilerplate phrases that drops a document
-    code: str = "drop"  # drop | keep: documents that look like source code (a user training on code keeps them)
+    # drop | keep: documents that look like source code (a user training on code keeps them)
+    code: str = "drop"
     code_max_lines: float = 0.3  # share of code-like lines above which a document is code
     dup_line_frac: float = 0.45  # Gopher repetition: share of repeated lines (Gopher: 0.3, which drops 96/2289
     # Shakespeare documents for their repeated speaker names; real line spam is far above 0.45)
@@ -70,8 +71,8 @@ class DataConfig:
         from ..config import at_least
         at_least(self, min_chars=0, max_chars=1, doc_chars=1, ngram=1, num_perm=1, tokenizer_sample_mb=1,
                  samples=0, workers=0, tasks=0)
-        for k in ("val_fraction", "near_dup_threshold", "max_url_ratio", "max_symbol_ratio", "boilerplate_max_lines",
-                  "code_max_lines", "dup_line_frac", "dup_line_char_frac"):
+        for k in ("val_fraction", "near_dup_threshold", "max_url_ratio", "max_symbol_ratio",
+                  "boilerplate_max_lines", "code_max_lines", "dup_line_frac", "dup_line_char_frac"):
             if not 0 < getattr(self, k) <= 1 or (k == "val_fraction" and self.val_fraction == 1):
                 raise UserError(f"'{k}' must be between 0 and 1, got {getattr(self, k)}")
         if self.code not in ("drop", "keep"):
@@ -79,7 +80,8 @@ class DataConfig:
         if self.executor not in ("local", "slurm", "ray"):
             raise UserError(f"unknown executor '{self.executor}', have: local, slurm, ray")
         if self.executor == "slurm" and not self.slurm_partition:
-            raise UserError("executor=slurm needs --set slurm_partition=NAME (and a folder every node can read)")
+            raise UserError("executor=slurm needs --set slurm_partition=NAME (and a folder every node can "
+                            "read)")
 
 
 def default_corpus(fetch: bool = True) -> Path:
@@ -148,11 +150,13 @@ def prepare(inputs, out, tokenizer=None, vocab_size: int = 4096, cfg: DataConfig
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp.parent)) if cfg.executor == "local" else tmp / "work"
         try:
             run = run_stages(files, cfg, work, log)
-            rows = Rp.stages(run, {"docs": 0, "bytes": 0})[:-1]  # up to exact dedup (near dedup keeps one a cluster)
+            # up to exact dedup (near dedup keeps one a cluster)
+            rows = Rp.stages(run, {"docs": 0, "bytes": 0})[:-1]
             if run["stats"][0].get("files_failed", 0) == len(files):
                 raise UserError(f"no input could be read: {_problems_line(work)}")
             Rp.check_not_empty(rows, cfg)
-            summary, tok = tokenise(work, tmp, run["tasks"], cfg, tokenizer, vocab_size, rows[-1]["bytes_out"])
+            summary, tok = tokenise(work, tmp, run["tasks"], cfg, tokenizer, vocab_size,
+                                    rows[-1]["bytes_out"])
             tok.save(tmp / "tokenizer.json")
             samples = Rp.merge_samples(work, tmp, cfg.samples)
             problems = Rp.merge_problems(work, tmp)

@@ -82,8 +82,9 @@ def make_executor(cfg, pipeline, tasks: int, logs: Path, depends=None):
                                             skip_completed=False, start_method="fork")
     if cfg.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
-        return SlurmPipelineExecutor(pipeline, tasks=tasks, time=cfg.slurm_time, partition=cfg.slurm_partition,
-                                     logging_dir=str(logs), depends=depends, job_name=f"litelm-data-{logs.name}",
+        return SlurmPipelineExecutor(pipeline, tasks=tasks, time=cfg.slurm_time,
+                                     partition=cfg.slurm_partition, logging_dir=str(logs), depends=depends,
+                                     job_name=f"litelm-data-{logs.name}",
                                      venv_path=os.environ.get("VIRTUAL_ENV"), skip_completed=False)
     if cfg.executor == "ray":
         try:
@@ -94,8 +95,8 @@ def make_executor(cfg, pipeline, tasks: int, logs: Path, depends=None):
         # workers: tasks at once (-1: as many as the cluster's CPUs hold, not this host's cores).
         # No depends=: run_stages runs the stages in order (datatrove's chaining would poll an
         # incomplete dependency every 2 minutes forever, and ship it to every worker).
-        return quiet(RayPipelineExecutor)(pipeline, tasks=tasks, workers=cfg.workers or -1, logging_dir=str(logs),
-                                          skip_completed=False)
+        return quiet(RayPipelineExecutor)(pipeline, tasks=tasks, workers=cfg.workers or -1,
+                                          logging_dir=str(logs), skip_completed=False)
     raise UserError(f"unknown executor '{cfg.executor}', have: local, slurm, ray")
 
 
@@ -145,8 +146,8 @@ def run_stages(files: list[Path], cfg, work: Path, log=print) -> dict:
     quiet_logs()
     mh = minhash_config(cfg)
     tasks = cfg.tasks or min(len(files), 64)
-    steps = [CorpusReader([str(f) for f in files], cfg, work / "problems"), *quality_steps(cfg, work / "dropped"),
-             ExactDedup(work / "dropped", cfg.samples)]
+    steps = [CorpusReader([str(f) for f in files], cfg, work / "problems"),
+             *quality_steps(cfg, work / "dropped"), ExactDedup(work / "dropped", cfg.samples)]
     stage1 = steps + [JsonlWriter(str(work / "kept"), output_filename="${rank}.jsonl", compression=None),
                       Signature(str(work / "sigs"), mh, language=Words())]
     e1 = make_executor(cfg, stage1, tasks, work / "logs" / "1-filter")
@@ -164,7 +165,8 @@ def run_stages(files: list[Path], cfg, work: Path, log=print) -> dict:
                 e.run()
                 check_complete(e, i)
                 log(f"data stage {i}/3 done ({time.time() - t0:.0f} s)")
-    return {"tasks": tasks, "steps": [s.name for s in steps], "stats": read_stats(work / "logs" / "1-filter", len(steps)),
+    return {"tasks": tasks, "steps": [s.name for s in steps],
+            "stats": read_stats(work / "logs" / "1-filter", len(steps)),
             "minhash": {"bands": mh.num_buckets, "rows": mh.hashes_per_bucket, "ngram": mh.n_grams}}
 
 

@@ -91,8 +91,10 @@ class Repetition(_Bytes, GopherRepetitionFilter):
         text = doc.text
         if not text:
             return False, "empty"
-        for part, splitter, frac, char_frac in (("para", self.paragraph_exp, self.dup_para_frac, self.dup_para_char_frac),
-                                                ("line", self._line_splitter, self.dup_line_frac, self.dup_line_char_frac)):
+        for part, splitter, frac, char_frac in (("para", self.paragraph_exp, self.dup_para_frac,
+                                                 self.dup_para_char_frac),
+                                                ("line", self._line_splitter, self.dup_line_frac,
+                                                 self.dup_line_char_frac)):
             pieces = splitter.split(text.strip())
             dups, dup_chars = find_duplicates(pieces)
             if frac and dups / len(pieces) > frac:
@@ -211,11 +213,13 @@ def urls(text, cfg):
     return sum(len(m) for m in URL.findall(text)) <= cfg.max_url_ratio * len(text)
 
 
-BOILERPLATE_HINTS = ("lorem", "cookie", "privacy", "terms ", "rights reserved", "click", "subscribe", "sign up",
-                     "buy now", "shipping", "cart", "offer", "javascript", "follow us", "share ", "log in", "login",
+BOILERPLATE_HINTS = ("lorem", "cookie", "privacy", "terms ", "rights reserved", "click", "subscribe",
+                     "sign up", "buy now", "shipping", "cart", "offer", "javascript", "follow us", "share ",
+                     "log in", "login",
                      "powered by", "copyright")
-CODE_HINTS = ("def ", "class ", "import ", "#include", "#define", "function", "var ", "let ", "const ", "public ",
-              "private ", "static ", "return", "{", "}", ");", "==", "!=", "&&", "||", "=>", "::", "<")
+CODE_HINTS = ("def ", "class ", "import ", "#include", "#define", "function", "var ", "let ", "const ",
+              "public ", "private ", "static ", "return", "{", "}", ");", "==", "!=", "&&", "||", "=>", "::",
+              "<")
 
 
 def _line_share(text, pattern, hints) -> float:
@@ -248,8 +252,9 @@ def quality_steps(cfg, samples: Path) -> list:
              ("boilerplate", boilerplate)]
     rules += [("code", code)] if cfg.code == "drop" else []
     steps = [Rule(n, f, cfg, samples) for n, f in rules]
-    steps.append(Repetition(exclusion_writer=SampleWriter(samples, "repetition", cfg.samples), language=Words(),
-                            dup_line_frac=cfg.dup_line_frac, dup_line_char_frac=cfg.dup_line_char_frac))
+    steps.append(Repetition(exclusion_writer=SampleWriter(samples, "repetition", cfg.samples),
+                            language=Words(), dup_line_frac=cfg.dup_line_frac,
+                            dup_line_char_frac=cfg.dup_line_char_frac))
     if cfg.language:
         steps.append(Rule("language", language, cfg, samples))
     return steps

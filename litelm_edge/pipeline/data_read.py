@@ -55,7 +55,8 @@ def expand_inputs(inputs) -> list[Path]:
         else:
             raise UserError(f"input '{p}' not found")
     if not files:
-        raise UserError(f"no .txt, .jsonl or .parquet files (plain, .gz or .zst) in {', '.join(map(str, inputs))}")
+        raise UserError("no .txt, .jsonl or .parquet files (plain, .gz or .zst) in "
+                        f"{', '.join(map(str, inputs))}")
     return files
 
 
@@ -142,7 +143,8 @@ def _parquet(f: Path, field: str, problems: Problems):
         problems.add("unreadable_file", str(f), f"{type(e).__name__}: {e}")
         return
     if field not in pf.schema_arrow.names:
-        problems.add("missing_field", str(f), f"no column \"{field}\" (have: {', '.join(pf.schema_arrow.names)}): "
+        problems.add("missing_field", str(f),
+                     f"no column \"{field}\" (have: {', '.join(pf.schema_arrow.names)}): "
                      "pass --text-field")
         return
     row = 0

@@ -64,16 +64,19 @@ def _mb(b: int) -> str:
 
 def write_report(out: Path, meta: dict, samples: dict, problems: list[dict]):
     read = meta["read"]
-    lines = ["# Data report", "", f"{len(meta['files'])} input files ({read.get('files_failed', 0)} unreadable), "
+    lines = ["# Data report", "",
+             f"{len(meta['files'])} input files ({read.get('files_failed', 0)} unreadable), "
              f"{meta['docs']} documents kept ({meta['train_docs']} train, {meta['val_docs']} val), "
              f"{meta['train_tokens']} + {meta['val_tokens']} tokens ({meta['token_dtype']}), vocab {meta['vocab_size']}.",
              f"Corpus sha256 `{meta['corpus_sha256']}`.", "", "## Stages", "",
-             "| stage | docs in | docs out | dropped | MB in | MB out | reasons |", "|---|---:|---:|---:|---:|---:|---|"]
+             "| stage | docs in | docs out | dropped | MB in | MB out | reasons |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for r in meta["stages"]:
         why = ", ".join(f"{k} {v}" for k, v in r.get("reasons", {}).items())
         lines.append(f"| {r['stage']} | {r['docs_in']} | {r['docs_out']} | {r['docs_in'] - r['docs_out']} | "
                      f"{_mb(r['bytes_in'])} | {_mb(r['bytes_out'])} | {why} |")
-    lines += ["", "## Normalisation", "", f"NFKC, punctuation unified, lower-case: {meta['config']['lower']}. "
+    lines += ["", "## Normalisation", "",
+              f"NFKC, punctuation unified, lower-case: {meta['config']['lower']}. "
               f"Removed: {read.get('nul_chars', 0)} NUL characters, {read.get('control_chars', 0)} other control "
               f"characters, {read.get('invalid_utf8_bytes', 0)} invalid UTF-8 bytes.", ""]
     mh = meta["minhash"]

@@ -90,8 +90,9 @@ class TokenWriter:
             self._write("val" if self.docs["val"] == 0 and self.docs["train"] > 0 else "train", self.held)
         for f in self.files.values():
             f.close()
-        return {"corpus_sha256": self.sha.hexdigest(), "docs": self.n, "bytes": self.bytes, "train_docs": self.docs["train"],
-                "val_docs": self.docs["val"], "train_tokens": self.tokens["train"], "val_tokens": self.tokens["val"],
+        return {"corpus_sha256": self.sha.hexdigest(), "docs": self.n, "bytes": self.bytes,
+                "train_docs": self.docs["train"], "val_docs": self.docs["val"],
+                "train_tokens": self.tokens["train"], "val_tokens": self.tokens["val"],
                 "token_dtype": np.dtype(self.dtype).name}
 
 
@@ -107,7 +108,8 @@ def tokenise(work: Path, out: Path, tasks: int, cfg, tokenizer, vocab_size: int,
         tok = T.train(sample(documents(work, tasks, first), cfg.tokenizer_sample_mb * 2**20, total_bytes,
                              cfg.val_fraction), vocab_size)
     tok.require_eot(f"tokenizer '{tokenizer}'")
-    near = MinhashDedupFilter(str(work / "remove"), exclusion_writer=SampleWriter(work / "dropped", "near_dup", cfg.samples))
+    near = MinhashDedupFilter(str(work / "remove"),
+                              exclusion_writer=SampleWriter(work / "dropped", "near_dup", cfg.samples))
     w = TokenWriter(out, tok, cfg.val_fraction)
     for text in documents(work, tasks, near):
         w.add(text)

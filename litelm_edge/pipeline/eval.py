@@ -105,8 +105,8 @@ def eval_checkpoint(checkpoint, data_dir=None, c: EvalConfig = EvalConfig(), tok
     from . import checkpoint as ckpt
     model, _, training = ckpt.load(checkpoint, tokenizer=tokenizer)
     r = eval_model(model, data_dir or training.get("data_dir"), c)
-    return dict(r, what="checkpoint", path=str(ckpt.resolve(checkpoint, need_tokenizer=False)), runtime="torch",
-                n_params=model.num_params(), config=asdict(c))
+    return dict(r, what="checkpoint", path=str(ckpt.resolve(checkpoint, need_tokenizer=False)),
+                runtime="torch", n_params=model.num_params(), config=asdict(c))
 
 
 def eval_artifact(art_dir, data_dir, c: EvalConfig = EvalConfig(), threads: int | None = None) -> dict:

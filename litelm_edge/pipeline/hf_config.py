@@ -89,7 +89,8 @@ def _refuse_unsupported(d: dict, where: str):
         raise UserError(f"{where}: architecture '{heads[0]}' is not a causal LM: litelm-edge builds "
                         "*ForCausalLM models (a language-model head)")
     if d.get("hidden_act", "silu") != "silu":
-        raise UserError(f"{where}: hidden_act '{d['hidden_act']}' is not supported: the MLP is SwiGLU (silu) only")
+        raise UserError(f"{where}: hidden_act '{d['hidden_act']}' is not supported: the MLP is SwiGLU (silu) "
+                        "only")
     for key in ("attention_bias", "mlp_bias"):  # Llama's attention_bias puts one on o_proj too
         if d.get(key):
             raise UserError(f"{where}: {key} = true is not supported: only Qwen2's q/k/v biases are "
@@ -102,7 +103,8 @@ def _refuse_unsupported(d: dict, where: str):
     if sliding:
         raise UserError(f"{where}: sliding-window attention ({d['sliding_window']} positions) on layers "
                         f"{sliding[0]}..{sliding[-1]} is not implemented: set max_position_embeddings to "
-                        f"{d['sliding_window']} or less, or use_sliding_window false if the model was trained so")
+                        f"{d['sliding_window']} or less, or use_sliding_window false if the model was "
+                        "trained so")
     if "litelm" in d:  # ours: every key is known
         for k in d:
             if k not in HF_FIELDS.values() and k not in CHECKED and k not in INERT:
@@ -157,9 +159,11 @@ def expected_tensors(cfg) -> dict[str, tuple]:
     for i in range(cfg.n_layer):
         p = f"model.layers.{i}."
         out.update({p + "input_layernorm.weight": (C,), p + "post_attention_layernorm.weight": (C,),
-                    p + "self_attn.q_proj.weight": (cfg.n_head * hd, C), p + "self_attn.k_proj.weight": (cfg.n_kv_head * hd, C),
-                    p + "self_attn.v_proj.weight": (cfg.n_kv_head * hd, C), p + "self_attn.o_proj.weight": (C, cfg.n_head * hd),
-                    p + "mlp.gate_proj.weight": (I, C), p + "mlp.up_proj.weight": (I, C), p + "mlp.down_proj.weight": (C, I)})
+                    p + "self_attn.q_proj.weight": (cfg.n_head * hd, C),
+                    p + "self_attn.k_proj.weight": (cfg.n_kv_head * hd, C),
+                    p + "self_attn.v_proj.weight": (cfg.n_kv_head * hd, C),
+                    p + "self_attn.o_proj.weight": (C, cfg.n_head * hd), p + "mlp.gate_proj.weight": (I, C),
+                    p + "mlp.up_proj.weight": (I, C), p + "mlp.down_proj.weight": (C, I)})
         if cfg.gated_attn:
             out[p + "self_attn.g_proj.weight"] = (cfg.n_head * hd, C)
         if cfg.attn_bias:  # Qwen2
@@ -216,7 +220,8 @@ def check_tensors(shapes: dict, cfg, where: str):
                             f"({_FIELD_OF[kind]}) implies {list(shape)}: {ADVICE}")
     unused = sorted(set(shapes) - set(want) - {"lm_head.weight"})
     if unused:
-        raise UserError(f"{where}: model.safetensors holds {unused[0]}, which config.json has no place for: {ADVICE}")
+        raise UserError(f"{where}: model.safetensors holds {unused[0]}, which config.json has no place for: "
+                        f"{ADVICE}")
 
 
 def check_training(cfg, training: dict, where: str):

@@ -75,7 +75,8 @@ def rope_tables(cfg: ModelConfig, start, T: int, device=None):
     """cos, sin of shape (T, head_dim) for positions start..start+T-1 (HF Llama layout)."""
     hd = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
-    pos = (torch.arange(T, device=device) + start).float()  # int add first: TVM's importer rejects float + SymInt
+    # int add first: TVM's importer rejects float + SymInt
+    pos = (torch.arange(T, device=device) + start).float()
     freqs = pos[:, None] * inv_freq[None, :]  # (T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()

@@ -40,7 +40,8 @@ EMBEDDING = ("tensor_u8", "channel", "none")
 class QATConfig:
     weight_qmax: int = 127  # Linear weight grid [-qmax, qmax] per output channel; 127 = ORT's int8
     act: str = "tensor_u8"  # Linear inputs: tensor_u8 (ORT, one uint8 grid per sequence) | token | none
-    embedding: str = "channel"  # embedding and tied lm_head: channel (the fused graph) | tensor_u8 (export graph) | none
+    # embedding and tied lm_head: channel (the fused graph) | tensor_u8 (export graph) | none
+    embedding: str = "channel"
 
     def __post_init__(self):
         for key, allowed in (("act", ACT), ("embedding", EMBEDDING)):
@@ -93,7 +94,8 @@ def round_embedding(w: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def _linear_forward(self, x):
-    return F.linear(fake_quant_act(x, self.qat.act), fake_quant_weight(self.weight, self.qat.weight_qmax), self.bias)
+    return F.linear(fake_quant_act(x, self.qat.act), fake_quant_weight(self.weight, self.qat.weight_qmax),
+                    self.bias)
 
 
 def _embedding_forward(self, idx):

@@ -27,9 +27,11 @@ def merge_layers(model, c: ShareConfig):
     from .model import Transformer
     cfg = model.cfg
     if cfg.share_every != 1:
-        raise UserError(f"the model already shares layers (share_every = {cfg.share_every}): convert an unshared one")
+        raise UserError(f"the model already shares layers (share_every = {cfg.share_every}): convert an "
+                        "unshared one")
     if c.every < 2 or c.merge not in ("mean", "first"):
-        raise UserError(f"share every = {c.every}, merge = '{c.merge}': need every >= 2 and merge mean or first")
+        raise UserError(f"share every = {c.every}, merge = '{c.merge}': need every >= 2 and merge mean or "
+                        "first")
     shared = Transformer(dataclasses.replace(cfg, share_every=c.every))
     sd = model.state_dict()
     out = {k: v for k, v in sd.items() if not k.startswith("layers.")}

@@ -13,11 +13,13 @@ EOT = SPECIAL_TOKENS[0]
 def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise UserError(f"--vocab {vocab_size} is too small: byte-level BPE needs at least {256 + len(SPECIAL_TOKENS)}")
+        raise UserError(f"--vocab {vocab_size} is too small: byte-level BPE needs at least "
+                        f"{256 + len(SPECIAL_TOKENS)}")
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(tok.to_str())

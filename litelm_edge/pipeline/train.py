@@ -43,7 +43,8 @@ class TrainConfig:
     def validate(self):
         from ..config import at_least
         at_least(self, batch_size=1, block_size=1, grad_accum=1, max_steps=0, warmup_steps=0, eval_every=1,
-                 eval_batches=1, keep_checkpoints=1, lr=0.0, min_lr_ratio=0.0, weight_decay=0.0, grad_clip=0.0)
+                 eval_batches=1, keep_checkpoints=1, lr=0.0, min_lr_ratio=0.0, weight_decay=0.0,
+                 grad_clip=0.0)
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"'dtype' must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
 
@@ -159,7 +160,8 @@ def resume_settings(run, train_sets: dict, model_sets: dict, log=print) -> Train
         raise UserError(f"{p}/training.json records no train_config: this run cannot be resumed with its own "
                         "settings (start a new run folder)")
     known = {f.name for f in fields(TrainConfig)}
-    base = override(TrainConfig(), {k: v for k, v in saved.items() if k in known}, f"{p}/training.json train_config")
+    base = override(TrainConfig(), {k: v for k, v in saved.items() if k in known},
+                    f"{p}/training.json train_config")
     c = override(base, train_sets, "--set (train)")
     for k in train_sets:
         if getattr(c, k) != getattr(base, k):
@@ -240,7 +242,8 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
     loss_fn = loss_fn or (lambda m, x, y: m(x, y)[1])
     writer = _tensorboard(run / "tb") if rank == 0 else None
     t0, tokens = time.time(), 0
-    bar = progress(c.max_steps, "train", "step", initial=step, disable=rank != 0)  # a line per 10 % off a terminal
+    # a line per 10 % off a terminal
+    bar = progress(c.max_steps, "train", "step", initial=step, disable=rank != 0)
     while step < c.max_steps:
         lr = lr_at(step, c)
         for g in opt.param_groups:
@@ -257,13 +260,15 @@ def train(data_dir, out, model_cfg, c: TrainConfig = TrainConfig(), resume: bool
             history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss})
             if rank == 0:
                 _scalars(writer, step, val_loss=val_loss, val_ppl=math.exp(val_loss))
-                summary = {"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_ppl": math.exp(val_loss),
-                           "history": history, "data_dir": str(data_dir.resolve()),
+                summary = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
+                           "val_ppl": math.exp(val_loss), "history": history,
+                           "data_dir": str(data_dir.resolve()),
                            "corpus_sha256": meta.get("corpus_sha256"), "train_config": asdict(c),
                            "elapsed_s": time.time() - t0, "tokens_seen_this_run": tokens, "device": dev,
                            "dtype": dtype, "world_size": world, **(extra or {})}
                 name = f"ckpt-{step:06d}"
-                ckpt.save(run / name, model, tok.to_str(), summary, {"optimizer": opt.state_dict(), "step": step})
+                ckpt.save(run / name, model, tok.to_str(), summary,
+                          {"optimizer": opt.state_dict(), "step": step})
                 ckpt.update_latest(run, name, c.keep_checkpoints)
                 bar.write(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(val_loss):.2f}")
     _finish(bar, writer, ddp)
@@ -294,7 +299,8 @@ def _finish(bar, writer, ddp: bool):
         torch.distributed.destroy_process_group()
 
 
-def stop_if_nonfinite(step: int, loss: float, grad_norm: float, run: Path, c: TrainConfig, what: str = "loss"):
+def stop_if_nonfinite(step: int, loss: float, grad_norm: float, run: Path, c: TrainConfig,
+                      what: str = "loss"):
     """A loss or gradient norm of nan or inf stops the run before it reaches the weights, in one line
     naming the step; the run's `latest` checkpoint (the last good one) stays as it was."""
     if math.isfinite(loss) and math.isfinite(grad_norm):

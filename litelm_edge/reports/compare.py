@@ -85,7 +85,8 @@ def to_html(title: str, entries: list[dict]) -> str:
     from . import plots
     results = [e["result"] for e in entries if e["result"] is not None]
     figs = [plots.compare_metrics(results), plots.compare_latency(results)] if results else []
-    rows = [[*_cells(e)[:3], verdict_cell({"pass": True, "fail": False}.get(verdict(e)), verdict(e)), *_cells(e)[4:]]
+    rows = [[*_cells(e)[:3], verdict_cell({"pass": True, "fail": False}.get(verdict(e)), verdict(e)),
+             *_cells(e)[4:]]
             for e in entries]
     lines = "".join(f"<li>{html.escape(e['name'])}: {html.escape(verdict_line(e['result']))}</li>"
                     for e in entries if e["result"] is not None)

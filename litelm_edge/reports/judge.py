@@ -34,7 +34,8 @@ def _values(res: dict, pct: str, baseline: dict | None) -> dict:
         "max_latency_ms": lambda: (pre[pct], f"prefill {pct}, ms, of {runs}"),
         "min_inferences_per_s": lambda: (res["inferences_per_s"], f"1000 / mean prefill ms, of {runs}"),
         "min_qps": lambda: (q["qps"], f"{q.get('inferences')} prefills over {q.get('sessions')} concurrent sessions"),
-        "max_size_mb": lambda: (res["size_mb"], "sum of the artifact's file sizes in its manifest, decimal MB"),
+        "max_size_mb": lambda: (res["size_mb"],
+                                "sum of the artifact's file sizes in its manifest, decimal MB"),
         "min_decode_tok_s": lambda: (res["decode_tok_s"]["mean"],
                                      f"mean over {pro.get('reps')} reps of {pro.get('gen_len')} tokens with KV cache"),
         "min_energy_reduction": lambda: _energy_reduction(res, baseline),
@@ -77,7 +78,8 @@ def build_quality(res: dict) -> tuple[str, str, bool] | None:
     p = (res.get("manifest") or {}).get("parity") or {}
     if "ppl_ratio" not in p:
         return None
-    figures = (f"{p['ppl_ratio']:.4f} ± {p['ppl_ratio_se']:.4f} / {p['mean_kl']:.4f} / {p['top1_agreement']:.3f}")
+    figures = (f"{p['ppl_ratio']:.4f} ± {p['ppl_ratio_se']:.4f} / {p['mean_kl']:.4f} / "
+               f"{p['top1_agreement']:.3f}")
     how = f"{p['how']}; {p['windows']} x {p['window_len']} tokens; rule {p['rule']}"
     return figures, how, bool(p["ok"])
 

@@ -55,7 +55,8 @@ def prefill_distribution(r: dict) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 2.8))
     limit = next((t["limit"] for t in r["thresholds"] if t["threshold"] == "max_latency_ms"), None)
     left, right, shown = axis_range(pre["samples"], limit)
-    ax.hist(pre["samples"], bins=min(30, max(5, len(pre["samples"]) // 2)), color="#90caf9", edgecolor="white")
+    ax.hist(pre["samples"], bins=min(30, max(5, len(pre["samples"]) // 2)), color="#90caf9",
+            edgecolor="white")
     for p, (color, style) in PCT_STYLE.items():
         ax.axvline(pre[p], color=color, linestyle=style, label=f"{p} {pre[p]:.3g} ms")
     ax.set_xlim(left, right)
@@ -69,7 +70,8 @@ def prefill_distribution(r: dict) -> str:
                         xy=(1.0 if right_side else 0.0, 0.97), xycoords="axes fraction", color="#c62828",
                         ha="right" if right_side else "left", va="top", fontsize=8)
     ax.set(xlabel="prefill latency, ms", ylabel="samples",
-           title=f"Prefill of {r['protocol']['prompt_len']} tokens: {pre['n']} samples ({r.get('where', 'device')})")
+           title=f"Prefill of {r['protocol']['prompt_len']} tokens: {pre['n']} samples "
+                 f"({r.get('where', 'device')})")
     ax.legend(frameon=False, fontsize=8, loc="center right")
     return _svg(fig)
 
@@ -133,7 +135,8 @@ def compare_metrics(results: list[dict]) -> str:
     row dwarfed by an emulated one (~1000x slower) still reads."""
     plt = _plt()
     names = [label(r) for r in results]
-    panels = [("prefill p50 (bar) / p99 (|), ms", [r["prefill_ms"]["p50"] for r in results], [r["prefill_ms"]["p99"] for r in results]),
+    panels = [("prefill p50 (bar) / p99 (|), ms", [r["prefill_ms"]["p50"] for r in results],
+               [r["prefill_ms"]["p99"] for r in results]),
               ("decode, tokens/s", [r["decode_tok_s"]["mean"] for r in results], None),
               ("artifact size, MB", [r["size_mb"] for r in results], None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(10, 0.8 + 0.45 * len(results)), sharey=True)
@@ -146,7 +149,8 @@ def compare_metrics(results: list[dict]) -> str:
         ax.set_xlim(0, max([*vals, *(extra or [])]) * 1.25 or 1)
         ax.set_title(title, fontsize=9)
     axes[0].invert_yaxis()
-    fig.suptitle("Grey bars: emulated or host figures (function checks, not the device's speed)", fontsize=8, y=0.02)
+    fig.suptitle("Grey bars: emulated or host figures (function checks, not the device's speed)", fontsize=8,
+                 y=0.02)
     fig.tight_layout()
     return _svg(fig)
 
@@ -155,9 +159,10 @@ def compare_latency(results: list[dict]) -> str:
     """Prefill latency distributions side by side (box: p25-p75, whiskers: 5th-95th percentile)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 0.8 + 0.45 * len(results)))
-    ax.boxplot([r["prefill_ms"]["samples"] for r in results], orientation="horizontal", whis=(5, 95), showfliers=True,
-               tick_labels=[label(r) for r in results])
+    ax.boxplot([r["prefill_ms"]["samples"] for r in results], orientation="horizontal", whis=(5, 95),
+               showfliers=True, tick_labels=[label(r) for r in results])
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set(xlabel="prefill latency, ms (log scale)", title="Prefill latency distribution per device and precision")
+    ax.set(xlabel="prefill latency, ms (log scale)",
+           title="Prefill latency distribution per device and precision")
     return _svg(fig)

@@ -53,7 +53,8 @@ class Lines:
         self._flush()
 
 
-def bar(total: int, desc: str, unit: str = "it", initial: int = 0, disable: bool = False, file=None, **tqdm_kw):
+def bar(total: int, desc: str, unit: str = "it", initial: int = 0, disable: bool = False, file=None,
+        **tqdm_kw):
     """A tqdm bar when `file` (default stderr) is a terminal, else Lines; nothing when disabled.
     tqdm_kw (unit_scale, leave) apply to the terminal's bar."""
     from tqdm import tqdm

@@ -23,19 +23,24 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     e = r["energy"]
     return [
         (f"prefill {pro['prompt_len']} tokens, ms (p50 / p90 / p99)",
-         f"{num(p['p50'])} / {num(p['p90'])} / {num(p['p99'])}", f"{how}; {p['n']} samples after {pro['warmup']} warmup"),
+         f"{num(p['p50'])} / {num(p['p90'])} / {num(p['p99'])}",
+         f"{how}; {p['n']} samples after {pro['warmup']} warmup"),
         ("single-stream inferences/s", num(r["inferences_per_s"], 1), f"{how}; 1000 / mean prefill ms"),
-        ("decode, tokens/s (mean ± std of reps)", f"{num(r['decode_tok_s']['mean'], 1)} ± {num(r['decode_tok_s']['std'], 1)}",
+        ("decode, tokens/s (mean ± std of reps)",
+         f"{num(r['decode_tok_s']['mean'], 1)} ± {num(r['decode_tok_s']['std'], 1)}",
          f"{how}; {pro['gen_len']} tokens with KV cache, {pro['reps']} reps"),
         ("decode, ms/token (p50)", num(d["p50"], 3), how),
         (f"QPS, {q['sessions']} concurrent sessions", num(q["qps"], 1), f"{how}; {q['inferences']} prefills"),
         ("threads: single stream / each QPS session", f"{pro.get('threads') or 'runtime default'} / "
-         f"{pro.get('qps_threads_per_session') or 'runtime default'}", f"chosen by {pro.get('chosen_by', 'the runtime')}; "
-         f"spin {pro.get('spin')} / {pro.get('qps_spin')}; CPUs {pro.get('affinity')}; 1-min load {pro.get('load_avg_1m')}"),
+         f"{pro.get('qps_threads_per_session') or 'runtime default'}",
+         f"chosen by {pro.get('chosen_by', 'the runtime')}; "
+         f"spin {pro.get('spin')} / {pro.get('qps_spin')}; CPUs {pro.get('affinity')}; 1-min load "
+         f"{pro.get('load_avg_1m')}"),
         ("peak RSS, MB", num(r["peak_rss_mb"], 1), how),
         ("artifact size, MB", num(r["size_mb"], 2), "manifest (sum of file sizes)"),
         ("energy per inference, J", num(e["j_per_inference"], 4), e["how"]),
-        ("parity: top-1 vs torch / max abs vs build host", f"{num(par['top1_agreement_vs_torch'], 3)} / {num(par['max_abs_err_vs_host'])}",
+        ("parity: top-1 vs torch / max abs vs build host",
+         f"{num(par['top1_agreement_vs_torch'], 3)} / {num(par['max_abs_err_vs_host'])}",
          f"{how}; {'ok' if par['ok'] else 'FAILED'}"),
     ] + quality_rows(r)
 
@@ -66,7 +71,8 @@ def threads_line(r: dict) -> str:
     dev, pro = r["device"], r["protocol"]
     aff = dev.get("affinity")
     return (f"Runtime threads: {pro.get('threads') or 'n/a'} ({pro.get('threads_from') or 'not recorded'}); "
-            f"CPU affinity: {f'CPUs {aff}' if aff else 'not recorded'} of {dev.get('cores')}; CPU: {dev.get('cpu', '?')}")
+            f"CPU affinity: {f'CPUs {aff}' if aff else 'not recorded'} of {dev.get('cores')}; CPU: "
+            f"{dev.get('cpu', '?')}")
 
 
 def to_markdown(r: dict) -> str:
@@ -117,7 +123,8 @@ def to_html(r: dict) -> str:
     m, dev = r["manifest"], r["device"]
     thr = [(t["threshold"], num(t["value"]), t["limit"], verdict_cell(t["pass"], t["note"]), t.get("how", ""))
            for t in r["thresholds"]]
-    figs = [plots.prefill_distribution(r), plots.decode_sequence(r), plots.size_by_dtype(r), plots.thresholds(r)]
+    figs = [plots.prefill_distribution(r), plots.decode_sequence(r), plots.size_by_dtype(r),
+            plots.thresholds(r)]
     word = verdict_line(r).removeprefix("Overall: ")
     cls = {"PASS": "pass", "FAIL": "fail"}.get(word, "nj")
     return page(f"litelm-edge bench {m['target']}/{m['precision']}", (

@@ -36,10 +36,10 @@ def rows(r: dict) -> list[dict]:
     return [
         dict(base, test=f"pp{pro['prompt_len']}", unit="ms", n=pre["n"], mean=pre["mean"], stddev=pre["std"],
              p50=pre["p50"], p99=pre["p99"]),
-        dict(base, test=f"tg{pro['gen_len']}", unit="tokens/s", n=dec["n"], mean=dec["mean"], stddev=dec["std"],
-             p50=dec["p50"], p99=dec["p99"]),
-        dict(base, test=f"qps{q['sessions']}", unit="inferences/s", n=q["inferences"], mean=q["qps"], stddev=None,
-             p50=None, p99=None),
+        dict(base, test=f"tg{pro['gen_len']}", unit="tokens/s", n=dec["n"], mean=dec["mean"],
+             stddev=dec["std"], p50=dec["p50"], p99=dec["p99"]),
+        dict(base, test=f"qps{q['sessions']}", unit="inferences/s", n=q["inferences"], mean=q["qps"],
+             stddev=None, p50=None, p99=None),
     ]
 
 

@@ -40,4 +40,5 @@ PRECISIONS = (
 
 
 # the target TOML's [gguf] table holds Settings; the pyproject extra `gguf` installs the writer
-BACKEND = Backend("gguf", "llama.cpp", PRECISIONS, Settings, "gguf", extra="gguf", host_modules=("gguf", "llama_cpp"))
+BACKEND = Backend("gguf", "llama.cpp", PRECISIONS, Settings, "gguf", extra="gguf",
+                  host_modules=("gguf", "llama_cpp"))

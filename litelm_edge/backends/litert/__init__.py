@@ -50,4 +50,5 @@ PRECISIONS = (
                     "the tied embedding / LM head in blocks of 32"),
 )
 
-BACKEND = Backend("litert", "litert", PRECISIONS, Settings, "litert", extra="android", host_modules=("ai_edge_litert",))
+BACKEND = Backend("litert", "litert", PRECISIONS, Settings, "litert", extra="android",
+                  host_modules=("ai_edge_litert",))

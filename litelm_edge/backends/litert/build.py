@@ -46,7 +46,8 @@ def effective(s: Settings, precision: str) -> dict:
     prefill = s.windows if s.prefill_windows is None else s.prefill_windows
     mask = max(s.mask_value, FULL_INT_MASK) if precision == "int8-full" else s.mask_value
     return {"windows": _windows(s.windows, s.prefill_len, s.capacity, "windows"),
-            "prefill_windows": _windows(prefill, s.prefill_len, s.capacity, "prefill_windows"), "mask_value": mask}
+            "prefill_windows": _windows(prefill, s.prefill_len, s.capacity, "prefill_windows"),
+            "mask_value": mask}
 
 
 def host_runtime_or_fail():
@@ -131,7 +132,8 @@ def build(ctx: BuildContext) -> BackendBuild:
     verdict = size_verdict(size, ctx.target)
     ctx.log("litert: " + ", ".join(f"{k} {v / MB:.2f} MB" for k, v in report["breakdown"].items()
                                    if isinstance(v, int)) + (f"; {verdict['size_note']}" if verdict else ""))
-    extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"], size_breakdown=report["breakdown"],
-                 weight_dtypes=report["weight_dtypes"], convert_s=report["convert_s"],
+    extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"],
+                 size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
+                 convert_s=report["convert_s"],
                  quantize_s=report["quantize_s"], **verdict)
     return BackendBuild(report["breakdown"]["weights_by_dtype"], ("ai_edge_litert",), extra, section=eff)

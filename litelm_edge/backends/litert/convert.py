@@ -35,8 +35,10 @@ def _recipe(precision: str):
         # prefill); the tied embedding / LM head, whose noise flips the top token, in blocks of 32
         # (on a CPU-trained minimind-26m: top-1 0.952 against 0.919 all per channel). Per-channel
         # scales live in each signature's tensors, blockwise ones in buffers all signatures share.
-        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=4, granularity=gran.CHANNELWISE)
-        rm.add_dynamic_config(regex=".*", operation_name=op.EMBEDDING_LOOKUP, num_bits=4, granularity=gran.BLOCKWISE_32)
+        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=4,
+                              granularity=gran.CHANNELWISE)
+        rm.add_dynamic_config(regex=".*", operation_name=op.EMBEDDING_LOOKUP, num_bits=4,
+                              granularity=gran.BLOCKWISE_32)
         rm.add_dynamic_config(regex=".*logits_output.*", operation_name=op.FULLY_CONNECTED, num_bits=4,
                               granularity=gran.BLOCKWISE_32)  # the LM head: the op that writes the logits
     else:
@@ -52,7 +54,8 @@ def signatures(prefill_len: int, capacity: int, windows=(), prefill_windows=()) 
             + [(f"decode_{w}", w, 1) for w in sorted(set(windows) | {capacity})])
 
 
-def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float, windows=(), prefill_windows=()):
+def to_tflite(model, path: Path, prefill_len: int, capacity: int, mask_value: float, windows=(),
+              prefill_windows=()):
     """Trace the `signatures`, all sharing one set of weights and the same caches; prefills run the
     LM head on their `last` position only (graph.CachedLM)."""
     import litert_torch
@@ -83,8 +86,8 @@ def calibration_data(float_path: Path, texts, prefill_len: int) -> dict:
         caches = {n: np.zeros(spec[n]["shape"], np.float32) for n in names}
         ids = np.zeros((1, prefill_len), np.int32)
         ids[0, :T] = w[:T]
-        feed = dict(tokens=ids, input_pos=np.arange(prefill_len, dtype=np.int32), last=np.array([T - 1], np.int32),
-                    **caches)
+        feed = dict(tokens=ids, input_pos=np.arange(prefill_len, dtype=np.int32),
+                    last=np.array([T - 1], np.int32), **caches)
         feeds["prefill"].append(feed)
         caches = {n: v for n, v in pre(**feed).items() if n != "logits"}
         for p in range(T, T + 4):
@@ -123,7 +126,8 @@ def strip_names(path: Path) -> int:
             t.name = ""
             if data is not None and len(data) and t.buffer not in named:
                 named.add(t.buffer)
-                scope = [part for part in name.split(";") if "/" in part] or [name]  # fused ops join names by ';'
+                # fused ops join names by ';'
+                scope = [part for part in name.split(";") if "/" in part] or [name]
                 t.name = "/".join(c.rsplit(".", 1)[-1] for c in scope[-1].split("/")[-2:])
     fu.write_model(model, str(path))
     return before - path.stat().st_size
@@ -151,8 +155,10 @@ def main(spec_path: str) -> int:
         float_path.unlink()
     stripped = strip_names(path)
     from importlib.metadata import version
-    report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")}, convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2), names_stripped_bytes=stripped,
-                  breakdown=breakdown(path, model.cfg.vocab_size), weight_dtypes=sorted(weight_dtypes(path)))
+    report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")},
+                  convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2),
+                  names_stripped_bytes=stripped, breakdown=breakdown(path, model.cfg.vocab_size),
+                  weight_dtypes=sorted(weight_dtypes(path)))
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-PACKAGES = ["ai-edge-litert", "numpy"]  # manylinux (glibc) arm64/x86_64 wheels only: not Termux (docs/android.md)
+# manylinux (glibc) arm64/x86_64 wheels only: not Termux (docs/android.md)
+PACKAGES = ["ai-edge-litert", "numpy"]
 MODULE = "ai_edge_litert"
 GRAPH = "graphs.model"  # the manifest key naming the file this runtime opens
 
@@ -65,7 +66,8 @@ class _CompiledCaches:
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator
         from ai_edge_litert.options import CpuOptions, Options
-        opts = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads))
+        opts = Options(hardware_accelerators=HardwareAccelerator.CPU,
+                       cpu_options=CpuOptions(num_threads=threads))
         self.cm = CompiledModel.from_file(str(path), options=opts)
         self.details, self.cache = details, {}
         self.io = {s: ({n: self.cm.create_input_buffer_by_name(s, n) for n in ("tokens", "input_pos", "last")
@@ -161,7 +163,8 @@ class LiteRTRuntime:
         sig = next(s for w, s in self.windows[kind] if end < w)  # the smallest window holding `end`
         ins, outs = self.details[sig]
         extra = {"last": np.array([last], ins["last"]["dtype"])} if "last" in ins else {}
-        y = self.engine.run(sig, tokens.astype(ins["tokens"]["dtype"]), positions.astype(ins["input_pos"]["dtype"]), extra)
+        y = self.engine.run(sig, tokens.astype(ins["tokens"]["dtype"]),
+                            positions.astype(ins["input_pos"]["dtype"]), extra)
         return self._from(outs["logits"], y)[0]
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:

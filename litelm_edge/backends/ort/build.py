@@ -113,7 +113,8 @@ def quantize_blocks(src: Path, dst: Path, bits: int, block: int):
     fold_weight_transposes(src, folded, untie=True)
     level = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level.setLevel(logging.ERROR)  # one INFO line per node otherwise
-    q = MatMulNBitsQuantizer(onnx.load(str(folded)), bits=bits, block_size=block, is_symmetric=True, accuracy_level=4)
+    q = MatMulNBitsQuantizer(onnx.load(str(folded)), bits=bits, block_size=block, is_symmetric=True,
+                             accuracy_level=4)
     q.process()
     q.model.save_model_to_file(str(blocked), use_external_data_format=True)
     quantize_dynamic(str(blocked), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
@@ -129,7 +130,8 @@ def dedupe_initializers(path: Path):
     g = model.graph
     first, alias = {}, {}
     for init in g.initializer:
-        key = (init.data_type, tuple(init.dims), hashlib.sha256(numpy_helper.to_array(init).tobytes()).hexdigest())
+        key = (init.data_type, tuple(init.dims),
+               hashlib.sha256(numpy_helper.to_array(init).tobytes()).hexdigest())
         alias[init.name] = first.setdefault(key, init.name)
     for node in g.node:
         for i, x in enumerate(node.input):
@@ -192,5 +194,6 @@ def build(ctx: BuildContext) -> BackendBuild:
         work.rmdir()
     return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxscript"),
                         {"graphs": {"decoder": GRAPH}, "entry_points": {
-                            "prefill": "decoder.onnx with past length 0", "decode": "decoder.onnx with T = 1"}},
+                            "prefill": "decoder.onnx with past length 0",
+                            "decode": "decoder.onnx with T = 1"}},
                         section={"graph": "export"})

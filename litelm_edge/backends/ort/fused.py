@@ -77,9 +77,11 @@ def run_builder(src: Path, dst: Path, precision: str, log=print):
         extra += ["accuracy_level=4", f"block_size={block}"]
     cmd = [sys.executable, "-m", BUILDER, "-i", str(src), "-o", str(dst), "-p", p, "-e", "cpu",
            "-c", str(dst.parent / "hf-cache"), *extra]
-    log(f"emitting the fused graph ({p}{f', blocks of {block}' if block else ''}) with onnxruntime-genai's builder ...")
+    log(f"emitting the fused graph ({p}{f', blocks of {block}' if block else ''}) with onnxruntime-genai's "
+        "builder ...")
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
-    if any(t in r.stderr + r.stdout for t in FULL_TEXT):  # not this model's fault: the build's atomic_dir says it
+    # not this model's fault: the build's atomic_dir says it
+    if any(t in r.stderr + r.stdout for t in FULL_TEXT):
         raise OSError(errno.ENOSPC, "No space left on device (onnxruntime-genai's builder)", str(dst))
     if r.returncode or not (dst / "model.onnx").is_file():
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
@@ -101,7 +103,8 @@ def add_logits_to_keep(src: Path, dst: Path):
                           helper.make_tensor("ltk_end", TensorProto.INT64, [1], [2 ** 62]),
                           helper.make_tensor("ltk_axis", TensorProto.INT64, [1], [1])])
     nodes = [helper.make_node("Neg", ["logits_to_keep"], ["ltk_start"], name="/lm_head/keep/Neg"),
-             helper.make_node("Slice", [hidden, "ltk_start", "ltk_end", "ltk_axis"], ["lm_head_in"], name="/lm_head/keep/Slice")]
+             helper.make_node("Slice", [hidden, "ltk_start", "ltk_end", "ltk_axis"], ["lm_head_in"],
+                              name="/lm_head/keep/Slice")]
     head.input[0] = "lm_head_in"
     at = list(g.node).index(head)
     for i, n in enumerate(nodes):
@@ -149,11 +152,17 @@ def w8a8(path: Path, tmp: Path):
     if any(onnx.numpy_helper.to_array(zero)):
         raise RuntimeError("ORT's quantiser gave the LM head a non-zero weight zero point")
     emb, ids = gather.output[0], gather.input[1]
-    nodes = [helper.make_node("Gather", [q, ids], ["emb_q"], axis=1, name="/model/embed_tokens/GatherQ"),  # (C, B, T)
-             helper.make_node("Transpose", ["emb_q"], ["emb_qt"], perm=[1, 2, 0], name="/model/embed_tokens/TransposeQ"),
-             helper.make_node("Cast", ["emb_qt"], ["emb_f"], to=TensorProto.FLOAT, name="/model/embed_tokens/Cast"),
-             helper.make_node("Gather", [scale, ids], ["emb_s"], axis=0, name="/model/embed_tokens/GatherScale"),  # (B, T)
-             helper.make_node("Unsqueeze", ["emb_s", "emb_axis"], ["emb_s3"], name="/model/embed_tokens/Unsqueeze"),
+    # (C, B, T)
+    nodes = [helper.make_node("Gather", [q, ids], ["emb_q"], axis=1, name="/model/embed_tokens/GatherQ"),
+             helper.make_node("Transpose", ["emb_q"], ["emb_qt"], perm=[1, 2, 0],
+                              name="/model/embed_tokens/TransposeQ"),
+             helper.make_node("Cast", ["emb_qt"], ["emb_f"], to=TensorProto.FLOAT,
+                              name="/model/embed_tokens/Cast"),
+             # (B, T)
+             helper.make_node("Gather", [scale, ids], ["emb_s"], axis=0,
+                              name="/model/embed_tokens/GatherScale"),
+             helper.make_node("Unsqueeze", ["emb_s", "emb_axis"], ["emb_s3"],
+                              name="/model/embed_tokens/Unsqueeze"),
              helper.make_node("Mul", ["emb_f", "emb_s3"], [emb], name="/model/embed_tokens/Dequantize")]
     g.initializer.append(helper.make_tensor("emb_axis", TensorProto.INT64, [1], [-1]))
     at = list(g.node).index(tr)
@@ -191,6 +200,7 @@ def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> d
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"graphs": {"decoder": GRAPH}, "kv_cache": "shared-buffer", "genai_config": GENAI_CONFIG,
-            "io": {"inputs": genai["inputs"], "outputs": genai["outputs"], "logits_to_keep": "logits_to_keep"},
+            "io": {"inputs": genai["inputs"], "outputs": genai["outputs"],
+                   "logits_to_keep": "logits_to_keep"},
             "entry_points": {"prefill": "decoder.onnx, P = 0, logits_to_keep = T (parity) or 1 (serving)",
                              "decode": "decoder.onnx with T = 1, KV written in place at position P"}}

@@ -50,7 +50,8 @@ def session_options(ort, threads: int | None, spin: bool | None = None):
 
 def _session(graph: Path, threads, spin):
     import onnxruntime as ort  # ImportError: the runner says how to install PACKAGES
-    return ort, ort.InferenceSession(str(graph), session_options(ort, threads, spin), providers=["CPUExecutionProvider"])
+    return ort, ort.InferenceSession(str(graph), session_options(ort, threads, spin),
+                                     providers=["CPUExecutionProvider"])
 
 
 class OrtRuntime:
@@ -70,7 +71,8 @@ class OrtRuntime:
         self.k = self.v = self.empty
 
     def _run(self, ids: np.ndarray, k, v):
-        return self.sess.run(None, {"input_ids": ids.reshape(1, -1).astype(np.int64), "past_k": k, "past_v": v})
+        return self.sess.run(None, {"input_ids": ids.reshape(1, -1).astype(np.int64), "past_k": k,
+                                    "past_v": v})
 
     def prefill(self, ids):
         logits, self.k, self.v = self._run(ids, self.empty, self.empty)
@@ -118,7 +120,8 @@ class OrtSharedKvRuntime(OrtRuntime):
     def _positions(self, n: int):
         """Tell the graph the sequence is n positions long once this run is done (the mask's length)."""
         if n > self.S:
-            raise ValueError(f"sequence of {n} tokens exceeds the KV cache ({self.S}, the model's max_seq_len)")
+            raise ValueError(f"sequence of {n} tokens exceeds the KV cache ({self.S}, the model's "
+                             "max_seq_len)")
         ov = self.masks.get(n)
         if ov is None:
             ov = self.masks[n] = self.ort.OrtValue.ortvalue_from_numpy(self.mask[:, :n])
@@ -130,7 +133,8 @@ class OrtSharedKvRuntime(OrtRuntime):
         self._positions(self.P + T)
         ids = np.ascontiguousarray(ids, np.int64).reshape(1, T)
         out = self.last if keep == 1 else np.empty((1, keep, self.last.shape[-1]), np.float32)
-        ov = self.ort.OrtValue.ortvalue_from_numpy  # each wrapper holds its array: held here until the run ends
+        # each wrapper holds its array: held here until the run ends
+        ov = self.ort.OrtValue.ortvalue_from_numpy
         bound = (ov(ids), self.one_ov if keep == 1 else ov(np.array([keep], np.int64)),
                  self.last_ov if keep == 1 else ov(out))
         self.io.bind_ortvalue_input("input_ids", bound[0])

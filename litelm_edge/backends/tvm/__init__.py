@@ -12,14 +12,16 @@ from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, Precision
 @dataclass
 class Settings:
     """The target TOML's [tvm] table (targets/rpi4.toml), or --set tvm.KEY / build.KEY."""
-    target: str | dict | None = None  # a TVM tag ("raspberry-pi/4b-aarch64") or a table {kind, mtriple, mcpu, ...}
+    # a TVM tag ("raspberry-pi/4b-aarch64") or a table {kind, mtriple, mcpu, ...}
+    target: str | dict | None = None
     cc: str | None = None  # links the library; None: this machine's g++
     cc_package: str = "g++-aarch64-linux-gnu"  # Debian package named when cc is missing
     tile: list[int] | None = None  # matmul register tile, rows x columns; None: the schedule's default
 
     def validate(self):
         if self.target is None:
-            raise UserError("the target TOML has no [tvm] target: add e.g. target = \"raspberry-pi/4b-aarch64\"")
+            raise UserError("the target TOML has no [tvm] target: add e.g. target = "
+                            "\"raspberry-pi/4b-aarch64\"")
         if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
             raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {self.tile!r}")
 
@@ -29,7 +31,8 @@ PRECISIONS = (
     Precision("int8", 8, None, INT8, 0.25, QAT_ADVICE,
               "weight-only per-channel int8, dequantised inside the matmul"),
     Precision("int4-b32", 4, 32, INT4, 0.18,
-              about="weight-only int4 in blocks of 32 (fp32 scales), the tied head/embedding int8: a 0.5B model in a 4 GB Pi"),
+              about="weight-only int4 in blocks of 32 (fp32 scales), the tied head/embedding int8: a 0.5B "
+                    "model in a 4 GB Pi"),
 )
 
 

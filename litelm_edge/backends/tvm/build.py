@@ -100,7 +100,8 @@ def embedded_weight_bytes(lib: Path) -> dict[str, int]:
 
 def _meta(ctx: BuildContext, convert: dict, weight_bytes: dict) -> dict:
     c = ctx.model.cfg
-    return {"library": "model.so", "precision": ctx.precision, "llvm_target": convert["target"],  # the tag, resolved
+    # the tag, resolved
+    return {"library": "model.so", "precision": ctx.precision, "llvm_target": convert["target"],
             "cache_shape": [c.n_layer, 1, c.n_kv_head, 0, c.head_dim], "entry": "forward",
             "tile": convert["tile"], "weight_bytes": weight_bytes,
             "compile_s": convert["compile_s"], "tvm": "0.27.0.post1"} | (

@@ -41,7 +41,8 @@ class TvmRuntime:
         self.k = self.v = None
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        logits, self.k, self.v = self.fn(self.tensor(np.asarray(ids, np.int64).reshape(1, -1)), self.k, self.v)
+        logits, self.k, self.v = self.fn(self.tensor(np.asarray(ids, np.int64).reshape(1, -1)), self.k,
+                                         self.v)
         return logits.numpy()[0]  # (T, V)
 
     def prefill(self, ids):

@@ -84,7 +84,8 @@ class ScheduleMatmul:
         self.tile = tuple(tile)
         if self.tile[0] * self.tile[1] * 4 >= MAX_TILE_BYTES:
             raise ValueError(f"tile {self.tile[0]}x{self.tile[1]} holds {self.tile[0] * self.tile[1] * 4} bytes of "
-                             f"fp32 accumulators; under {MAX_TILE_BYTES} stay in registers: pick e.g. 4,32 or 4,16")
+                             f"fp32 accumulators; under {MAX_TILE_BYTES} stay in registers: pick e.g. 4,32 "
+                             "or 4,16")
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         out = tvm.IRModule(mod.functions, attrs=mod.attrs)
@@ -129,12 +130,14 @@ class _Int4Rewriter(relax.PyExprMutator):
         if K % INT4_BLOCK or N % INT4_GROUP:  # e.g. a tiny model's 32-wide k/v: int8 per channel, recorded
             self.kept.append([K, N])
             q, s = quantize_kn(torch.from_numpy(w.numpy()))  # the int8 build's own graph: deq_matmul
-            deq = relax.op.multiply(relax.op.astype(relax.const(q.numpy()), "float32"), relax.const(s.numpy()))
+            deq = relax.op.multiply(relax.op.astype(relax.const(q.numpy()), "float32"),
+                                    relax.const(s.numpy()))
             return self.builder_.normalize(relax.op.matmul(call.args[0], deq))
         if (K, N) not in self.kernels:
             self.kernels[K, N] = self.builder_.add_func(tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}")
         packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
-        return relax.call_tir(self.kernels[K, N], [call.args[0], relax.const(packed.numpy()), relax.const(scale.numpy())],
+        return relax.call_tir(self.kernels[K, N],
+                              [call.args[0], relax.const(packed.numpy()), relax.const(scale.numpy())],
                               call.ty)
 
     def transform(self) -> tvm.IRModule:
