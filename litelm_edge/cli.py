@@ -316,8 +316,9 @@ def targets():
 
 
 EXTRAS = {"torch": "train", "safetensors": "train", "tokenizers": "train", "tensorboard": "train",
-          # the backends' own: each Backend record's extra and host_modules
-          "transformers": "import", "gguf": "import", "accelerate": "import"}
+          # gguf-py: the gguf backend's host module, so its extra names it; the backends' own: each
+          # Backend record's extra and host_modules
+          "transformers": "import", "accelerate": "import"}
 
 
 def missing_extra(e: ModuleNotFoundError) -> str | None:

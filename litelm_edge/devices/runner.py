@@ -87,8 +87,7 @@ def log(msg: str):
     print(f"[runner] {msg}", file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# Runtimes: backends/<backend>/runtime.py under ROOT, loaded by path (the same on a device).
+# --- Runtimes: backends/<backend>/runtime.py under ROOT, loaded by path (the same on a device).
 
 PIP = "python3 -m pip install "
 _RUNTIMES: dict = {}

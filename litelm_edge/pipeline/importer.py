@@ -59,9 +59,13 @@ def check_gguf(path: Path) -> tuple[str, dict[str, int]]:
     bad = sorted(set(types) - ok)
     if bad:
         raise UserError(f"{path}: GGUF tensor type {', '.join(bad)} cannot be dequantised by gguf-py "
-                        f"{_version('gguf')}; supported: {', '.join(sorted(ok))}: re-quantise with "
+                        f"{_version(GGUF_PY)}; supported: {', '.join(sorted(ok))}: re-quantise with "
                         "llama-quantize (Q8_0, Q4_K_M, ...) or upgrade gguf")
     return arch, types
+
+
+GGUF_SUFFIX = ".gguf"
+GGUF_PY = GGUF_SUFFIX[1:]  # gguf-py's PyPI distribution is named like the file format, not the target
 
 
 def _version(pkg: str) -> str:
@@ -152,19 +156,19 @@ def import_model(src, out, log=print) -> dict:
     src, out = Path(src), Path(out)
     if not src.exists():
         raise UserError(f"'{src}' not found: pass a .gguf file or a Hugging Face model folder")
-    if src.is_file() and src.suffix.lower() != ".gguf":
+    if src.is_file() and src.suffix.lower() != GGUF_SUFFIX:
         raise UserError(f"'{src}' is neither a .gguf file nor a folder: pass a GGUF file or a model folder")
     t0 = time.time()
     source = {"imported_from": str(src.resolve())}
     if src.is_file():
         arch, types = check_gguf(src)
-        source.update(format="gguf", architecture=arch, tensor_types=types, source_sha256=sha256_file(src))
+        source.update(format=GGUF_PY, architecture=arch, tensor_types=types, source_sha256=sha256_file(src))
     else:
         _check_folder(src)
         source.update(format="hf")
     log(f"reading {src.name} with transformers (dequantising to fp32) ...")
     hf_model, tok = load_source(src)
-    source.update(transformers=_version("transformers"), gguf=_version("gguf") if src.is_file() else None)
+    source.update(transformers=_version("transformers"), gguf=_version(GGUF_PY) if src.is_file() else None)
     to_checkpoint(hf_model, tok, out, {"source": source})
     model, _, _ = ckpt.load(out)  # the folder checks itself whole, as every later verb will
     return {"checkpoint": str(out), "n_params": model.num_params(), "seconds": round(time.time() - t0, 1),

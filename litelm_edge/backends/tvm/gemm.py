@@ -81,21 +81,29 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> t
     return tirx.PrimFunc(params, main.body, main.ret_type, main.attrs)
 
 
-def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
-    """int4-b32 weights (graph.quantize_int4): the PrimFunc (A (M, K), Wp (K, N/2) uint8, S (K/32, N),
-    C (M, N)). Decode: a task is one 64-column group (32 bytes a row); the 32-row block sums
-    a_k q_kj in fp32 and adds it times its scale. Prefill: the MT x NJ tile of gemm() with the
-    nibble and scale applied per element (NJ must divide 32: a tile reads one nibble of a byte)."""
+def _nibble(W, k, byte, shift):
+    """The signed int4 of one nibble of W[k, byte], as fp32; shift 0 (low) or 4 (high)."""
+    sh = T.uint8(shift) if isinstance(shift, int) else T.Cast("uint8", shift)
+    return T.Cast("float32", T.bitwise_and(T.shift_right(W[k, byte], sh), T.uint8(15))) - T.float32(8)
+
+
+def _int4_tile(tile) -> tuple[int, int]:
     mt, nj = tile
     if 32 % nj:
         raise ValueError(f"int4-b32 needs a tile of at most 32 columns dividing 32, got {nj}")
+    return mt, nj
+
+
+# gemm4: int4-b32 weights (graph.quantize_int4), the PrimFunc (A (M, K), Wp (K, N/2) uint8,
+# S (K/32, N), C (M, N)). Decode: a task is one 64-column group (32 bytes a row); the 32-row block
+# sums a_k q_kj in fp32 and adds it times its scale. Prefill: the MT x NJ tile of gemm() with the
+# nibble and scale applied per element (NJ must divide 32: a tile reads one nibble of a byte).
+def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
+    """int4-b32 GEMV / GEMM (see the comment above)."""
+    mt, nj = _int4_tile(tile)
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
     KB, G, H = K // 32, N // 64, 32  # scale blocks, column groups, columns a nibble half
-
-    def q(W, k, byte, shift):  # the signed int4 of one nibble, as fp32; shift 0 (low) or 4 (high)
-        sh = T.uint8(shift) if isinstance(shift, int) else T.Cast("uint8", shift)
-        return T.Cast("float32", T.bitwise_and(T.shift_right(W[k, byte], sh), T.uint8(15))) - T.float32(8)
-
+    q = _nibble
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -149,7 +157,6 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                                 q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4) * S[k // 32, jo * nj + ji])
                     for ji in T.vectorized(nj):
                         C[i, jo * nj + ji] = acc1[ji]
-
     return main
 
 
