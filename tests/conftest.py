@@ -199,9 +199,9 @@ def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_data(smollm2_checkpoint, tmp_path_factory):
-    from litelm_edge.pipeline.data import prepare
+    from litelm_edge.pipeline.data import default_corpus, prepare
     out = tmp_path_factory.mktemp("smollm2-data") / "d"
-    prepare(["default"], out, tokenizer=smollm2_checkpoint / "tokenizer.json", log=lambda m: None)
+    prepare([default_corpus()], out, tokenizer=smollm2_checkpoint / "tokenizer.json", log=lambda m: None)
     return out
 
 

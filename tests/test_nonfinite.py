@@ -28,7 +28,8 @@ def test_non_finite_settings_are_refused_by_the_schema(key, value):
 def test_every_float_field_everywhere_refuses_nan():
     """Every dataclass the schema builds: a float field given nan is refused, never range-checked."""
     from litelm_edge.config import from_dict
-    from litelm_edge.pipeline import compress, data, eval as ev, recipe
+    from litelm_edge.flows import recipe
+    from litelm_edge.pipeline import compress, data, eval as ev
     from litelm_edge.pipeline.model import ModelConfig
     classes = {TrainConfig, ModelConfig, ev.EvalConfig, data.DataConfig}
     for mod in (recipe, compress):
