@@ -61,7 +61,7 @@ def cache_keys() -> str:
     pins = {"python": platform.python_version(), "torch": toolchain.torch_pin(),
             "torch_index": os.environ.get("LITELM_EDGE_TORCH_INDEX", "")}
     for name in backends.names():
-        build = backends.load(name, "build")
+        build = backends.load(name).module("build")
         if hasattr(build, "VENV"):
             pins[build.VENV] = list(getattr(build, "PACKAGES", []))
     spec = importlib.util.spec_from_file_location("emulated_device", EMULATOR)
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
             name, t = load_target(a.target)
             arch = t["target"].get("arch")
             emulate = arch not in (None, platform.machine())
-            config = device_config(os.environ, ci.secret_name(name), tmp) if os.environ.get(ci.secret_name(name)) else ""
+            secret = ci.secret_name(name)
+            config = device_config(os.environ, secret, tmp) if os.environ.get(secret) else ""
             if emulate:
                 started = emulator("start", state)
                 print(started.stdout, end="", flush=True)

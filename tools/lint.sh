@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-LONG_LINES_BUDGET=211  # 2026-12: lines over 110 characters in litelm_edge/ tests/ benchmarks/ tools/
+LONG_LINES_BUDGET=208  # 2026-12: lines over 110 characters in litelm_edge/ tests/ benchmarks/ tools/
 rc=0
 "$PY" -m ruff check --no-cache --quiet . || rc=1
 "$PY" -m mypy --no-error-summary || rc=1
