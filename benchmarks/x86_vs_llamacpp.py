@@ -119,6 +119,7 @@ def table(res: dict, sizes: dict, rounds: dict) -> list[str]:
 def engines(a, work: Path):
     """{name: (kind, handle)}, sizes MB, parity lines."""
     from litelm_edge.devices.runner import open_runtime
+    from litelm_edge.flows.build import describe
     ck, data = (a.checkpoint, a.data) if a.checkpoint else untrained_checkpoint(a.preset, work)
     eng, sizes, notes = {}, {}, []
     wid = weights_id(ck)  # a hash of 100 MB when the folder does not record it: once
@@ -132,9 +133,8 @@ def engines(a, work: Path):
             name = f"ort {m.get('graph', 'export')} {prec}"
             eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))
             sizes[name] = m["size_bytes"] / 1e6
-            notes.append(f"{name}: parity top-1 {m['parity']['top1_agreement']:.3f}, max abs {m['parity']['max_abs_err']:.2g} "
-                         f"({m['parity']['rule']}: "
-                         f"{'ok' if m['parity']['ok'] else 'FAILS'}{'' if a.checkpoint else ', untrained'})")
+            notes.append(f"{name}: gate {describe(m['parity'])} "
+                         f"({'ok' if m['parity']['ok'] else 'FAILS'}{'' if a.checkpoint else ', untrained'})")
     from litelm_edge.manifest import read_manifest
     for spec in a.also:  # artifacts built elsewhere (an earlier version's, say), run by today's runtime
         label, _, art = spec.partition("=")
