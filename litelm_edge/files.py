@@ -53,6 +53,18 @@ def readable(path: Path, folder: bool = False) -> None:
     os.chmod(path, (0o755 if folder else 0o644) & ~_umask())
 
 
+def readable_tree(root: Path) -> None:
+    """readable() for everything inside `root`: writers that make their own files (safetensors,
+    onnx external data) leave them 0600; an executable keeps its x bits (0755)."""
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            readable(Path(d) / name, folder=True)
+        for name in files:
+            p = Path(d) / name
+            if not p.is_symlink():
+                readable(p, folder=bool(p.stat().st_mode & 0o100))
+
+
 LOW_SPACE = 1 << 20  # bytes: below this, a failed write is taken for a full disk
 # What the writers say on ENOSPC when they do not raise an OSError: safetensors' Rust IoError; torch.save's
 # zip writer says "file write failed" or "unexpected pos N vs M" (no errno): there the free space decides.
@@ -135,6 +147,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     readable(tmp, folder=True)
     try:
         yield tmp
+        readable_tree(tmp)
         commit_dir(tmp, final)
     except BaseException as e:
         # before the space is freed; a UserError counts by its text (a toolchain's stderr tail)

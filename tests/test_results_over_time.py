@@ -143,6 +143,19 @@ def test_reports_are_readable_like_build_outputs(two_runs, tmp_path):
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755 & ~_umask()
 
 
+def test_artifact_files_writers_leave_0600_are_readable_too(tmp_path):
+    """safetensors' model.safetensors and onnx's decoder.onnx.data come out 0600: atomic_dir gives
+    every file inside the folder the build-output mode (an executable keeps its x bits)."""
+    from litelm_edge.files import atomic_dir
+    with atomic_dir(tmp_path / "folder") as d:
+        (d / "sub").mkdir(mode=0o700)
+        os.close(os.open(d / "sub" / "w", os.O_CREAT | os.O_WRONLY, 0o600))  # as safetensors writes
+        os.close(os.open(d / "x", os.O_CREAT | os.O_WRONLY, 0o700))
+    f = tmp_path / "folder"
+    mode = {n: stat.S_IMODE((f / n).stat().st_mode) for n in ("sub", "x", "sub/w")}
+    assert mode == {"sub": 0o755 & ~_umask(), "x": 0o755 & ~_umask(), "sub/w": 0o644 & ~_umask()}
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
