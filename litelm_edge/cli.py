@@ -22,7 +22,8 @@ PROTO = Protocol()  # the bench protocol's defaults
 REMOTE = click.option("--remote", "remotes", multiple=True, metavar="USER@HOST[:PORT]",
                       help="A device over SSH (user@host[:port] or ~/.ssh/config alias; repeatable).")
 ACCEPT = click.option("--accept-new-host-key", "accept_new", is_flag=True,
-                      help="Record an unknown device host key in ~/.ssh/known_hosts.")
+                      help="Record an unknown device host key: in the ssh config's first "
+                           "UserKnownHostsFile, else ~/.ssh/known_hosts (as OpenSSH does).")
 REMOTE_DIR = click.option("--remote-dir", "root",
                           help="Absolute folder on the device (default: its ~/.cache/litelm-edge).")
 
