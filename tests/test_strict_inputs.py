@@ -393,6 +393,24 @@ def test_runtime_missing_anywhere_is_one_line(art, tmp_path, monkeypatch, capsys
                                          f"{D.PIP}{' '.join(mod.PACKAGES)}"]
 
 
+def test_a_missing_litert_names_the_phone_path_not_only_pip(tmp_path, monkeypatch):
+    """On a phone the pip line cannot work (no Termux wheel of ai-edge-litert): the line says where
+    it does run (issue 24: no instruction that cannot work)."""
+    from litelm_edge.devices import runner as D
+    mod = D.runtime_module("litert")
+
+    def absent(*a, **kw):
+        raise ImportError("No module named 'ai_edge_litert'", name="ai_edge_litert")
+    absent.spins = False
+    monkeypatch.setattr(mod, "Runtime", absent)
+    monkeypatch.setattr(D.mf, "graph_path", lambda *a: tmp_path / "model.tflite")
+    with pytest.raises(D.RuntimeMissing) as e:
+        D.open_runtime(tmp_path, {"backend": "litert", "runtime": "litert"}, 1)
+    assert str(e.value) == (f"ai_edge_litert is not installed: {D.PIP}ai-edge-litert numpy "
+                            "(manylinux wheels only, none for Termux: on a phone run it in Debian through "
+                            "proot-distro with --remote-python, docs/android.md)")
+
+
 # 12. temp folders of killed runs; no usable SSH key ----------------------------------------------------
 
 def test_stale_temporaries_of_killed_writers_are_removed(tiny_run, tmp_path):
