@@ -24,7 +24,8 @@ _open, _os_open = builtins.open, os.open
 def hit(path):
     """Count a write to `path` (a path, or a file object) under UNDER; the Nth raises ENOSPC."""
     global seen
-    p = getattr(path, "name", path)
+    # a path as given, or an open file's name; not Path.name, which is only the last component
+    p = path if isinstance(path, (str, bytes, os.PathLike)) else getattr(path, "name", None)
     if not isinstance(p, (str, bytes, os.PathLike)) or not os.path.realpath(os.fsdecode(p)).startswith(UNDER):
         return
     seen += 1
