@@ -114,3 +114,17 @@ def test_tokenizers_llama_cpp_cannot_split_as_we_do_are_refused(tiny_run):
     tj["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}
     with pytest.raises(UserError, match="add_prefix_space"):
         gbuild.vocab(json.dumps(tj), 512)
+
+
+def test_settings_land_under_the_section(tiny_run, data_dir, tmp_path):
+    """Issue 25's settings test for the fourth backend: a target TOML's [gguf] value (flash_attn)
+    and a --set one (kv_type) both reach manifest["gguf"], where the runtime reads them."""
+    from litelm_edge.config import data_dir as shipped
+    from litelm_edge.flows.build import build
+    target = tmp_path / "gguf-fa.toml"
+    target.write_text((shipped("targets") / "gguf.toml").read_text().replace("flash_attn = false",
+                                                                              "flash_attn = true"))
+    m = build(tiny_run, str(target), tmp_path / "a", "q8_0", data_dir, sets={"gguf.kv_type": "f16"},
+              log=lambda s: None)
+    assert (m["gguf"]["flash_attn"], m["gguf"]["kv_type"]) == (True, "f16") and m["parity"]["ok"]
+    assert manifest(tmp_path / "a")["gguf"] == m["gguf"]
