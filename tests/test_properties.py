@@ -213,9 +213,12 @@ def test_a_mutated_manifest_never_loads(art, tmp_path_factory, data):
     edited = mutate(data.draw, m)
     if data.draw(st.booleans()):
         set_graph(edited, data.draw(paths_like()))
-    raw = json.dumps(edited) if data.draw(st.integers(0, 9)) else data.draw(st.text(max_size=40))
+    as_json = data.draw(st.integers(0, 9)) > 0
+    raw = json.dumps(edited) if as_json else data.draw(st.text(max_size=40))
     (d / mf.NAME).write_text(raw)
-    want = "ok" if (raw == json.dumps(m) or edited == m) else "refused"
+    # an edit the graph's re-set undid (graphs -> None -> the same table) loads, but only as JSON:
+    # text in its place never does (found by the deep profile)
+    want = "ok" if (raw == json.dumps(m) or (as_json and edited == m)) else "refused"
     assert outcome(mf, d) == outcome(DEVICE, d) == want
 
 
