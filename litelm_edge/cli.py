@@ -22,8 +22,7 @@ PROTO = Protocol()  # the bench protocol's defaults
 REMOTE = click.option("--remote", "remotes", multiple=True, metavar="USER@HOST[:PORT]",
                       help="A device over SSH (user@host[:port] or ~/.ssh/config alias; repeatable).")
 ACCEPT = click.option("--accept-new-host-key", "accept_new", is_flag=True,
-                      help="Record an unknown device host key: in the ssh config's first "
-                           "UserKnownHostsFile, else ~/.ssh/known_hosts (as OpenSSH does).")
+                      help="Record a new host key in ssh's UserKnownHostsFile, else ~/.ssh/known_hosts.")
 REMOTE_DIR = click.option("--remote-dir", "root",
                           help="Absolute folder on the device (default: its ~/.cache/litelm-edge).")
 

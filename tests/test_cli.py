@@ -25,7 +25,7 @@ def test_help_of_every_command(cmd):
 def test_accept_new_host_key_help_says_where_the_key_goes(cmd):
     """Where remote.py really records it (test_remote.py), not always ~/.ssh/known_hosts."""
     help_text = " ".join(cli(cmd, "--help").stdout.split())
-    assert "in the ssh config's first UserKnownHostsFile, else ~/.ssh/known_hosts" in help_text
+    assert "in ssh's UserKnownHostsFile, else ~/.ssh/known_hosts" in help_text
 
 
 def test_help_imports_no_heavy_runtime():

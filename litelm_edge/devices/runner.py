@@ -123,9 +123,8 @@ def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool
         kw = {"spin": spin} if mod.Runtime.spins else {}
         return mod.Runtime(graph, manifest, threads or choose_threads(manifest), **kw)
     except ImportError as e:
-        note = f" ({mod.INSTALL_NOTE})" if getattr(mod, "INSTALL_NOTE", "") else ""  # where pip cannot
-        raise RuntimeMissing(f"{e.name or manifest['runtime']} is not installed: "
-                             f"{PIP}{' '.join(mod.PACKAGES)}{note}", mod.PACKAGES) from e
+        why = f"{e.name or manifest['runtime']} is not installed: {PIP}{' '.join(mod.PACKAGES)}"
+        raise RuntimeMissing(why + getattr(mod, "INSTALL_NOTE", ""), mod.PACKAGES) from e
 
 
 def runtime_version(backend: str) -> str:

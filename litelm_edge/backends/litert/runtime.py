@@ -13,10 +13,10 @@ import numpy as np
 
 # manylinux (glibc) arm64/x86_64 wheels only: not Termux (docs/android.md)
 PACKAGES = ["ai-edge-litert", "numpy"]
-# said beside the pip line when the runtime is missing (devices/runner.open_runtime): a phone user's
+# appended to the pip line when the runtime is missing (devices/runner.open_runtime): a phone user's
 # Termux pip finds nothing to install
-INSTALL_NOTE = ("manylinux wheels only, none for Termux: on a phone run it in Debian through proot-distro "
-                "with --remote-python, docs/android.md")
+INSTALL_NOTE = (" (manylinux wheels only, none for Termux: on a phone run it in Debian through proot-distro "
+                "with --remote-python, docs/android.md)")
 MODULE = "ai_edge_litert"
 GRAPH = "graphs.model"  # the manifest key naming the file this runtime opens
 
