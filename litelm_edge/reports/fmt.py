@@ -4,7 +4,7 @@ from __future__ import annotations
 NA = "n/a"  # a figure not obtained (never written as 0 or "None")
 
 
-def num(v, nd: int = 2) -> str:
+def num(v: object, nd: int = 2) -> str:
     """A figure for a table: nd decimals with thousands separators; nd significant digits below 0.01."""
     if v is None:
         return NA
@@ -13,7 +13,7 @@ def num(v, nd: int = 2) -> str:
     return str(v)
 
 
-def sig(v, digits: int = 6) -> str:
+def sig(v: object, digits: int = 6) -> str:
     """A figure in a sentence or a machine-read message: `digits` significant digits."""
     if v is None:
         return NA
