@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...config import UserError
 from .. import BackendBuild, BuildContext
 from . import BACKEND
 
@@ -175,8 +176,13 @@ def build(ctx: BuildContext) -> BackendBuild:
         from . import fused
         tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
         extra = fused.build(ctx.model, tok, out, ctx.precision, ctx.log)
-        return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"),
-                            extra, section={"graph": "fused"})
+        section = {"graph": "fused", "builder_options": fused.builder_options(ctx.precision)}
+        return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"), extra,
+                            section=section)
+    if spec.options:  # the builder's recipe (k-quant, an 8-bit head, ...): our quantiser has none of it
+        have = ", ".join(p.name for p in BACKEND.precisions if not p.options)
+        raise UserError(f"the torch.export graph cannot make {ctx.precision} (onnxruntime-genai's builder "
+                        f"recipe: {' '.join(spec.options)}); it makes: {have}")
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
     else:
