@@ -15,9 +15,11 @@ Precisions:
              quantised to one uint8 grid per call; export graph: the embedding Gather uint8 per
              tensor; fused graph: the embedding reads the LM head's int8 columns (fused.w8a8).
   int8-b32   weight-only int8 in blocks of 32 along K (ORT's MatMulNBits, accuracy level 4: the
-  int4-b32   kernel rounds activations to int8 per block of 32 at run time, far finer than one grid
-  int4-b64   per call); lm_head gets its own copy of the tied embedding, quantised the same way,
+             kernel rounds activations to int8 per block of 32 at run time, far finer than one grid
+             per call); lm_head gets its own copy of the tied embedding, quantised the same way,
              and the Gather keeps a uint8 per-tensor copy. int8-b32 matches fp32 perplexity.
+  int4-*     the builder's recipes (k-quant, an 8-bit head, Q4_K_M's mix: the row's options), made
+             by the fused graph only; the export graph refuses them in one line.
 """
 from __future__ import annotations
 
