@@ -5,7 +5,9 @@ on one core (~16x slower than torch). Here:
 
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
-  2. LegalizeOps lowers everything to TIR; FuseTIR merges each pattern group into one PrimFunc.
+  2. LegalizeOps lowers everything to TIR; FuseOps groups the remaining elementwise / injective
+     ops (norms, rope, SiLU, residual adds) with ArangeOpaque keeping `arange` out of the groups
+     (TVM 0.27's FuseTIR fails on it, see ArangeOpaque); FuseTIR merges each group into one PrimFunc.
   3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) and the attention scores with the
      hand-written TIR of `gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
      and a GEMV for decode); any other matmul (attention x V) is scheduled here: tiled into a
@@ -80,8 +82,8 @@ def _has_root(sch) -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleMatmul")
 class ScheduleMatmul:
-    def __init__(self, tile=DEFAULT_TILE):
-        self.tile = tuple(tile)
+    def __init__(self, tile=DEFAULT_TILE, gemv: int = tvm_gemm.NJ1):
+        self.tile, self.gemv = tuple(tile), gemv
         if self.tile[0] * self.tile[1] * 4 >= MAX_TILE_BYTES:
             raise ValueError(f"tile {self.tile[0]}x{self.tile[1]} holds {self.tile[0] * self.tile[1] * 4} bytes of "
                              f"fp32 accumulators; under {MAX_TILE_BYTES} stay in registers: pick e.g. 4,32 "
@@ -99,7 +101,8 @@ class ScheduleMatmul:
             shape = tvm_gemm.match(func)
             if shape and shape[1] % self.tile[1] == 0 and shape[1] % tvm_gemm.NJ1 == 0:
                 K, N, int8, order = shape
-                out[gv] = tvm_gemm.gemm(K, N, int8, tile=self.tile, order=order)
+                nj1 = self.gemv if N % self.gemv == 0 else tvm_gemm.NJ1  # e.g. SmolLM2's 576: 64
+                out[gv] = tvm_gemm.gemm(K, N, int8, tile=self.tile, nj1=nj1, order=order)
                 continue
             heads = tvm_gemm.match_scores(func)
             if heads:
@@ -161,9 +164,35 @@ class Int4Matmuls:
         return _Int4Rewriter(mod, self.tile, self.kept).transform()
 
 
-def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None):
-    """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse TIR, schedule, lower.
-    kept: filled with the [K, N] of matrices an int4 build made int8 (the layout cannot hold them)."""
+def _n_buffers(func: tirx.PrimFunc) -> int:
+    return sum(isinstance(p.ty, tirx.buffer.BufferType) for p in func.params)
+
+
+OPAQUE = 8  # tvm::relax::OpPatternKind::kOpaque: FuseOps leaves such a kernel in a group of its own
+
+
+@tvm.transform.module_pass(opt_level=0, name="ArangeOpaque")
+class ArangeOpaque:
+    """Marks each kernel that reads no tensor (an `arange` of a symbolic length: the positions
+    P..P+T) opaque, so FuseOps keeps it out of fused groups. TVM 0.27's FuseTIR fails on a group
+    holding such an arange next to an op on another symbolic scalar (RenewDefs: "VarRemapGet(source)
+    == nullptr"; benchmarks/tvm_fuseops_arange.py is the 20-line reproduction); the rest of the
+    graph's elementwise ops fuse. Runs after AnnotateTIROpPattern, which sets the pattern."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        out = tvm.IRModule(mod.functions, attrs=mod.attrs)
+        for gv, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc) and _n_buffers(func) == 1:  # its output only
+                out[gv] = func.with_attr("op_pattern", OPAQUE)
+        return out
+
+
+def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None,
+             gemv: int = tvm_gemm.NJ1, fuse: bool = True):
+    """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse the elementwise ops,
+    fuse TIR, schedule, lower. kept: filled with the [K, N] of matrices an int4 build made int8 (the
+    layout cannot hold them). gemv: decode GEMV columns a task. fuse=False: no FuseOps (one kernel
+    an op outside the matmul groups, as before it ran; tests compare the two)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0)
@@ -176,9 +205,10 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
                                                     annotate_codegen=False),
                    relax.transform.LegalizeOps(),
                    relax.transform.AnnotateTIROpPattern(),
+                   *([ArangeOpaque(), relax.transform.FuseOps()] if fuse else []),
                    relax.transform.FuseTIR(),
                    relax.transform.DeadCodeElimination(),
-                   ScheduleMatmul(tile)]
+                   ScheduleMatmul(tile, gemv)]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target))
             return seq(mod)
