@@ -113,8 +113,8 @@ def ensure_built(log=print, variant: str = "native", targets: tuple = TARGETS) -
 def _variant() -> str:
     """The build to use: "no-amx" once it exists (it is only built where the native one dies with
     SIGILL, see bench), else "native"; so converting and quantizing never build a second variant."""
-    if "v" not in _VARIANT and all((CACHE / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp" / "build-no-amx"
-                                    / "bin" / t).is_file() for t in ("llama-bench", "llama-quantize")):
+    no_amx = CACHE / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp" / "build-no-amx" / "bin"
+    if "v" not in _VARIANT and all((no_amx / t).is_file() for t in ("llama-bench", "llama-quantize")):
         _VARIANT["v"] = "no-amx"
     return _VARIANT.get("v", "native")
 

@@ -99,8 +99,8 @@ def engines(a, work: Path) -> tuple[dict, dict, list]:
         py = tvm_backend.python()
         tile = [int(x) for x in a.tile.split(",")] if a.tile else x86_tile()
         gemv = a.gemv or x86_setting("gemv")
-        libs = [tvm_build(py, ck, work / wid / f"tvm-{p}-{'x'.join(map(str, tile))}-gemv{gemv}", p, tile, gemv)
-                for p in precs]
+        name = f"{'x'.join(map(str, tile))}-gemv{gemv}"
+        libs = [tvm_build(py, ck, work / wid / f"tvm-{p}-{name}", p, tile, gemv) for p in precs]
         from litelm_edge.pipeline.checkpoint import load
         cfg = load(ck, tokenizer=False)[0].cfg
         runner = TvmRunner(py, libs, cfg, a.threads)

@@ -21,7 +21,7 @@ from tvm.script import tirx as T
 @tvm.script.ir_module
 class Mod:
     @R.function
-    def main(idx: R.Tensor((1, "n"), "int64"), k: R.Tensor(("p", 4), "float32")) -> R.Tensor(("n",), "float32"):
+    def main(idx: R.Tensor((1, "n"), "int64"), k: R.Tensor(("p", 4), "float32")):
         n, p = T.int64(), T.int64()
         with R.dataflow():
             pos = R.arange(0, n, 1, dtype="int64")  # (n,): positions of the new tokens
@@ -35,7 +35,9 @@ class Mod:
 def arange_opaque(mod, _ctx):
     """The workaround: a kernel that reads no tensor is opaque to FuseOps (kOpaque = 8)."""
     for gv, f in mod.functions.items():
-        if isinstance(f, tirx.PrimFunc) and sum(isinstance(p.ty, tirx.buffer.BufferType) for p in f.params) == 1:
+        if not isinstance(f, tirx.PrimFunc):
+            continue
+        if sum(isinstance(p.ty, tirx.buffer.BufferType) for p in f.params) == 1:  # its output only
             mod[gv] = f.with_attr("op_pattern", 8)
     return mod
 

@@ -106,7 +106,8 @@ mod, _ = convert.relax_module(ckpt, prec)
 res = {}
 for name, fuse, gemv in (("unfused", False, 64), ("fused", True, 128)):
     so = f"{out}/{name}.so"
-    convert.compile_to(mod, convert.host_target(), so, None, (4, 32), int4=prec == "int4-b32", gemv=gemv, fuse=fuse)
+    convert.compile_to(mod, convert.host_target(), so, None, (4, 32), int4=prec == "int4-b32",
+                       gemv=gemv, fuse=fuse)
     f = (vm := tvm_vm.VirtualMachine(tvm.runtime.load_module(so), tvm.cpu()))["forward"]
     kv = tvm.runtime.tensor(np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32))
     lg, k, v = f(tvm.runtime.tensor(np.arange(1, 10)[None]), kv, kv)
@@ -128,7 +129,8 @@ print(json.dumps(res))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int8", "int4-b32"])
-def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_python, tiny_run, precision, tmp_path):
+def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_python, tiny_run, precision,
+                                                                         tmp_path):
     """FuseOps (with ArangeOpaque) and the wider GEMV change no bit of the logits; the decode step
     calls fewer kernels, norms and activations among them fused into one PrimFunc."""
     r = subprocess.run([str(tvm_python), "-c", FUSE, str(tiny_run), precision, str(tmp_path)],

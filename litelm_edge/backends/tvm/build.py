@@ -117,7 +117,8 @@ def build(ctx: BuildContext) -> BackendBuild:
     py = toolchain.ensure(VENV, PACKAGES, ctx.log)
     host_dir = Path(tempfile.mkdtemp(prefix="litelm-tvm-host-"))
     spec = {"checkpoint": str(ctx.checkpoint), "out_dir": str(ctx.out_dir), "precision": ctx.precision,
-            "target": s.target, "cc": cc, "host_dir": str(host_dir) if cc else None, "tile": s.tile, "gemv": s.gemv}
+            "target": s.target, "cc": cc, "host_dir": str(host_dir) if cc else None, "tile": s.tile,
+            "gemv": s.gemv}
     (host_dir / "spec.json").write_text(json.dumps(spec))
     ctx.log(f"tvm: compiling for {s.target} ({ctx.precision})")
     toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(host_dir / "spec.json")], ctx.log)

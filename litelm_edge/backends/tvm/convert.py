@@ -5,8 +5,8 @@
 SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"/"int4-b32"), target (a TVM tag string or a target
 dict), cc (the C++ compiler that links the target's library), host_dir (null, or a folder for
 the same module compiled for this machine: the host-side parity library of a cross build),
-tile ([MT, NJ] register tile, or null), gemv (decode GEMV columns a task, or null), schedule (default true; false = TVM's default
-unscheduled pipeline, for benchmarks)}.
+tile ([MT, NJ] register tile, or null), gemv (decode GEMV columns a task, or null), schedule
+(default true; false = TVM's default unscheduled pipeline, for benchmarks)}.
 
 Writes out_dir/model.so, out_dir/convert.json (timings, weight bytes by dtype), and
 host_dir/model.so. The library has one function, `forward(idx (1, T) int64, k, v
@@ -79,7 +79,8 @@ def main(spec_path: str) -> int:
     gemv = spec.get("gemv") or NJ1
     t0 = time.time()
     mod, nbytes = relax_module(spec["checkpoint"], spec["precision"])
-    report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile), "gemv": gemv}
+    report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile),
+              "gemv": gemv}
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
     int4 = spec["precision"] == "int4-b32"
@@ -99,8 +100,8 @@ def main(spec_path: str) -> int:
         host = Path(spec["host_dir"])
         host.mkdir(parents=True, exist_ok=True)
         report["host_target"] = str(host_target())
-        report["host_compile_s"] = round(compile_to(mod, host_target(), host / "model.so", None, tile, True, int4,
-                                                    gemv=gemv), 2)
+        t = compile_to(mod, host_target(), host / "model.so", None, tile, True, int4, gemv=gemv)
+        report["host_compile_s"] = round(t, 2)
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0
 

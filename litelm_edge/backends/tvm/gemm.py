@@ -16,8 +16,8 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 TILE = (4, 32)  # MT x NJ fp32 = 8 AVX-512 (16 AVX2 / 32 NEON) accumulators, 512 bytes
-NJ1 = 64        # decode GEMV columns a task (default): 16 NEON / 4 AVX-512 accumulators, 256 bytes of W a row;
-                # the target's [tvm] gemv widens it (x86-tvm: 128)
+NJ1 = 64        # decode GEMV columns a task (default): 16 NEON / 4 AVX-512 accumulators,
+                # 256 bytes of W a row; the target's [tvm] gemv widens it (x86-tvm: 128)
 
 
 def _b(W, S, k, j, int8: bool):

@@ -15,7 +15,7 @@ on one core (~16x slower than torch). Here:
      tiles (and batch), the dequantisation inlined into the inner loop.
   4. The standard lowering and VM passes.
 
-Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`).
+Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`, `[tvm] gemv`).
 """
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ class ArangeOpaque:
     """Marks each kernel that reads no tensor (an `arange` of a symbolic length: the positions
     P..P+T) opaque, so FuseOps keeps it out of fused groups. TVM 0.27's FuseTIR fails on a group
     holding such an arange next to an op on another symbolic scalar (RenewDefs: "VarRemapGet(source)
-    == nullptr"; benchmarks/tvm_fuseops_arange.py is the 20-line reproduction); the rest of the
+    == nullptr"; benchmarks/tvm_fuseops_arange.py is a short reproduction); the rest of the
     graph's elementwise ops fuse. Runs after AnnotateTIROpPattern, which sets the pattern."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
