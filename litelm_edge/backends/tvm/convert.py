@@ -54,7 +54,8 @@ def relax_module(checkpoint: str, precision: str):
 
 
 def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False,
-               kept: list | None = None, gemv: int | None = None, fuse: bool = True) -> float:
+               kept: list | None = None, gemv: int | None = None, fuse: bool = True,
+               pack: bool = True) -> float:
     """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`.
     kept: filled with the [K, N] of the matrices an int4 build made int8 (the layout cannot hold them).
     gemv, fuse: schedule.pipeline's."""
@@ -62,7 +63,7 @@ def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = T
     from tvm.support import cc as tvm_cc
     from litelm_edge.backends.tvm import schedule as tvm_schedule
     t0 = time.time()
-    pipeline = tvm_schedule.pipeline(target, tile, int4, kept, gemv, fuse) if schedule else "default"
+    pipeline = tvm_schedule.pipeline(target, tile, int4, kept, gemv, fuse, pack) if schedule else "default"
     with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
         ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
