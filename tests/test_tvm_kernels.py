@@ -147,5 +147,6 @@ def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_pytho
     fused = [k for k in calls["fused"] if k.startswith("fused_") and "matmul" not in k]
     assert any("rsqrt" in k for k in fused), fused  # RMSNorm: mean, add, rsqrt, multiply in one kernel
     assert not any(k.startswith("fused_") and "matmul" not in k for k in calls["unfused"])
-    assert any(k.endswith("_packed") for k in calls["fused"]), calls["fused"]  # schedule.PackWeights
+    if precision == "int8":  # int4-b32: the layers' own kernel, and the head is the embedding's too
+        assert any(k.endswith("_packed") for k in calls["fused"]), calls["fused"]  # schedule.PackWeights
     assert not any(k.endswith("_packed") for k in calls["unfused"])
