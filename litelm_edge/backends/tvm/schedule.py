@@ -3,6 +3,8 @@
 TVM's default Relax CPU pipeline neither fuses nor schedules: every matmul is a naive triple loop
 on one core (~16x slower than torch). Here:
 
+  0. PackWeights stores each weight matrix (N / g, K, g), g the decode GEMV width, and calls
+     gemm.gemm(packed) on it: a decode task streams its g columns contiguously.
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
   2. LegalizeOps lowers everything to TIR; FuseOps groups the remaining elementwise / injective
