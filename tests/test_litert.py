@@ -279,7 +279,7 @@ def test_x86_litert_target_builds_and_benches_here(built, data_dir, tmp_path):
     ck = built["int8"][1]["checkpoint"]
     sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
     m = build(ck, "x86-litert", tmp_path / "a", None, data_dir, sets, log=lambda s: None)
-    assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8",
+    assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8-had",
                                                                       "litert")
     assert m["litert"]["threads"] == 2 and m["parity"]["ok"]
     r = bench(tmp_path / "a",
