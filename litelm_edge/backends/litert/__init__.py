@@ -47,12 +47,6 @@ PRECISIONS = (
               about="INT4 weights in blocks of 32 with fp16 scales, embeddings included"),
     Precision("int4-b64", 4, 64, INT4, 0.13,
               about="INT4 weights in blocks of 64 with fp16 scales, embeddings included"),
-    Precision("int4-b32-had", 4, 32, INT4, 0.14,
-              about="INT4 in blocks of 32 as int4-b32, weights rotated by 64 x 64 Hadamard blocks first"),
-    Precision("int4-b32-h8", 4, 32, INT4, 0.17,
-              about="INT4 blocks of 32 for the layers, the tied embedding / LM head INT8 per channel"),
-    Precision("int4-b32-had-h8", 4, 32, INT4, 0.17,
-              about="int4-b32-h8 with every weight rotated by 64 x 64 Hadamard blocks first"),
     Precision("int4-ch", 4, None, INT4, 0.13,
               advice="build --precision int4-b32 (a scale per 32 weights holds more), or a wider one",
               about="INT4 weights per output channel (XNNPACK's qd8 x qc4w GEMM: prefill ~1.5x int4-b32), "

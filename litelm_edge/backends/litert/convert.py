@@ -41,13 +41,6 @@ RECIPES = {
     "int4-ch": ((".*", "ALL_SUPPORTED", 4, "CHANNELWISE", False),
                 (".*", "EMBEDDING_LOOKUP", 4, "BLOCKWISE_32", False),
                 (HEAD, "FULLY_CONNECTED", 4, "BLOCKWISE_32", False)),
-    "int4-b32-had": ((".*", "ALL_SUPPORTED", 4, "BLOCKWISE_32", True),),
-    "int4-b32-h8": ((".*", "ALL_SUPPORTED", 4, "BLOCKWISE_32", False),
-                    (".*", "EMBEDDING_LOOKUP", 8, "CHANNELWISE", False),
-                    (HEAD, "FULLY_CONNECTED", 8, "CHANNELWISE", False)),
-    "int4-b32-had-h8": ((".*", "ALL_SUPPORTED", 4, "BLOCKWISE_32", True),
-                        (".*", "EMBEDDING_LOOKUP", 8, "CHANNELWISE", True),
-                        (HEAD, "FULLY_CONNECTED", 8, "CHANNELWISE", True)),
 }
 # The largest rotation: a power of 2 dividing the input width, capped at 64. Uncapped, SmolLM2's
 # down_proj (1536 inputs) gets a 512 x 512 float32 matrix per layer: 1 MB each (30 MB of float
