@@ -43,8 +43,9 @@ RECIPES = {
                 (HEAD, "FULLY_CONNECTED", 4, "BLOCKWISE_32", False)),
 }
 # The largest rotation: a power of 2 dividing the input width, capped at 64. Uncapped, SmolLM2's
-# down_proj (1536 inputs) gets a 512 x 512 float32 matrix per layer: 1 MB each (30 MB of float
-# weights, which check_precision refuses) and 8x the rotation's multiply-adds.
+# down_proj (1536 inputs) would rotate by 512 x 512 blocks (8x the multiply-adds of 64, a 1 MB float
+# matrix); capped, every rotation is the same 64 x 64 matrix, one 16 kB buffer. The cap is the
+# setting measured on SmolLM2 (docs/quality.md); uncapped was not re-measured.
 MAX_HADAMARD = 64
 
 
