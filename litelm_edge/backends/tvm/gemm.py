@@ -22,12 +22,10 @@ NJ1 = 64        # decode GEMV columns a task (default): 16 NEON / 4 AVX-512 accu
 
 def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
          packed: bool = False) -> tirx.PrimFunc:
-    """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1. `order`: the
-    parameters' positions in the function replaced (match's), e.g. FuseTIR's (Wq, S, A, C).
-    packed: W is (N / NJ1, K, NJ1) (schedule.PackWeights), so a decode task streams its columns'
-    K x NJ1 block contiguously; NJ must divide NJ1."""
-    mt, nj = tile
-    g = nj1
+    """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1. `order`: see
+    _ordered. packed: W is (N / NJ1, K, NJ1) (schedule.PackWeights), so a decode task streams its
+    columns' K x NJ1 block contiguously; NJ must divide NJ1."""
+    (mt, nj), g = tile, nj1
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)  # the shapes' dtype in Relax
     wdtype = "int8" if int8 else "float32"
     wshape = (N // g, K, g) if packed else (K, N)
@@ -36,8 +34,7 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
         w = W[j0 // g, k, j0 % g + ji] if packed else W[k, j0 + ji]
         return T.Cast("float32", w) if int8 else w
 
-    def scale(S, j):
-        return S[j] if int8 else T.float32(1)
+    scale = (lambda S, j: S[j]) if int8 else (lambda S, j: T.float32(1))
 
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
@@ -82,6 +79,12 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
                     for ji in T.vectorized(nj):
                         C[i, jo * nj + ji] = acc1[ji] * scale(S, jo * nj + ji)
 
+    return _ordered(main, int8, order)
+
+
+def _ordered(main, int8: bool, order) -> tirx.PrimFunc:
+    """main with fp32's unused S dropped and its parameters in `order`: their positions in the
+    function replaced (match's), e.g. FuseTIR's (Wq, S, A, C)."""
     params = list(main.params) if int8 else [p for i, p in enumerate(main.params) if i != 2]  # fp32: no S
     if order is not None:  # params[i] goes where the replaced function had its i-th role
         params = [params[order.index(i)] for i in range(len(params))]
