@@ -132,7 +132,7 @@ def engines(a, work: Path):
         # the export graph makes no builder recipe (a row with options: k-quant, an 8-bit head)
         for prec in [p for p in a.precisions.split(",") if graph == "fused" or not OPTIONS[p]]:
             art, m = build_ours(ck, data, prec, graph, work / wid)
-            name = f"ort {m.get('graph', 'export')} {prec}"
+            name = f"ort {m['ort']['graph']} {prec}"
             eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))
             sizes[name] = m["size_bytes"] / 1e6
             notes.append(f"{name}: gate {describe(m['parity'])} "
