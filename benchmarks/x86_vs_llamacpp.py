@@ -30,6 +30,7 @@ import _llamacpp as llama
 from litelm_edge.backends.ort import PRECISIONS
 
 BITS = {p.name: p.bits for p in PRECISIONS}  # our precision -> bits a weight
+OPTIONS = {p.name: p.options for p in PRECISIONS}  # our precision -> onnxruntime-genai builder options
 PAIRS = {32: "f32", 8: "q8_0", 4: "q4_0"}  # bits -> llama.cpp's type of the same bits
 
 
@@ -128,7 +129,8 @@ def engines(a, work: Path):
         g = f32 if gguf_type == "f32" else llama.quantize(f32, gguf_type)
         eng[f"llama.cpp {gguf_type}"], sizes[f"llama.cpp {gguf_type}"] = ("llama", g), g.stat().st_size / 1e6
     for graph in (["export"] if a.before else []) + ["fused"]:
-        for prec in [p for p in a.precisions.split(",") if graph == "export" or p in PRECISIONS]:
+        # the export graph makes no builder recipe (a row with options: k-quant, an 8-bit head)
+        for prec in [p for p in a.precisions.split(",") if graph == "fused" or not OPTIONS[p]]:
             art, m = build_ours(ck, data, prec, graph, work / wid)
             name = f"ort {m.get('graph', 'export')} {prec}"
             eng[name] = ("ort", open_runtime(art, m, a.threads, {"on": True, "off": False}.get(a.spin)))

@@ -63,6 +63,8 @@ class Precision:
     size_ratio: float  # expected weight bytes / fp32 weight bytes, from bits and scale sizes (not measured)
     advice: str = WIDER  # what to do when parity fails ("" = nothing to add)
     about: str = ""  # one line for the docs and the CLI help
+    options: tuple[str, ...] = ()  # the backend's own build options, KEY=VALUE (ort: onnxruntime-genai
+    #   builder --extra_options); the manifest records them, and a graph that cannot honour them refuses
 
     @property
     def rule(self) -> str:

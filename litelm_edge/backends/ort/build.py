@@ -15,15 +15,18 @@ Precisions:
              quantised to one uint8 grid per call; export graph: the embedding Gather uint8 per
              tensor; fused graph: the embedding reads the LM head's int8 columns (fused.w8a8).
   int8-b32   weight-only int8 in blocks of 32 along K (ORT's MatMulNBits, accuracy level 4: the
-  int4-b32   kernel rounds activations to int8 per block of 32 at run time, far finer than one grid
-  int4-b64   per call); lm_head gets its own copy of the tied embedding, quantised the same way,
+             kernel rounds activations to int8 per block of 32 at run time, far finer than one grid
+             per call); lm_head gets its own copy of the tied embedding, quantised the same way,
              and the Gather keeps a uint8 per-tensor copy. int8-b32 matches fp32 perplexity.
+  int4-*     the builder's recipes (k-quant, an 8-bit head, Q4_K_M's mix: the row's options), made
+             by the fused graph only; the export graph refuses them in one line.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from ...config import UserError
 from .. import BackendBuild, BuildContext
 from . import BACKEND
 
@@ -175,8 +178,13 @@ def build(ctx: BuildContext) -> BackendBuild:
         from . import fused
         tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
         extra = fused.build(ctx.model, tok, out, ctx.precision, ctx.log)
-        return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"),
-                            extra, section={"graph": "fused"})
+        section = {"graph": "fused", "builder_options": fused.builder_options(ctx.precision)}
+        return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"), extra,
+                            section=section)
+    if spec.options:  # the builder's recipe (k-quant, an 8-bit head, ...): our quantiser has none of it
+        have = ", ".join(p.name for p in BACKEND.precisions if not p.options)
+        raise UserError(f"the torch.export graph cannot make {ctx.precision} (onnxruntime-genai's builder "
+                        f"recipe: {' '.join(spec.options)}); it makes: {have}")
     if ctx.precision == "fp32":
         export_onnx(ctx.model, out / GRAPH, ctx.log)
     else:

@@ -39,9 +39,11 @@ from . import PRECISIONS as BACKEND_PRECISIONS
 
 GRAPH = "decoder.onnx"
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai reads the folder through it
-# our precision -> (builder precision, block size along K), read off the backend's table: blocks
-# are the builder's own MatMulNBits; fp32 and int8 (W8A8: our quantiser, after) start from its fp32 graph
-PRECISIONS = {p.name: (f"int{p.bits}", p.block) if p.block else ("fp32", 0) for p in BACKEND_PRECISIONS}
+# our precision -> (builder precision, block size along K, the row's own builder options), read off
+# the backend's table: blocks are the builder's own MatMulNBits; fp32 and int8 (W8A8: our quantiser,
+# after) start from its fp32 graph
+PRECISIONS = {p.name: (f"int{p.bits}", p.block, p.options) if p.block else ("fp32", 0, ())
+              for p in BACKEND_PRECISIONS}
 BUILDER = "onnxruntime_genai.models.builder"
 
 
@@ -62,6 +64,18 @@ def hf_folder(model, tokenizer_json: str, dst: Path) -> Path:
     return ckpt.save(dst, model, tokenizer_json, {})
 
 
+def builder_options(precision: str) -> list[str]:
+    """The builder's --extra_options for our precision (what the manifest records as
+    ort.builder_options): ours for every graph, then the precision row's own."""
+    p, block, own = PRECISIONS[precision]
+    # gate and up as one MatMul (then a Split): one activation quantisation and one kernel hand-off
+    # fewer a layer, +4-5 % decode for minimind-26m at 4 and 8 bits, paired (docs/x86-speed.md)
+    opts = ["fuse_mlp_gate_up=true"]
+    if p != "fp32":
+        opts += ["accuracy_level=4", f"block_size={block}"]
+    return opts + list(own)
+
+
 def run_builder(src: Path, dst: Path, precision: str, log=print):
     """python -m onnxruntime_genai.models.builder, CPU execution provider, into dst."""
     try:
@@ -69,16 +83,12 @@ def run_builder(src: Path, dst: Path, precision: str, log=print):
     except ImportError as e:
         raise UserError("the x86 fused graph needs onnxruntime-genai's model builder on the build host: "
                         "pip install onnxruntime-genai (or build with --set build.graph=export)") from e
-    p, block = PRECISIONS[precision]
-    # gate and up as one MatMul (then a Split): one activation quantisation and one kernel hand-off
-    # fewer a layer, +4-5 % decode for minimind-26m at 4 and 8 bits, paired (docs/x86-speed.md)
-    extra = ["--extra_options", "fuse_mlp_gate_up=true"]
-    if p != "fp32":
-        extra += ["accuracy_level=4", f"block_size={block}"]
+    p, block, own = PRECISIONS[precision]
+    extra = ["--extra_options", *builder_options(precision)]
     cmd = [sys.executable, "-m", BUILDER, "-i", str(src), "-o", str(dst), "-p", p, "-e", "cpu",
            "-c", str(dst.parent / "hf-cache"), *extra]
-    log(f"emitting the fused graph ({p}{f', blocks of {block}' if block else ''}) with onnxruntime-genai's "
-        "builder ...")
+    how = ", ".join([p, *([f"blocks of {block}"] if block else []), *own])
+    log(f"emitting the fused graph ({how}) with onnxruntime-genai's builder ...")
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     # not this model's fault: the build's atomic_dir says it
     if any(t in r.stderr + r.stdout for t in FULL_TEXT):
@@ -89,13 +99,45 @@ def run_builder(src: Path, dst: Path, precision: str, log=print):
                         "build the torch.export graph instead: --set build.graph=export")
 
 
-def add_logits_to_keep(src: Path, dst: Path):
+def finish(src: Path, dst: Path):
+    """The builder's graph -> ours: the tied embedding re-tied to the head, logits_to_keep added."""
+    import onnx
+    model = onnx.load(str(src))
+    tie_head_names(model.graph)
+    add_logits_to_keep(model.graph)
+    save(model, dst)
+
+
+def tie_head_names(g):
+    """Point the tied embedding's GatherBlockQuantized at the LM head's own blocks.
+
+    With an 8-bit head in a 4-bit graph (matmul_mixed_precision=last_matmul:int8), onnxruntime-genai
+    0.18's builder names the embedding's inputs after the RTN/k-quant quantiser (weight_Q8G64,
+    weight_scale, weight_zp) while its default quantiser stores the head as weight_Q8, weight_scales,
+    weight_zero_points: the graph does not load. Both are the same (N, blocks, bytes) layout, so the
+    embedding reads the head's initializers (and its bit width and block); a no-op when they match."""
+    from onnx import helper
+    gather = next((n for n in g.node if n.op_type == "GatherBlockQuantized"), None)
+    if gather is None:
+        return
+    head = next(n for n in g.node if any(o == "logits" for o in n.output))
+    if head.op_type != "MatMulNBits":
+        raise RuntimeError(f"the tied embedding is quantised but the LM head is {head.op_type}")
+    w, *rest = head.input[1:4]  # B (N, blocks, bytes), scales, zero points (when asymmetric)
+    reshape = next(n for n in g.node if n.output[0] == gather.input[0])  # (N, blocks * bytes)
+    reshape.input[0] = w
+    del gather.input[2:]
+    gather.input.extend(x for x in rest if x)
+    attrs = {a.name: a for a in head.attribute}
+    for a in gather.attribute:
+        if a.name in ("bits", "block_size"):
+            a.CopyFrom(helper.make_attribute(a.name, attrs[a.name].i))
+
+
+def add_logits_to_keep(g):
     """Insert Slice(hidden, -k:) before the LM head; k comes from a new int64 [1] input, optional:
     an initializer of the same name is its default (ONNX IR >= 4), 0 = every position."""
-    import onnx
     from onnx import TensorProto, helper
-    model = onnx.load(str(src))
-    g = model.graph
     head = next(n for n in g.node if any(o == "logits" for o in n.output))
     hidden = head.input[0]
     g.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
@@ -109,7 +151,6 @@ def add_logits_to_keep(src: Path, dst: Path):
     at = list(g.node).index(head)
     for i, n in enumerate(nodes):
         g.node.insert(at + i, n)
-    save(model, dst)
 
 
 def save(model, path: Path):
@@ -191,7 +232,7 @@ def build(model, tokenizer_json: str, out: Path, precision: str, log=print) -> d
     try:
         src = hf_folder(model, tokenizer_json, work / "hf")
         run_builder(src, work / "onnx", precision, log)
-        add_logits_to_keep(work / "onnx" / "model.onnx", out / GRAPH)
+        finish(work / "onnx" / "model.onnx", out / GRAPH)
         if precision == "int8":
             w8a8(out / GRAPH, work / "q.onnx")
         elif PRECISIONS[precision][0] == "int8":
