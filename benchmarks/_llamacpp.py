@@ -110,10 +110,19 @@ def ensure_built(log=print, variant: str = "native", targets: tuple = TARGETS) -
             "variant": variant}
 
 
+def _variant() -> str:
+    """The build to use: "no-amx" once it exists (it is only built where the native one dies with
+    SIGILL, see bench), else "native"; so converting and quantizing never build a second variant."""
+    no_amx = CACHE / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp" / "build-no-amx" / "bin"
+    if "v" not in _VARIANT and all((no_amx / t).is_file() for t in ("llama-bench", "llama-quantize")):
+        _VARIANT["v"] = "no-amx"
+    return _VARIANT.get("v", "native")
+
+
 def convert(ckpt, outtype: str, out_dir, log=print) -> Path:
     """Our HF-layout checkpoint folder -> OUT_DIR/model-OUTTYPE.gguf with llama.cpp's own converter
     (kept when already there; never written into the checkpoint folder)."""
-    paths = ensure_built(log)
+    paths = ensure_built(log, _variant())
     ckpt = Path(ckpt)
     out = Path(out_dir) / f"model-{outtype}.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +140,7 @@ def quantize(gguf, qtype: str, log=print) -> Path:
     gguf = Path(gguf)
     out = gguf.with_name(gguf.stem.rsplit("-", 1)[0] + f"-{qtype}.gguf")
     if not out.is_file():
-        _run([ensure_built(log)["quantize"], gguf, out, qtype.upper()], log)
+        _run([ensure_built(log, _variant())["quantize"], gguf, out, qtype.upper()], log)
     return out
 
 
@@ -145,7 +154,7 @@ _VARIANT = {}  # the build that runs on this machine, found once per process
 def bench(gguf, threads: int = 2, p: int = 64, n: int = 128, reps: int = 5, log=print) -> dict:
     """llama-bench: prefill of p tokens (ms per prompt) and decode of n tokens after a p-token
     context (tok/s), reps samples each; with the build and CPU facts llama-bench reports."""
-    variant = _VARIANT.get("v", "native")
+    variant = _variant()
     exe = ensure_built(log, variant)["bench"]
     common = ["-m", gguf, "-t", threads, "-r", reps, "-o", "json"]
     try:

@@ -64,9 +64,12 @@ def main():
         plain, rows = profile(lib, a.steps, a.context)
         total = sum(ms for _, ms in rows.values())
         builtin = sum(ms for n, (_, ms) in rows.items() if n.startswith("vm.builtin"))
+        kernels = {n: r for n, r in rows.items() if not n.startswith("vm.builtin")}
+        matmul = sum(ms for n, (_, ms) in kernels.items() if "matmul" in n or "gemm" in n)
         print(f"\n{lib.name}: decode step {plain:.2f} ms untimed, {total:.2f} ms of kernels + builtins timed "
               f"(VM builtins {builtin:.2f} ms, "
-              f"{sum(c for n, (c, _) in rows.items() if n.startswith('vm.builtin')):.0f} calls)")
+              f"{sum(c for n, (c, _) in rows.items() if n.startswith('vm.builtin')):.0f} calls; "
+              f"{sum(c for c, _ in kernels.values()):.0f} kernel calls; matmuls {100 * matmul / total:.0f}%)")
         print("| kernel | calls a step | ms a step | share |\n|---|---|---|---|")
         for n, (cnt, ms) in sorted(rows.items(), key=lambda x: -x[1][1])[:a.top]:
             print(f"| {n} | {cnt:.0f} | {ms:.3f} | {100 * ms / total:.1f}% |")

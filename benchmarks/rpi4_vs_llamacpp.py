@@ -7,7 +7,7 @@ against llama.cpp on the same weights: decode and prefill-64 ratios, interleaved
 
 Protocol: one checkpoint (untrained preset by default: speed does not depend on the values) goes
 through our TVM convert (target "host": this CPU's -mcpu, the rpi4 target's schedules and the
-x86-tvm target's tile) once per precision, and through llama.cpp's converter and llama-quantize
+x86-tvm target's tile and GEMV width) once per precision, and through llama.cpp's converter and llama-quantize
 (f16, q8_0, q4_0; benchmarks/_llamacpp.py). Each round runs every engine once, the order rotated
 each round so a burst of load on a shared machine hits each about equally: TVM a round is 1 warmup
 prefill, `reps` prefills of p tokens and a greedy decode of n tokens after them (the device
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _llamacpp as llama
-from tvm_vs_ort import TvmRunner, x86_tile
+from tvm_vs_ort import TvmRunner, x86_setting, x86_tile
 
 from litelm_edge.backends.tvm import PRECISIONS
 
@@ -38,13 +38,13 @@ BITS = {p.name: p.bits for p in PRECISIONS}  # our precision -> bits a weight
 PAIRS = {32: "f16", 8: "q8_0", 4: "q4_0"}  # bits -> llama.cpp's type of the same class
 
 
-def tvm_build(py, ckpt: Path, out: Path, precision: str, tile) -> Path:
+def tvm_build(py, ckpt: Path, out: Path, precision: str, tile, gemv: int | None) -> Path:
     """convert.py for this CPU (kept in --work when already there)."""
     from litelm_edge import toolchain
     if not (out / "model.so").is_file():
         out.mkdir(parents=True, exist_ok=True)
         spec = {"checkpoint": str(ckpt), "out_dir": str(out), "precision": precision, "target": "host",
-                "cc": None, "host_dir": None, "tile": tile}
+                "cc": None, "host_dir": None, "tile": tile, "gemv": gemv}
         (out / "spec.json").write_text(json.dumps(spec))
         toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(out / "spec.json")])
     return out
@@ -98,7 +98,9 @@ def engines(a, work: Path) -> tuple[dict, dict, list]:
     if precs:
         py = tvm_backend.python()
         tile = [int(x) for x in a.tile.split(",")] if a.tile else x86_tile()
-        libs = [tvm_build(py, ck, work / wid / f"tvm-{p}-{'x'.join(map(str, tile))}", p, tile) for p in precs]
+        gemv = a.gemv or x86_setting("gemv")
+        name = f"{'x'.join(map(str, tile))}-gemv{gemv}"
+        libs = [tvm_build(py, ck, work / wid / f"tvm-{p}-{name}", p, tile, gemv) for p in precs]
         from litelm_edge.pipeline.checkpoint import load
         cfg = load(ck, tokenizer=False)[0].cfg
         runner = TvmRunner(py, libs, cfg, a.threads)
@@ -130,6 +132,7 @@ def main():
     ap.add_argument("-p", type=int, default=64, help="prefill tokens (TVM: _tvm_time.py's 64 ids)")
     ap.add_argument("-n", type=int, default=64, help="decode steps after the prefill")
     ap.add_argument("--tile", help="matmul register tile MT,NJ (default: targets/x86-tvm.toml's)")
+    ap.add_argument("--gemv", type=int, help="decode GEMV columns a task (default: targets/x86-tvm.toml's)")
     ap.add_argument("--work", type=Path, help="folder for checkpoints, GGUF files and libraries, reused")
     ap.add_argument("--out", type=Path, help="JSON of every round")
     a = ap.parse_args()

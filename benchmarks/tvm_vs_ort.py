@@ -57,15 +57,20 @@ class TvmRunner:
 def tvm_build(py, ckpt: Path, out: Path, schedule: bool, tile=None) -> float:
     out.mkdir(parents=True)
     spec = {"checkpoint": str(ckpt), "out_dir": str(out), "precision": "fp32", "target": "host",
-            "cc": None, "host_dir": None, "tile": tile, "schedule": schedule}
+            "cc": None, "host_dir": None, "tile": tile, "gemv": x86_setting("gemv"), "schedule": schedule}
     (out / "spec.json").write_text(json.dumps(spec))
     toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(out / "spec.json")])
     return json.loads((out / "convert.json").read_text())["compile_s"]
 
 
-def x86_tile() -> list[int]:
+def x86_setting(key: str):
+    """targets/x86-tvm.toml's [tvm] KEY (tile, gemv), or None."""
     import tomllib
-    return tomllib.loads((ROOT / "targets" / "x86-tvm.toml").read_text())["tvm"]["tile"]
+    return tomllib.loads((ROOT / "targets" / "x86-tvm.toml").read_text())["tvm"].get(key)
+
+
+def x86_tile() -> list[int]:
+    return x86_setting("tile")
 
 
 def interleaved(ort: OrtRuntime, ids, tvm: TvmRunner, names: list[str], a) -> dict:

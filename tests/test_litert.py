@@ -143,7 +143,8 @@ def built(toolchain, data_dir, tmp_path_factory):
     for name, p, cfg, extra in [("fp32", "fp32", preset("tiny"), {}), ("int8", "int8", preset("tiny"), {}),
                                 ("golden", "fp32", dataclasses.replace(preset("tiny"), tie_embeddings=False),
                                  {}),
-                                ("int4ch", "int4-ch", preset("tiny"), {"prefill_windows": ""})]:
+                                ("int4ch", "int4-ch", preset("tiny"), {"prefill_windows": ""}),
+                                ("int8had", "int8-had", preset("tiny"), {})]:
         torch.manual_seed(0)
         ck = checkpoint.save(root / f"ck-{name}", Transformer(cfg).eval(), tok, {"data_dir": str(data_dir)})
         out[name] = (root / name,
@@ -216,6 +217,38 @@ def test_int8_is_int8_and_passes_parity(built):
         litert_build.check_precision("int8", {"breakdown": built["fp32"][1]["size_breakdown"]})
 
 
+def test_int8_had_stores_rotated_weights_and_the_rotation(built):
+    """int8-had: the manifest names the recipe the quantizer ran (the Hadamard rotation, capped at
+    64); the int8 weights it stores are W @ H (H: 64 x 64 normalised Hadamard blocks along the
+    input axis), not W; the graph holds H to rotate the inputs the same way; parity holds (INT8)."""
+    from litelm_edge.backends.litert.inspect import read_model
+    d, man = built["int8had"]
+    ran = [(r["algorithm"], r["num_bits"], r["granularity"], r.get("max_hadamard_size")) for r in man["recipe"]]
+    assert ran == [("DECOMPOSED_HADAMARD_ROTATION", 8, "CHANNELWISE", 64)]
+    assert [r["algorithm"] for r in built["int8"][1]["recipe"]] == ["min_max_uniform_quantize"]
+    assert man["parity"]["rule"] == str(INT8) and man["parity"]["ok"]
+    model, _ = read_model(d / "model.tflite")
+    ints, rotations = [], []
+    for t in {id(t): t for sg in model.subgraphs for t in sg.tensors}.values():
+        data = model.buffers[t.buffer].data if t.buffer else None
+        if data is None or len(t.shape) != 2 or not len(data):
+            continue
+        if t.type == 9:  # int8, one scale per output channel
+            q = np.frombuffer(bytes(data), np.int8).reshape(t.shape).astype(np.float32)
+            ints.append(q * np.asarray(t.quantization.scale, np.float32)[:, None])
+        elif t.type == 0 and t.shape[0] == t.shape[1]:
+            rotations.append(np.frombuffer(bytes(data), np.float32).reshape(t.shape))
+    H = rotations[0]
+    assert all(h.shape == (64, 64) and np.array_equal(h, H) for h in rotations)
+    assert np.allclose(np.abs(H), 64 ** -0.5) and np.allclose(H @ H.T, np.eye(64), atol=1e-6)
+    W = checkpoint.load(man["checkpoint"])[0].layers[0].self_attn.q_proj.weight.detach().numpy()  # (out, in)
+    rotated = (W.reshape(-1, 64) @ H).reshape(W.shape)
+
+    def nearest(ref):  # relative error of the stored weight closest to ref
+        return min(np.linalg.norm(w - ref) / np.linalg.norm(ref) for w in ints if w.shape == ref.shape)
+    assert nearest(rotated) < 0.02 and nearest(W) > 0.5
+
+
 def test_int4_channelwise_with_prefill_over_the_whole_cache(built):
     """int4-ch: the layers' INT4 weights with one scale per output channel, in each tensor's own
     quantization parameters; the tied embedding / head in blocks of 32 with fp16 scales (one buffer);
@@ -246,7 +279,7 @@ def test_x86_litert_target_builds_and_benches_here(built, data_dir, tmp_path):
     ck = built["int8"][1]["checkpoint"]
     sets = {"prefill_len": 16, "capacity": 128, "windows": "32"}
     m = build(ck, "x86-litert", tmp_path / "a", None, data_dir, sets, log=lambda s: None)
-    assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8",
+    assert (m["target"], m["arch"], m["precision"], m["runtime"]) == ("x86-litert", "x86_64", "int8-had",
                                                                       "litert")
     assert m["litert"]["threads"] == 2 and m["parity"]["ok"]
     r = bench(tmp_path / "a",

@@ -149,6 +149,9 @@ def test_tile_override_is_checked():
     assert backends.resolve(tvm, table, {"cc": "g++"}).tile == [4, 16]
     with pytest.raises(UserError, match="two positive ints"):
         backends.resolve(tvm, table, {"tvm.tile": "8"})
+    assert backends.resolve(tvm, table, {"tvm.gemv": "128"}).gemv == 128
+    with pytest.raises(UserError, match="gemv must be a multiple of 16"):
+        backends.resolve(tvm, table, {"tvm.gemv": "256"})  # 1024 bytes of accumulators: on the heap
     with pytest.raises(UserError, match="did you mean 'tile'"):
         backends.resolve(tvm, table, {"tvm.tiles": "8,32"})
     with pytest.raises(UserError, match=r"\[tvm\] target"):

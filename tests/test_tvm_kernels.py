@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from litelm_edge import toolchain
@@ -88,3 +89,64 @@ def test_gemm_matches_numpy_in_every_parameter_order(tvm_python, precision):
     errs = check(tvm_python, precision)
     assert len(errs) == 4, errs  # decode and prefill; in both parameter orders, or (int4) both tiles
     assert max(errs.values()) < 1e-5, errs  # the same sums up to fp32 rounding
+
+
+# Run in the TVM venv: the tiny checkpoint compiled twice, without FuseOps, packed weights and with
+# a 64-column GEMV (the pipeline before issue 26) and as built now (FuseOps, packed weights, a
+# 128-column GEMV); the logits of a prefill and 3 decode steps from each, and each library's
+# kernel calls in one decode step.
+FUSE = r"""
+import json, sys
+import numpy as np, tvm
+from tvm.runtime import vm as tvm_vm
+from litelm_edge.backends.tvm import convert
+from litelm_edge.pipeline.checkpoint import load
+ckpt, prec, out = sys.argv[1:4]
+c = load(ckpt, tokenizer=False)[0].cfg
+mod, _ = convert.relax_module(ckpt, prec)
+res = {}
+for name, fuse, gemv in (("unfused", False, 64), ("fused", True, 128)):  # fuse: FuseOps and packing
+    so = f"{out}/{name}.so"
+    convert.compile_to(mod, convert.host_target(), so, None, (4, 32), int4=prec == "int4-b32",
+                       gemv=gemv, fuse=fuse, pack=fuse)
+    f = (vm := tvm_vm.VirtualMachine(tvm.runtime.load_module(so), tvm.cpu()))["forward"]
+    kv = tvm.runtime.tensor(np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32))
+    lg, k, v = f(tvm.runtime.tensor(np.arange(1, 10)[None]), kv, kv)
+    logits, kernels, step = [lg.numpy()], {}, [0]
+    def hook(_f, name, before, *_):
+        if before and step[0] == 7 and not name.startswith("vm.builtin"):
+            kernels[name] = kernels.get(name, 0) + 1
+        return 0
+    vm.set_instrument(hook)
+    for t in (3, 5, 7):
+        step[0] = t
+        lg, k, v = f(tvm.runtime.tensor(np.array([[t]])), k, v)
+        logits.append(lg.numpy())
+    np.savez(f"{out}/{name}.npz", *logits)
+    res[name] = kernels
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int8", "int4-b32"])
+def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_python, tiny_run, precision,
+                                                                         tmp_path):
+    """FuseOps (with ArangeOpaque), packed weights and the wider GEMV change no bit of the logits;
+    the decode step calls fewer kernels, norms among them fused into one PrimFunc, and the weight
+    matmuls are the packed GEMVs."""
+    r = subprocess.run([str(tvm_python), "-c", FUSE, str(tiny_run), precision, str(tmp_path)],
+                       capture_output=True, text=True, env=toolchain.src_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = json.loads(r.stdout.strip().splitlines()[-1])
+    before, after = (np.load(tmp_path / f"{n}.npz") for n in ("unfused", "fused"))
+    for key in before.files:
+        assert np.array_equal(before[key], after[key]), key
+    n = {k: sum(v.values()) for k, v in calls.items()}
+    assert n["fused"] < 0.7 * n["unfused"], n
+    fused = [k for k in calls["fused"] if k.startswith("fused_") and "matmul" not in k]
+    assert any("rsqrt" in k for k in fused), fused  # RMSNorm: mean, add, rsqrt, multiply in one kernel
+    assert not any(k.startswith("fused_") and "matmul" not in k for k in calls["unfused"])
+    if precision == "int8":  # int4-b32: the layers' own kernel, and the head is the embedding's too
+        assert any(k.endswith("_packed") for k in calls["fused"]), calls["fused"]  # schedule.PackWeights
+    assert not any(k.endswith("_packed") for k in calls["unfused"])

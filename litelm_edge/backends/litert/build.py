@@ -134,6 +134,7 @@ def build(ctx: BuildContext) -> BackendBuild:
                                    if isinstance(v, int)) + (f"; {verdict['size_note']}" if verdict else ""))
     extra = dict(graphs={"model": "model.tflite"}, converter=report["versions"],
                  size_breakdown=report["breakdown"], weight_dtypes=report["weight_dtypes"],
+                 recipe=report["recipe"],
                  convert_s=report["convert_s"],
                  quantize_s=report["quantize_s"], **verdict)
     return BackendBuild(report["breakdown"]["weights_by_dtype"], ("ai_edge_litert",), extra, section=eff)

@@ -18,32 +18,60 @@ from pathlib import Path
 from litelm_edge.backends.litert import PRECISIONS
 
 
+# A layer of a recipe: (tensor-name regex, TFLite op, weight bits, granularity, Hadamard rotation),
+# all dynamic: weights int per channel or block, activations quantized to int8 on the fly. Later
+# rows override earlier ones for the ops they name. The tied embedding is used by EMBEDDING_LOOKUP
+# and the head's FULLY_CONNECTED: both get the same config, else the quantizer stores it twice per
+# signature. The head is the FULLY_CONNECTED that writes the logits (".*logits_output.*").
+#
+# Rotation (ai-edge-quantizer's DECOMPOSED_HADAMARD_ROTATION, QuaRot's idea): each weight is
+# multiplied by a Hadamard matrix along its input axis before it is quantized (with OCTAV's
+# clipping), and the graph rotates each input the same way (a reshape and a float matmul), so the
+# product is unchanged up to the rounding; the rotation spreads outlier channels over the others.
+HEAD = ".*logits_output.*"
+RECIPES = {
+    "int8": ((".*", "ALL_SUPPORTED", 8, "CHANNELWISE", False),),
+    "int8-had": ((".*", "ALL_SUPPORTED", 8, "CHANNELWISE", True),),
+    "int4-b32": ((".*", "ALL_SUPPORTED", 4, "BLOCKWISE_32", False),),
+    "int4-b64": ((".*", "ALL_SUPPORTED", 4, "BLOCKWISE_64", False),),
+    # Per-channel INT4 for the layers' projections (XNNPACK's qd8 x qc4w GEMM, ~2x the blockwise
+    # prefill); the tied embedding / LM head, whose noise flips the top token, in blocks of 32
+    # (on a CPU-trained minimind-26m: top-1 0.952 against 0.919 all per channel). Per-channel
+    # scales live in each signature's tensors, blockwise ones in buffers all signatures share.
+    "int4-ch": ((".*", "ALL_SUPPORTED", 4, "CHANNELWISE", False),
+                (".*", "EMBEDDING_LOOKUP", 4, "BLOCKWISE_32", False),
+                (HEAD, "FULLY_CONNECTED", 4, "BLOCKWISE_32", False)),
+}
+# The largest rotation: a power of 2 dividing the input width, capped at 64. Uncapped, SmolLM2's
+# down_proj (1536 inputs) would rotate by 512 x 512 blocks (8x the multiply-adds of 64, a 1 MB float
+# matrix); capped, every rotation is the same 64 x 64 matrix, one 16 kB buffer. The cap is the
+# setting measured on SmolLM2 (docs/quality.md); uncapped was not re-measured.
+MAX_HADAMARD = 64
+
+
 def _recipe(precision: str):
-    """The quantization recipe. The tied embedding is used by EMBEDDING_LOOKUP and the head's
-    FULLY_CONNECTED: both get the same config, else the quantizer stores it twice per signature."""
-    from ai_edge_quantizer import qtyping, recipe_manager
+    """The quantization recipe: RECIPES' layers, or int8-full's static one."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
     op, gran = qtyping.TFLOperationName, qtyping.QuantGranularity
     rm = recipe_manager.RecipeManager()
-    if precision == "int8":
-        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=8)
-    elif precision == "int8-full":
+    if precision == "int8-full":
         rm.add_static_config(regex=".*", operation_name=op.ALL_SUPPORTED, activation_num_bits=8,
                              weight_num_bits=8)
         rm.add_dynamic_config(regex=".*", operation_name=op.EMBEDDING_LOOKUP, num_bits=8)
-    elif precision == "int4-ch":
-        # Per-channel INT4 for the layers' projections (XNNPACK's qd8 x qc4w GEMM, ~2x the blockwise
-        # prefill); the tied embedding / LM head, whose noise flips the top token, in blocks of 32
-        # (on a CPU-trained minimind-26m: top-1 0.952 against 0.919 all per channel). Per-channel
-        # scales live in each signature's tensors, blockwise ones in buffers all signatures share.
-        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=4,
-                              granularity=gran.CHANNELWISE)
-        rm.add_dynamic_config(regex=".*", operation_name=op.EMBEDDING_LOOKUP, num_bits=4,
-                              granularity=gran.BLOCKWISE_32)
-        rm.add_dynamic_config(regex=".*logits_output.*", operation_name=op.FULLY_CONNECTED, num_bits=4,
-                              granularity=gran.BLOCKWISE_32)  # the LM head: the op that writes the logits
-    else:
-        block = {"int4-b32": gran.BLOCKWISE_32, "int4-b64": gran.BLOCKWISE_64}[precision]
-        rm.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=4, granularity=block)
+        return rm.get_quantization_recipe()
+    for regex, op_name, bits, granularity, rotate in RECIPES[precision]:
+        if not rotate:
+            rm.add_dynamic_config(regex=regex, operation_name=op[op_name], num_bits=bits,
+                                  granularity=gran[granularity])
+            continue
+        # add_dynamic_config's config, plus the rotation's cap (it takes no algorithm_params)
+        weight = qtyping.TensorQuantizationConfig(num_bits=bits, symmetric=True,
+                                                  granularity=gran[granularity],
+                                                  algorithm_params={"max_hadamard_size": MAX_HADAMARD})
+        config = qtyping.OpQuantizationConfig(weight_tensor_config=weight, explicit_dequantize=False,
+                                              compute_precision=qtyping.ComputePrecision.INTEGER)
+        rm.add_quantization_config(regex, op[op_name], op_config=config,
+                                   algorithm_key=algorithm_manager.AlgorithmName.DECOMPOSED_HADAMARD_ROTATION)
     return rm.get_quantization_recipe()
 
 
@@ -97,16 +125,32 @@ def calibration_data(float_path: Path, texts, prefill_len: int) -> dict:
     return {s: feeds[s.split("_")[0]] for s in sigs}
 
 
-def quantize(float_path: Path, path: Path, precision: str, calib: list | None, prefill_len: int):
+def recipe_record(recipe: list) -> list[dict]:
+    """What the manifest says of the recipe the quantizer ran: one row per config, in its terms."""
+    rows = []
+    for r in recipe:
+        w = r["op_config"]["weight_tensor_config"]
+        rows.append(dict(regex=r["regex"], operation=str(r["operation"].value),
+                         algorithm=str(r["algorithm_key"].value),
+                         num_bits=w["num_bits"], granularity=str(w["granularity"].value),
+                         compute_precision=str(r["op_config"]["compute_precision"].value),
+                         **dict(w.get("algorithm_params") or {})))
+    return rows
+
+
+def quantize(float_path: Path, path: Path, precision: str, calib: list | None, prefill_len: int) -> list:
+    """Writes the quantized model to path; returns the recipe it ran."""
     from ai_edge_quantizer import quantizer
     qt = quantizer.Quantizer(str(float_path))
-    qt.load_quantization_recipe(_recipe(precision))
+    recipe = _recipe(precision)
+    qt.load_quantization_recipe(recipe)
     result = None
     if qt.need_calibration:
         if not calib:
             raise SystemExit(f"precision {precision} needs held-out text for calibration: pass heldout")
         result = qt.calibrate(calibration_data(float_path, calib, prefill_len))
     qt.quantize(result).export_model(str(path), overwrite=True)
+    return recipe
 
 
 def strip_names(path: Path) -> int:
@@ -149,16 +193,17 @@ def main(spec_path: str) -> int:
               spec["prefill_windows"])
     t1 = time.time()
     path = out / "model.tflite"
+    recipe = []
     if spec["precision"] != "fp32":
         calib = list(np.load(spec["calib"]).values()) if spec.get("calib") else None
-        quantize(float_path, path, spec["precision"], calib, spec["prefill_len"])
+        recipe = quantize(float_path, path, spec["precision"], calib, spec["prefill_len"])
         float_path.unlink()
     stripped = strip_names(path)
     from importlib.metadata import version
     report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")},
                   convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2),
                   names_stripped_bytes=stripped, breakdown=breakdown(path, model.cfg.vocab_size),
-                  weight_dtypes=sorted(weight_dtypes(path)))
+                  weight_dtypes=sorted(weight_dtypes(path)), recipe=recipe_record(recipe))
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0
 

@@ -17,6 +17,9 @@ class Settings:
     cc: str | None = None  # links the library; None: this machine's g++
     cc_package: str = "g++-aarch64-linux-gnu"  # Debian package named when cc is missing
     tile: list[int] | None = None  # matmul register tile, rows x columns; None: the schedule's default
+    # decode (M = 1) GEMV columns a task: gemv fp32 accumulators, kept in registers under 1024 bytes;
+    # None: the schedule's default (64: 16 NEON q-registers); a matrix whose N it does not divide gets 64
+    gemv: int | None = None
 
     def validate(self):
         if self.target is None:
@@ -24,6 +27,9 @@ class Settings:
                             "\"raspberry-pi/4b-aarch64\"")
         if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
             raise UserError(f"tvm tile must be two positive ints MT,NJ (e.g. 4,16), got {self.tile!r}")
+        if self.gemv is not None and not (16 <= self.gemv < 256 and self.gemv % 16 == 0):
+            raise UserError(f"tvm gemv must be a multiple of 16 from 16 to 240 (columns of fp32 accumulators "
+                            f"under 1024 bytes), got {self.gemv!r}: e.g. 64 (NEON) or 128 (AVX2/AVX-512)")
 
 
 PRECISIONS = (

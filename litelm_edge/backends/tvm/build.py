@@ -5,6 +5,7 @@ The target TOML's [tvm] table (Settings, resolved with --set by the build flow) 
     cc = "aarch64-linux-gnu-g++"         # links the library; omit for this machine
     cc_package = "g++-aarch64-linux-gnu" # named in the error when cc is missing
     tile = [4, 16]                       # optional register tile (rows x columns) of the matmuls
+    gemv = 64                            # optional decode GEMV width (columns a task)
 The compiler runs in its own venv (toolchain.py) as `python -m litelm_edge.backends.tvm.convert SPEC`.
 A cross-compiled library cannot run here, so the same module is also compiled for this machine
 and the build flow checks parity on that one (HostParity), and on the device with `bench --remote`.
@@ -103,7 +104,7 @@ def _meta(ctx: BuildContext, convert: dict, weight_bytes: dict) -> dict:
     # the tag, resolved
     return {"library": "model.so", "precision": ctx.precision, "llvm_target": convert["target"],
             "cache_shape": [c.n_layer, 1, c.n_kv_head, 0, c.head_dim], "entry": "forward",
-            "tile": convert["tile"], "weight_bytes": weight_bytes,
+            "tile": convert["tile"], "gemv": convert["gemv"], "weight_bytes": weight_bytes,
             "compile_s": convert["compile_s"], "tvm": "0.27.0.post1"} | (
                 {"int4_as_int8": convert["int4_as_int8"]} if "int4_as_int8" in convert else {})
 
@@ -116,7 +117,8 @@ def build(ctx: BuildContext) -> BackendBuild:
     py = toolchain.ensure(VENV, PACKAGES, ctx.log)
     host_dir = Path(tempfile.mkdtemp(prefix="litelm-tvm-host-"))
     spec = {"checkpoint": str(ctx.checkpoint), "out_dir": str(ctx.out_dir), "precision": ctx.precision,
-            "target": s.target, "cc": cc, "host_dir": str(host_dir) if cc else None, "tile": s.tile}
+            "target": s.target, "cc": cc, "host_dir": str(host_dir) if cc else None, "tile": s.tile,
+            "gemv": s.gemv}
     (host_dir / "spec.json").write_text(json.dumps(spec))
     ctx.log(f"tvm: compiling for {s.target} ({ctx.precision})")
     toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(host_dir / "spec.json")], ctx.log)

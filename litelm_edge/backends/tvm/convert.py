@@ -5,8 +5,8 @@
 SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"/"int4-b32"), target (a TVM tag string or a target
 dict), cc (the C++ compiler that links the target's library), host_dir (null, or a folder for
 the same module compiled for this machine: the host-side parity library of a cross build),
-tile ([MT, NJ] register tile, or null), schedule (default true; false = TVM's default
-unscheduled pipeline, for benchmarks)}.
+tile ([MT, NJ] register tile, or null), gemv (decode GEMV columns a task, or null), schedule
+(default true; false = TVM's default unscheduled pipeline, for benchmarks)}.
 
 Writes out_dir/model.so, out_dir/convert.json (timings, weight bytes by dtype), and
 host_dir/model.so. The library has one function, `forward(idx (1, T) int64, k, v
@@ -54,14 +54,16 @@ def relax_module(checkpoint: str, precision: str):
 
 
 def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False,
-               kept: list | None = None) -> float:
+               kept: list | None = None, gemv: int | None = None, fuse: bool = True,
+               pack: bool = True) -> float:
     """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`.
-    kept: filled with the [K, N] of the matrices an int4 build made int8 (the layout cannot hold them)."""
+    kept: filled with the [K, N] of the matrices an int4 build made int8 (the layout cannot hold them).
+    gemv, fuse: schedule.pipeline's."""
     import tvm
     from tvm.support import cc as tvm_cc
     from litelm_edge.backends.tvm import schedule as tvm_schedule
     t0 = time.time()
-    pipeline = tvm_schedule.pipeline(target, tile, int4, kept) if schedule else "default"
+    pipeline = tvm_schedule.pipeline(target, tile, int4, kept, gemv, fuse, pack) if schedule else "default"
     with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
         ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
@@ -70,19 +72,22 @@ def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = T
 
 def main(spec_path: str) -> int:
     from tvm.target import Target
+    from litelm_edge.backends.tvm.gemm import NJ1
     from litelm_edge.backends.tvm.schedule import DEFAULT_TILE
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])
     tile = tuple(spec.get("tile") or DEFAULT_TILE)
+    gemv = spec.get("gemv") or NJ1
     t0 = time.time()
     mod, nbytes = relax_module(spec["checkpoint"], spec["precision"])
-    report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile)}
+    report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile),
+              "gemv": gemv}
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
     int4 = spec["precision"] == "int4-b32"
     kept: list = []
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile,
-                                           spec.get("schedule", True), int4, kept), 2)
+                                           spec.get("schedule", True), int4, kept, gemv), 2)
     if int4:
         report["int4_as_int8"] = kept  # [K, N] of matrices the int4 layout cannot hold: int8 per channel
         for K, N in kept:  # the size check below: those are int8 bytes and N scales, not nibbles
@@ -96,7 +101,8 @@ def main(spec_path: str) -> int:
         host = Path(spec["host_dir"])
         host.mkdir(parents=True, exist_ok=True)
         report["host_target"] = str(host_target())
-        report["host_compile_s"] = round(compile_to(mod, host_target(), host / "model.so", None, tile, True, int4), 2)
+        t = compile_to(mod, host_target(), host / "model.so", None, tile, True, int4, gemv=gemv)
+        report["host_compile_s"] = round(t, 2)
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0
 

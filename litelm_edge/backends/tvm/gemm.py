@@ -16,19 +16,25 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 TILE = (4, 32)  # MT x NJ fp32 = 8 AVX-512 (16 AVX2 / 32 NEON) accumulators, 512 bytes
-NJ1 = 64        # decode GEMV columns a task: 4 AVX-512 accumulators, 256 contiguous bytes of W a row
+NJ1 = 64        # decode GEMV columns a task (default): 16 NEON / 4 AVX-512 accumulators,
+                # 256 bytes of W a row; the target's [tvm] gemv widens it (x86-tvm: 128)
 
 
-def _b(W, S, k, j, int8: bool):
-    return T.Cast("float32", W[k, j]) if int8 else W[k, j]
-
-
-def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> tirx.PrimFunc:
+def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
+         packed: bool = False) -> tirx.PrimFunc:
     """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1. `order`: the
-    parameters' positions in the function replaced (match's), e.g. FuseTIR's (Wq, S, A, C)."""
+    parameters' positions in the function replaced (match's), e.g. FuseTIR's (Wq, S, A, C).
+    packed: W is (N / NJ1, K, NJ1) (schedule.PackWeights), so a decode task streams its columns'
+    K x NJ1 block contiguously; NJ must divide NJ1."""
     mt, nj = tile
+    g = nj1
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)  # the shapes' dtype in Relax
     wdtype = "int8" if int8 else "float32"
+    wshape = (N // g, K, g) if packed else (K, N)
+
+    def _b(W, S, k, j0, ji, int8):  # W[k, j0 + ji], j0 a multiple of NJ (of NJ1 in decode)
+        w = W[j0 // g, k, j0 % g + ji] if packed else W[k, j0 + ji]
+        return T.Cast("float32", w) if int8 else w
 
     def scale(S, j):
         return S[j] if int8 else T.float32(1)
@@ -38,7 +44,7 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> t
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         M = T.int64()
         A = T.match_buffer(a, (M, K), "float32")
-        W = T.match_buffer(w, (K, N), wdtype)
+        W = T.match_buffer(w, wshape, wdtype)
         S = T.match_buffer(s, (N,), "float32")
         C = T.match_buffer(c, (M, N), "float32")
         if M == 1:  # decode: y (N,) += a_k * W[k, :], each task NJ1 columns
@@ -48,7 +54,7 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> t
                     acc[ji] = T.float32(0)
                 for k in range(K):
                     for ji in T.vectorized(nj1):
-                        acc[ji] = acc[ji] + A[0, k] * _b(W, S, k, jo * nj1 + ji, int8)
+                        acc[ji] = acc[ji] + A[0, k] * _b(W, S, k, jo * nj1, ji, int8)
                 for ji in T.vectorized(nj1):
                     C[0, jo * nj1 + ji] = acc[ji] * scale(S, jo * nj1 + ji)
         else:
@@ -61,7 +67,8 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> t
                     for k in range(K):
                         for ii in T.unroll(mt):
                             for ji in T.vectorized(nj):
-                                acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * _b(W, S, k, jo * nj + ji, int8)
+                                a = A[io * mt + ii, k]
+                                acc[ii, ji] = acc[ii, ji] + a * _b(W, S, k, jo * nj, ji, int8)
                     for ii in T.unroll(mt):
                         for ji in T.vectorized(nj):
                             C[io * mt + ii, jo * nj + ji] = acc[ii, ji] * scale(S, jo * nj + ji)
@@ -71,7 +78,7 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None) -> t
                         acc1[ji] = T.float32(0)
                     for k in range(K):
                         for ji in T.vectorized(nj):
-                            acc1[ji] = acc1[ji] + A[i, k] * _b(W, S, k, jo * nj + ji, int8)
+                            acc1[ji] = acc1[ji] + A[i, k] * _b(W, S, k, jo * nj, ji, int8)
                     for ji in T.vectorized(nj):
                         C[i, jo * nj + ji] = acc1[ji] * scale(S, jo * nj + ji)
 

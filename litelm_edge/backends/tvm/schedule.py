@@ -3,9 +3,13 @@
 TVM's default Relax CPU pipeline neither fuses nor schedules: every matmul is a naive triple loop
 on one core (~16x slower than torch). Here:
 
+  0. PackWeights stores each weight matrix (N / g, K, g), g the decode GEMV width, and calls
+     gemm.gemm(packed) on it: a decode task streams its g columns contiguously.
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
-  2. LegalizeOps lowers everything to TIR; FuseTIR merges each pattern group into one PrimFunc.
+  2. LegalizeOps lowers everything to TIR; FuseOps groups the remaining elementwise / injective
+     ops (norms, rope, SiLU, residual adds) with ArangeOpaque keeping `arange` out of the groups
+     (TVM 0.27's FuseTIR fails on it, see ArangeOpaque); FuseTIR merges each group into one PrimFunc.
   3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) and the attention scores with the
      hand-written TIR of `gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
      and a GEMV for decode); any other matmul (attention x V) is scheduled here: tiled into a
@@ -13,10 +17,11 @@ on one core (~16x slower than torch). Here:
      tiles (and batch), the dequantisation inlined into the inner loop.
   4. The standard lowering and VM passes.
 
-Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`).
+Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`, `[tvm] gemv`).
 """
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
@@ -80,8 +85,8 @@ def _has_root(sch) -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleMatmul")
 class ScheduleMatmul:
-    def __init__(self, tile=DEFAULT_TILE):
-        self.tile = tuple(tile)
+    def __init__(self, tile=DEFAULT_TILE, gemv: int = tvm_gemm.NJ1):
+        self.tile, self.gemv = tuple(tile), gemv
         if self.tile[0] * self.tile[1] * 4 >= MAX_TILE_BYTES:
             raise ValueError(f"tile {self.tile[0]}x{self.tile[1]} holds {self.tile[0] * self.tile[1] * 4} bytes of "
                              f"fp32 accumulators; under {MAX_TILE_BYTES} stay in registers: pick e.g. 4,32 "
@@ -99,7 +104,8 @@ class ScheduleMatmul:
             shape = tvm_gemm.match(func)
             if shape and shape[1] % self.tile[1] == 0 and shape[1] % tvm_gemm.NJ1 == 0:
                 K, N, int8, order = shape
-                out[gv] = tvm_gemm.gemm(K, N, int8, tile=self.tile, order=order)
+                nj1 = self.gemv if N % self.gemv == 0 else tvm_gemm.NJ1  # e.g. SmolLM2's 576: 64
+                out[gv] = tvm_gemm.gemm(K, N, int8, tile=self.tile, nj1=nj1, order=order)
                 continue
             heads = tvm_gemm.match_scores(func)
             if heads:
@@ -161,9 +167,126 @@ class Int4Matmuls:
         return _Int4Rewriter(mod, self.tile, self.kept).transform()
 
 
-def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None):
-    """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse TIR, schedule, lower.
-    kept: filled with the [K, N] of matrices an int4 build made int8 (the layout cannot hold them)."""
+@relax.expr_functor.visitor
+class _SharedConstants(relax.PyExprVisitor):
+    """The constants some op other than astype reads (e.g. the tied head's int8 matrix, also
+    gathered by the embedding's take): packing those would store them twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared: list = []
+
+    def visit_call_(self, call):
+        if call.op != tvm.ir.Op.get("relax.astype"):
+            self.shared += [a for a in call.args if isinstance(a, tvm.ir.expr.Constant)]
+        super().visit_call_(call)
+
+
+@relax.expr_functor.mutator
+class _PackRewriter(relax.PyExprMutator):
+    """matmul(x, W) or matmul(x, astype(Wq) * S), W / Wq a constant (K, N) read by nothing else
+    -> call_tir(gemm(packed), x, Wp[, S]) with Wp = W as (N / g, K, g): each decode task's g
+    columns contiguous (the GEMV streams them; row-major it reads g bytes from K rows N apart)."""
+
+    def __init__(self, mod: tvm.IRModule, tile, g: int, shared: list):
+        super().__init__(mod)
+        self.mod, self.tile, self.g, self.shared, self.kernels = mod, tile, g, shared, {}
+
+    def _const(self, e):
+        e = self.lookup_binding(e) if isinstance(e, relax.Var) else e
+        if not isinstance(e, tvm.ir.expr.Constant) or any(e.same_as(s) for s in self.shared):
+            return None
+        return e
+
+    def _weight(self, w):
+        """(W constant, S constant or None) of a weight operand, else None."""
+        if (c := self._const(w)) is not None:
+            return (c, None) if c.value.dtype == "float32" else None
+        mul = self.lookup_binding(w) if isinstance(w, relax.Var) else None
+        if not isinstance(mul, relax.Call) or mul.op != tvm.ir.Op.get("relax.multiply"):
+            return None
+        cast = self.lookup_binding(mul.args[0]) if isinstance(mul.args[0], relax.Var) else mul.args[0]
+        if not isinstance(cast, relax.Call) or cast.op != tvm.ir.Op.get("relax.astype"):
+            return None
+        q, s = self._const(cast.args[0]), mul.args[1]
+        s = self.lookup_binding(s) if isinstance(s, relax.Var) else s
+        ok = (q is not None and q.value.dtype == "int8" and isinstance(s, tvm.ir.expr.Constant)
+              and len(s.value.shape) == 1)
+        return (q, s) if ok else None
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if call.op != tvm.ir.Op.get("relax.matmul") or len(call.args[0].ty.shape) != 2:
+            return call
+        w = self._weight(call.args[1])
+        if w is None or len(w[0].value.shape) != 2:
+            return call
+        K, N = (int(x) for x in w[0].value.shape)
+        if N % self.g or self.g % self.tile[1]:
+            return call
+        int8 = w[1] is not None
+        if (K, N, int8) not in self.kernels:
+            f = tvm_gemm.gemm(K, N, int8, tile=self.tile, nj1=self.g, packed=True)
+            name = f"gemm_{'int8' if int8 else 'fp32'}_{K}x{N}_packed"
+            self.kernels[K, N, int8] = self.builder_.add_func(f, name)
+        W = w[0].value.numpy()
+        packed = relax.const(np.ascontiguousarray(W.reshape(K, N // self.g, self.g).transpose(1, 0, 2)))
+        args = [call.args[0], packed] + ([w[1]] if int8 else [])
+        return relax.call_tir(self.kernels[K, N, int8], args, call.ty)
+
+    def transform(self) -> tvm.IRModule:
+        for gv, func in self.mod.functions.items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackWeights")
+class PackWeights:
+    """Every weight matmul whose N divides by the GEMV width g gets its matrix packed (N / g, K, g)
+    and gemm.gemm(packed) (bit-identical: the same sums in the same order). Measured alone, out of
+    cache, a K 512 x N 1408 int8 GEMV: 252-283 us row-major, 54-80 us packed (docs/rpi4.md)."""
+
+    def __init__(self, tile, g: int):
+        self.tile, self.g = tuple(tile), g
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        seen = _SharedConstants()
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                seen.visit_expr(func)
+        return _PackRewriter(mod, self.tile, self.g, seen.shared).transform()
+
+
+def _n_buffers(func: tirx.PrimFunc) -> int:
+    return sum(isinstance(p.ty, tirx.buffer.BufferType) for p in func.params)
+
+
+OPAQUE = 8  # tvm::relax::OpPatternKind::kOpaque: FuseOps leaves such a kernel in a group of its own
+
+
+@tvm.transform.module_pass(opt_level=0, name="ArangeOpaque")
+class ArangeOpaque:
+    """Marks each kernel that reads no tensor (an `arange` of a symbolic length: the positions
+    P..P+T) opaque, so FuseOps keeps it out of fused groups. TVM 0.27's FuseTIR fails on a group
+    holding such an arange next to an op on another symbolic scalar (RenewDefs: "VarRemapGet(source)
+    == nullptr"; benchmarks/tvm_fuseops_arange.py is a short reproduction); the rest of the
+    graph's elementwise ops fuse. Runs after AnnotateTIROpPattern, which sets the pattern."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        out = tvm.IRModule(mod.functions, attrs=mod.attrs)
+        for gv, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc) and _n_buffers(func) == 1:  # its output only
+                out[gv] = func.with_attr("op_pattern", OPAQUE)
+        return out
+
+
+def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None,
+             gemv: int = tvm_gemm.NJ1, fuse: bool = True, pack: bool = True):
+    """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse the elementwise ops,
+    fuse TIR, schedule, lower. kept: filled with the [K, N] of matrices an int4 build made int8 (the
+    layout cannot hold them). gemv: decode GEMV columns a task. fuse=False: no FuseOps (one kernel
+    an op outside the matmul groups, as before it ran; tests compare the two)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0)
@@ -172,13 +295,15 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + ([Int4Matmuls(tile, kept)] if int4 else [])
+                + ([PackWeights(tile, gemv), relax.transform.DeadCodeElimination()] if pack else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
                    relax.transform.LegalizeOps(),
                    relax.transform.AnnotateTIROpPattern(),
+                   *([ArangeOpaque(), relax.transform.FuseOps()] if fuse else []),
                    relax.transform.FuseTIR(),
                    relax.transform.DeadCodeElimination(),
-                   ScheduleMatmul(tile)]
+                   ScheduleMatmul(tile, gemv)]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target))
             return seq(mod)
