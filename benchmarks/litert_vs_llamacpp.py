@@ -29,10 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _llamacpp
 
+from litelm_edge.backends.litert import BACKEND as LITERT
+
 # LiteRT precision -> llama.cpp type of the same bits per weight. q4_0 is INT4 in blocks of 32
 # with an fp16 scale, exactly int4-b32; q8_0 is INT8 in blocks of 32 (LiteRT int8: per channel).
-EQUAL_BITS = {"fp32": "f32", "int8": "q8_0", "int8-full": "q8_0", "int4-b32": "q4_0", "int4-b64": "q4_0",
-              "int4-ch": "q4_0"}
+# Every row of the LiteRT table by its bits: a new precision needs no edit here.
+EQUAL_BITS = {p.name: {32: "f32", 8: "q8_0", 4: "q4_0"}[p.bits] for p in LITERT.precisions}
 
 
 def cpu_name() -> str:
