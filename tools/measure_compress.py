@@ -50,7 +50,7 @@ def _threads(n):
     torch.set_num_threads(n)
 
 
-def main():
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("base"), ap.add_argument("data", type=Path), ap.add_argument("work", type=Path)
     ap.add_argument("--ft-steps", type=int, default=60)
@@ -62,7 +62,28 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
     ap.add_argument("--workers", type=int, default=0, help="CPU processes building and measuring meanwhile")
     ap.add_argument("--threads", type=int, default=4, help="torch/ORT threads per worker")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+ORDER = ["fp32 base", "finetune-control", "qat", "prune30", "prune50", "structured", "share2", "distill"]
+
+
+def _table(rows: list[dict]) -> list[str]:
+    """measure.md: a row a variant (and precision), then the QAT-vs-PTQ lines."""
+    lines = ["| variant | params | artifact | size MB | val ppl torch | val ppl artifact (ORT) | step s | how |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} {r.get('precision', '')} | failed: {r['error']} |")
+            continue
+        lines.append(f"| {r['name']} | {r['params']:,} | x86 {r['precision']} | {r['size_mb']:.2f} | {r['torch_ppl']:.2f} | "
+                     f"{r['artifact_ppl']:.2f} | {r['step_s'] or 0:.0f} | {r['how']}"
+                     + "".join(f"; {k} {r[k]:.3g}" for k in ("alone_ppl", "sparsity", "grid_error") if k in r) + " |")
+    return [*lines, "", *qat_vs_ptq(rows)]
+
+
+def main():
+    a = _args()
     a.work.mkdir(parents=True, exist_ok=True)
     ft, dst = a.ft_steps, a.distill_steps
     train = dict({"train.max_steps": ft, "train.eval_every": ft, "train.eval_batches": 4},
@@ -116,19 +137,9 @@ def main():
     harvest(wait=True)
     if pool:
         pool.shutdown()
-    order = ["fp32 base", "finetune-control", "qat", "prune30", "prune50", "structured", "share2", "distill"]
-    rows.sort(key=lambda r: (order.index(r["name"]) if r["name"] in order else 99, r.get("precision", "")))
+    rows.sort(key=lambda r: (ORDER.index(r["name"]) if r["name"] in ORDER else 99, r.get("precision", "")))
     (a.work / "measure.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| variant | params | artifact | size MB | val ppl torch | val ppl artifact (ORT) | step s | how |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['name']} {r.get('precision', '')} | failed: {r['error']} |")
-            continue
-        lines.append(f"| {r['name']} | {r['params']:,} | x86 {r['precision']} | {r['size_mb']:.2f} | {r['torch_ppl']:.2f} | "
-                     f"{r['artifact_ppl']:.2f} | {r['step_s'] or 0:.0f} | {r['how']}"
-                     + "".join(f"; {k} {r[k]:.3g}" for k in ("alone_ppl", "sparsity", "grid_error") if k in r) + " |")
-    lines += ["", *qat_vs_ptq(rows)]
+    lines = _table(rows)
     (a.work / "measure.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
