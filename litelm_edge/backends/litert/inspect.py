@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 _TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 9: "int8", 7: "int16",
           17: "int4", 10: "float64"}
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj", "g_proj")
@@ -34,9 +36,19 @@ def constants(path: str | Path) -> list[dict]:
                 continue
             seen.add(t.buffer)
             name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-            rows.append(dict(name=name, dtype=_TYPES.get(t.type, str(t.type)),
-                             shape=[int(s) for s in t.shape], bytes=n))
+            shape = [int(s) for s in t.shape]
+            rows.append(dict(name=name, dtype=_TYPES.get(t.type, str(t.type)), shape=shape, bytes=n,
+                             rotation=_is_rotation(t.type, shape, b.data)))
     return rows
+
+
+def _is_rotation(dtype: int, shape: list[int], data) -> bool:
+    """A normalised Hadamard matrix (ai-edge-quantizer's rotation, int8-had): float32, n x n, every
+    entry +-1/sqrt(n). Not a weight: the weight checks leave it out."""
+    if dtype != 0 or len(shape) != 2 or shape[0] != shape[1] or data is None:
+        return False
+    v = np.abs(np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32))
+    return v.size == shape[0] ** 2 and bool(np.allclose(v, 1 / np.sqrt(shape[0]), rtol=1e-5))
 
 
 def _part(row: dict, vocab_size: int) -> str:
@@ -61,11 +73,13 @@ def breakdown(path: str | Path, vocab_size: int) -> dict:
     for row in constants(path):
         parts[_part(row, vocab_size)] += row["bytes"]
         if len(row["shape"]) == 2 and row["bytes"] >= 4096:
-            by_dtype[row["dtype"]] = by_dtype.get(row["dtype"], 0) + row["bytes"]
+            kind = f"{row['dtype']} rotation" if row["rotation"] else row["dtype"]
+            by_dtype[kind] = by_dtype.get(kind, 0) + row["bytes"]
     parts["other"] += size - sum(parts.values())
     return dict(parts, total=size, weights_by_dtype=by_dtype)
 
 
 def weight_dtypes(path: str | Path) -> set[str]:
-    """Element types of the 2-D weight matrices (at least 4 KiB each)."""
-    return {r["dtype"] for r in constants(path) if len(r["shape"]) == 2 and r["bytes"] >= 4096}
+    """Element types of the 2-D weight matrices (at least 4 KiB each; rotations are not weights)."""
+    return {r["dtype"] for r in constants(path)
+            if len(r["shape"]) == 2 and r["bytes"] >= 4096 and not r["rotation"]}
