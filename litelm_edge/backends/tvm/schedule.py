@@ -116,6 +116,14 @@ class ScheduleMatmul:
         return out
 
 
+def _rewrite_functions(mutator) -> tvm.IRModule:
+    """Every Relax function of mutator.mod visited by the mutator; the module its builder holds."""
+    for gv, func in mutator.mod.functions.items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 @relax.expr_functor.mutator
 class _Int4Rewriter(relax.PyExprMutator):
     """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised here."""
@@ -147,10 +155,7 @@ class _Int4Rewriter(relax.PyExprMutator):
                               call.ty)
 
     def transform(self) -> tvm.IRModule:
-        for gv, func in self.mod.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.get()
+        return _rewrite_functions(self)
 
 
 @tvm.transform.module_pass(opt_level=0, name="Int4Matmuls")
@@ -192,8 +197,12 @@ class _PackRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.mod, self.tile, self.g, self.shared, self.kernels = mod, tile, g, shared, {}
 
+    def _bound(self, e):
+        """The expression a dataflow variable is bound to; any other expression as it is."""
+        return self.lookup_binding(e) if isinstance(e, relax.Var) else e
+
     def _const(self, e):
-        e = self.lookup_binding(e) if isinstance(e, relax.Var) else e
+        e = self._bound(e)
         if not isinstance(e, tvm.ir.expr.Constant) or any(e.same_as(s) for s in self.shared):
             return None
         return e
@@ -205,11 +214,11 @@ class _PackRewriter(relax.PyExprMutator):
         mul = self.lookup_binding(w) if isinstance(w, relax.Var) else None
         if not isinstance(mul, relax.Call) or mul.op != tvm.ir.Op.get("relax.multiply"):
             return None
-        cast = self.lookup_binding(mul.args[0]) if isinstance(mul.args[0], relax.Var) else mul.args[0]
+        cast = self._bound(mul.args[0])
         if not isinstance(cast, relax.Call) or cast.op != tvm.ir.Op.get("relax.astype"):
             return None
         q, s = self._const(cast.args[0]), mul.args[1]
-        s = self.lookup_binding(s) if isinstance(s, relax.Var) else s
+        s = self._bound(s)
         ok = (q is not None and q.value.dtype == "int8" and isinstance(s, tvm.ir.expr.Constant)
               and len(s.value.shape) == 1)
         return (q, s) if ok else None
@@ -235,10 +244,7 @@ class _PackRewriter(relax.PyExprMutator):
         return relax.call_tir(self.kernels[K, N, int8], args, call.ty)
 
     def transform(self) -> tvm.IRModule:
-        for gv, func in self.mod.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.get()
+        return _rewrite_functions(self)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackWeights")
