@@ -27,15 +27,20 @@ def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
     c = read_config(Path(spec["checkpoint"]))[0]
     vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(lib_dir / "model.so")), tvm.cpu())
     f = vm["forward"]
-    empty = tvm.runtime.tensor(np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32))
+    conv = lib_dir / "convert.json"  # its "cache": per-layer caches; none (older libraries): stacked
+    if conv.is_file() and json.loads(conv.read_text()).get("cache"):
+        empty = ([np.zeros((1, c.n_kv_head, c.head_dim, 0), np.float32)] * c.n_layer
+                 + [np.zeros((1, c.n_kv_head, 0, c.head_dim), np.float32)] * c.n_layer)
+    else:
+        empty = [np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32)] * 2
     ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, context))
-    _, k, v = f(tvm.runtime.tensor(ids), empty, empty)
+    _, *kv = f(tvm.runtime.tensor(ids), *map(tvm.runtime.tensor, empty))
     tok = tvm.runtime.tensor(np.array([[1]], np.int64))
     for _ in range(3):
-        f(tok, k, v)  # same context every step: k, v are not replaced
+        f(tok, *kv)  # same context every step: the caches are not replaced
     t0 = time.perf_counter()
     for _ in range(steps):
-        f(tok, k, v)
+        f(tok, *kv)
     plain = (time.perf_counter() - t0) / steps * 1e3
     acc, start = {}, {}
 
@@ -49,7 +54,7 @@ def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
         return 0  # VMInstrumentReturnKind.kNoOp
     vm.set_instrument(hook)
     for _ in range(steps):
-        f(tok, k, v)
+        f(tok, *kv)
     return plain, {n: (cnt / steps, s / steps * 1e3) for n, (cnt, s) in acc.items()}
 
 

@@ -156,6 +156,9 @@ class CachedForward(nn.Module):
         L, T = c.n_layer, idx.shape[1]
         ks, vs = caches[:L], caches[L:]
         P = vs[0].shape[2]
+        for kc, vc in zip(ks, vs, strict=True):  # one symbol P for every cache (export made one each)
+            torch._check(kc.shape[3] == P)
+            torch._check(vc.shape[2] == P)
         cos, sin = rope_tables(c, P, T, idx.device)
         q_pos = torch.arange(T, device=idx.device) + P
         k_pos = torch.arange(P + T, device=idx.device)
@@ -177,18 +180,18 @@ class CachedForward(nn.Module):
         T, hd, nh, nkv = x.shape[1], c.head_dim, c.n_head, c.n_kv_head
         g = nh // nkv  # q heads a K/V head: q head h reads K/V head h // g (Attention's expand)
         cos, sin = cos[:, None], sin[:, None]  # (T, 1, hd): over heads
-        q = apply_rope(attn.q_proj(x).view(T, nh, hd), cos, sin) * (1.0 / math.sqrt(hd))
-        k = apply_rope(attn.k_proj(x).view(T, nkv, hd), cos, sin)
-        v = attn.v_proj(x).view(T, nkv, hd)
-        k = torch.cat((k_cache, k.permute(1, 2, 0)[None]), dim=3)  # (1, nkv, hd, P+T)
-        v = torch.cat((v_cache, v.transpose(0, 1)[None]), dim=2)  # (1, nkv, P+T, hd)
-        S = v.shape[2]
+        q = apply_rope(attn.q_proj(x).view(1, T, nh, hd), cos, sin) * (1.0 / math.sqrt(hd))
+        k = apply_rope(attn.k_proj(x).view(1, T, nkv, hd), cos, sin)
+        v = attn.v_proj(x).view(1, T, nkv, hd)
+        k = torch.cat((k_cache, k.permute(0, 2, 3, 1)), dim=3)  # (1, nkv, hd, P+T)
+        v = torch.cat((v_cache, v.transpose(1, 2)), dim=2)  # (1, nkv, P+T, hd)
         # rows (t, j) of K/V head n: query t of q head n*g + j. The rows split as (T, g), g static:
-        # torch.export cannot prove a split of a symbolic dim as (g, T) valid
-        q = q.view(T, nkv, g, hd).transpose(0, 1).reshape(nkv, T * g, hd)
-        att = q @ k.view(nkv, hd, S)  # (nkv, T*g, S)
-        att = torch.softmax(att.view(nkv, T, g, S) + bias[:, None], dim=-1)
-        y = att.view(nkv, T * g, S) @ v.view(nkv, S, hd)  # (nkv, T*g, hd)
+        # torch.export cannot prove a split of a symbolic dim as (g, T) valid. Every reshape changes
+        # the rank: TVM's importer compares same-rank shapes element by element, and fails on T.
+        q = q.view(1, T, nkv, g, hd).transpose(1, 2).reshape(nkv, T * g, hd)
+        att = q @ k.view(nkv, hd, -1)  # (nkv, T*g, P+T)
+        att = torch.softmax(att.view(nkv, T, g, -1) + bias[:, None], dim=-1)
+        y = att.flatten(1, 2) @ v.view(nkv, -1, hd)  # (nkv, T*g, hd)
         y = y.view(nkv, T, g, hd).transpose(0, 1).reshape(1, T, nh * hd)
         if attn.g_proj is not None:
             y = y * torch.sigmoid(attn.g_proj(x))
