@@ -27,12 +27,9 @@ def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
     c = read_config(Path(spec["checkpoint"]))[0]
     vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(lib_dir / "model.so")), tvm.cpu())
     f = vm["forward"]
-    conv = lib_dir / "convert.json"  # its "cache": per-layer caches; none (older libraries): stacked
-    if conv.is_file() and json.loads(conv.read_text()).get("cache"):
-        empty = ([np.zeros((1, c.n_kv_head, c.head_dim, 0), np.float32)] * c.n_layer
-                 + [np.zeros((1, c.n_kv_head, 0, c.head_dim), np.float32)] * c.n_layer)
-    else:
-        empty = [np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32)] * 2
+    from _tvm_time import manifest  # beside this script
+    from litelm_edge.backends.tvm.runtime import empty_caches
+    empty = empty_caches(manifest(lib_dir, [c.n_layer, 1, c.n_kv_head, 0, c.head_dim])["tvm"])
     ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, context))
     _, *kv = f(tvm.runtime.tensor(ids), *map(tvm.runtime.tensor, empty))
     tok = tvm.runtime.tensor(np.array([[1]], np.int64))

@@ -29,6 +29,19 @@ def default_threads(manifest: dict) -> int | None:
     return None
 
 
+def empty_caches(meta: dict) -> list:
+    """The empty caches `forward` takes after idx, for the manifest's tvm section: per layer (its
+    cache is CACHE), k_0..k_{L-1} then v_0..v_{L-1}; stacked (no cache key), k then v."""
+    L, _, nkv, _, hd = meta["cache_shape"]  # (n_layer, 1, n_kv_head, 0, hd)
+    cache = meta.get("cache")
+    if cache is None:
+        return [np.zeros((L, 1, nkv, 0, hd), np.float32)] * 2
+    if cache != CACHE | {"n_layer": L}:
+        raise ValueError(f"tvm.cache {cache} is no layout this runtime knows ({CACHE | {'n_layer': L}}): "
+                         "bench the artifact with the runner of the litelm-edge that built it")
+    return [np.zeros((1, nkv, hd, 0), np.float32)] * L + [np.zeros((1, nkv, 0, hd), np.float32)] * L
+
+
 class TvmRuntime:
     spins = False  # TVM's pool takes no spin policy
 
@@ -39,19 +52,10 @@ class TvmRuntime:
         import tvm  # ImportError: the runner says how to install PACKAGES
         from tvm.runtime import vm as tvm_vm
         meta = manifest["tvm"]
+        self.empty = empty_caches(meta)
         self.tensor = tvm.runtime.tensor
         lib = tvm.runtime.load_module(str(graph))  # the verified meta["library"]
         self.fn = tvm_vm.VirtualMachine(lib, tvm.cpu())[meta.get("entry", "forward")]
-        L, _, nkv, _, hd = meta["cache_shape"]  # (n_layer, 1, n_kv_head, 0, hd)
-        cache = meta.get("cache")
-        if cache is None:  # stacked: one k and one v of every layer
-            self.empty_k = self.empty_v = [np.zeros((L, 1, nkv, 0, hd), np.float32)]
-        elif cache == CACHE | {"n_layer": L}:
-            self.empty_k = [np.zeros((1, nkv, hd, 0), np.float32)] * L
-            self.empty_v = [np.zeros((1, nkv, 0, hd), np.float32)] * L
-        else:
-            raise ValueError(f"tvm.cache {cache} is no layout this runtime knows ({CACHE | {'n_layer': L}}): "
-                             "run the runner that came with the library")
         self.kv: list = []  # the k tensors, then the v tensors
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
@@ -59,7 +63,7 @@ class TvmRuntime:
         return logits.numpy()[0]  # (T, V)
 
     def prefill(self, ids):
-        self.kv = [self.tensor(c) for c in self.empty_k + self.empty_v]
+        self.kv = [self.tensor(c) for c in self.empty]
         return self._run(ids)
 
     def decode(self, token):
