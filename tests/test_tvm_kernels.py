@@ -142,7 +142,8 @@ print(json.dumps(out))
 
 
 def test_scores_kernel_takes_one_or_two_sizes(tvm_python):
-    r = subprocess.run([str(tvm_python), "-c", SCORES], capture_output=True, text=True, env=toolchain.src_env())
+    r = subprocess.run([str(tvm_python), "-c", SCORES], capture_output=True, text=True,
+                       env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out.pop("match 1") == [2, 64, 1] and out.pop("match 2") == [2, 64, 2]

@@ -271,6 +271,8 @@ def match_scores(func: tirx.PrimFunc):
         return None
     if not (static(a.shape[0]) and static(a.shape[2]) and not static(a.shape[1]) and not static(b.shape[2])):
         return None
-    if not (static(b.shape[0]) and static(b.shape[1])) or (int(b.shape[0]), int(b.shape[1])) != (int(a.shape[0]), int(a.shape[2])):
+    if not (static(b.shape[0]) and static(b.shape[1])):
+        return None
+    if (int(b.shape[0]), int(b.shape[1])) != (int(a.shape[0]), int(a.shape[2])):
         return None
     return int(a.shape[0]), int(a.shape[2]), len(ty) - 3
