@@ -163,6 +163,8 @@ class CachedForward(nn.Module):
         q_pos = torch.arange(T, device=idx.device) + P
         k_pos = torch.arange(P + T, device=idx.device)
         bias = torch.where(k_pos[None, :] <= q_pos[:, None], 0.0, float("-inf"))  # (T, P+T)
+        g = c.n_head // c.n_kv_head
+        bias = bias[:, None, :].expand(T, g, -1).reshape(T * g, -1)  # (T*g, P+T): attend's rows, once
         x = m.embed_tokens(idx)
         new_k, new_v = [], []
         for i, li in enumerate(m.layer_order()):
@@ -190,8 +192,8 @@ class CachedForward(nn.Module):
         # the rank: TVM's importer compares same-rank shapes element by element, and fails on T.
         q = q.view(1, T, nkv, g, hd).transpose(1, 2).reshape(nkv, T * g, hd)
         att = q @ k.view(nkv, hd, -1)  # (nkv, T*g, P+T)
-        att = torch.softmax(att.view(nkv, T, g, -1) + bias[:, None], dim=-1)
-        y = att.flatten(1, 2) @ v.view(nkv, -1, hd)  # (nkv, T*g, hd)
+        att = torch.softmax(att + bias, dim=-1)
+        y = att @ v.view(nkv, -1, hd)  # (nkv, T*g, hd)
         y = y.view(nkv, T, g, hd).transpose(0, 1).reshape(1, T, nh * hd)
         if attn.g_proj is not None:
             y = y * torch.sigmoid(attn.g_proj(x))
