@@ -27,15 +27,17 @@ def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
     c = read_config(Path(spec["checkpoint"]))[0]
     vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(lib_dir / "model.so")), tvm.cpu())
     f = vm["forward"]
-    empty = tvm.runtime.tensor(np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32))
+    from _tvm_time import manifest  # beside this script
+    from litelm_edge.backends.tvm.runtime import empty_caches
+    empty = empty_caches(manifest(lib_dir, [c.n_layer, 1, c.n_kv_head, 0, c.head_dim])["tvm"])
     ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, context))
-    _, k, v = f(tvm.runtime.tensor(ids), empty, empty)
+    _, *kv = f(tvm.runtime.tensor(ids), *map(tvm.runtime.tensor, empty))
     tok = tvm.runtime.tensor(np.array([[1]], np.int64))
     for _ in range(3):
-        f(tok, k, v)  # same context every step: k, v are not replaced
+        f(tok, *kv)  # same context every step: the caches are not replaced
     t0 = time.perf_counter()
     for _ in range(steps):
-        f(tok, k, v)
+        f(tok, *kv)
     plain = (time.perf_counter() - t0) / steps * 1e3
     acc, start = {}, {}
 
@@ -49,7 +51,7 @@ def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
         return 0  # VMInstrumentReturnKind.kNoOp
     vm.set_instrument(hook)
     for _ in range(steps):
-        f(tok, k, v)
+        f(tok, *kv)
     return plain, {n: (cnt / steps, s / steps * 1e3) for n, (cnt, s) in acc.items()}
 
 

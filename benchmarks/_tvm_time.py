@@ -3,7 +3,8 @@
     python _tvm_time.py CACHE_SHAPE THREADS VOCAB LIB_DIR [LIB_DIR ...]
 
 Loads every library, prints "ready", then for each stdin line "I REPS STEPS" runs one round on
-library I (the runner's `round_ms`) and prints its JSON: prefill-64 and decode times, ms. Runs in
+library I (the runner's `round_ms`) and prints its JSON: prefill-64 and decode times, ms. A library
+with convert.json's "cache" runs with per-layer caches, one without it stacked ones. Runs in
 the TVM venv with the litelm_edge sources on PYTHONPATH (toolchain.src_env).
 """
 import json
@@ -16,9 +17,17 @@ from litelm_edge.backends.tvm.runtime import TvmRuntime
 from litelm_edge.devices.runner import round_ms
 
 
+def manifest(lib_dir: Path, cache_shape: list) -> dict:
+    """The runtime's manifest section: the cache layout from the library's convert.json (none in
+    one built before the per-layer cache: the stacked layout)."""
+    conv = lib_dir / "convert.json"
+    cache = json.loads(conv.read_text()).get("cache") if conv.is_file() else None
+    return {"tvm": {"library": "model.so", "cache_shape": cache_shape} | ({"cache": cache} if cache else {})}
+
+
 def main(cache_shape, threads, vocab, *lib_dirs):
-    manifest = {"tvm": {"library": "model.so", "cache_shape": json.loads(cache_shape)}}
-    rts = [TvmRuntime(Path(d) / "model.so", manifest, int(threads)) for d in lib_dirs]
+    rts = [TvmRuntime(Path(d) / "model.so", manifest(Path(d), json.loads(cache_shape)), int(threads))
+           for d in lib_dirs]
     ids = np.random.default_rng(0).integers(0, int(vocab), 64)
     print("ready", flush=True)
     for line in sys.stdin:

@@ -54,6 +54,9 @@ def test_x86_greedy_tokens_equal_torch(builds, tiny_run, tvm_python, tmp_path):
     finally:
         rt.close()
     assert manifest(builds["x86"])["parity"]["max_abs_err"] < 1e-4
+    c = model.cfg  # the per-layer cache graph, recorded for the runtime
+    cache = manifest(builds["x86"])["tvm"]["cache"]
+    assert cache == {"k": "(1,nkv,hd,P)", "v": "(1,nkv,P,hd)", "n_layer": c.n_layer}
 
 
 @pytest.mark.slow

@@ -77,6 +77,80 @@ def test_int4_packing_round_trips_and_is_blocked():
         quantize_int4(torch.randn(40, 128))
 
 
+@pytest.mark.parametrize("sets", [{"n_head": 4, "n_kv_head": 4},  # no grouping
+                                  {"n_head": 4, "n_kv_head": 2, "attn_bias": True},  # Qwen2's biases
+                                  {"n_head": 6, "n_kv_head": 2, "gated_attn": True, "share_every": 2}])
+def test_graph_attention_is_the_models(sets):
+    """graph.CachedForward (per-layer caches, K stored transposed, the group's q heads as rows of
+    one K/V head, an additive causal bias) gives forward_cached's logits and caches through a
+    prefill and decode steps; its export holds no stack of the caches and no repeat of K/V."""
+    torch = pytest.importorskip("torch")
+    from litelm_edge.backends.tvm import graph
+    from litelm_edge.pipeline.model import ModelConfig, Transformer
+    torch.manual_seed(0)
+    c = ModelConfig(vocab_size=64, n_layer=4, n_embd=48, intermediate_size=64, max_seq_len=32, **sets)
+    m, L = Transformer(c).eval(), c.n_layer
+    f = graph.CachedForward(m)
+    k, v = m.empty_cache()
+    kv = [torch.zeros(1, c.n_kv_head, c.head_dim, 0)] * L + [torch.zeros(1, c.n_kv_head, 0, c.head_dim)] * L
+    with torch.no_grad():
+        for ids in ([5, 9, 1, 33, 2, 7, 60], [3], [40], [11, 12]):  # prefill, 2 decode steps, 2 more tokens
+            idx = torch.tensor([ids])
+            want, k, v = m.forward_cached(idx, k, v)
+            got, *kv = f(idx, *kv)
+            assert (got - want).abs().max() < 1e-5
+            assert all(torch.allclose(kv[i].transpose(2, 3), k[i], atol=1e-6) for i in range(L))
+            assert all(torch.allclose(kv[L + i], v[i], atol=1e-6) for i in range(L))
+        ops = [str(n.target) for n in graph.export(m).graph.nodes if n.op == "call_function"]
+    assert not set(ops) & {"aten.stack.default", "aten.repeat_interleave.self_int",
+                           "aten.scaled_dot_product_attention.default"}, ops
+    assert ops.count("aten.expand.default") == 1  # the causal bias to the group's rows, once; K/V never
+
+
+def test_runtime_caches_follow_the_manifest():
+    """runtime.empty_caches: per layer for a library whose manifest records the layout, stacked for
+    one without it (built before), one clear error for a layout it does not know."""
+    from litelm_edge.backends.tvm import graph
+    from litelm_edge.backends.tvm.runtime import CACHE, empty_caches
+    assert CACHE == graph.CACHE_LAYOUT  # the device side cannot import graph.py (torch)
+    meta = {"cache_shape": [3, 1, 2, 0, 8]}
+    assert [x.shape for x in empty_caches(meta)] == [(3, 1, 2, 0, 8)] * 2
+    per_layer = empty_caches(meta | {"cache": CACHE | {"n_layer": 3}})
+    assert [x.shape for x in per_layer] == [(1, 2, 8, 0)] * 3 + [(1, 2, 0, 8)] * 3
+    with pytest.raises(ValueError, match="no layout this runtime knows"):
+        empty_caches(meta | {"cache": {"k": "(1,nkv,P,hd)", "v": "(1,nkv,P,hd)", "n_layer": 3}})
+
+
+# Run in the TVM venv: the attention-scores kernel in both parameter lists FuseTIR gives it
+# (A, B, P, C) and (A, B, T, P, C), against numpy and found by match_scores, on a decode row
+# block (M = 4) and a ragged prefill (M = 10, N = 45: tails in both).
+SCORES = r"""
+import json
+import numpy as np, tvm
+from litelm_edge.backends.tvm import gemm
+rng, out = np.random.default_rng(0), {}
+for n in (1, 2):
+    f = gemm.scores(2, 64, tile=(4, 32), n_sizes=n)
+    out[f"match {n}"] = list(gemm.match_scores(f))
+    lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm")
+    for M, N in ((4, 33), (10, 45)):
+        a, b = rng.standard_normal((2, M, 64), np.float32), rng.standard_normal((2, 64, N), np.float32)
+        c = tvm.runtime.tensor(np.zeros((2, M, N), np.float32))
+        lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), *[N - M] * n, c)
+        out[f"{n} sizes M={M}"] = float(np.abs(c.numpy() - a @ b).max())
+print(json.dumps(out))
+"""
+
+
+def test_scores_kernel_takes_one_or_two_sizes(tvm_python):
+    r = subprocess.run([str(tvm_python), "-c", SCORES], capture_output=True, text=True,
+                       env=toolchain.src_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out.pop("match 1") == [2, 64, 1] and out.pop("match 2") == [2, 64, 2]
+    assert len(out) == 4 and max(out.values()) < 1e-4, out
+
+
 def check(py, precisions: str) -> dict:
     r = subprocess.run([str(py), "-c", CHECK, precisions], capture_output=True, text=True,
                        env=toolchain.src_env())
@@ -103,15 +177,17 @@ from litelm_edge.backends.tvm import convert
 from litelm_edge.pipeline.checkpoint import load
 ckpt, prec, out = sys.argv[1:4]
 c = load(ckpt, tokenizer=False)[0].cfg
-mod, _ = convert.relax_module(ckpt, prec)
+mod, _, cache = convert.relax_module(ckpt, prec)
+assert cache == {"k": "(1,nkv,hd,P)", "v": "(1,nkv,P,hd)", "n_layer": c.n_layer}, cache
 res = {}
 for name, fuse, gemv in (("unfused", False, 64), ("fused", True, 128)):  # fuse: FuseOps and packing
     so = f"{out}/{name}.so"
     convert.compile_to(mod, convert.host_target(), so, None, (4, 32), int4=prec == "int4-b32",
                        gemv=gemv, fuse=fuse, pack=fuse)
     f = (vm := tvm_vm.VirtualMachine(tvm.runtime.load_module(so), tvm.cpu()))["forward"]
-    kv = tvm.runtime.tensor(np.zeros((c.n_layer, 1, c.n_kv_head, 0, c.head_dim), np.float32))
-    lg, k, v = f(tvm.runtime.tensor(np.arange(1, 10)[None]), kv, kv)
+    kv = ([np.zeros((1, c.n_kv_head, c.head_dim, 0), np.float32)] * c.n_layer
+          + [np.zeros((1, c.n_kv_head, 0, c.head_dim), np.float32)] * c.n_layer)  # per layer: k, then v
+    lg, *kv = f(tvm.runtime.tensor(np.arange(1, 10)[None]), *map(tvm.runtime.tensor, kv))
     logits, kernels, step = [lg.numpy()], {}, [0]
     def hook(_f, name, before, *_):
         if before and step[0] == 7 and not name.startswith("vm.builtin"):
@@ -120,7 +196,7 @@ for name, fuse, gemv in (("unfused", False, 64), ("fused", True, 128)):  # fuse:
     vm.set_instrument(hook)
     for t in (3, 5, 7):
         step[0] = t
-        lg, k, v = f(tvm.runtime.tensor(np.array([[t]])), k, v)
+        lg, *kv = f(tvm.runtime.tensor(np.array([[t]])), *kv)
         logits.append(lg.numpy())
     np.savez(f"{out}/{name}.npz", *logits)
     res[name] = kernels

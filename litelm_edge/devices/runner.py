@@ -125,6 +125,8 @@ def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool
     except ImportError as e:
         why = f"{e.name or manifest['runtime']} is not installed: {PIP}{' '.join(mod.PACKAGES)}"
         raise RuntimeMissing(why + getattr(mod, "INSTALL_NOTE", ""), mod.PACKAGES) from e
+    except ValueError as e:  # a manifest the runtime cannot run (e.g. tvm's unknown cache layout): one line
+        raise mf.UserError(str(e)) from e
 
 
 def runtime_version(backend: str) -> str:

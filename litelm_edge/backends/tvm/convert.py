@@ -9,8 +9,9 @@ tile ([MT, NJ] register tile, or null), gemv (decode GEMV columns a task, or nul
 (default true; false = TVM's default unscheduled pipeline, for benchmarks)}.
 
 Writes out_dir/model.so, out_dir/convert.json (timings, weight bytes by dtype), and
-host_dir/model.so. The library has one function, `forward(idx (1, T) int64, k, v
-(L, 1, nkv, P, hd) fp32) -> (logits (1, T, V), k, v of length P+T)`: prefill is P = 0, decode T = 1.
+host_dir/model.so. The library has one function, `forward(idx (1, T) int64, k_0..k_{L-1} (1, nkv, hd, P),
+v_0..v_{L-1} (1, nkv, P, hd) fp32) -> (logits (1, T, V), the L k, the L v of length P+T)`: prefill is
+P = 0, decode T = 1 (graph.CachedForward; convert.json's "cache" records the layout).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def host_target():
 
 
 def relax_module(checkpoint: str, precision: str):
-    """Checkpoint -> (Relax IRModule with a `forward` function, weight bytes by dtype)."""
+    """Checkpoint -> (Relax IRModule with a `forward` function, weight bytes by dtype, its cache
+    layout: graph.CACHE_LAYOUT and n_layer)."""
     import torch
     from tvm.relax.frontend.torch import from_exported_program
     from litelm_edge.backends.tvm import graph
@@ -50,7 +52,7 @@ def relax_module(checkpoint: str, precision: str):
         mod = from_exported_program(graph.export(model))
     mod["forward"] = mod["main"].with_attr("global_symbol", "forward")
     del mod["main"]
-    return mod, nbytes
+    return mod, nbytes, graph.CACHE_LAYOUT | {"n_layer": model.cfg.n_layer}
 
 
 def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False,
@@ -79,9 +81,9 @@ def main(spec_path: str) -> int:
     tile = tuple(spec.get("tile") or DEFAULT_TILE)
     gemv = spec.get("gemv") or NJ1
     t0 = time.time()
-    mod, nbytes = relax_module(spec["checkpoint"], spec["precision"])
+    mod, nbytes, cache = relax_module(spec["checkpoint"], spec["precision"])
     report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile),
-              "gemv": gemv}
+              "gemv": gemv, "cache": cache}
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
     int4 = spec["precision"] == "int4-b32"

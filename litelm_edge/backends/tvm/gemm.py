@@ -200,9 +200,12 @@ def match(func: tirx.PrimFunc):
     return K, N, int8, (act[0], wts[0], *sc, act[1])
 
 
-def scores(Bt: int, K: int, tile=TILE) -> tirx.PrimFunc:
-    """Attention scores C (Bt, M, N) = A (Bt, M, K) @ B (Bt, K, N), M = T and N = P + T symbolic,
-    one head a task; the parameter list (A, B, P, C) is FuseTIR's, P unused here."""
+def scores(Bt: int, K: int, tile=TILE, n_sizes: int = 1) -> tirx.PrimFunc:
+    """Attention scores C (Bt, M, N) = A (Bt, M, K) @ B (Bt, K, N), M (T, or T x the q heads a K/V
+    head) and N = P + T symbolic, one head a task; the parameter list (A, B, P, C) or (A, B, T, P,
+    C) is FuseTIR's (n_sizes symbolic sizes it passes), the sizes unused here."""
+    if n_sizes not in (1, 2):
+        raise ValueError(f"scores takes 1 or 2 symbolic size parameters, got {n_sizes}")
     mt, nj = tile
     Bt, K = tirx.IntImm("int64", Bt), tirx.IntImm("int64", K)
 
@@ -247,21 +250,29 @@ def scores(Bt: int, K: int, tile=TILE) -> tirx.PrimFunc:
                     for k in range(K):
                         C[h, i, j] = C[h, i, j] + A[h, i, k] * B[h, k, j]
 
-    return main
+    if n_sizes == 1:
+        return main
+    size = tirx.Var("t", "int64")  # a second size parameter, unused: the sizes come from the buffers
+    a, b, p, c = main.params
+    return tirx.PrimFunc([a, b, size, p, c], main.body, main.ret_type, main.attrs)
 
 
 def match_scores(func: tirx.PrimFunc):
-    """(Bt, K) when `func` is the attention-scores matmul (A (Bt, M, K), B (Bt, K, N), P, C (Bt, M, N);
-    Bt and K static, M and N not), else None."""
+    """(Bt, K, n_sizes) when `func` is the attention-scores matmul (A (Bt, M, K), B (Bt, K, N), then 1
+    or 2 symbolic sizes (P; or T, P: the per-layer cache graph), C (Bt, M, N); Bt and K static, M and
+    N not), else None."""
     ty = [p.ty for p in func.params]
-    if len(ty) != 4 or not all(isinstance(ty[i], tirx.buffer.BufferType) for i in (0, 1, 3)):
+    is_buf = [isinstance(t, tirx.buffer.BufferType) for t in ty]
+    if len(ty) not in (4, 5) or is_buf != [True, True] + [False] * (len(ty) - 3) + [True]:
         return None
-    a, b, c = ty[0], ty[1], ty[3]
+    a, b, c = ty[0], ty[1], ty[-1]
     static = lambda x: isinstance(x, tirx.IntImm)  # noqa: E731
-    if any(len(t.shape) != 3 or t.dtype != "float32" for t in (a, b, c)) or isinstance(ty[2], tirx.buffer.BufferType):
+    if any(len(t.shape) != 3 or t.dtype != "float32" for t in (a, b, c)):
         return None
     if not (static(a.shape[0]) and static(a.shape[2]) and not static(a.shape[1]) and not static(b.shape[2])):
         return None
-    if not (static(b.shape[0]) and static(b.shape[1])) or (int(b.shape[0]), int(b.shape[1])) != (int(a.shape[0]), int(a.shape[2])):
+    if not (static(b.shape[0]) and static(b.shape[1])):
         return None
-    return int(a.shape[0]), int(a.shape[2])
+    if (int(b.shape[0]), int(b.shape[1])) != (int(a.shape[0]), int(a.shape[2])):
+        return None
+    return int(a.shape[0]), int(a.shape[2]), len(ty) - 3

@@ -15,8 +15,12 @@ keeps its output matrix wider). Runs in the TVM toolchain venv (torch only).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+
+from ...pipeline.model import apply_rope, rope_tables
 
 
 def quantize_kn(w_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,25 +133,82 @@ def prepare(model, precision: str):
     return model
 
 
+# The cache layout of the exported graph, recorded in the manifest (runtime.py reads it): one K
+# and one V tensor a layer, K stored transposed so the scores matmul streams it along positions.
+CACHE_LAYOUT = {"k": "(1,nkv,hd,P)", "v": "(1,nkv,P,hd)"}
+
+
 class CachedForward(nn.Module):
-    """forward(idx (1, T), k_cache, v_cache (L, 1, nkv, P, hd)) -> logits (1, T, V), k, v (P+T)."""
+    """forward(idx (1, T), k_0..k_{L-1} (1, nkv, hd, P), v_0..v_{L-1} (1, nkv, P, hd))
+    -> (logits (1, T, V), the L new k, the L new v), each of length P+T.
+
+    The model's forward_cached with its own attention, written for TVM: per-layer caches (no
+    torch.stack copy of every layer each step); grouped-query attention as the group's q heads
+    stacked along rows, (nkv, T*group, hd), against their one K/V head (no repeat of K/V); the
+    1/sqrt(hd) scale folded into q; the causal mask an additive bias (0 or -inf)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, idx, k_cache, v_cache):
-        return self.model.forward_cached(idx, k_cache, v_cache)
+    def forward(self, idx, *caches):
+        m, c = self.model, self.model.cfg
+        L, T = c.n_layer, idx.shape[1]
+        ks, vs = caches[:L], caches[L:]
+        P = vs[0].shape[2]
+        for kc, vc in zip(ks, vs, strict=True):  # one symbol P for every cache (export made one each)
+            torch._check(kc.shape[3] == P)
+            torch._check(vc.shape[2] == P)
+        cos, sin = rope_tables(c, P, T, idx.device)
+        q_pos = torch.arange(T, device=idx.device) + P
+        k_pos = torch.arange(P + T, device=idx.device)
+        bias = torch.where(k_pos[None, :] <= q_pos[:, None], 0.0, float("-inf"))  # (T, P+T)
+        g = c.n_head // c.n_kv_head
+        bias = bias[:, None, :].expand(T, g, -1).reshape(T * g, -1)  # (T*g, P+T): attend's rows, once
+        x = m.embed_tokens(idx)
+        new_k, new_v = [], []
+        for i, li in enumerate(m.layer_order()):
+            blk = m.layers[li]
+            a, k, v = self.attend(blk.self_attn, blk.input_layernorm(x), cos, sin, ks[i], vs[i], bias)
+            x = x + a
+            x = x + blk.mlp(blk.post_attention_layernorm(x))
+            new_k.append(k)
+            new_v.append(v)
+        return (m.lm_head(m.norm(x)), *new_k, *new_v)
+
+    def attend(self, attn, x, cos, sin, k_cache, v_cache, bias):
+        """x (1, T, C) -> y (1, T, C), k (1, nkv, hd, P+T), v (1, nkv, P+T, hd)."""
+        c = self.model.cfg
+        T, hd, nh, nkv = x.shape[1], c.head_dim, c.n_head, c.n_kv_head
+        g = nh // nkv  # q heads a K/V head: q head h reads K/V head h // g (Attention's expand)
+        cos, sin = cos[:, None], sin[:, None]  # (T, 1, hd): over heads
+        q = apply_rope(attn.q_proj(x).view(1, T, nh, hd), cos, sin) * (1.0 / math.sqrt(hd))
+        k = apply_rope(attn.k_proj(x).view(1, T, nkv, hd), cos, sin)
+        v = attn.v_proj(x).view(1, T, nkv, hd)
+        k = torch.cat((k_cache, k.permute(0, 2, 3, 1)), dim=3)  # (1, nkv, hd, P+T)
+        v = torch.cat((v_cache, v.transpose(1, 2)), dim=2)  # (1, nkv, P+T, hd)
+        # rows (t, j) of K/V head n: query t of q head n*g + j. The rows split as (T, g), g static:
+        # torch.export cannot prove a split of a symbolic dim as (g, T) valid. Every reshape changes
+        # the rank: TVM's importer compares same-rank shapes element by element, and fails on T.
+        q = q.view(1, T, nkv, g, hd).transpose(1, 2).reshape(nkv, T * g, hd)
+        att = q @ k.view(nkv, hd, -1)  # (nkv, T*g, P+T)
+        att = torch.softmax(att + bias, dim=-1)
+        y = att @ v.view(nkv, -1, hd)  # (nkv, T*g, hd)
+        y = y.view(nkv, T, g, hd).transpose(0, 1).reshape(1, T, nh * hd)
+        if attn.g_proj is not None:
+            y = y * torch.sigmoid(attn.g_proj(x))
+        return attn.o_proj(y), k, v
 
 
 def export(model):
     """torch.export with dynamic T (new tokens) and P (cached tokens): one graph serves
     prefill (P = 0) and decode (T = 1)."""
-    cfg = model.cfg
-    T = torch.export.Dim("T", min=1, max=cfg.max_seq_len)
-    P = torch.export.Dim("P", min=0, max=cfg.max_seq_len)
+    c = model.cfg
+    T = torch.export.Dim("T", min=1, max=c.max_seq_len)
+    P = torch.export.Dim("P", min=0, max=c.max_seq_len)
     idx = torch.zeros((1, 8), dtype=torch.int64)
-    k = torch.zeros(cfg.n_layer, 1, cfg.n_kv_head, 4, cfg.head_dim)
+    ks = [torch.zeros(1, c.n_kv_head, c.head_dim, 4) for _ in range(c.n_layer)]
+    vs = [torch.zeros(1, c.n_kv_head, 4, c.head_dim) for _ in range(c.n_layer)]
     with torch.no_grad():
-        return torch.export.export(CachedForward(model).eval(), (idx, k, k.clone()),
-                                   dynamic_shapes=({1: T}, {3: P}, {3: P}))
+        return torch.export.export(CachedForward(model).eval(), (idx, *ks, *vs),
+                                   dynamic_shapes=({1: T}, ({3: P},) * c.n_layer + ({2: P},) * c.n_layer))

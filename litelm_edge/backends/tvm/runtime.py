@@ -1,5 +1,9 @@
-"""Apache TVM on the device: the Relax VM library `model.so`, one function `forward(idx, k, v)`
-serving prefill (empty cache) and decode (T = 1).
+"""Apache TVM on the device: the Relax VM library `model.so`, one function `forward` serving prefill
+(empty cache) and decode (T = 1). Two cache layouts, told apart by the manifest's tvm.cache:
+    per layer (tvm.cache = CACHE): forward(idx, k_0..k_{L-1}, v_0..v_{L-1}) -> (logits, L k, L v),
+        k (1, nkv, hd, P), v (1, nkv, P, hd);
+    stacked (no tvm.cache: libraries built before it): forward(idx, k, v) -> (logits, k, v),
+        k and v (L, 1, nkv, P, hd).
 
 Device side: needs only numpy and the apache-tvm wheel (no litelm_edge import); uploaded beside
 the runner, and run by serve.py in the TVM venv for the host parity check. TVM_USE_RUNTIME_LIB=1
@@ -17,11 +21,25 @@ import numpy as np
 PACKAGES = ["numpy", "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"]
 MODULE = "tvm"
 GRAPH = "tvm.library"  # the manifest key naming the file this runtime opens
+CACHE = {"k": "(1,nkv,hd,P)", "v": "(1,nkv,P,hd)"}  # tvm.cache's layout (and n_layer): graph.CACHE_LAYOUT
 
 
 def default_threads(manifest: dict) -> int | None:
     """The build asks for no thread count: the runner chooses."""
     return None
+
+
+def empty_caches(meta: dict) -> list:
+    """The empty caches `forward` takes after idx, for the manifest's tvm section: per layer (its
+    cache is CACHE), k_0..k_{L-1} then v_0..v_{L-1}; stacked (no cache key), k then v."""
+    L, _, nkv, _, hd = meta["cache_shape"]  # (n_layer, 1, n_kv_head, 0, hd)
+    cache = meta.get("cache")
+    if cache is None:
+        return [np.zeros((L, 1, nkv, 0, hd), np.float32)] * 2
+    if cache != CACHE | {"n_layer": L}:
+        raise ValueError(f"tvm.cache {cache} is no layout this runtime knows ({CACHE | {'n_layer': L}}): "
+                         "bench the artifact with the runner of the litelm-edge that built it")
+    return [np.zeros((1, nkv, hd, 0), np.float32)] * L + [np.zeros((1, nkv, 0, hd), np.float32)] * L
 
 
 class TvmRuntime:
@@ -34,19 +52,18 @@ class TvmRuntime:
         import tvm  # ImportError: the runner says how to install PACKAGES
         from tvm.runtime import vm as tvm_vm
         meta = manifest["tvm"]
+        self.empty = empty_caches(meta)
         self.tensor = tvm.runtime.tensor
         lib = tvm.runtime.load_module(str(graph))  # the verified meta["library"]
         self.fn = tvm_vm.VirtualMachine(lib, tvm.cpu())[meta.get("entry", "forward")]
-        self.empty = np.zeros(meta["cache_shape"], np.float32)  # (n_layer, 1, n_kv_head, 0, hd)
-        self.k = self.v = None
+        self.kv: list = []  # the k tensors, then the v tensors
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        logits, self.k, self.v = self.fn(self.tensor(np.asarray(ids, np.int64).reshape(1, -1)), self.k,
-                                         self.v)
+        logits, *self.kv = self.fn(self.tensor(np.asarray(ids, np.int64).reshape(1, -1)), *self.kv)
         return logits.numpy()[0]  # (T, V)
 
     def prefill(self, ids):
-        self.k, self.v = self.tensor(self.empty), self.tensor(self.empty)
+        self.kv = [self.tensor(c) for c in self.empty]
         return self._run(ids)
 
     def decode(self, token):

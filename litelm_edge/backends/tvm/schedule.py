@@ -109,7 +109,8 @@ class ScheduleMatmul:
                 continue
             heads = tvm_gemm.match_scores(func)
             if heads:
-                out[gv] = tvm_gemm.scores(*heads, tile=self.tile)
+                Bt, K, n_sizes = heads
+                out[gv] = tvm_gemm.scores(Bt, K, tile=self.tile, n_sizes=n_sizes)
                 continue
             _schedule_block(sch, block, self.tile)
             out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
@@ -225,8 +226,11 @@ class _PackRewriter(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if call.op != tvm.ir.Op.get("relax.matmul") or len(call.args[0].ty.shape) != 2:
+        x_shape = getattr(call.args[0].ty, "shape", None) if call.op == tvm.ir.Op.get("relax.matmul") else None
+        if x_shape is None or len(x_shape) != 2:
             return call
+        # the weight a constant of fixed shape: the attention's matmuls (q @ K, att @ V: both operands
+        # run-time tensors of symbolic length) are left to ScheduleMatmul
         w = self._weight(call.args[1])
         if w is None or len(w[0].value.shape) != 2:
             return call
