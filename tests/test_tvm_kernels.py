@@ -225,4 +225,6 @@ def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_pytho
     assert not any(k.startswith("fused_") and "matmul" not in k for k in calls["unfused"])
     if precision == "int8":  # int4-b32: the layers' own kernel, and the head is the embedding's too
         assert any(k.endswith("_packed") for k in calls["fused"]), calls["fused"]  # schedule.PackWeights
+        # a width the 128-column GEMV does not divide (tiny's 64, SmolLM2's 576) is packed at 64
+        assert any(k.endswith("x64_packed") for k in calls["fused"]), calls["fused"]
     assert not any(k.endswith("_packed") for k in calls["unfused"])
