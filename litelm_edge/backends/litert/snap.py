@@ -146,7 +146,12 @@ def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int 
     """GPTQ every block's linears in place, layer by layer (a layer's inputs come from the blocks
     before it, already quantized; within a block, each stage's from the stages before it).
     windows: (N, T) token ids. Returns ({parameter name: snapped weight}, {name: error vs RTN's})."""
+    from ...config import UserError
     from ...pipeline.model import rope_tables
+    widths = sorted({m.in_features for m in model.layers.modules() if isinstance(m, torch.nn.Linear)})
+    if any(n % BLOCK for n in widths):
+        raise UserError(f"int4-gptq needs the linears' input widths to be multiples of {BLOCK}, have "
+                        f"{widths}: build --precision int4-ch or int8-had")
     model.eval()
     cos, sin = rope_tables(model.cfg, 0, windows.shape[1])
     x = torch.cat([model.embed_tokens(windows[i:i + chunk]) for i in range(0, len(windows), chunk)])
