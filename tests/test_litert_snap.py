@@ -60,7 +60,8 @@ def test_quantize_model_snaps_every_linear_and_leaves_the_model_it_was_given_apa
     weights, ratio = snap.quantize_model(m, torch.randint(0, m.cfg.vocab_size, (4, 32)))
     assert len(weights) == len(ratio) == 7 * len(m.layers)
     assert all(snap.on_grid(torch.from_numpy(w)) for w in weights.values())
-    assert torch.equal(m.get_parameter("layers.0.mlp.down_proj.weight"), torch.from_numpy(weights["layers.0.mlp.down_proj.weight"]))
+    name = "layers.0.mlp.down_proj.weight"
+    assert torch.equal(m.get_parameter(name), torch.from_numpy(weights[name]))
     assert max(ratio.values()) < 1
 
 
@@ -96,8 +97,8 @@ def test_rtn_and_lossless_snap_agree_with_ai_edge_quantizer(litert_python, tmp_p
     w = w * torch.logspace(-5, 1, w.shape[0])[:, None]  # scales from fp16 subnormals up
     np.savez(tmp_path / "w.npz", w=w.numpy(), rtn=snap.rtn(w).numpy(), q=snap.gptq(w, H).numpy())
     code = ("import json, sys, numpy as np; from litelm_edge.backends.litert.convert import requantized; "
-            "d = np.load(sys.argv[1]); print(json.dumps([bool(np.array_equal(requantized(d['w']), d['rtn'])), "
-            "bool(np.array_equal(requantized(d['q']), d['q']))]))")
+            "d = np.load(sys.argv[1]); same = lambda a, b: bool(np.array_equal(requantized(d[a]), d[b])); "
+            "print(json.dumps([same('w', 'rtn'), same('q', 'q')]))")
     r = subprocess.run([str(litert_python), "-c", code, str(tmp_path / "w.npz")], env=toolchain.src_env(),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -112,7 +113,8 @@ def test_int4_gptq_builds_through_the_gate(litert_python, data_dir, tmp_path):
     from litelm_edge.pipeline.model import Transformer, preset
     torch.manual_seed(0)
     m = Transformer(preset("tiny")).eval()
-    ck = checkpoint.save(tmp_path / "ck", m, (data_dir / "tokenizer.json").read_text(), {"data_dir": str(data_dir)})
+    tok = (data_dir / "tokenizer.json").read_text()
+    ck = checkpoint.save(tmp_path / "ck", m, tok, {"data_dir": str(data_dir)})
     sets = {"prefill_len": 16, "capacity": 128, "windows": "32", "gptq_windows": 8, "gptq_len": 64}
     man = build(ck, "android", tmp_path / "a", "int4-gptq", data_dir, sets, log=lambda s: None)
     g = man["gptq"]

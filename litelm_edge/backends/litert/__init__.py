@@ -50,8 +50,8 @@ PRECISIONS = (
     Precision("int4-b64", 4, 64, INT4, 0.13,
               about="INT4 weights in blocks of 64 with fp16 scales, embeddings included"),
     Precision("int4-gptq", 4, 32, INT4, 0.17,
-              about="INT4 blocks of 32 for the layers' linears, codes chosen by GPTQ on train.bin windows "
-                    "(snap.py), the tied embedding / LM head INT8 per channel (as q4_0 keeps token_embd q8_0)"),
+              about="INT4 blocks of 32 for the layers' linears, codes chosen by GPTQ on train.bin "
+                    "windows (snap.py), the tied embedding / LM head INT8 per channel (as q4_0: q8_0)"),
     Precision("int4-ch", 4, None, INT4, 0.13,
               advice="build --precision int4-b32 (a scale per 32 weights holds more), or a wider one",
               about="INT4 weights per output channel (XNNPACK's qd8 x qc4w GEMM: prefill ~1.5x int4-b32), "

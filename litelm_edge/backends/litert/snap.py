@@ -169,8 +169,8 @@ def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int 
                 snapped[f"layers.{li}.{n}.weight"] = q.numpy()
         done.add(li)
         x = torch.cat([block(x[i:i + chunk], cos, sin)[0] for i in range(0, len(x), chunk)])
-        log(f"gptq: layer {li}: output error vs RTN "
-            + " ".join(f"{k.rsplit('.', 1)[-1]} {v:.2f}" for k, v in ratio.items() if k.startswith(f"layers.{li}.")))
+        mine = {k.rsplit(".", 1)[-1]: v for k, v in ratio.items() if k.startswith(f"layers.{li}.")}
+        log(f"gptq: layer {li}: output error vs RTN " + " ".join(f"{k} {v:.2f}" for k, v in mine.items()))
     return snapped, ratio
 
 
