@@ -51,6 +51,8 @@ def test_gptq_output_error_well_below_rtn():
     w, H = layer()
     e_rtn = snap.output_error(w, snap.rtn(w), H)
     assert snap.output_error(w, snap.gptq(w, H), H) < 0.6 * e_rtn
+    q = snap.gptq(w, H, act_order=True)  # static groups: still on the grid
+    assert snap.on_grid(q) and snap.output_error(w, q, H) < 0.6 * e_rtn
 
 
 def test_quantize_model_snaps_every_linear_and_leaves_the_model_it_was_given_apart():

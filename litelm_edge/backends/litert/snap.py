@@ -68,9 +68,19 @@ def group_scales(w: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, t
     return best_s, pin, sign
 
 
-def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int = BLOCK) -> torch.Tensor:
+def _static_scales(W: torch.Tensor, weight: torch.Tensor, block: int):
+    """group_scales of every group of W as it is, spread over its columns: (rows, n) each."""
+    parts = [group_scales(W[:, g:g + block], weight[g:g + block]) for g in range(0, W.shape[1], block)]
+    return (torch.cat([s.expand(-1, block) for s, _, _ in parts], 1), torch.cat([p for _, p, _ in parts], 1),
+            torch.cat([sg.expand(-1, block) for _, _, sg in parts], 1))
+
+
+def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int = BLOCK,
+         act_order: bool = False) -> torch.Tensor:
     """w (out, in) float, H (in, in) = 2 X^T X -> the dequantized snapped weight (out, in) float32,
-    every block of it a fixed point of the quantizer's INT4 re-quantization (`on_grid`)."""
+    every block of it a fixed point of the quantizer's INT4 re-quantization (`on_grid`).
+    act_order: columns by decreasing H diagonal (the inputs with the most energy first), every
+    group's scale fixed from the unquantized weights before any column moves ("static groups")."""
     W = w.detach().clone().float()
     n = W.shape[1]
     if n % block:
@@ -80,21 +90,28 @@ def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int = BLOC
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H += damp * torch.diag(H).mean() * torch.eye(n, dtype=H.dtype)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
     weight = torch.diag(H).float()
+    perm = torch.argsort(weight, descending=True) if act_order else torch.arange(n)
+    static = [t[:, perm] for t in _static_scales(W, weight, block)] if act_order else None
+    W, H = W[:, perm], H[perm][:, perm]
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
     out = torch.zeros_like(W)
     for g in range(0, n, block):
         W1, U1 = W[:, g:g + block], U[g:g + block, g:g + block]  # W1 is a view: updated in place
-        s, pin, sign = group_scales(W1, weight[g:g + block])
+        if static:  # columns of several groups: each column's own group's scale
+            s, pin, sign = (t[:, g:g + block] for t in static)
+        else:  # one group: its scale from its columns as the ones before left them
+            s, pin, sign = group_scales(W1, weight[g:g + block])
+            s, sign = s.expand(-1, block), sign.expand(-1, block)
         err = torch.zeros_like(W1)
         for j in range(block):
-            q = _codes(W1[:, j:j + 1], s, pin[:, j:j + 1], sign)
-            out[:, g + j] = (q * s)[:, 0]
+            q = _codes(W1[:, j:j + 1], s[:, j:j + 1], pin[:, j:j + 1], sign[:, j:j + 1])
+            out[:, g + j] = (q * s[:, j:j + 1])[:, 0]
             e = (W1[:, j] - out[:, g + j]) / U1[j, j]
             W1[:, j:] -= e[:, None] * U1[j, j:][None, :]
             err[:, j] = e
         W[:, g + block:] -= err @ U[g:g + block, g + block:]
-    return out
+    return out[:, torch.argsort(perm)]
 
 
 def on_grid(w: torch.Tensor, block: int = BLOCK) -> bool:
