@@ -25,7 +25,8 @@ class Settings:
     windows: str = "128"  # attention windows below capacity: a decode signature each
     prefill_windows: str | None = None  # the same for prefill signatures; None: as windows, "": none
     gptq_windows: int = 64  # int4-gptq: token windows of train.bin its GPTQ calibrates on
-    gptq_len: int = 128  # int4-gptq: tokens a window (64 x 128: 8,192 tokens, ~3 min of CPU on SmolLM2)
+    gptq_len: int = 128  # int4-gptq: tokens a window (64 x 128: 8,192 tokens; SmolLM2: 20 min at load 5)
+    gptq_act_order: bool = False  # int4-gptq: columns by decreasing input energy, static group scales
 
     def validate(self):
         at_least(self, threads=1, prefill_len=1, capacity=1, gptq_windows=1, gptq_len=1)

@@ -13,6 +13,7 @@ target. Keys (Settings: the target TOML's [litert] table, targets/android.toml, 
                Each signature holds its own per-channel quantization parameters: +0.4 MB for int4-ch
   gptq_windows, gptq_len  int4-gptq's calibration: evenly spaced windows of the data folder's
                train.bin (never val.bin: the gate's held-out windows come from there)
+  gptq_act_order  int4-gptq's column order: by decreasing input energy (static group scales)
 """
 from __future__ import annotations
 
@@ -114,12 +115,14 @@ def snap_weights(ctx: BuildContext, path: Path) -> dict:
     windows = train_windows(ctx.data_dir, s.gptq_windows, min(s.gptq_len, ctx.model.cfg.max_seq_len))
     t0 = time.time()
     ctx.log(f"litert: GPTQ on {len(windows)} x {windows.shape[1]} train.bin tokens, layer by layer")
-    weights, ratio = snap.quantize_model(copy.deepcopy(ctx.model), torch.from_numpy(windows), log=ctx.log)
+    weights, ratio = snap.quantize_model(copy.deepcopy(ctx.model), torch.from_numpy(windows),
+                                         act_order=s.gptq_act_order, log=ctx.log)
     with open(path, "wb") as f:  # a temporary folder: no partial file outlives the build
         np.savez(f, **weights)
     r = np.array(list(ratio.values()))
     return {"data": str(Path(ctx.data_dir) / "train.bin"), "windows": int(windows.shape[0]),
-            "window_len": int(windows.shape[1]), "damp": 0.01, "block": snap.BLOCK, "order": "columns",
+            "window_len": int(windows.shape[1]), "damp": 0.01, "block": snap.BLOCK,
+            "order": "act (static groups)" if s.gptq_act_order else "columns",
             "scale_ratios": list(snap.RATIOS), "sequential": "layer by layer, quantized inputs",
             "output_error_vs_rtn": {"median": round(float(np.median(r)), 4), "max": round(float(r.max()), 4)},
             "seconds": round(time.time() - t0, 1)}

@@ -158,7 +158,7 @@ def _input_hessian(block, x, cos, sin, linear, chunk: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int = 16,
+def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int = 16, act_order: bool = False,
                    log=lambda msg: None) -> tuple[dict, dict]:
     """GPTQ every block's linears in place, layer by layer (a layer's inputs come from the blocks
     before it, already quantized; within a block, each stage's from the stages before it).
@@ -180,7 +180,7 @@ def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int 
             H = _input_hessian(block, x, cos, sin, mods[0][1], chunk)
             for n, mod in mods:
                 w = mod.weight.data
-                q = gptq(w, H, damp)
+                q = gptq(w, H, damp, act_order=act_order)
                 ratio[f"layers.{li}.{n}"] = output_error(w, q, H) / max(output_error(w, rtn(w), H), 1e-30)
                 mod.weight.data = q
                 snapped[f"layers.{li}.{n}.weight"] = q.numpy()
