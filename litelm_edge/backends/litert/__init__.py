@@ -26,7 +26,8 @@ class Settings:
     prefill_windows: str | None = None  # the same for prefill signatures; None: as windows, "": none
     gptq_windows: int = 64  # int4-gptq: token windows of train.bin its GPTQ calibrates on
     gptq_len: int = 128  # int4-gptq: tokens a window (64 x 128: 8,192 tokens; SmolLM2: 20 min at load 5)
-    gptq_act_order: bool = False  # int4-gptq: columns by decreasing input energy, static group scales
+    gptq_act_order: bool = True  # int4-gptq: columns by decreasing input energy, static group scales
+    #   (SmolLM2-135M through the gate: ratio 1.049, KL 0.131; in column order 1.128, 0.176)
 
     def validate(self):
         at_least(self, threads=1, prefill_len=1, capacity=1, gptq_windows=1, gptq_len=1)

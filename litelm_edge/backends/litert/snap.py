@@ -11,7 +11,8 @@ So a block whose values are q * s, with every |q| <= 7 and one |q| == 7, on a sc
 bf16 and fp16 both hold, comes back as the same q and s: max|w| / 7 is s exactly in float32 (q
 has 3 bits, s 8), and w / s is q exactly. -8 is out: a -8 * s would make the bound 8 s and the
 scale 8/7 s (the quantizer's own RTN never reaches -8 either). GPTQ (Frantar et al. 2022) then
-chooses the codes: columns in order, each group of 32 gets its scales before its columns are
+chooses the codes: columns in order (or by decreasing input energy, act_order, with every group's
+scale fixed before any column moves), each group of 32 gets its scales before its columns are
 quantized (the row's largest |w| pinned to +-7 so that the quantizer recomputes them), and the
 rounding error of a column moves onto the columns not yet quantized through the Cholesky factor of
 the inverse Hessian H = 2 X^T X (X: calibration inputs of the layer, damped 1 % of its mean diagonal).
@@ -158,7 +159,7 @@ def _input_hessian(block, x, cos, sin, linear, chunk: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int = 16, act_order: bool = False,
+def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int = 16, act_order: bool = True,
                    log=lambda msg: None) -> tuple[dict, dict]:
     """GPTQ every block's linears in place, layer by layer (a layer's inputs come from the blocks
     before it, already quantized; within a block, each stage's from the stages before it).
