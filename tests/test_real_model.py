@@ -39,7 +39,7 @@ def test_default_precision_keeps_the_targets_bar(target, smollm2_checkpoint, smo
 def test_android_int4_gptq_is_at_or_below_llamacpp_q4_0(smollm2_checkpoint, smollm2_data, tmp_path):
     """Issue 22's 4-bit bar for android: int4-gptq (GPTQ on train.bin, snapped onto the quantizer's
     INT4 grid) at or below llama.cpp q4_0's cost on the same weights (ratio 1.258, mean KL 0.311,
-    docs/quality.md); measured 1.049 +- 0.013, KL 0.131 (act order, 2026-12-06). ~25 min on 2 loaded cores."""
+    docs/quality.md); measured 1.049 +- 0.013, KL 0.131 (act order, 2026-12-06). 12 min on 2 cores at load 1-4 (GPTQ 7 min), 23 min at load 3.5-6."""
     from litelm_edge.backends.litert import build as litert_build
     toolchain_or_skip(litert_build.python, "litert")
     m = build_flow.build(smollm2_checkpoint, "android", tmp_path / "a", "int4-gptq", smollm2_data,
