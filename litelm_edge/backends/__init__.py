@@ -122,6 +122,7 @@ class BuildContext:
     settings: Any = None  # the backend's Settings, resolved (defaults <- [section] <- --set)
     log: Callable[[str], None] = print
     tokenizer_json: str = ""  # the checkpoint's tokenizer (a backend's exporter may read it)
+    data_dir: Path | None = None  # the data folder (train.bin: a precision's own calibration text)
 
 
 @dataclass

@@ -149,11 +149,12 @@ def build(checkpoint, target: str, out, precision: str | None = None, data=None,
     spec = b.precision(precision)
     builder = b.module("build")
     model, tok_json, training = ckpt.load(checkpoint, tokenizer=tokenizer)
-    heldout = heldout_windows(data or training.get("data_dir"), T=min(WINDOW_LEN, model.cfg.max_seq_len))
+    data_dir = data or training.get("data_dir")
+    heldout = heldout_windows(data_dir, T=min(WINDOW_LEN, model.cfg.max_seq_len))
     with atomic_dir(out) as tmp:
         ctx = BuildContext(model, ckpt.resolve(checkpoint, need_tokenizer=False), tgt, tmp, precision,
                            [w[:-1] for w in heldout],
-                           settings, log, tok_json)
+                           settings, log, tok_json, Path(data_dir))
         res = builder.build(ctx)
         (tmp / "tokenizer.json").write_text(tok_json)
         files = mf.files_table(tmp)

@@ -24,9 +24,13 @@ class Settings:
     mask_value: float = -1e4  # additive attention mask; int8-full clamps it to FULL_INT_MASK
     windows: str = "128"  # attention windows below capacity: a decode signature each
     prefill_windows: str | None = None  # the same for prefill signatures; None: as windows, "": none
+    gptq_windows: int = 64  # int4-gptq: token windows of train.bin its GPTQ calibrates on
+    gptq_len: int = 128  # int4-gptq: tokens a window (64 x 128: 8,192 tokens; SmolLM2: 20 min at load 5)
+    gptq_act_order: bool = True  # int4-gptq: columns by decreasing input energy, static group scales
+    #   (SmolLM2-135M through the gate: ratio 1.049, KL 0.131; in column order 1.128, 0.176)
 
     def validate(self):
-        at_least(self, threads=1, prefill_len=1, capacity=1)
+        at_least(self, threads=1, prefill_len=1, capacity=1, gptq_windows=1, gptq_len=1)
         if self.capacity % self.prefill_len:
             raise UserError(f"capacity {self.capacity} must be a multiple of prefill_len {self.prefill_len}")
 
@@ -47,6 +51,9 @@ PRECISIONS = (
               about="INT4 weights in blocks of 32 with fp16 scales, embeddings included"),
     Precision("int4-b64", 4, 64, INT4, 0.13,
               about="INT4 weights in blocks of 64 with fp16 scales, embeddings included"),
+    Precision("int4-gptq", 4, 32, INT4, 0.17,
+              about="INT4 blocks of 32 for the layers' linears, codes chosen by GPTQ on train.bin "
+                    "windows (snap.py), the tied embedding / LM head INT8 per channel (as q4_0: q8_0)"),
     Precision("int4-ch", 4, None, INT4, 0.13,
               advice="build --precision int4-b32 (a scale per 32 weights holds more), or a wider one",
               about="INT4 weights per output channel (XNNPACK's qd8 x qc4w GEMM: prefill ~1.5x int4-b32), "

@@ -4,7 +4,8 @@
 
 SPEC: {checkpoint, out_dir, precision, prefill_len, capacity, mask_value, windows and
 prefill_windows (attention windows below capacity of the decode and prefill signatures), calib
-(npz of held-out windows, or null)}. Writes out_dir/model.tflite
+(npz of held-out windows, or null), weights (npz of snapped weights that replace the checkpoint's,
+snap.py; or null)}. Writes out_dir/model.tflite
 and out_dir/convert.json (timings, size breakdown, weight dtypes). One precision (the table in
 __init__.py) is one quantization recipe, `_recipe`.
 """
@@ -41,6 +42,12 @@ RECIPES = {
     "int4-ch": ((".*", "ALL_SUPPORTED", 4, "CHANNELWISE", False),
                 (".*", "EMBEDDING_LOOKUP", 4, "BLOCKWISE_32", False),
                 (HEAD, "FULLY_CONNECTED", 4, "BLOCKWISE_32", False)),
+    # The layers' linears in INT4 blocks of 32, their weights chosen by GPTQ on the quantizer's own
+    # grid before conversion (snap.py: its round-to-nearest gives them back unchanged, checked by
+    # `check_snapped`); the tied embedding / LM head INT8 per channel, as q4_0 keeps token_embd at q8_0.
+    "int4-gptq": ((".*", "ALL_SUPPORTED", 4, "BLOCKWISE_32", False),
+                  (".*", "EMBEDDING_LOOKUP", 8, "CHANNELWISE", False),
+                  (HEAD, "FULLY_CONNECTED", 8, "CHANNELWISE", False)),
 }
 # The largest rotation: a power of 2 dividing the input width, capped at 64. Uncapped, SmolLM2's
 # down_proj (1536 inputs) would rotate by 512 x 512 blocks (8x the multiply-adds of 64, a 1 MB float
@@ -153,6 +160,44 @@ def quantize(float_path: Path, path: Path, precision: str, calib: list | None, p
     return recipe
 
 
+def requantized(w):
+    """w (out, in) float32 after ai-edge-quantizer's INT4 BLOCKWISE_32 round trip, through its own
+    functions (what naive_min_max_quantize does to a FULLY_CONNECTED weight)."""
+    import numpy as np
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uq
+    blocks = w.reshape(w.shape[0], -1, 32)
+    zp, scale = uq.tensor_zp_scale_from_min_max(np.min(blocks, axis=2), np.max(blocks, axis=2), 4, True,
+                                                qtyping.QuantGranularity.BLOCKWISE_32)
+    params = qtyping.UniformQuantParams(num_bits=4, quantized_dimension=1, scale=scale, zero_point=zp,
+                                        symmetric=True, block_size=32)
+    return uq.uniform_dequantize(uq.uniform_quantize(w, params, is_blockwise_quant=True), params)
+
+
+def check_snapped(float_path: Path, n_snapped: int, vocab_size: int) -> dict:
+    """Every FULLY_CONNECTED weight of the float graph but the LM head must come back from the
+    quantizer's INT4 re-quantization bit for bit (the converter may not move the snapped weights);
+    fails the conversion otherwise. Returns {"weights", "lossless"}."""
+    import numpy as np
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+    model = fu.read_model_from_bytearray(bytearray(float_path.read_bytes()))
+    fc = {i for i, c in enumerate(model.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == 9}
+    seen, lossless = set(), 0  # buffers: the signatures share them
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            t = sg.tensors[op.inputs[1]] if op.opcodeIndex in fc else None
+            if t is None or t.buffer in seen or not len(model.buffers[t.buffer].data):
+                continue
+            seen.add(t.buffer)
+            w = np.frombuffer(bytes(model.buffers[t.buffer].data), np.float32).reshape(t.shape)
+            if w.shape[0] != vocab_size:
+                lossless += int(np.array_equal(requantized(w), w))
+    if len(seen) - 1 != n_snapped or lossless != n_snapped:
+        raise SystemExit(f"snapped weights: {lossless} of {n_snapped} survive the INT4 re-quantization "
+                         f"({len(seen)} FULLY_CONNECTED weights in the graph): not built")
+    return {"weights": n_snapped, "lossless": lossless}
+
+
 def strip_names(path: Path) -> int:
     """Shrink the debug names: every signature repeats its ~650 tensors under long litert-torch
     scope names (~50 kB a signature, which int4-b32 cannot afford under 15 MB). Tensors that hold
@@ -179,6 +224,7 @@ def strip_names(path: Path) -> int:
 
 def main(spec_path: str) -> int:
     import numpy as np
+    import torch
     from ...pipeline.checkpoint import load
     from .inspect import breakdown, weight_dtypes
     spec = json.loads(Path(spec_path).read_text())
@@ -187,10 +233,14 @@ def main(spec_path: str) -> int:
     if spec["precision"] not in have:
         raise SystemExit(f"unknown precision '{spec['precision']}', have: {', '.join(have)}")
     model = load(spec["checkpoint"], tokenizer=False)[0]
+    snapped = dict(np.load(spec["weights"])) if spec.get("weights") else {}
+    for name, w in snapped.items():  # GPTQ's weights, on the quantizer's grid (snap.py)
+        model.get_parameter(name).data = torch.from_numpy(w)
     t0 = time.time()
     float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")
     to_tflite(model, float_path, spec["prefill_len"], spec["capacity"], spec["mask_value"], spec["windows"],
               spec["prefill_windows"])
+    checked = check_snapped(float_path, len(snapped), model.cfg.vocab_size) if snapped else None
     t1 = time.time()
     path = out / "model.tflite"
     recipe = []
@@ -203,7 +253,8 @@ def main(spec_path: str) -> int:
     report = dict(versions={p: version(p) for p in ("litert-torch", "ai-edge-quantizer", "torch")},
                   convert_s=round(t1 - t0, 2), quantize_s=round(time.time() - t1, 2),
                   names_stripped_bytes=stripped, breakdown=breakdown(path, model.cfg.vocab_size),
-                  weight_dtypes=sorted(weight_dtypes(path)), recipe=recipe_record(recipe))
+                  weight_dtypes=sorted(weight_dtypes(path)), recipe=recipe_record(recipe),
+                  snapped=checked)
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0
 
