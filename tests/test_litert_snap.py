@@ -1,4 +1,4 @@
-"""int4-gptq: GPTQ on ai-edge-quantizer's INT4 grid (backends/litert/snap.py).
+"""int4-gptq: GPTQ on ai-edge-quantizer's INT4 grid (backends/snap.py).
 
 The grid's round trip is checked against the quantizer's own functions in the LiteRT toolchain
 venv (skipped when it cannot be made); GPTQ against round-to-nearest on a synthetic layer whose
@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 from conftest import toolchain_or_skip  # noqa: E402
 from litelm_edge import toolchain  # noqa: E402
-from litelm_edge.backends.litert import Settings, snap  # noqa: E402
+from litelm_edge.backends import snap  # noqa: E402
+from litelm_edge.backends.litert import Settings  # noqa: E402
 from litelm_edge.backends.litert import build as litert_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
 
@@ -76,11 +77,11 @@ def test_a_width_off_the_block_is_one_line():
 
 def test_calibration_reads_train_bin_only(tmp_path):
     with pytest.raises(UserError, match="train.bin"):
-        litert_build.train_windows(tmp_path, 4, 16)
+        snap.train_windows(tmp_path, 4, 16)
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
     with pytest.raises(UserError, match="fewer than 8 x 16"):
-        litert_build.train_windows(tmp_path, 8, 16)
-    w = litert_build.train_windows(tmp_path, 4, 16)
+        snap.train_windows(tmp_path, 8, 16)
+    w = snap.train_windows(tmp_path, 4, 16)
     assert w.shape == (4, 16) and w[0, 0] == 0 and w[-1, -1] == 99
     with pytest.raises(UserError):
         Settings(gptq_windows=0).validate()

@@ -107,6 +107,25 @@ def test_x86_tvm_int4_is_nibbles_and_agrees(build_once, tiny_run, data_dir):
     assert m["parity"]["rule"] == str(INT4) and m["parity"]["ok"], m["parity"]
 
 
+@pytest.mark.slow
+def test_x86_tvm_int4_gptq_keeps_gptq_codes_and_beats_round_to_nearest(build_once, tiny_run, data_dir,
+                                                                        tmp_path):
+    """int4-gptq: int4-b32's library on weights GPTQ chose (backends/snap.py, train.bin windows):
+    every snapped weight the layout holds comes back unchanged from its quantizer, the calibration
+    is recorded, and the gate's KL is below round-to-nearest's on the same checkpoint."""
+    from litelm_edge.flows.build import build
+    rtn = manifest(build_once(tiny_run, "x86-tvm", "int4-b32", data_dir))
+    m = build(tiny_run, "x86-tvm", tmp_path / "g", "int4-gptq", data_dir,
+              {"tvm.gptq_windows": 8, "tvm.gptq_len": 64}, log=lambda s: None)
+    c, g = checkpoint.load(tiny_run)[0].cfg, m["tvm"]["gptq"]
+    held = 7 - 2 * bool((c.n_kv_head * c.head_dim) % 64)  # a width the layout cannot hold goes int8
+    assert g["snapped"] == {"weights": held * c.n_layer, "lossless": held * c.n_layer}
+    assert (g["windows"], g["window_len"], g["data"]) == (8, 64, str(data_dir / "train.bin"))
+    assert m["tvm"]["weight_bytes"] == rtn["tvm"]["weight_bytes"]  # the same layout, other codes
+    p, p_rtn = m["parity"], rtn["parity"]
+    assert p["ok"] and p["mean_kl"] < p_rtn["mean_kl"], (p, p_rtn)
+
+
 def test_embedded_weight_bytes_reads_tvm_tensor_headers(tmp_path):
     """The constant-pool reader on a hand-made blob: two tensors among other bytes."""
     import struct

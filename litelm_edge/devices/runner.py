@@ -42,8 +42,7 @@ except ImportError:
 SCHEMA = "litelm-edge-bench/1"
 # Exit codes, defined once (the host's CLI and transport import them): 2 a bad input, 3 a device or
 # transport fault (here: the runtime is missing), 4 on-device parity failed.
-EXIT_USER, EXIT_DEVICE, EXIT_PARITY = 2, 3, 4
-EXIT_RUNTIME_MISSING = EXIT_DEVICE
+EXIT_USER, EXIT_DEVICE, EXIT_PARITY, EXIT_RUNTIME_MISSING = 2, 3, 4, 3  # a missing runtime: a device fault
 SCRIPT = "devices/runner.py"  # this file
 FILES = (SCRIPT, "devices/facts.py", "manifest.py")  # the core a device receives, with a runtime
 
@@ -77,7 +76,6 @@ class Protocol:
 
 class RuntimeMissing(Exception):
     """The runtime (or numpy) is not importable; `packages` is what --install-runtime installs."""
-
     def __init__(self, msg: str, packages: list[str] | tuple = ()):
         super().__init__(msg)
         self.packages = list(packages)
@@ -125,7 +123,7 @@ def open_runtime(art_dir, manifest: dict, threads: int | None = None, spin: bool
     except ImportError as e:
         why = f"{e.name or manifest['runtime']} is not installed: {PIP}{' '.join(mod.PACKAGES)}"
         raise RuntimeMissing(why + getattr(mod, "INSTALL_NOTE", ""), mod.PACKAGES) from e
-    except ValueError as e:  # a manifest the runtime cannot run (e.g. tvm's unknown cache layout): one line
+    except ValueError as e:  # a manifest the runtime cannot run (tvm: an unknown cache layout): one line
         raise mf.UserError(str(e)) from e
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ... import toolchain
 from ...config import UserError
-from .. import BackendBuild, BuildContext
+from .. import BackendBuild, BuildContext, snap
 from . import BACKEND, FULL_INT_MASK, Settings
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
@@ -40,7 +40,7 @@ def python(log=lambda msg: None) -> Path:
     return toolchain.ensure(VENV, PACKAGES, log, imports=("litert_torch", "ai_edge_quantizer"))
 
 
-# precisions whose layers' linears GPTQ chooses in this process (snap.py) before the conversion
+# precisions whose layers' linears GPTQ chooses in this process (backends/snap.py) before the conversion
 SNAPPED = ("int4-gptq",)
 
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
@@ -90,44 +90,6 @@ def _calibration_file(heldout: list, path: Path, windows: int = 16) -> str | Non
     return str(path)
 
 
-def train_windows(data_dir: Path | None, n: int, T: int) -> np.ndarray:
-    """n evenly spaced windows of T tokens from train.bin: (n, T) int64."""
-    from ...pipeline.data import token_memmap
-    train = Path(data_dir or "") / "train.bin"
-    if not data_dir or not train.is_file():
-        raise UserError(f"int4-gptq calibrates on '{train}', which is missing: pass --data DIR made by "
-                        "`litelm-edge data`")
-    ids = token_memmap(train)
-    if len(ids) < n * T:
-        raise UserError(f"{train} holds {len(ids)} tokens, fewer than {n} x {T}: --set gptq_windows=N "
-                        "or gptq_len=N smaller")
-    return np.stack([np.asarray(ids[s:s + T], np.int64) for s in np.linspace(0, len(ids) - T, n).astype(int)])
-
-
-def snap_weights(ctx: BuildContext, path: Path) -> dict:
-    """GPTQ on a copy of the model (ctx.model stays the float reference of the gate); the snapped
-    weights go to path (npz). Returns what the manifest records of it."""
-    import copy
-    import time
-    import torch
-    from . import snap
-    s: Settings = ctx.settings
-    windows = train_windows(ctx.data_dir, s.gptq_windows, min(s.gptq_len, ctx.model.cfg.max_seq_len))
-    t0 = time.time()
-    ctx.log(f"litert: GPTQ on {len(windows)} x {windows.shape[1]} train.bin tokens, layer by layer")
-    weights, ratio = snap.quantize_model(copy.deepcopy(ctx.model), torch.from_numpy(windows),
-                                         act_order=s.gptq_act_order, log=ctx.log)
-    with open(path, "wb") as f:  # a temporary folder: no partial file outlives the build
-        np.savez(f, **weights)
-    r = np.array(list(ratio.values()))
-    return {"data": str(Path(ctx.data_dir) / "train.bin"), "windows": int(windows.shape[0]),
-            "window_len": int(windows.shape[1]), "damp": 0.01, "block": snap.BLOCK,
-            "order": "act (static groups)" if s.gptq_act_order else "columns",
-            "scale_ratios": list(snap.RATIOS), "sequential": "layer by layer, quantized inputs",
-            "output_error_vs_rtn": {"median": round(float(np.median(r)), 4), "max": round(float(r.max()), 4)},
-            "seconds": round(time.time() - t0, 1)}
-
-
 def _convert(py: Path, spec: dict, log) -> dict:
     spec_path = Path(spec["out_dir"]) / "spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -165,7 +127,7 @@ def build(ctx: BuildContext) -> BackendBuild:
     host_runtime_or_fail()  # before the conversion: the parity check runs the .tflite here
     py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
-        gptq = snap_weights(ctx, Path(tmp) / "snapped.npz") if ctx.precision in SNAPPED else None
+        gptq = snap.snap_weights(ctx, Path(tmp) / "snapped.npz") if ctx.precision in SNAPPED else None
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,
                     prefill_len=s.prefill_len, capacity=s.capacity, **eff,
                     calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"),

@@ -20,8 +20,14 @@ class Settings:
     # decode (M = 1) GEMV columns a task: gemv fp32 accumulators, kept in registers under 1024 bytes;
     # None: the schedule's default (64: 16 NEON q-registers); a matrix whose N it does not divide gets 64
     gemv: int | None = None
+    gptq_windows: int = 64  # int4-gptq: token windows of train.bin its GPTQ calibrates on (backends/snap.py)
+    gptq_len: int = 128  # int4-gptq: tokens a window
+    gptq_act_order: bool = True  # int4-gptq: columns by decreasing input energy (static group scales)
 
     def validate(self):
+        if self.gptq_windows < 1 or self.gptq_len < 1:
+            raise UserError(f"tvm gptq_windows and gptq_len must be >= 1, got {self.gptq_windows}, "
+                            f"{self.gptq_len}")
         if self.target is None:
             raise UserError("the target TOML has no [tvm] target: add e.g. target = "
                             "\"raspberry-pi/4b-aarch64\"")
@@ -39,6 +45,9 @@ PRECISIONS = (
     Precision("int4-b32", 4, 32, INT4, 0.18,
               about="weight-only int4 in blocks of 32 (fp32 scales), the tied head/embedding int8: a 0.5B "
                     "model in a 4 GB Pi"),
+    Precision("int4-gptq", 4, 32, INT4, 0.18,
+              about="int4-b32 with the layers' codes chosen by GPTQ on train.bin windows (backends/snap.py; "
+                    "the int4 layout re-quantizes them unchanged)"),
 )
 
 

@@ -109,6 +109,25 @@ def _meta(ctx: BuildContext, convert: dict, weight_bytes: dict) -> dict:
                 {"int4_as_int8": convert["int4_as_int8"]} if "int4_as_int8" in convert else {})
 
 
+def _snap(ctx: BuildContext, path: Path) -> dict:
+    """int4-gptq: GPTQ's weights (backends/snap.py) to path, each checked to come back unchanged
+    through the int4-b32 layout's own quantizer (graph.quantize_int4), or the build stops."""
+    import torch
+    from .. import snap
+    from .graph import INT4_GROUP, dequantize_int4, quantize_int4
+    gptq = snap.snap_weights(ctx, path)
+    lossless = n = 0
+    for w in np.load(path).values():
+        kn = torch.from_numpy(w).t().contiguous()
+        if kn.shape[1] % INT4_GROUP:
+            continue  # the layout cannot hold it: int8 per channel (manifest int4_as_int8)
+        n += 1
+        lossless += torch.equal(dequantize_int4(*quantize_int4(kn)), kn)
+    if lossless != n:
+        raise RuntimeError(f"int4-gptq: {n - lossless} of {n} snapped weights change in the int4 layout")
+    return gptq | {"snapped": {"weights": n, "lossless": lossless}}
+
+
 def build(ctx: BuildContext) -> BackendBuild:
     """The library for ctx.settings.target; meta (what the runtime reads) under manifest["tvm"]."""
     BACKEND.precision(ctx.precision)
@@ -116,9 +135,10 @@ def build(ctx: BuildContext) -> BackendBuild:
     cc = check_cc(s)
     py = toolchain.ensure(VENV, PACKAGES, ctx.log)
     host_dir = Path(tempfile.mkdtemp(prefix="litelm-tvm-host-"))
+    gptq = _snap(ctx, host_dir / "snapped.npz") if ctx.precision == "int4-gptq" else None
     spec = {"checkpoint": str(ctx.checkpoint), "out_dir": str(ctx.out_dir), "precision": ctx.precision,
             "target": s.target, "cc": cc, "host_dir": str(host_dir) if cc else None, "tile": s.tile,
-            "gemv": s.gemv}
+            "gemv": s.gemv, "weights": str(host_dir / "snapped.npz") if gptq else None}
     (host_dir / "spec.json").write_text(json.dumps(spec))
     ctx.log(f"tvm: compiling for {s.target} ({ctx.precision})")
     toolchain.run(py, "litelm_edge.backends.tvm.convert", [str(host_dir / "spec.json")], ctx.log)
@@ -126,6 +146,6 @@ def build(ctx: BuildContext) -> BackendBuild:
     if not cc:  # a native build: the parity library is the shipped one
         shutil.copy(Path(ctx.out_dir) / "model.so", host_dir / "model.so")
     weights = embedded_weight_bytes(Path(ctx.out_dir) / "model.so")  # what ships, not the torch buffers
-    meta = _meta(ctx, convert, weights)
+    meta = _meta(ctx, convert, weights) | ({"gptq": gptq} if gptq else {})
     return BackendBuild(weights, section=meta,  # weights: {dtype: bytes} embedded in model.so
                         parity_runtime=HostParity(py, host_dir, {"tvm": meta}))

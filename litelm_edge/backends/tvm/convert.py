@@ -2,8 +2,9 @@
 
     python -m litelm_edge.backends.tvm.convert SPEC.json
 
-SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"/"int4-b32"), target (a TVM tag string or a target
-dict), cc (the C++ compiler that links the target's library), host_dir (null, or a folder for
+SPEC: {checkpoint, out_dir, precision ("fp32"/"int8"/"int4-b32"/"int4-gptq"), weights (npz of
+parameters replacing the checkpoint's, or null), target (a TVM tag string or a target dict), cc
+(the C++ compiler that links the target's library), host_dir (null, or a folder for
 the same module compiled for this machine: the host-side parity library of a cross build),
 tile ([MT, NJ] register tile, or null), gemv (decode GEMV columns a task, or null), schedule
 (default true; false = TVM's default unscheduled pipeline, for benchmarks)}.
@@ -30,14 +31,21 @@ def host_target():
                    "num-cores": os.cpu_count()})
 
 
-def relax_module(checkpoint: str, precision: str):
+INT4 = ("int4-b32", "int4-gptq")  # int4-gptq: int4-b32 on weights GPTQ put on its grid (backends/snap.py)
+
+
+def relax_module(checkpoint: str, precision: str, weights: str | None = None):
     """Checkpoint -> (Relax IRModule with a `forward` function, weight bytes by dtype, its cache
-    layout: graph.CACHE_LAYOUT and n_layer)."""
+    layout: graph.CACHE_LAYOUT and n_layer). weights: an npz of parameters replacing the checkpoint's."""
+    import numpy as np
     import torch
     from tvm.relax.frontend.torch import from_exported_program
     from litelm_edge.backends.tvm import graph
     from litelm_edge.pipeline.checkpoint import load
     model, _, _ = load(checkpoint, tokenizer=False)
+    for name, w in (np.load(weights).items() if weights else ()):
+        model.get_parameter(name).data = torch.from_numpy(w)
+    precision = "int4-b32" if precision in INT4 else precision
     graph.prepare(model.float().eval(), precision)
     nbytes: dict[str, int] = {}
     for t in model.buffers():
@@ -81,12 +89,12 @@ def main(spec_path: str) -> int:
     tile = tuple(spec.get("tile") or DEFAULT_TILE)
     gemv = spec.get("gemv") or NJ1
     t0 = time.time()
-    mod, nbytes, cache = relax_module(spec["checkpoint"], spec["precision"])
+    mod, nbytes, cache = relax_module(spec["checkpoint"], spec["precision"], spec.get("weights"))
     report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile),
               "gemv": gemv, "cache": cache}
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
-    int4 = spec["precision"] == "int4-b32"
+    int4 = spec["precision"] in INT4
     kept: list = []
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile,
                                            spec.get("schedule", True), int4, kept, gemv), 2)

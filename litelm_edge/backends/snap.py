@@ -1,4 +1,6 @@
-"""GPTQ onto ai-edge-quantizer's INT4 grid: weights the quantizer re-quantizes without a change.
+"""GPTQ onto a symmetric INT4 grid that the backends' own quantizers re-quantize without a change:
+ai-edge-quantizer's (litert int4-gptq) and TVM's int4-b32 layout (tvm int4-gptq: graph.quantize_int4,
+scale max|w_block| / 7 in float32, the same blocks of 32 along the input).
 
 ai-edge-quantizer quantizes a FULLY_CONNECTED weight (out, in) in symmetric INT4 blocks of 32
 along `in` by round-to-nearest (uniform_quantize_tensor.tensor_zp_scale_from_min_max and
@@ -23,7 +25,12 @@ by layer with the layers before already quantized. Torch and numpy only: runs in
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+
+from ..config import UserError
 
 BLOCK, QMAX = 32, 7  # ai-edge-quantizer's BLOCKWISE_32, the largest code a block may hold
 FP16_TINY = 2.0 ** -14  # smallest normal fp16: scales stay at or above it (subnormals lose bits)
@@ -164,8 +171,7 @@ def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int 
     """GPTQ every block's linears in place, layer by layer (a layer's inputs come from the blocks
     before it, already quantized; within a block, each stage's from the stages before it).
     windows: (N, T) token ids. Returns ({parameter name: snapped weight}, {name: error vs RTN's})."""
-    from ...config import UserError
-    from ...pipeline.model import rope_tables
+    from ..pipeline.model import rope_tables
     widths = sorted({m.in_features for m in model.layers.modules() if isinstance(m, torch.nn.Linear)})
     if any(n % BLOCK for n in widths):
         raise UserError(f"int4-gptq needs the linears' input widths to be multiples of {BLOCK}, have "
@@ -195,3 +201,40 @@ def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int 
 def _has(block, name: str) -> bool:
     parent, _, leaf = name.rpartition(".")
     return getattr(block.get_submodule(parent), leaf, None) is not None
+
+
+def train_windows(data_dir: Path | None, n: int, T: int) -> np.ndarray:
+    """n evenly spaced windows of T tokens from train.bin: (n, T) int64."""
+    from ..pipeline.data import token_memmap
+    train = Path(data_dir or "") / "train.bin"
+    if not data_dir or not train.is_file():
+        raise UserError(f"int4-gptq calibrates on '{train}', which is missing: pass --data DIR made by "
+                        "`litelm-edge data`")
+    ids = token_memmap(train)
+    if len(ids) < n * T:
+        raise UserError(f"{train} holds {len(ids)} tokens, fewer than {n} x {T}: --set gptq_windows=N "
+                        "or gptq_len=N smaller")
+    return np.stack([np.asarray(ids[s:s + T], np.int64) for s in np.linspace(0, len(ids) - T, n).astype(int)])
+
+
+def snap_weights(ctx, path: Path) -> dict:
+    """GPTQ on a copy of the model (ctx.model stays the float reference of the gate); the snapped
+    weights go to path (npz). ctx: a BuildContext whose settings hold gptq_windows, gptq_len and
+    gptq_act_order. Returns what the manifest records of it."""
+    import copy
+    import time
+    s = ctx.settings
+    windows = train_windows(ctx.data_dir, s.gptq_windows, min(s.gptq_len, ctx.model.cfg.max_seq_len))
+    t0 = time.time()
+    ctx.log(f"GPTQ on {len(windows)} x {windows.shape[1]} train.bin tokens, layer by layer")
+    weights, ratio = quantize_model(copy.deepcopy(ctx.model), torch.from_numpy(windows),
+                                         act_order=s.gptq_act_order, log=ctx.log)
+    with open(path, "wb") as f:  # a temporary folder: no partial file outlives the build
+        np.savez(f, **weights)
+    r = np.array(list(ratio.values()))
+    return {"data": str(Path(ctx.data_dir) / "train.bin"), "windows": int(windows.shape[0]),
+            "window_len": int(windows.shape[1]), "damp": 0.01, "block": BLOCK,
+            "order": "act (static groups)" if s.gptq_act_order else "columns",
+            "scale_ratios": list(RATIOS), "sequential": "layer by layer, quantized inputs",
+            "output_error_vs_rtn": {"median": round(float(np.median(r)), 4), "max": round(float(r.max()), 4)},
+            "seconds": round(time.time() - t0, 1)}
