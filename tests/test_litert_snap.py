@@ -12,7 +12,8 @@ import subprocess
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="GPTQ runs in torch: bash tools/setup.sh --dev "
+                            "installs torch==2.13.0")
 
 from conftest import toolchain_or_skip  # noqa: E402
 from litelm_edge import toolchain  # noqa: E402
@@ -89,7 +90,8 @@ def test_calibration_reads_train_bin_only(tmp_path):
 
 @pytest.fixture(scope="module")
 def litert_python():
-    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("ai_edge_litert", reason="the android extra's host runtime: "
+                                                 "bash tools/setup.sh --dev")
     return toolchain_or_skip(litert_build.python, "LiteRT")
 
 

@@ -217,10 +217,11 @@ def train_windows(data_dir: Path | None, n: int, T: int) -> np.ndarray:
     return np.stack([np.asarray(ids[s:s + T], np.int64) for s in np.linspace(0, len(ids) - T, n).astype(int)])
 
 
-def snap_weights(ctx, path: Path) -> dict:
+def snap_weights(ctx, path: Path, check=None) -> dict:
     """GPTQ on a copy of the model (ctx.model stays the float reference of the gate); the snapped
-    weights go to path (npz). ctx: a BuildContext whose settings hold gptq_windows, gptq_len and
-    gptq_act_order. Returns what the manifest records of it."""
+    weights go to path (npz). ctx: a BuildContext whose settings are GptqSettings. check: called with
+    {name: weight} before they are written, returns the manifest's "snapped" record (or raises).
+    Returns what the manifest records of it."""
     import copy
     import time
     s = ctx.settings
@@ -228,7 +229,8 @@ def snap_weights(ctx, path: Path) -> dict:
     t0 = time.time()
     ctx.log(f"GPTQ on {len(windows)} x {windows.shape[1]} train.bin tokens, layer by layer")
     weights, ratio = quantize_model(copy.deepcopy(ctx.model), torch.from_numpy(windows),
-                                         act_order=s.gptq_act_order, log=ctx.log)
+                                    act_order=s.gptq_act_order, log=ctx.log)
+    checked = {"snapped": check(weights)} if check else {}
     with open(path, "wb") as f:  # a temporary folder: no partial file outlives the build
         np.savez(f, **weights)
     r = np.array(list(ratio.values()))
@@ -237,4 +239,4 @@ def snap_weights(ctx, path: Path) -> dict:
             "order": "act (static groups)" if s.gptq_act_order else "columns",
             "scale_ratios": list(RATIOS), "sequential": "layer by layer, quantized inputs",
             "output_error_vs_rtn": {"median": round(float(np.median(r)), 4), "max": round(float(r.max()), 4)},
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), **checked}

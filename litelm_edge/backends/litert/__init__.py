@@ -6,7 +6,7 @@ Build side: build.py (drives convert.py in the LiteRT venv: graph.py; inspect.py
 from dataclasses import dataclass
 
 from ...config import UserError, at_least
-from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, Precision
+from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, GptqSettings, Precision
 
 # Full-integer INT8 quantizes the attention scores too: a mask of -1e4 stretches their range and
 # wrecks calibration, so int8-full masks with -30 (exact enough when scores stay well under 30).
@@ -16,7 +16,7 @@ FULL_INT_MASK = -30.0
 
 
 @dataclass
-class Settings:
+class Settings(GptqSettings):  # + int4-gptq's gptq_windows, gptq_len, gptq_act_order
     """The target TOML's [litert] table (targets/android.toml), or --set litert.KEY / build.KEY."""
     threads: int = 4  # XNNPACK threads on the device
     prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks
@@ -24,10 +24,6 @@ class Settings:
     mask_value: float = -1e4  # additive attention mask; int8-full clamps it to FULL_INT_MASK
     windows: str = "128"  # attention windows below capacity: a decode signature each
     prefill_windows: str | None = None  # the same for prefill signatures; None: as windows, "": none
-    gptq_windows: int = 64  # int4-gptq: token windows of train.bin its GPTQ calibrates on
-    gptq_len: int = 128  # int4-gptq: tokens a window (64 x 128: 8,192 tokens; SmolLM2: 20 min at load 5)
-    gptq_act_order: bool = True  # int4-gptq: columns by decreasing input energy, static group scales
-    #   (SmolLM2-135M through the gate: ratio 1.049, KL 0.131; in column order 1.128, 0.176)
 
     def validate(self):
         at_least(self, threads=1, prefill_len=1, capacity=1, gptq_windows=1, gptq_len=1)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ... import toolchain
 from ...config import UserError
-from .. import BackendBuild, BuildContext, snap
+from .. import BackendBuild, BuildContext
 from . import BACKEND, FULL_INT_MASK, Settings
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
@@ -42,6 +42,11 @@ def python(log=lambda msg: None) -> Path:
 
 # precisions whose layers' linears GPTQ chooses in this process (backends/snap.py) before the conversion
 SNAPPED = ("int4-gptq",)
+
+def _snap(ctx: BuildContext, path: Path) -> dict:
+    from .. import snap  # torch: imported by the precisions that run GPTQ only
+    return snap.snap_weights(ctx, path)
+
 
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them
 
@@ -127,7 +132,7 @@ def build(ctx: BuildContext) -> BackendBuild:
     host_runtime_or_fail()  # before the conversion: the parity check runs the .tflite here
     py = python(ctx.log)
     with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
-        gptq = snap.snap_weights(ctx, Path(tmp) / "snapped.npz") if ctx.precision in SNAPPED else None
+        gptq = _snap(ctx, Path(tmp) / "snapped.npz") if ctx.precision in SNAPPED else None
         spec = dict(checkpoint=str(ctx.checkpoint), out_dir=tmp, precision=ctx.precision,
                     prefill_len=s.prefill_len, capacity=s.capacity, **eff,
                     calib=_calibration_file(ctx.heldout, Path(tmp) / "calib.npz"),

@@ -5,12 +5,12 @@ for host parity; flows/tune.py picks the tile on a device). Device side: runtime
 """
 from dataclasses import dataclass
 
-from ...config import UserError
-from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, Precision
+from ...config import UserError, at_least
+from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, GptqSettings, Precision
 
 
 @dataclass
-class Settings:
+class Settings(GptqSettings):  # + int4-gptq's gptq_windows, gptq_len, gptq_act_order
     """The target TOML's [tvm] table (targets/rpi4.toml), or --set tvm.KEY / build.KEY."""
     # a TVM tag ("raspberry-pi/4b-aarch64") or a table {kind, mtriple, mcpu, ...}
     target: str | dict | None = None
@@ -20,14 +20,9 @@ class Settings:
     # decode (M = 1) GEMV columns a task: gemv fp32 accumulators, kept in registers under 1024 bytes;
     # None: the schedule's default (64: 16 NEON q-registers); a matrix whose N it does not divide gets 64
     gemv: int | None = None
-    gptq_windows: int = 64  # int4-gptq: token windows of train.bin its GPTQ calibrates on (backends/snap.py)
-    gptq_len: int = 128  # int4-gptq: tokens a window
-    gptq_act_order: bool = True  # int4-gptq: columns by decreasing input energy (static group scales)
 
     def validate(self):
-        if self.gptq_windows < 1 or self.gptq_len < 1:
-            raise UserError(f"tvm gptq_windows and gptq_len must be >= 1, got {self.gptq_windows}, "
-                            f"{self.gptq_len}")
+        at_least(self, gptq_windows=1, gptq_len=1)
         if self.target is None:
             raise UserError("the target TOML has no [tvm] target: add e.g. target = "
                             "\"raspberry-pi/4b-aarch64\"")

@@ -109,15 +109,13 @@ def _meta(ctx: BuildContext, convert: dict, weight_bytes: dict) -> dict:
                 {"int4_as_int8": convert["int4_as_int8"]} if "int4_as_int8" in convert else {})
 
 
-def _snap(ctx: BuildContext, path: Path) -> dict:
-    """int4-gptq: GPTQ's weights (backends/snap.py) to path, each checked to come back unchanged
-    through the int4-b32 layout's own quantizer (graph.quantize_int4), or the build stops."""
+def _lossless(weights: dict) -> dict:
+    """int4-gptq: each of GPTQ's weights (backends/snap.py) must come back unchanged through the
+    int4-b32 layout's own quantizer (graph.quantize_int4), or the build stops."""
     import torch
-    from .. import snap
     from .graph import INT4_GROUP, dequantize_int4, quantize_int4
-    gptq = snap.snap_weights(ctx, path)
     lossless = n = 0
-    for w in np.load(path).values():
+    for w in weights.values():
         kn = torch.from_numpy(w).t().contiguous()
         if kn.shape[1] % INT4_GROUP:
             continue  # the layout cannot hold it: int8 per channel (manifest int4_as_int8)
@@ -125,7 +123,7 @@ def _snap(ctx: BuildContext, path: Path) -> dict:
         lossless += torch.equal(dequantize_int4(*quantize_int4(kn)), kn)
     if lossless != n:
         raise RuntimeError(f"int4-gptq: {n - lossless} of {n} snapped weights change in the int4 layout")
-    return gptq | {"snapped": {"weights": n, "lossless": lossless}}
+    return {"weights": n, "lossless": lossless}
 
 
 def build(ctx: BuildContext) -> BackendBuild:
@@ -135,7 +133,11 @@ def build(ctx: BuildContext) -> BackendBuild:
     cc = check_cc(s)
     py = toolchain.ensure(VENV, PACKAGES, ctx.log)
     host_dir = Path(tempfile.mkdtemp(prefix="litelm-tvm-host-"))
-    gptq = _snap(ctx, host_dir / "snapped.npz") if ctx.precision == "int4-gptq" else None
+    if ctx.precision == "int4-gptq":  # GPTQ in this process (torch), its weights to the converter
+        from .. import snap
+        gptq = snap.snap_weights(ctx, host_dir / "snapped.npz", check=_lossless)
+    else:
+        gptq = None
     spec = {"checkpoint": str(ctx.checkpoint), "out_dir": str(ctx.out_dir), "precision": ctx.precision,
             "target": s.target, "cc": cc, "host_dir": str(host_dir) if cc else None, "tile": s.tile,
             "gemv": s.gemv, "weights": str(host_dir / "snapped.npz") if gptq else None}

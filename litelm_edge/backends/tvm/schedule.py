@@ -255,9 +255,8 @@ class _PackRewriter(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="PackWeights")
 class PackWeights:
     """Every weight matmul whose N divides by the GEMV width g (else by 64) gets its matrix packed
-    (N / g, K, g)
-    and gemm.gemm(packed) (bit-identical: the same sums in the same order). Measured alone, out of
-    cache, a K 512 x N 1408 int8 GEMV: 252-283 us row-major, 54-80 us packed (docs/rpi4.md)."""
+    (N / g, K, g) and gemm.gemm(packed) (bit-identical: the same sums in the same order). Measured
+    alone, out of cache, a K 512 x N 1408 int8 GEMV: 252-283 us row-major, 54-80 us packed (docs/rpi4.md)."""
 
     def __init__(self, tile, g: int):
         self.tile, self.g = tuple(tile), g
