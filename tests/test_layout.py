@@ -214,7 +214,7 @@ def test_unknown_backend_and_precision_are_one_line_errors():
     assert {"litert", "ort", "tvm"} <= set(BACKENDS)
     with pytest.raises(UserError, match=f"unknown backend 'npu', have: {', '.join(BACKENDS)}$"):
         backends.load("npu")
-    with pytest.raises(UserError, match=r"unknown precision 'int4-b64' for tvm, have: fp32, int8, int4-b32, int4-gptq$"):
+    with pytest.raises(UserError, match=r"unknown precision 'int4-b64' for tvm, have: fp32, int8, int4-gptq$"):
         backends.precision("tvm", "int4-b64")
 
 

@@ -143,7 +143,8 @@ def built(toolchain, data_dir, tmp_path_factory):
     for name, p, cfg, extra in [("fp32", "fp32", preset("tiny"), {}), ("int8", "int8", preset("tiny"), {}),
                                 ("golden", "fp32", dataclasses.replace(preset("tiny"), tie_embeddings=False),
                                  {}),
-                                ("int4ch", "int4-ch", preset("tiny"), {"prefill_windows": ""}),
+                                ("int4ch", "int4-ch", preset("tiny"),
+                                 {"prefill_windows": "", "gptq_windows": 8, "gptq_len": 64}),
                                 ("int8had", "int8-had", preset("tiny"), {})]:
         torch.manual_seed(0)
         ck = checkpoint.save(root / f"ck-{name}", Transformer(cfg).eval(), tok, {"data_dir": str(data_dir)})
@@ -266,6 +267,9 @@ def test_int4_channelwise_with_prefill_over_the_whole_cache(built):
     assert weight_dtypes(d / "model.tflite") == {"int4", "float16"} and man["precision"] == "int4-ch"
     assert (man["litert"]["windows"], man["litert"]["prefill_windows"]) == ([32], [])
     assert man["parity"]["rule"] == str(INT4) and man["parity"]["ok"]
+    n = 7 * man["model"]["n_layer"] + 1  # GPTQ's codes (snap.py): every projection and the tied head
+    assert man["gptq"]["snapped"] == {"weights": n, "lossless": n}
+    assert (man["gptq"]["block"], man["gptq"]["head"]) == ("channel", "blocks of 32")
     model, _ = read_model(d / "model.tflite")
     per_channel = [t for sg in model.subgraphs for t in sg.tensors
                    if t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale) > 1]

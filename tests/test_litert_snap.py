@@ -57,6 +57,30 @@ def test_gptq_output_error_well_below_rtn():
     assert snap.on_grid(q) and snap.output_error(w, q, H) < 0.6 * e_rtn
 
 
+def test_per_channel_and_wider_blocks_sit_on_the_grid_and_beat_rtn():
+    """int4-ch (one scale a row, float32) and int4-b64: the same grid, the scale fixed from the row or
+    block before any column moves; each still below round-to-nearest's output error."""
+    w, H = layer()
+    for block in (None, 64):
+        q = snap.gptq(w, H, block=block)
+        assert snap.on_grid(q, block) and not snap.on_grid(q, 32 if block is None else None)
+        assert snap.output_error(w, q, H) < 0.8 * snap.output_error(w, snap.rtn(w, block), H)
+    with pytest.raises(ValueError, match="multiple of the block 64"):
+        snap.gptq(w[:, :96], H[:96, :96], block=64)
+
+
+def test_quantize_model_snaps_the_tied_head_when_asked():
+    """head=32: the LM head, tied to the embedding, GPTQ'd on the final norm's outputs in blocks of 32."""
+    from litelm_edge.pipeline.model import Transformer, preset
+    torch.manual_seed(0)
+    m = Transformer(preset("tiny")).eval()
+    weights, ratio = snap.quantize_model(m, torch.randint(0, m.cfg.vocab_size, (4, 32)), group=None, head=32)
+    assert len(weights) == 7 * len(m.layers) + 1 and ratio["lm_head"] < 1
+    assert snap.on_grid(torch.from_numpy(weights["lm_head.weight"]), 32)
+    assert snap.on_grid(torch.from_numpy(weights["layers.0.mlp.up_proj.weight"]), None)
+    assert m.embed_tokens.weight is m.lm_head.weight  # still tied: the embedding reads the head's codes
+
+
 def test_quantize_model_snaps_every_linear_and_leaves_the_model_it_was_given_apart():
     from litelm_edge.pipeline.model import Transformer, preset
     torch.manual_seed(0)
@@ -95,14 +119,18 @@ def litert_python():
     return toolchain_or_skip(litert_build.python, "LiteRT")
 
 
-def test_rtn_and_lossless_snap_agree_with_ai_edge_quantizer(litert_python, tmp_path):
-    """snap.rtn is the quantizer's own round trip (convert.requantized calls its functions), down to
-    fp16-subnormal scales; a snapped weight comes back from it bit for bit."""
+@pytest.mark.parametrize("block", [32, 64, None])
+def test_rtn_and_lossless_snap_agree_with_ai_edge_quantizer(litert_python, tmp_path, block):
+    """snap.rtn is the quantizer's own round trip (convert.requantized calls its functions) in blocks of
+    32 and 64 (down to fp16-subnormal scales) and per channel (float32 scales); a snapped weight comes
+    back from it bit for bit."""
     w, H = layer()
     w = w * torch.logspace(-5, 1, w.shape[0])[:, None]  # scales from fp16 subnormals up
-    np.savez(tmp_path / "w.npz", w=w.numpy(), rtn=snap.rtn(w).numpy(), q=snap.gptq(w, H).numpy())
+    np.savez(tmp_path / "w.npz", w=w.numpy(), rtn=snap.rtn(w, block).numpy(),
+             q=snap.gptq(w, H, block=block).numpy())
     code = ("import json, sys, numpy as np; from litelm_edge.backends.litert.convert import requantized; "
-            "d = np.load(sys.argv[1]); same = lambda a, b: bool(np.array_equal(requantized(d[a]), d[b])); "
+            f"d = np.load(sys.argv[1]); "
+            f"same = lambda a, b: bool(np.array_equal(requantized(d[a], {block}), d[b])); "
             "print(json.dumps([same('w', 'rtn'), same('q', 'q')]))")
     r = subprocess.run([str(litert_python), "-c", code, str(tmp_path / "w.npz")], env=toolchain.src_env(),
                        capture_output=True, text=True)

@@ -154,7 +154,10 @@ def test_build_graph_option_and_settings_in_the_manifest(tiny_run, data_dir, tmp
                          log=lambda s: None)
     m = build_flow.build(tiny_run, str(target), tmp_path / "e", "fp32", data_dir,
                          sets={"ort.graph": "export"}, log=lambda s: None)
-    assert m["ort"] == {"graph": "export", "threads": 2} and "kv_cache" not in m and m["parity"]["ok"]
+    # every setting as resolved (int4-gptq's calibration keys at their defaults: backends.GptqSettings)
+    assert m["ort"] == {"graph": "export", "threads": 2,
+                        "gptq_windows": 64, "gptq_len": 128, "gptq_act_order": True}
+    assert "kv_cache" not in m and m["parity"]["ok"]
     rt = dr.open_runtime(tmp_path / "e", m, 1)
     assert type(rt).__name__ == "OrtRuntime"  # not the shared-buffer runtime
     # the runner reads [ort] threads through the runtime
@@ -187,3 +190,51 @@ def test_bench_reports_threads(art):
     pro = r["protocol"]
     assert pro["threads"] >= 1 and pro["qps_threads_per_session"] >= 1 and pro["affinity"]
     assert "CPU affinity" in pro["chosen_by"] and r["parity"]["ok"]
+
+
+def test_int4_gptq_writes_gptqs_codes_into_the_builders_graph(tiny_run, data_dir, tmp_path):
+    """int4-gptq: GPTQ's layer weights (snap.py) replace the builder's round-to-nearest ones in its
+    MatMulNBits initializers, bit for bit (decoded back from the shipped graph), the fused qkv and
+    gate_up rows in the builder's order; the head stays the builder's 8-bit blocks."""
+    import onnx
+    import torch
+    from onnx import numpy_helper as nh
+
+    from litelm_edge.backends import snap
+    from litelm_edge.backends.ort import gptq
+    from litelm_edge.pipeline import checkpoint
+    m = build_flow.build(tiny_run, "x86", tmp_path / "g", "int4-gptq", data_dir,
+                         {"ort.gptq_windows": 8, "ort.gptq_len": 64}, log=lambda s: None)
+    model = checkpoint.load(tiny_run, tokenizer=False)[0]
+    cfg = model.cfg
+    g = m["gptq"]
+    assert m["parity"]["ok"] and g["snapped"] == {"weights": 7 * cfg.n_layer, "lossless": 7 * cfg.n_layer}
+    assert (g["windows"], g["window_len"]) == (8, 64) and g["output_error_vs_rtn"]["max"] < 1
+    graph = onnx.load(str(tmp_path / "g" / m["graphs"]["decoder"]))
+    inits = {i.name: nh.to_array(i) for i in graph.graph.initializer}
+    node = next(n for n in graph.graph.node if n.name.startswith("/model/layers.0/mlp/gate_up_proj/MatMul"))
+    w = gptq.decode(inits[node.input[1]], inits[node.input[2]].reshape(2 * cfg.intermediate_size, -1))
+    gate, up = np.split(w, 2)
+    ref = {n: p.detach() for n, p in model.named_parameters()}
+    for got, name in ((gate, "gate_proj"), (up, "up_proj")):
+        assert snap.on_grid(torch.from_numpy(got))  # GPTQ's grid, not the builder's [-8, 7]
+        rtn = snap.rtn(ref[f"layers.0.mlp.{name}.weight"])
+        assert not torch.equal(torch.from_numpy(got), rtn)  # GPTQ moved codes off round-to-nearest
+        assert torch.linalg.norm(torch.from_numpy(got) - ref[f"layers.0.mlp.{name}.weight"]) \
+            < 0.5 * torch.linalg.norm(ref[f"layers.0.mlp.{name}.weight"])
+    head = next(n for n in graph.graph.node if any(o == "logits" for o in n.output))
+    assert {a.name: a.i for a in head.attribute}["bits"] == 8
+
+
+def test_gptq_encode_round_trips_and_refuses_off_grid_weights():
+    import torch
+
+    from litelm_edge.backends import snap
+    from litelm_edge.backends.ort import gptq
+    torch.manual_seed(0)
+    w = torch.randn(8, 64)
+    q = snap.gptq(w, torch.eye(64) * 2).numpy()
+    b, s = gptq.encode(q)
+    assert b.dtype == np.uint8 and b.shape == (8, 2, 16) and np.array_equal(gptq.decode(b, s), q)
+    with pytest.raises(RuntimeError, match="not on the 4-bit grid"):
+        gptq.encode(w.numpy())

@@ -1,6 +1,8 @@
 """GPTQ onto a symmetric INT4 grid that the backends' own quantizers re-quantize without a change:
-ai-edge-quantizer's (litert int4-gptq) and TVM's int4-b32 layout (tvm int4-gptq: graph.quantize_int4,
-scale max|w_block| / 7 in float32, the same blocks of 32 along the input).
+ai-edge-quantizer's (litert: every INT4 precision, in blocks of 32 or 64 or per output channel, the
+tied LM head too where it is INT4), TVM's int4-b32 layout (tvm int4-gptq: graph.quantize_int4, scale
+max|w_block| / 7 in float32, the same blocks of 32 along the input); ORT's MatMulNBits (x86
+int4-gptq) takes the codes and scales as they are (ort/gptq.py).
 
 ai-edge-quantizer quantizes a FULLY_CONNECTED weight (out, in) in symmetric INT4 blocks of 32
 along `in` by round-to-nearest (uniform_quantize_tensor.tensor_zp_scale_from_min_max and
@@ -18,6 +20,12 @@ scale fixed before any column moves), each group of 32 gets its scales before it
 quantized (the row's largest |w| pinned to +-7 so that the quantizer recomputes them), and the
 rounding error of a column moves onto the columns not yet quantized through the Cholesky factor of
 the inverse Hessian H = 2 X^T X (X: calibration inputs of the layer, damped 1 % of its mean diagonal).
+
+Per output channel (CHANNELWISE, int4-ch's layers) the quantizer keeps s = max|w_row| / 7 in float32,
+unrounded; a snapped row's scale is still taken on the bf16 / fp16 grid, where 7 s and 7 s / 7 are
+exact (3 + 8 significant bits), so the round trip is the identity there too; the row's columns are
+quantized 32 at a time with the row's one scale fixed first. The tied LM head / embedding, where a
+precision keeps it INT4, is GPTQ'd last on the final norm's outputs in its own blocks.
 
 Why not ai-edge-quantizer's own GPTQ: its scales are min-max ones (no search, the scale is not
 fixed before a group's columns move), and it calibrates per signature through the .tflite, not layer
@@ -42,10 +50,12 @@ def grid(s: torch.Tensor) -> torch.Tensor:
     return s.float().to(torch.bfloat16).to(torch.float16).float()
 
 
-def rtn(w: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """What the quantizer makes of w (out, in): its INT4 round-to-nearest blocks, dequantized."""
-    wb = w.float().reshape(w.shape[0], -1, block)
-    s = grid(wb.abs().amax(-1, keepdim=True).clamp_min(1e-9) / QMAX)
+def rtn(w: torch.Tensor, block: int | None = BLOCK) -> torch.Tensor:
+    """What the quantizer makes of w (out, in): its INT4 round-to-nearest blocks (block None: one scale
+    per output channel, kept in float32), dequantized."""
+    wb = w.float().reshape(w.shape[0], -1, block or w.shape[1])
+    s = wb.abs().amax(-1, keepdim=True).clamp_min(1e-9) / QMAX
+    s = grid(s) if block else s
     return ((wb / s).round().clamp(-QMAX - 1, QMAX) * s).reshape(w.shape)
 
 
@@ -83,16 +93,19 @@ def _static_scales(W: torch.Tensor, weight: torch.Tensor, block: int):
             torch.cat([sg.expand(-1, block) for _, _, sg in parts], 1))
 
 
-def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int = BLOCK,
+def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int | None = BLOCK,
          act_order: bool = False) -> torch.Tensor:
     """w (out, in) float, H (in, in) = 2 X^T X -> the dequantized snapped weight (out, in) float32,
     every block of it a fixed point of the quantizer's INT4 re-quantization (`on_grid`).
+    block None: one scale per output channel (the quantizer's CHANNELWISE), chosen from the row as it
+    is before any column moves; its columns are still quantized 32 at a time (lazy updates).
     act_order: columns by decreasing H diagonal (the inputs with the most energy first), every
     group's scale fixed from the unquantized weights before any column moves ("static groups")."""
     W = w.detach().clone().float()
     n = W.shape[1]
-    if n % block:
-        raise ValueError(f"input width {n} is not a multiple of the block {block}")
+    group, block = block or n, BLOCK
+    if n % group:
+        raise ValueError(f"input width {n} is not a multiple of the block {group}")
     H = H.detach().double().clone()
     dead = torch.diag(H) == 0  # inputs never seen: their weights do not matter
     H[dead, dead] = 1.0
@@ -100,7 +113,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int = BLOC
     H += damp * torch.diag(H).mean() * torch.eye(n, dtype=H.dtype)
     weight = torch.diag(H).float()
     perm = torch.argsort(weight, descending=True) if act_order else torch.arange(n)
-    static = [t[:, perm] for t in _static_scales(W, weight, block)] if act_order else None
+    static = [t[:, perm] for t in _static_scales(W, weight, group)] if act_order or group != block else None
     W, H = W[:, perm], H[perm][:, perm]
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
     out = torch.zeros_like(W)
@@ -112,7 +125,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int = BLOC
             s, pin, sign = group_scales(W1, weight[g:g + block])
             s, sign = s.expand(-1, block), sign.expand(-1, block)
         err = torch.zeros_like(W1)
-        for j in range(block):
+        for j in range(W1.shape[1]):  # block, or fewer: a per-channel row's last columns
             q = _codes(W1[:, j:j + 1], s[:, j:j + 1], pin[:, j:j + 1], sign[:, j:j + 1])
             out[:, g + j] = (q * s[:, j:j + 1])[:, 0]
             e = (W1[:, j] - out[:, g + j]) / U1[j, j]
@@ -122,7 +135,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, damp: float = 0.01, block: int = BLOC
     return out[:, torch.argsort(perm)]
 
 
-def on_grid(w: torch.Tensor, block: int = BLOCK) -> bool:
+def on_grid(w: torch.Tensor, block: int | None = BLOCK) -> bool:
     """True when the quantizer's round-to-nearest reproduces w exactly (`rtn(w) == w`)."""
     return bool(torch.equal(rtn(w, block), w.float()))
 
@@ -167,15 +180,18 @@ def _input_hessian(block, x, cos, sin, linear, chunk: int) -> torch.Tensor:
 
 @torch.no_grad()
 def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int = 16, act_order: bool = True,
+                   group: int | None = BLOCK, head: int | None = None,
                    log=lambda msg: None) -> tuple[dict, dict]:
     """GPTQ every block's linears in place, layer by layer (a layer's inputs come from the blocks
     before it, already quantized; within a block, each stage's from the stages before it).
-    windows: (N, T) token ids. Returns ({parameter name: snapped weight}, {name: error vs RTN's})."""
+    windows: (N, T) token ids; group: gptq's block; head: the LM head's block when it is snapped too
+    (on the final norm's outputs; tied, the embedding gets the same weights), None: left as it is.
+    Returns ({parameter name: snapped weight}, {name: error vs RTN's})."""
     from ..pipeline.model import rope_tables
     widths = sorted({m.in_features for m in model.layers.modules() if isinstance(m, torch.nn.Linear)})
-    if any(n % BLOCK for n in widths):
-        raise UserError(f"int4-gptq needs the linears' input widths to be multiples of {BLOCK}, have "
-                        f"{widths}: build --precision int4-ch or int8-had")
+    if group and any(n % group for n in widths):
+        raise UserError(f"INT4 blocks of {group} need the linears' input widths to be multiples of {group}, "
+                        f"have {widths}: build --precision int4-ch or int8-had")
     model.eval()
     cos, sin = rope_tables(model.cfg, 0, windows.shape[1])
     x = torch.cat([model.embed_tokens(windows[i:i + chunk]) for i in range(0, len(windows), chunk)])
@@ -187,14 +203,25 @@ def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int 
             H = _input_hessian(block, x, cos, sin, mods[0][1], chunk)
             for n, mod in mods:
                 w = mod.weight.data
-                q = gptq(w, H, damp, act_order=act_order)
-                ratio[f"layers.{li}.{n}"] = output_error(w, q, H) / max(output_error(w, rtn(w), H), 1e-30)
+                q = gptq(w, H, damp, group, act_order=act_order)
+                e_rtn = output_error(w, rtn(w, group), H)
+                ratio[f"layers.{li}.{n}"] = output_error(w, q, H) / max(e_rtn, 1e-30)
                 mod.weight.data = q
                 snapped[f"layers.{li}.{n}.weight"] = q.numpy()
         done.add(li)
         x = torch.cat([block(x[i:i + chunk], cos, sin)[0] for i in range(0, len(x), chunk)])
         mine = {k.rsplit(".", 1)[-1]: v for k, v in ratio.items() if k.startswith(f"layers.{li}.")}
         log(f"gptq: layer {li}: output error vs RTN " + " ".join(f"{k} {v:.2f}" for k, v in mine.items()))
+    if head is not None:
+        h = Hessian(model.cfg.n_embd)
+        for i in range(0, len(x), chunk):
+            h.add(model.norm(x[i:i + chunk]))
+        H, w = h.get(), model.lm_head.weight.data
+        q = gptq(w, H, damp, head, act_order=act_order)
+        ratio["lm_head"] = output_error(w, q, H) / max(output_error(w, rtn(w, head), H), 1e-30)
+        model.lm_head.weight.data = q
+        snapped["lm_head.weight"] = q.numpy()
+        log(f"gptq: LM head: output error vs RTN {ratio['lm_head']:.2f}")
     return snapped, ratio
 
 
@@ -217,11 +244,11 @@ def train_windows(data_dir: Path | None, n: int, T: int) -> np.ndarray:
     return np.stack([np.asarray(ids[s:s + T], np.int64) for s in np.linspace(0, len(ids) - T, n).astype(int)])
 
 
-def snap_weights(ctx, path: Path, check=None) -> dict:
-    """GPTQ on a copy of the model (ctx.model stays the float reference of the gate); the snapped
-    weights go to path (npz). ctx: a BuildContext whose settings are GptqSettings. check: called with
-    {name: weight} before they are written, returns the manifest's "snapped" record (or raises).
-    Returns what the manifest records of it."""
+def run(ctx, block: int | None = BLOCK, head: int | None = None) -> tuple[dict, dict]:
+    """GPTQ on a copy of the model (ctx.model stays the float reference of the gate). ctx: a
+    BuildContext whose settings are GptqSettings; block: the quantizer's INT4 blocks along the input,
+    None: per output channel; head: the LM head's block when it is snapped too, else None. Returns
+    ({parameter name: weight (out, in) float32}, what the manifest records of the calibration)."""
     import copy
     import time
     s = ctx.settings
@@ -229,14 +256,24 @@ def snap_weights(ctx, path: Path, check=None) -> dict:
     t0 = time.time()
     ctx.log(f"GPTQ on {len(windows)} x {windows.shape[1]} train.bin tokens, layer by layer")
     weights, ratio = quantize_model(copy.deepcopy(ctx.model), torch.from_numpy(windows),
-                                    act_order=s.gptq_act_order, log=ctx.log)
+                                    act_order=s.gptq_act_order, group=block, head=head, log=ctx.log)
+    r = np.array(list(ratio.values()))
+    return weights, {
+        "data": str(Path(ctx.data_dir) / "train.bin"), "windows": int(windows.shape[0]),
+        "window_len": int(windows.shape[1]), "damp": 0.01, "block": block or "channel",
+        "head": f"blocks of {head}" if head else "not snapped",
+        "order": "act (static groups)" if s.gptq_act_order else "columns",
+        "scale_ratios": list(RATIOS), "sequential": "layer by layer, quantized inputs",
+        "output_error_vs_rtn": {"median": round(float(np.median(r)), 4), "max": round(float(r.max()), 4)},
+        "seconds": round(time.time() - t0, 1)}
+
+
+def snap_weights(ctx, path: Path, check=None, block: int | None = BLOCK, head: int | None = None) -> dict:
+    """`run`, its weights written to path (npz) for a converter in another process. check: called with
+    {name: weight} before they are written, returns the manifest's "snapped" record (or raises).
+    Returns what the manifest records of it."""
+    weights, record = run(ctx, block, head)
     checked = {"snapped": check(weights)} if check else {}
     with open(path, "wb") as f:  # a temporary folder: no partial file outlives the build
         np.savez(f, **weights)
-    r = np.array(list(ratio.values()))
-    return {"data": str(Path(ctx.data_dir) / "train.bin"), "windows": int(windows.shape[0]),
-            "window_len": int(windows.shape[1]), "damp": 0.01, "block": BLOCK,
-            "order": "act (static groups)" if s.gptq_act_order else "columns",
-            "scale_ratios": list(RATIOS), "sequential": "layer by layer, quantized inputs",
-            "output_error_vs_rtn": {"median": round(float(np.median(r)), 4), "max": round(float(r.max()), 4)},
-            "seconds": round(time.time() - t0, 1), **checked}
+    return record | checked

@@ -44,17 +44,26 @@ PRECISIONS = (
     Precision("int8-full", 8, None, INT8, 0.25,
               about="INT8 weights and activations (static_wi8_ai8), calibrated on held-out text"),
     Precision("int4-b32", 4, 32, INT4, 0.14,
-              about="INT4 weights in blocks of 32 with fp16 scales, embeddings included"),
+              about="INT4 weights in blocks of 32 with fp16 scales, the tied embedding / LM head too; every "
+                    "code chosen by GPTQ on train.bin windows (snap.py)"),
     Precision("int4-b64", 4, 64, INT4, 0.13,
-              about="INT4 weights in blocks of 64 with fp16 scales, embeddings included"),
+              about="int4-b32 in blocks of 64"),
     Precision("int4-gptq", 4, 32, INT4, 0.17,
               about="INT4 blocks of 32 for the layers' linears, codes chosen by GPTQ on train.bin "
                     "windows (snap.py), the tied embedding / LM head INT8 per channel (as q4_0: q8_0)"),
     Precision("int4-ch", 4, None, INT4, 0.13,
               advice="build --precision int4-b32 (a scale per 32 weights holds more), or a wider one",
               about="INT4 weights per output channel (XNNPACK's qd8 x qc4w GEMM: prefill ~1.5x int4-b32), "
-                    "the tied embedding / LM head in blocks of 32"),
+                    "the tied embedding / LM head in blocks of 32; every code chosen by GPTQ (snap.py)"),
 )
 
 BACKEND = Backend("litert", "litert", PRECISIONS, Settings, "litert", extra="android",
                   host_modules=("ai_edge_litert",))
+
+# Every INT4 precision's weights are chosen by GPTQ in the build process (backends/snap.py) on the
+# quantizer's own INT4 grid before the conversion (convert.check_snapped: each comes back unchanged
+# from its round-to-nearest): round to nearest alone cost SmolLM2-135M +48 % (int4-b32) to +135 %
+# (int4-ch) perplexity, llama.cpp q4_0 +26 % (docs/quality.md). precision -> (the layers' INT4 block
+# along the input, None: per output channel; the tied LM head's, None: INT8 per channel, not snapped)
+SNAPPED = {"int4-b32": (32, 32), "int4-b64": (64, 64), "int4-ch": (None, 32), "int4-gptq": (32, None)}
+

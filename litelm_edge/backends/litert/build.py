@@ -27,7 +27,7 @@ import numpy as np
 from ... import toolchain
 from ...config import UserError
 from .. import BackendBuild, BuildContext
-from . import BACKEND, FULL_INT_MASK, Settings
+from . import BACKEND, FULL_INT_MASK, SNAPPED, Settings
 
 # litert-converter pins xdsl 0.28 (typing-extensions<4.13) and TVM needs a newer one: pip fails or
 # backtracks to litert-torch 0.8 with another torch. So the converter gets its own venv.
@@ -40,12 +40,10 @@ def python(log=lambda msg: None) -> Path:
     return toolchain.ensure(VENV, PACKAGES, log, imports=("litert_torch", "ai_edge_quantizer"))
 
 
-# precisions whose layers' linears GPTQ chooses in this process (backends/snap.py) before the conversion
-SNAPPED = ("int4-gptq",)
-
 def _snap(ctx: BuildContext, path: Path) -> dict:
     from .. import snap  # torch: imported by the precisions that run GPTQ only
-    return snap.snap_weights(ctx, path)
+    layers, head = SNAPPED[ctx.precision]
+    return snap.snap_weights(ctx, path, block=layers, head=head)
 
 
 MB = 1e6  # thresholds are decimal megabytes, as a phone's storage reports them

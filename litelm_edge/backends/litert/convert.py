@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from litelm_edge.backends.litert import PRECISIONS
+from litelm_edge.backends.litert import PRECISIONS, SNAPPED
 
 
 # A layer of a recipe: (tensor-name regex, TFLite op, weight bits, granularity, Hadamard rotation),
@@ -160,24 +160,26 @@ def quantize(float_path: Path, path: Path, precision: str, calib: list | None, p
     return recipe
 
 
-def requantized(w):
-    """w (out, in) float32 after ai-edge-quantizer's INT4 BLOCKWISE_32 round trip, through its own
-    functions (what naive_min_max_quantize does to a FULLY_CONNECTED weight)."""
+def requantized(w, block: int | None):
+    """w (out, in) float32 after ai-edge-quantizer's INT4 round trip (BLOCKWISE_32 for block 32, CHANNELWISE
+    for None), through its own functions (what naive_min_max_quantize does to a FULLY_CONNECTED weight)."""
     import numpy as np
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uq
-    blocks = w.reshape(w.shape[0], -1, 32)
+    g = qtyping.QuantGranularity
+    blocks = w.reshape(w.shape[0], -1, block or w.shape[1])
     zp, scale = uq.tensor_zp_scale_from_min_max(np.min(blocks, axis=2), np.max(blocks, axis=2), 4, True,
-                                                qtyping.QuantGranularity.BLOCKWISE_32)
-    params = qtyping.UniformQuantParams(num_bits=4, quantized_dimension=1, scale=scale, zero_point=zp,
-                                        symmetric=True, block_size=32)
-    return uq.uniform_dequantize(uq.uniform_quantize(w, params, is_blockwise_quant=True), params)
+                                                g[f"BLOCKWISE_{block}"] if block else g.CHANNELWISE)
+    params = qtyping.UniformQuantParams(num_bits=4, quantized_dimension=1 if block else 0, scale=scale,
+                                        zero_point=zp, symmetric=True, block_size=block or 0)
+    return uq.uniform_dequantize(uq.uniform_quantize(w, params, is_blockwise_quant=bool(block)), params)
 
 
-def check_snapped(float_path: Path, n_snapped: int, vocab_size: int) -> dict:
-    """Every FULLY_CONNECTED weight of the float graph but the LM head must come back from the
-    quantizer's INT4 re-quantization bit for bit (the converter may not move the snapped weights);
-    fails the conversion otherwise. Returns {"weights", "lossless"}."""
+def check_snapped(float_path: Path, n_snapped: int, vocab_size: int, blocks: tuple) -> dict:
+    """Every FULLY_CONNECTED weight of the float graph (the LM head too when its block, blocks[1], is
+    not None) must come back from the quantizer's INT4 re-quantization in its blocks (blocks[0]; None:
+    per channel) bit for bit: the converter may not move the snapped weights. Fails the conversion
+    otherwise. Returns {"weights", "lossless"}."""
     import numpy as np
     from ai_edge_litert.tools import flatbuffer_utils as fu
     model = fu.read_model_from_bytearray(bytearray(float_path.read_bytes()))
@@ -190,9 +192,11 @@ def check_snapped(float_path: Path, n_snapped: int, vocab_size: int) -> dict:
                 continue
             seen.add(t.buffer)
             w = np.frombuffer(bytes(model.buffers[t.buffer].data), np.float32).reshape(t.shape)
-            if w.shape[0] != vocab_size:
-                lossless += int(np.array_equal(requantized(w), w))
-    if len(seen) - 1 != n_snapped or lossless != n_snapped:
+            layers, head = blocks  # the LM head (vocab rows): snapped in its own blocks, or not at all
+            if w.shape[0] != vocab_size or head:
+                blk = layers if w.shape[0] != vocab_size else head
+                lossless += int(np.array_equal(requantized(w, blk), w))
+    if len(seen) - (not blocks[1]) != n_snapped or lossless != n_snapped:
         raise SystemExit(f"snapped weights: {lossless} of {n_snapped} survive the INT4 re-quantization "
                          f"({len(seen)} FULLY_CONNECTED weights in the graph): not built")
     return {"weights": n_snapped, "lossless": lossless}
@@ -240,7 +244,8 @@ def main(spec_path: str) -> int:
     float_path = out / ("model.tflite" if spec["precision"] == "fp32" else "float.tflite")
     to_tflite(model, float_path, spec["prefill_len"], spec["capacity"], spec["mask_value"], spec["windows"],
               spec["prefill_windows"])
-    checked = check_snapped(float_path, len(snapped), model.cfg.vocab_size) if snapped else None
+    checked = check_snapped(float_path, len(snapped), model.cfg.vocab_size, SNAPPED[spec["precision"]]) \
+        if snapped else None
     t1 = time.time()
     path = out / "model.tflite"
     recipe = []

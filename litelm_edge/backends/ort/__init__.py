@@ -6,7 +6,7 @@ builder: the fused graph). Device side: runtime.py.
 from dataclasses import dataclass
 
 from ...config import UserError, at_least
-from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, Precision
+from .. import FP32, INT4, INT8, QAT_ADVICE, Backend, GptqSettings, Precision
 
 # onnxruntime-genai builder options (fused.py) of the 4-bit rows, measured on SmolLM2-135M
 # (docs/quality.md). The LM head, which is also the tied embedding, at 8 bits: the matrix whose error
@@ -26,6 +26,9 @@ PRECISIONS = (
               about="weight-only int8 in blocks of 256 (MatMulNBits): the fastest 8-bit decode"),
     Precision("int4-b32", 4, 32, INT4, 0.19, options=("algo_config=k_quant", *HEAD8),
               about="int4 k-quant blocks of 32 (MatMulNBits), the LM head and tied embedding 8-bit"),
+    Precision("int4-gptq", 4, 32, INT4, 0.19, options=HEAD8,
+              about="int4 blocks of 32 (MatMulNBits) whose layer codes GPTQ chose on train.bin windows "
+                    "(backends/snap.py, ort/gptq.py), the LM head and tied embedding 8-bit"),
     Precision("int4-km", 4, 64, INT4, 0.19, options=MIXED,
               about="llama.cpp Q4_K_M's mix: int4 blocks of 64, the head and the sensitive layers 8-bit"),
     Precision("int4-b128", 4, 128, INT4, 0.19, options=MIXED,
@@ -34,13 +37,13 @@ PRECISIONS = (
 
 
 @dataclass
-class Settings:
+class Settings(GptqSettings):  # + int4-gptq's gptq_windows, gptq_len, gptq_act_order
     """The target TOML's [ort] table, or --set ort.KEY / build.KEY."""
     graph: str = "fused"  # "fused": contrib-op graph by onnxruntime-genai's builder; "export": torch.export
     threads: int | None = None  # intra-op threads on the device at most; None: the runner's choice
 
     def validate(self):
-        at_least(self, threads=1)
+        at_least(self, threads=1, gptq_windows=1, gptq_len=1)
         if self.graph not in ("fused", "export"):
             raise UserError(f"ort graph must be fused or export, got {self.graph!r}")
 

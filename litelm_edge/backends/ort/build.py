@@ -157,6 +157,14 @@ def weight_bytes(path: Path) -> dict:
     return out
 
 
+SNAPPED = ("int4-gptq",)  # the precisions whose layer weights GPTQ chooses (backends/snap.py, gptq.py)
+
+
+def _snap(ctx: BuildContext):
+    from .. import snap  # torch: imported by the precisions that run GPTQ only
+    return snap.run(ctx)
+
+
 def graph_kind(ctx: BuildContext) -> str:
     """'fused' (fused.py) where the builder can express the model and precision, else 'export'
     (torch.export, below); --set ort.graph=export forces the latter."""
@@ -177,7 +185,13 @@ def build(ctx: BuildContext) -> BackendBuild:
     if graph_kind(ctx) == "fused":
         from . import fused
         tok = ctx.tokenizer_json or (Path(ctx.checkpoint) / "tokenizer.json").read_text()
+        snapped = _snap(ctx) if ctx.precision in SNAPPED else None  # before the builder: data errors first
         extra = fused.build(ctx.model, tok, out, ctx.precision, ctx.log)
+        if snapped:
+            from . import gptq
+            weights, record = snapped
+            ctx.log(f"writing GPTQ's codes over the builder's for {len(weights)} layer weights")
+            extra["gptq"] = dict(record, snapped=gptq.write(out / GRAPH, weights))
         section = {"graph": "fused", "builder_options": fused.builder_options(ctx.precision)}
         return BackendBuild(weight_bytes(out / GRAPH), ("onnx", "onnxruntime", "onnxruntime_genai"), extra,
                             section=section)

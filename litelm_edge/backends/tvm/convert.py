@@ -31,7 +31,9 @@ def host_target():
                    "num-cores": os.cpu_count()})
 
 
-INT4 = ("int4-b32", "int4-gptq")  # int4-gptq: int4-b32 on weights GPTQ put on its grid (backends/snap.py)
+# int4-b32: the int4 layout (blocks of 32, round to nearest: the speed benchmarks' codes); int4-gptq, the
+# precision: the same layout on weights GPTQ put on its grid (backends/snap.py)
+INT4 = ("int4-b32", "int4-gptq")
 
 
 def relax_module(checkpoint: str, precision: str, weights: str | None = None):
