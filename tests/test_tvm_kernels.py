@@ -39,7 +39,7 @@ def run(func, args):
 for prec in sys.argv[1].split(","):
     lin, w = weights(prec)
     consts = {"fp32": lambda: [lin.w.numpy()], "int8": lambda: [lin.wq.numpy(), lin.scale.numpy()],
-              "int4-b32": lambda: [lin[0].numpy(), lin[1].numpy()]}[prec]()
+              "int4-b32": lambda: [graph.pack_int4(lin[0]).numpy(), lin[1].numpy()]}[prec]()
     for M in (1, 5):
         a = rng.standard_normal((M, K)).astype(np.float32)
         want = a @ w

@@ -62,7 +62,7 @@ BACKEND = Backend("litert", "litert", PRECISIONS, Settings, "litert", extra="and
 
 # Every INT4 precision's weights are chosen by GPTQ in the build process (backends/snap.py) on the
 # quantizer's own INT4 grid before the conversion (convert.check_snapped: each comes back unchanged
-# from its round-to-nearest): round to nearest alone cost SmolLM2-135M +48 % (int4-b32) to +135 %
+# from its round-to-nearest): round to nearest alone cost SmolLM2-135M +60 % (int4-b32) to +135 %
 # (int4-ch) perplexity, llama.cpp q4_0 +26 % (docs/quality.md). precision -> (the layers' INT4 block
 # along the input, None: per output channel; the tied LM head's, None: INT8 per channel, not snapped)
 SNAPPED = {"int4-b32": (32, 32), "int4-b64": (64, 64), "int4-ch": (None, 32), "int4-gptq": (32, None)}

@@ -91,10 +91,11 @@ def _ordered(main, int8: bool, order) -> tirx.PrimFunc:
     return tirx.PrimFunc(params, main.body, main.ret_type, main.attrs)
 
 
-def _nibble(W, k, byte, shift):
-    """The signed int4 of one nibble of W[k, byte], as fp32; shift 0 (low) or 4 (high)."""
+def _nibble(W, g, k, b, shift):
+    """The signed int4 of one nibble of byte b of group g's row k (W (N/64, K, 32), graph.pack_int4),
+    as fp32; shift 0 (low) or 4 (high)."""
     sh = T.uint8(shift) if isinstance(shift, int) else T.Cast("uint8", shift)
-    return T.Cast("float32", T.bitwise_and(T.shift_right(W[k, byte], sh), T.uint8(15))) - T.float32(8)
+    return T.Cast("float32", T.bitwise_and(T.shift_right(W[g, k, b], sh), T.uint8(15))) - T.float32(8)
 
 
 def _int4_tile(tile) -> tuple[int, int]:
@@ -104,10 +105,12 @@ def _int4_tile(tile) -> tuple[int, int]:
     return mt, nj
 
 
-# gemm4: int4-b32 weights (graph.quantize_int4), the PrimFunc (A (M, K), Wp (K, N/2) uint8,
-# S (K/32, N), C (M, N)). Decode: a task is one 64-column group (32 bytes a row); the 32-row block
-# sums a_k q_kj in fp32 and adds it times its scale. Prefill: the MT x NJ tile of gemm() with the
-# nibble and scale applied per element (NJ must divide 32: a tile reads one nibble of a byte).
+# gemm4: int4-b32 weights (graph.quantize_int4, then graph.pack_int4), the PrimFunc (A (M, K), Wp
+# (N/64, K, 32) uint8, S (K/32, N), C (M, N)). Decode: a task is one 64-column group, its K rows of 32
+# bytes contiguous (streamed, as PackWeights does for int8; row-major, a task read 32 bytes from each
+# of K rows N/2 apart); the 32-row block sums a_k q_kj in fp32 and adds it times its scale. Prefill:
+# the MT x NJ tile of gemm() with the nibble and scale applied per element (NJ must divide 32: a tile
+# reads one nibble of a byte).
 def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
     """int4-b32 GEMV / GEMM (see the comment above)."""
     mt, nj = _int4_tile(tile)
@@ -119,7 +122,7 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         M = T.int64()
         A = T.match_buffer(a, (M, K), "float32")
-        W = T.match_buffer(w, (K, N // 2), "uint8")
+        W = T.match_buffer(w, (G, K, H), "uint8")
         S = T.match_buffer(s, (KB, N), "float32")
         C = T.match_buffer(c, (M, N), "float32")
         if M == 1:
@@ -133,16 +136,23 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                         blk[ji] = T.float32(0)
                     for kk in range(32):
                         for ji in T.vectorized(H):
-                            blk[ji] = blk[ji] + A[0, kb * 32 + kk] * q(W, kb * 32 + kk, g * H + ji, 0)
+                            blk[ji] = blk[ji] + A[0, kb * 32 + kk] * q(W, g, kb * 32 + kk, ji, 0)
                         for ji in T.vectorized(H):
-                            blk[H + ji] = blk[H + ji] + A[0, kb * 32 + kk] * q(W, kb * 32 + kk, g * H + ji, 4)
+                            blk[H + ji] = blk[H + ji] + A[0, kb * 32 + kk] * q(W, g, kb * 32 + kk, ji, 4)
                     for ji in T.vectorized(64):
                         acc[ji] = acc[ji] + blk[ji] * S[kb, g * 64 + ji]
                 for ji in T.vectorized(64):
                     C[0, g * 64 + ji] = acc[ji]
         else:
             for jo in T.parallel(N // nj):
-                # tile jo: columns jo*nj.., bytes (jo*nj // 64)*32 + (jo*nj % 32).., nibble (jo*nj % 64) // 32
+                # tile jo: columns jo*nj.. of group jo*nj // 64, bytes jo*nj % 32.., nibble (jo*nj % 64) // 32;
+                # its K x NJ slab dequantized once (fp32, scale applied: a nibble and a scale per weight,
+                # not per weight and row tile), then the fp32 tile of gemm() over it
+                wd = T.decl_buffer((K, nj), "float32", scope="global")
+                for k in range(K):
+                    for ji in T.vectorized(nj):
+                        wd[k, ji] = (q(W, jo * nj // 64, k, jo * nj % H + ji, jo * nj % 64 // H * 4)
+                                     * S[k // 32, jo * nj + ji])
                 for io in range(M // mt):
                     acc = T.decl_buffer((mt, nj), "float32", scope="local")
                     for ii in T.unroll(mt):
@@ -151,9 +161,7 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                     for k in range(K):
                         for ii in T.unroll(mt):
                             for ji in T.vectorized(nj):
-                                acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * (
-                                    q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4)
-                                    * S[k // 32, jo * nj + ji])
+                                acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * wd[k, ji]
                     for ii in T.unroll(mt):
                         for ji in T.vectorized(nj):
                             C[io * mt + ii, jo * nj + ji] = acc[ii, ji]
@@ -163,8 +171,7 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                         acc1[ji] = T.float32(0)
                     for k in range(K):
                         for ji in T.vectorized(nj):
-                            acc1[ji] = acc1[ji] + A[i, k] * (
-                                q(W, k, jo * nj // 64 * H + jo * nj % H + ji, jo * nj % 64 // H * 4) * S[k // 32, jo * nj + ji])
+                            acc1[ji] = acc1[ji] + A[i, k] * wd[k, ji]
                     for ji in T.vectorized(nj):
                         C[i, jo * nj + ji] = acc1[ji]
     return main

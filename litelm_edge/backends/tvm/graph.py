@@ -51,6 +51,13 @@ def quantize_int4(w_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, scale.float()
 
 
+def pack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """quantize_int4's (K, N // 2) bytes -> (N // 64, K, 32): each 64-column group's rows contiguous,
+    the layout gemm.gemm4 reads (a decode task streams its group)."""
+    K = packed.shape[0]
+    return packed.reshape(K, -1, INT4_GROUP // 2).permute(1, 0, 2).contiguous()
+
+
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The (K, N) fp32 matrix an int4-b32 kernel applies (for tests and parity)."""
     K = packed.shape[0]

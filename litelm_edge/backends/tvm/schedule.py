@@ -127,7 +127,8 @@ def _rewrite_functions(mutator) -> tvm.IRModule:
 
 @relax.expr_functor.mutator
 class _Int4Rewriter(relax.PyExprMutator):
-    """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised here."""
+    """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised and packed
+    (graph.pack_int4) here."""
 
     def __init__(self, mod: tvm.IRModule, tile, kept: list):
         super().__init__(mod)
@@ -140,7 +141,8 @@ class _Int4Rewriter(relax.PyExprMutator):
         if not isinstance(w, tvm.runtime.Tensor) or w.dtype != "float32" or len(w.shape) != 2:
             return call
         import torch
-        from litelm_edge.backends.tvm.graph import INT4_BLOCK, INT4_GROUP, quantize_int4, quantize_kn
+        from litelm_edge.backends.tvm.graph import (INT4_BLOCK, INT4_GROUP, pack_int4, quantize_int4,
+                                                    quantize_kn)
         K, N = (int(x) for x in w.shape)
         if K % INT4_BLOCK or N % INT4_GROUP:  # e.g. a tiny model's 32-wide k/v: int8 per channel, recorded
             self.kept.append([K, N])
@@ -152,7 +154,8 @@ class _Int4Rewriter(relax.PyExprMutator):
             self.kernels[K, N] = self.builder_.add_func(tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}")
         packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
         return relax.call_tir(self.kernels[K, N],
-                              [call.args[0], relax.const(packed.numpy()), relax.const(scale.numpy())],
+                              [call.args[0], relax.const(pack_int4(packed).numpy()),
+                               relax.const(scale.numpy())],
                               call.ty)
 
     def transform(self) -> tvm.IRModule:
