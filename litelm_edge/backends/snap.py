@@ -189,9 +189,10 @@ def quantize_model(model, windows: torch.Tensor, damp: float = 0.01, chunk: int 
     Returns ({parameter name: snapped weight}, {name: error vs RTN's})."""
     from ..pipeline.model import rope_tables
     widths = sorted({m.in_features for m in model.layers.modules() if isinstance(m, torch.nn.Linear)})
-    if group and any(n % group for n in widths):
-        raise UserError(f"INT4 blocks of {group} need the linears' input widths to be multiples of {group}, "
-                        f"have {widths}: build --precision int4-ch or int8-had")
+    for blk, have in ((group, widths), (head, [model.cfg.n_embd] if head else [])):
+        if blk and any(n % blk for n in have):
+            raise UserError(f"INT4 blocks of {blk} need input widths that are multiples of {blk}, have {have}: "
+                            "build an 8-bit precision (or android's per-channel int4-ch)")
     model.eval()
     cos, sin = rope_tables(model.cfg, 0, windows.shape[1])
     x = torch.cat([model.embed_tokens(windows[i:i + chunk]) for i in range(0, len(windows), chunk)])

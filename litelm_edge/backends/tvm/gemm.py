@@ -98,6 +98,12 @@ def _nibble(W, g, k, b, shift):
     return T.Cast("float32", T.bitwise_and(T.shift_right(W[g, k, b], sh), T.uint8(15))) - T.float32(8)
 
 
+def _slab(W, S, j0, k, ji):
+    """W[k, j0 + ji] * its scale, fp32, for gemm4's prefill: column j0 + ji is in group j0 // 64, byte
+    j0 % 32 + ji of its row, nibble (j0 % 64) // 32 (a tile of NJ <= 32 columns reads one nibble)."""
+    return _nibble(W, j0 // 64, k, j0 % 32 + ji, j0 % 64 // 32 * 4) * S[k // 32, j0 + ji]
+
+
 def _int4_tile(tile) -> tuple[int, int]:
     mt, nj = tile
     if 32 % nj:
@@ -109,8 +115,8 @@ def _int4_tile(tile) -> tuple[int, int]:
 # (N/64, K, 32) uint8, S (K/32, N), C (M, N)). Decode: a task is one 64-column group, its K rows of 32
 # bytes contiguous (streamed, as PackWeights does for int8; row-major, a task read 32 bytes from each
 # of K rows N/2 apart); the 32-row block sums a_k q_kj in fp32 and adds it times its scale. Prefill:
-# the MT x NJ tile of gemm() with the nibble and scale applied per element (NJ must divide 32: a tile
-# reads one nibble of a byte).
+# each task dequantizes its K x NJ slab once (`_slab`: a nibble and a scale per weight, not per weight
+# and row tile: 1.41x prefill-64), then runs the MT x NJ tile of gemm() over it (NJ must divide 32).
 def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
     """int4-b32 GEMV / GEMM (see the comment above)."""
     mt, nj = _int4_tile(tile)
@@ -145,14 +151,10 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                     C[0, g * 64 + ji] = acc[ji]
         else:
             for jo in T.parallel(N // nj):
-                # tile jo: columns jo*nj.. of group jo*nj // 64, bytes jo*nj % 32.., nibble (jo*nj % 64) // 32;
-                # its K x NJ slab dequantized once (fp32, scale applied: a nibble and a scale per weight,
-                # not per weight and row tile), then the fp32 tile of gemm() over it
-                wd = T.decl_buffer((K, nj), "float32", scope="global")
+                wd = T.decl_buffer((K, nj), "float32", scope="global")  # the task's slab, dequantized
                 for k in range(K):
                     for ji in T.vectorized(nj):
-                        wd[k, ji] = (q(W, jo * nj // 64, k, jo * nj % H + ji, jo * nj % 64 // H * 4)
-                                     * S[k // 32, jo * nj + ji])
+                        wd[k, ji] = _slab(W, S, jo * nj, k, ji)
                 for io in range(M // mt):
                     acc = T.decl_buffer((mt, nj), "float32", scope="local")
                     for ii in T.unroll(mt):
