@@ -112,8 +112,9 @@ class Backend:
 
 @dataclass(kw_only=True)  # keyword-only: a Settings' own fields keep their positions
 class GptqSettings:
-    """The calibration keys of a backend whose int4-gptq runs backends/snap.py (litert, tvm): their
-    Settings inherit these and call `at_least(self, gptq_windows=1, gptq_len=1)` in validate."""
+    """The calibration keys of a backend whose INT4 precisions run backends/snap.py (litert: every INT4;
+    ort, tvm: int4-gptq): their Settings inherit these and call `at_least(self, gptq_windows=1,
+    gptq_len=1)` in validate."""
     gptq_windows: int = 64  # token windows of the data folder's train.bin (never val.bin: the gate's)
     gptq_len: int = 128  # tokens a window (64 x 128: 8,192 tokens; SmolLM2-135M: 7 min on 2 cores)
     gptq_act_order: bool = True  # columns by decreasing input energy, static group scales

@@ -16,7 +16,7 @@ FULL_INT_MASK = -30.0
 
 
 @dataclass
-class Settings(GptqSettings):  # + int4-gptq's gptq_windows, gptq_len, gptq_act_order
+class Settings(GptqSettings):  # + the INT4 precisions' gptq_windows, gptq_len, gptq_act_order
     """The target TOML's [litert] table (targets/android.toml), or --set litert.KEY / build.KEY."""
     threads: int = 4  # XNNPACK threads on the device
     prefill_len: int = 64  # tokens per prefill signature call; longer prompts run in chunks

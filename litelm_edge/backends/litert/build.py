@@ -11,9 +11,9 @@ target. Keys (Settings: the target TOML's [litert] table, targets/android.toml, 
                call attends over the filled part of the cache only
   prefill_windows  the same for prefill signatures (unset: as windows; "": the capacity only).
                Each signature holds its own per-channel quantization parameters: +0.4 MB for int4-ch
-  gptq_windows, gptq_len  int4-gptq's calibration: evenly spaced windows of the data folder's
-               train.bin (never val.bin: the gate's held-out windows come from there)
-  gptq_act_order  int4-gptq's column order: by decreasing input energy (static group scales)
+  gptq_windows, gptq_len  every INT4 precision's GPTQ calibration: evenly spaced windows of the
+               data folder's train.bin (never val.bin: the gate's held-out windows come from there)
+  gptq_act_order  GPTQ's column order: by decreasing input energy (static group scales)
 """
 from __future__ import annotations
 

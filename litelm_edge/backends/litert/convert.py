@@ -182,6 +182,7 @@ def check_snapped(float_path: Path, n_snapped: int, vocab_size: int, blocks: tup
     otherwise. Returns {"weights", "lossless"}."""
     import numpy as np
     from ai_edge_litert.tools import flatbuffer_utils as fu
+    layers, head = blocks  # the LM head (vocab rows): snapped in its own blocks, or not at all
     model = fu.read_model_from_bytearray(bytearray(float_path.read_bytes()))
     fc = {i for i, c in enumerate(model.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == 9}
     seen, lossless = set(), 0  # buffers: the signatures share them
@@ -192,11 +193,10 @@ def check_snapped(float_path: Path, n_snapped: int, vocab_size: int, blocks: tup
                 continue
             seen.add(t.buffer)
             w = np.frombuffer(bytes(model.buffers[t.buffer].data), np.float32).reshape(t.shape)
-            layers, head = blocks  # the LM head (vocab rows): snapped in its own blocks, or not at all
             if w.shape[0] != vocab_size or head:
                 blk = layers if w.shape[0] != vocab_size else head
                 lossless += int(np.array_equal(requantized(w, blk), w))
-    if len(seen) - (not blocks[1]) != n_snapped or lossless != n_snapped:
+    if len(seen) - (not head) != n_snapped or lossless != n_snapped:
         raise SystemExit(f"snapped weights: {lossless} of {n_snapped} survive the INT4 re-quantization "
                          f"({len(seen)} FULLY_CONNECTED weights in the graph): not built")
     return {"weights": n_snapped, "lossless": lossless}

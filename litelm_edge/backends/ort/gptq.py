@@ -72,12 +72,13 @@ def write(graph: Path, weights: dict) -> dict:
                                "writes")
         w = np.concatenate([weights[f"layers.{m.group(1)}.{p}.weight"] for p in FUSED[m.group(2)]])
         b_name, s_name = node.input[1], node.input[2]
-        rtn = decode(nh.to_array(inits[b_name]), nh.to_array(inits[s_name]).reshape(w.shape[0], -1))
+        scales = nh.to_array(inits[s_name])
+        rtn = decode(nh.to_array(inits[b_name]), scales.reshape(w.shape[0], -1))
         if rtn.shape != w.shape or np.linalg.norm(rtn - w) > 0.5 * np.linalg.norm(w):
             raise RuntimeError(f"{node.name}: the builder's weight does not match GPTQ's {FUSED[m.group(2)]}")
         b, s = encode(w)
         inits[b_name].CopyFrom(nh.from_array(b, b_name))
-        inits[s_name].CopyFrom(nh.from_array(s.reshape(nh.to_array(inits[s_name]).shape), s_name))
+        inits[s_name].CopyFrom(nh.from_array(s.reshape(scales.shape), s_name))
         done += len(FUSED[m.group(2)])
     if done != len(weights):
         raise RuntimeError(f"int4-gptq: {done} of {len(weights)} GPTQ weights found in the builder's graph")
