@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="the TVM build imports the checkpoint with torch: "
+                            "bash tools/setup.sh --dev installs torch==2.13.0")
 
 from litelm_edge.backends import INT4, INT8  # noqa: E402
 from litelm_edge.backends.tvm import build as tvm_build  # noqa: E402

@@ -64,7 +64,8 @@ print(json.dumps(out))
 def test_int4_packing_round_trips_and_is_blocked():
     """quantize_int4 / dequantize_int4 in torch: error within half a step of each block's scale,
     one scale per 32 rows (a block with 10x larger weights gets a 10x larger scale)."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="graph.py is torch: bash tools/setup.sh --dev "
+                                "installs torch==2.13.0")
     from litelm_edge.backends.tvm.graph import dequantize_int4, quantize_int4
     w = torch.randn(64, 128)
     w[32:] *= 10
