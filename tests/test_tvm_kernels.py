@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from litelm_edge import toolchain
+from litelm_edge.pipeline.checkpoint import load
 
 # Run in the TVM venv: compile each case, compare with numpy, print {case: max abs error}.
 CHECK = r"""
@@ -207,12 +208,12 @@ print(json.dumps(res))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["int8", "int4-b32"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4-b32"])
 def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_python, tiny_run, precision,
                                                                          tmp_path):
     """FuseOps (with ArangeOpaque), packed weights and the wider GEMV change no bit of the logits;
     the decode step calls fewer kernels, norms among them fused into one PrimFunc, and the weight
-    matmuls are the packed GEMVs."""
+    matmuls are the packed GEMVs, the tied head's too (its embedding gathers from the packed copy)."""
     r = subprocess.run([str(tvm_python), "-c", FUSE, str(tiny_run), precision, str(tmp_path)],
                        capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
@@ -225,8 +226,11 @@ def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_pytho
     fused = [k for k in calls["fused"] if k.startswith("fused_") and "matmul" not in k]
     assert any("rsqrt" in k for k in fused), fused  # RMSNorm: mean, add, rsqrt, multiply in one kernel
     assert not any(k.startswith("fused_") and "matmul" not in k for k in calls["unfused"])
-    if precision == "int8":  # int4-b32: the layers' own kernel, and the head is the embedding's too
-        assert any(k.endswith("_packed") for k in calls["fused"]), calls["fused"]  # schedule.PackWeights
+    c = load(tiny_run, tokenizer=False)[0].cfg
+    head = "int8" if precision == "int4-b32" else precision  # int4: the head stays int8 (graph.prepare)
+    for kernel in ("gemm", "gather"):
+        assert f"{kernel}_{head}_{c.n_embd}x{c.vocab_size}_packed" in calls["fused"], calls["fused"]
+    if precision != "int4-b32":  # int4-b32: the layers' own kernel
         # a width the 128-column GEMV does not divide (tiny's 64, SmolLM2's 576) is packed at 64
         assert any(k.endswith("x64_packed") for k in calls["fused"]), calls["fused"]
     assert not any(k.endswith("_packed") for k in calls["unfused"])

@@ -82,6 +82,26 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
     return _ordered(main, int8, order)
 
 
+def gather_packed(K: int, N: int, g: int, dtype: str) -> tirx.PrimFunc:
+    """out (K, n) = W[:, idx] of a (K, N) matrix stored packed (N / g, K, g) (schedule.PackWeights):
+    the tied embedding's columns, read from the head's one packed copy."""
+    K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
+
+    @T.prim_func(private=True, s_tir=False)
+    def main(w: T.handle, i: T.handle, o: T.handle):
+        # opaque (schedule.OPAQUE): FuseOps leaves it alone (FuseTIR refuses its buffers in a group)
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        n = T.int64()
+        W = T.match_buffer(w, (N // g, K, g), dtype)
+        Idx = T.match_buffer(i, (n,), "int64")
+        O = T.match_buffer(o, (K, n), dtype)
+        for t in range(n):
+            for k in range(K):
+                O[k, t] = W[Idx[t] // g, k, Idx[t] % g]
+
+    return main
+
+
 def _ordered(main, int8: bool, order) -> tirx.PrimFunc:
     """main with fp32's unused S dropped and its parameters in `order`: their positions in the
     function replaced (match's), e.g. FuseTIR's (Wq, S, A, C)."""

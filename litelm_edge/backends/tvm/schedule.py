@@ -177,17 +177,20 @@ class Int4Matmuls:
 
 
 @relax.expr_functor.visitor
-class _SharedConstants(relax.PyExprVisitor):
-    """The constants some op other than astype reads (e.g. the tied head's int8 matrix, also
-    gathered by the embedding's take): packing those would store them twice."""
+class _ConstantUses(relax.PyExprVisitor):
+    """The constants some op reads other than as a matmul's weight (directly, fp32, or through
+    astype, int8) or as a tied embedding's table (take along axis 1): packing those would store
+    them twice. A tied head's table is packable: its take becomes gemm.gather_packed."""
 
     def __init__(self):
         super().__init__()
         self.shared: list = []
 
     def visit_call_(self, call):
-        if call.op != tvm.ir.Op.get("relax.astype"):
-            self.shared += [a for a in call.args if isinstance(a, tvm.ir.expr.Constant)]
+        ok = {tvm.ir.Op.get("relax.astype"): 0, tvm.ir.Op.get("relax.matmul"): 1}.get(call.op)
+        if call.op == tvm.ir.Op.get("relax.take") and int(call.attrs.axis) == 1:
+            ok = 0
+        self.shared += [a for i, a in enumerate(call.args) if isinstance(a, tvm.ir.expr.Constant) and i != ok]
         super().visit_call_(call)
 
 
@@ -195,11 +198,44 @@ class _SharedConstants(relax.PyExprVisitor):
 class _PackRewriter(relax.PyExprMutator):
     """matmul(x, W) or matmul(x, astype(Wq) * S), W / Wq a constant (K, N) read by nothing else
     -> call_tir(gemm(packed), x, Wp[, S]) with Wp = W as (N / g, K, g): each decode task's g
-    columns contiguous (the GEMV streams them; row-major it reads g bytes from K rows N apart)."""
+    columns contiguous (the GEMV streams them; row-major it reads g bytes from K rows N apart).
+    take(W, idx, axis=1) of such a constant (a tied embedding) -> call_tir(gather_packed, Wp, idx):
+    one packed copy serves the head and the embedding."""
 
     def __init__(self, mod: tvm.IRModule, tile, g: int, shared: list):
         super().__init__(mod)
         self.mod, self.tile, self.g, self.shared, self.kernels = mod, tile, g, shared, {}
+        self.packed: list = []  # (constant, its packed constant): each matrix packed once
+
+    def _width(self, N: int) -> int | None:
+        """The GEMV width g a matrix of N columns is packed at, or None if it is not packed."""
+        g = self.g if N % self.g == 0 else tvm_gemm.NJ1  # SmolLM2's 576 and 192: 64, as the unpacked path
+        return None if N % g or g % self.tile[1] else g
+
+    def _pack(self, c, g: int):
+        for src, p in self.packed:
+            if src.same_as(c):
+                return p
+        W = c.value.numpy()
+        K, N = W.shape
+        p = relax.const(np.ascontiguousarray(W.reshape(K, N // g, g).transpose(1, 0, 2)))
+        self.packed.append((c, p))
+        return p
+
+    def _kernel(self, key: tuple, make, name: str):
+        if key not in self.kernels:
+            self.kernels[key] = self.builder_.add_func(make(), name)
+        return self.kernels[key]
+
+    def _gather(self, call):
+        c = self._const(call.args[0])
+        g = self._width(int(c.value.shape[1])) if c is not None and len(c.value.shape) == 2 else None
+        if g is None:
+            return call
+        (K, N), dt = (int(x) for x in c.value.shape), c.value.dtype
+        f = self._kernel(("gather", K, N, dt), lambda: tvm_gemm.gather_packed(K, N, g, dt),
+                         f"gather_{'fp32' if dt == 'float32' else dt}_{K}x{N}_packed")  # the gemm's names
+        return relax.call_tir(f, [self._pack(c, g), call.args[1]], call.ty)
 
     def _bound(self, e):
         """The expression a dataflow variable is bound to; any other expression as it is."""
@@ -229,6 +265,8 @@ class _PackRewriter(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
+        if call.op == tvm.ir.Op.get("relax.take") and int(call.attrs.axis) == 1:
+            return self._gather(call)
         x_shape = getattr(call.args[0].ty, "shape", None) if call.op == tvm.ir.Op.get("relax.matmul") else None
         if x_shape is None or len(x_shape) != 2:
             return call
@@ -238,18 +276,13 @@ class _PackRewriter(relax.PyExprMutator):
         if w is None or len(w[0].value.shape) != 2:
             return call
         K, N = (int(x) for x in w[0].value.shape)
-        g = self.g if N % self.g == 0 else tvm_gemm.NJ1  # SmolLM2's 576 and 192: 64, as the unpacked path
-        if N % g or g % self.tile[1]:
+        if (g := self._width(N)) is None:
             return call
         int8 = w[1] is not None
-        if (K, N, int8) not in self.kernels:
-            f = tvm_gemm.gemm(K, N, int8, tile=self.tile, nj1=g, packed=True)
-            name = f"gemm_{'int8' if int8 else 'fp32'}_{K}x{N}_packed"
-            self.kernels[K, N, int8] = self.builder_.add_func(f, name)
-        W = w[0].value.numpy()
-        packed = relax.const(np.ascontiguousarray(W.reshape(K, N // g, g).transpose(1, 0, 2)))
-        args = [call.args[0], packed] + ([w[1]] if int8 else [])
-        return relax.call_tir(self.kernels[K, N, int8], args, call.ty)
+        f = self._kernel((K, N, int8), lambda: tvm_gemm.gemm(K, N, int8, tile=self.tile, nj1=g, packed=True),
+                         f"gemm_{'int8' if int8 else 'fp32'}_{K}x{N}_packed")
+        args = [call.args[0], self._pack(w[0], g)] + ([w[1]] if int8 else [])
+        return relax.call_tir(f, args, call.ty)
 
     def transform(self) -> tvm.IRModule:
         return _rewrite_functions(self)
@@ -265,7 +298,7 @@ class PackWeights:
         self.tile, self.g = tuple(tile), g
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        seen = _SharedConstants()
+        seen = _ConstantUses()
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
                 seen.visit_expr(func)
