@@ -93,22 +93,21 @@ def test_rpi4_int8_is_a_quarter_and_agrees(builds):
 
 @pytest.mark.slow
 def test_x86_tvm_int4_gptq_is_nibbles_of_gptqs_codes_and_agrees(build_once, tiny_run, data_dir):
-    """int4-gptq through the build flow on this CPU: packed nibbles in the library, the int8 head, the
-    matrices the layout cannot hold (the tiny model's 32-wide k/v) int8 and listed; every snapped weight
-    the layout holds comes back unchanged from its quantizer (GPTQ's codes, not round to nearest's),
-    the calibration recorded, parity on held-out text."""
+    """int4-gptq through the build flow on this CPU: packed nibbles in the library, the int8 head, a
+    matrix the layout cannot hold int8 and listed (none: the tiny model's 32-wide k/v are held, fused
+    into qkv); every snapped weight comes back unchanged from the layout's quantizer (GPTQ's codes,
+    not round to nearest's), the calibration recorded, parity on held-out text."""
     m = manifest(build_once(tiny_run, "x86-tvm", "int4-gptq", data_dir,
                             sets={"tvm.gptq_windows": 8, "tvm.gptq_len": 64}))
     w, c, g = m["tvm"]["weight_bytes"], checkpoint.load(tiny_run)[0].cfg, m["tvm"]["gptq"]
     kv = c.n_kv_head * c.head_dim
-    as_int8 = [[c.n_embd, kv]] * 2 * c.n_layer if kv % 64 else []
-    assert m["tvm"]["int4_as_int8"] == as_int8
-    # q, o, gate, up, down
-    layers = c.n_layer * (2 * c.n_embd * c.n_embd + 3 * c.n_embd * c.intermediate_size)
+    assert kv % 64 and (c.n_embd + 2 * kv) % 64 == 0  # k, v alone too narrow for the layout; qkv is not
+    assert m["tvm"]["int4_as_int8"] == []
+    # qkv, o, gate_up, down
+    layers = c.n_layer * (2 * c.n_embd * c.n_embd + 2 * c.n_embd * kv + 3 * c.n_embd * c.intermediate_size)
     assert w["uint8"] == layers // 2  # two weights a byte
-    assert w["int8"] == c.vocab_size * c.n_embd + sum(k * n for k, n in as_int8)  # the tied head / embedding
-    held = 7 - 2 * bool(kv % 64)  # a width the layout cannot hold goes int8
-    assert g["snapped"] == {"weights": held * c.n_layer, "lossless": held * c.n_layer}
+    assert w["int8"] == c.vocab_size * c.n_embd  # the tied head / embedding
+    assert g["snapped"] == {"weights": 7 * c.n_layer, "lossless": 7 * c.n_layer}
     assert (g["windows"], g["window_len"], g["data"]) == (8, 64, str(data_dir / "train.bin"))
     assert g["output_error_vs_rtn"]["max"] < 1  # every layer below round to nearest's output error
     assert m["parity"]["rule"] == str(INT4) and m["parity"]["ok"], m["parity"]

@@ -4,6 +4,7 @@ dequantisation, and FuseTIR's parameter orders (an int8 group's constants come f
 for this CPU in the TVM venv (a few seconds a kernel)."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 
@@ -85,7 +86,8 @@ def test_int4_packing_round_trips_and_is_blocked():
 def test_graph_attention_is_the_models(sets):
     """graph.CachedForward (per-layer caches, K stored transposed, the group's q heads as rows of
     one K/V head, an additive causal bias) gives forward_cached's logits and caches through a
-    prefill and decode steps; its export holds no stack of the caches and no repeat of K/V."""
+    prefill and decode steps, on the model as trained and as graph.prepare lays it out (KN
+    weights, q/k/v and gate/up fused); its export holds no stack of the caches and no repeat of K/V."""
     torch = pytest.importorskip("torch", reason="graph.py is torch: bash tools/setup.sh --dev "
                                 "installs torch==2.13.0")
     from litelm_edge.backends.tvm import graph
@@ -93,17 +95,20 @@ def test_graph_attention_is_the_models(sets):
     torch.manual_seed(0)
     c = ModelConfig(vocab_size=64, n_layer=4, n_embd=48, intermediate_size=64, max_seq_len=32, **sets)
     m, L = Transformer(c).eval(), c.n_layer
-    f = graph.CachedForward(m)
+    fs = [graph.CachedForward(m), graph.CachedForward(graph.prepare(copy.deepcopy(m), "fp32"))]
+    assert not hasattr(fs[1].model.layers[0].self_attn, "q_proj")  # fused: one qkv matmul
     k, v = m.empty_cache()
-    kv = [torch.zeros(1, c.n_kv_head, c.head_dim, 0)] * L + [torch.zeros(1, c.n_kv_head, 0, c.head_dim)] * L
+    kvs = [[torch.zeros(1, c.n_kv_head, c.head_dim, 0)] * L + [torch.zeros(1, c.n_kv_head, 0, c.head_dim)] * L] * 2
     with torch.no_grad():
         for ids in ([5, 9, 1, 33, 2, 7, 60], [3], [40], [11, 12]):  # prefill, 2 decode steps, 2 more tokens
             idx = torch.tensor([ids])
             want, k, v = m.forward_cached(idx, k, v)
-            got, *kv = f(idx, *kv)
-            assert (got - want).abs().max() < 1e-5
-            assert all(torch.allclose(kv[i].transpose(2, 3), k[i], atol=1e-6) for i in range(L))
-            assert all(torch.allclose(kv[L + i], v[i], atol=1e-6) for i in range(L))
+            for j, f in enumerate(fs):
+                got, *kvs[j] = f(idx, *kvs[j])
+                kv = kvs[j]
+                assert (got - want).abs().max() < 1e-5
+                assert all(torch.allclose(kv[i].transpose(2, 3), k[i], atol=1e-6) for i in range(L))
+                assert all(torch.allclose(kv[L + i], v[i], atol=1e-6) for i in range(L))
         ops = [str(n.target) for n in graph.export(m).graph.nodes if n.op == "call_function"]
     assert not set(ops) & {"aten.stack.default", "aten.repeat_interleave.self_int",
                            "aten.scaled_dot_product_attention.default"}, ops

@@ -111,19 +111,21 @@ def _meta(ctx: BuildContext, convert: dict, weight_bytes: dict) -> dict:
 
 def _lossless(weights: dict) -> dict:
     """int4-gptq: each of GPTQ's weights (backends/snap.py) must come back unchanged through the
-    int4-b32 layout's own quantizer (graph.quantize_int4), or the build stops."""
+    int4-b32 layout's own quantizer (graph.quantize_int4), or the build stops. A matrix narrower
+    than the layout's 64-column groups (a small model's k or v, fused into qkv in the graph) is
+    checked padded with zero columns: the quantizer is per column."""
     import torch
+    import torch.nn.functional as F
     from .graph import INT4_GROUP, dequantize_int4, quantize_int4
-    lossless = n = 0
+    lossless = 0
     for w in weights.values():
         kn = torch.from_numpy(w).t().contiguous()
-        if kn.shape[1] % INT4_GROUP:
-            continue  # the layout cannot hold it: int8 per channel (manifest int4_as_int8)
-        n += 1
-        lossless += torch.equal(dequantize_int4(*quantize_int4(kn)), kn)
-    if lossless != n:
-        raise RuntimeError(f"int4-gptq: {n - lossless} of {n} snapped weights change in the int4 layout")
-    return {"weights": n, "lossless": lossless}
+        padded = F.pad(kn, (0, -kn.shape[1] % INT4_GROUP))
+        lossless += torch.equal(dequantize_int4(*quantize_int4(padded))[:, :kn.shape[1]], kn)
+    if lossless != len(weights):
+        raise RuntimeError(f"int4-gptq: {len(weights) - lossless} of {len(weights)} snapped weights "
+                           "change in the int4 layout")
+    return {"weights": len(weights), "lossless": lossless}
 
 
 def build(ctx: BuildContext) -> BackendBuild:

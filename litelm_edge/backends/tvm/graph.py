@@ -122,15 +122,48 @@ def _swap_linears(module: nn.Module, precision: str, done: dict):
             _swap_linears(child, precision, done)
 
 
+class GateUp(nn.Module):
+    """The MLP with gate and up as one (K, 2I) matmul: one GEMV a step where there were two."""
+
+    def __init__(self, mlp: nn.Module, precision: str):
+        super().__init__()
+        self.gate_up = _fused([mlp.gate_proj, mlp.up_proj], precision)
+        self.down_proj = mlp.down_proj
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down_proj(torch.nn.functional.silu(gate) * up)
+
+
+def _fused(linears: list, precision: str) -> KNLinear:
+    """One KNLinear whose columns are the linears' outputs side by side: per output column
+    quantisation (int8's scale, int4's blocks along K), so each column is what it was alone."""
+    bias = [lin.bias for lin in linears]
+    return KNLinear(torch.cat([lin.weight for lin in linears]), precision,
+                    None if bias[0] is None else torch.cat(bias))
+
+
+def _fuse_projections(model, precision: str):
+    """q, k, v as one matmul (attn.qkv) and gate, up as one (GateUp), in every distinct block:
+    fewer, wider GEMVs a step (k and v alone are a single GEMV task on a 2-core board)."""
+    for blk in {id(b): b for b in model.layers}.values():  # shared blocks: fused once
+        attn = blk.self_attn
+        attn.qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], precision)
+        del attn.q_proj, attn.k_proj, attn.v_proj
+        blk.mlp = GateUp(blk.mlp, precision)
+
+
 def prepare(model, precision: str):
-    """The model with KN (fp32 or int8) linears, in place; model must be eval and fp32.
-    int4-b32: fp32 layer linears (quantised later, on the Relax graph), an int8 head."""
+    """The model with KN (fp32 or int8) linears, q/k/v and gate/up fused, in place; model must
+    be eval and fp32. int4-b32: fp32 layer linears (quantised later, on the Relax graph), an int8 head."""
     if precision not in ("fp32", "int8", "int4-b32"):
         raise ValueError(f"unknown precision {precision!r}, have: fp32, int8, int4-b32")
     tied = model.cfg.tie_embeddings
     emb = model.embed_tokens.weight.detach()
     head = model.lm_head.weight
-    _swap_linears(model, "fp32" if precision == "int4-b32" else precision, {})
+    layers = "fp32" if precision == "int4-b32" else precision
+    _fuse_projections(model, layers)
+    _swap_linears(model, layers, {})
     if precision == "int4-b32":
         model.lm_head = KNLinear(head, "int8")
     if tied:
@@ -189,9 +222,13 @@ class CachedForward(nn.Module):
         T, hd, nh, nkv = x.shape[1], c.head_dim, c.n_head, c.n_kv_head
         g = nh // nkv  # q heads a K/V head: q head h reads K/V head h // g (Attention's expand)
         cos, sin = cos[:, None], sin[:, None]  # (T, 1, hd): over heads
-        q = apply_rope(attn.q_proj(x).view(1, T, nh, hd), cos, sin) * (1.0 / math.sqrt(hd))
-        k = apply_rope(attn.k_proj(x).view(1, T, nkv, hd), cos, sin)
-        v = attn.v_proj(x).view(1, T, nkv, hd)
+        if hasattr(attn, "qkv"):  # prepare's fused projections
+            q, k, v = attn.qkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+        else:  # the model as it was trained (tests compare the two)
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = apply_rope(q.reshape(1, T, nh, hd), cos, sin) * (1.0 / math.sqrt(hd))
+        k = apply_rope(k.reshape(1, T, nkv, hd), cos, sin)
+        v = v.reshape(1, T, nkv, hd)
         k = torch.cat((k_cache, k.permute(0, 2, 3, 1)), dim=3)  # (1, nkv, hd, P+T)
         v = torch.cat((v_cache, v.transpose(1, 2)), dim=2)  # (1, nkv, P+T, hd)
         # rows (t, j) of K/V head n: query t of q head n*g + j. The rows split as (T, g), g static:
