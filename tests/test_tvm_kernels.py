@@ -218,7 +218,8 @@ def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_pytho
                                                                          tmp_path):
     """FuseOps (with ArangeOpaque), packed weights and the wider GEMV change no bit of the logits;
     the decode step calls fewer kernels, norms among them fused into one PrimFunc, and the weight
-    matmuls are the packed GEMVs, the tied head's too (its embedding gathers from the packed copy)."""
+    matmuls are the packed GEMVs, the tied head's too (its embedding gathers from the packed copy),
+    and each layer's cache appends are cache.py's copies."""
     r = subprocess.run([str(tvm_python), "-c", FUSE, str(tiny_run), precision, str(tmp_path)],
                        capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
@@ -235,6 +236,7 @@ def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_pytho
     head = "int8" if precision == "int4-b32" else precision  # int4: the head stays int8 (graph.prepare)
     for kernel in ("gemm", "gather"):
         assert f"{kernel}_{head}_{c.n_embd}x{c.vocab_size}_packed" in calls["fused"], calls["fused"]
+    assert calls["fused"]["append_k_cache"] == calls["fused"]["append_v_cache"] == c.n_layer  # cache.py
     if precision != "int4-b32":  # int4-b32: the layers' own kernel
         # a width the 128-column GEMV does not divide (tiny's 64, SmolLM2's 576) is packed at 64
         assert any(k.endswith("x64_packed") for k in calls["fused"]), calls["fused"]

@@ -4,7 +4,8 @@ TVM's default Relax CPU pipeline neither fuses nor schedules: every matmul is a 
 on one core (~16x slower than torch). Here:
 
   0. PackWeights stores each weight matrix (N / g, K, g), g the decode GEMV width, and calls
-     gemm.gemm(packed) on it: a decode task streams its g columns contiguously.
+     gemm.gemm(packed) on it: a decode task streams its g columns contiguously (a tied head too:
+     its embedding gathers from the packed copy). AppendKernels makes the KV cache appends copies.
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
   2. LegalizeOps lowers everything to TIR; FuseOps groups the remaining elementwise / injective
@@ -27,6 +28,7 @@ from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
 
 from litelm_edge.backends.tvm import gemm as tvm_gemm
+from litelm_edge.backends.tvm.cache import AppendKernels, rewrite_functions
 
 # Split a tiled loop over the symbolic T into full tiles (no bounds test in the inner loops) and a
 # tail: the register tile's row predicate otherwise sits inside the k loop.
@@ -117,14 +119,6 @@ class ScheduleMatmul:
         return out
 
 
-def _rewrite_functions(mutator) -> tvm.IRModule:
-    """Every Relax function of mutator.mod visited by the mutator; the module its builder holds."""
-    for gv, func in mutator.mod.functions.items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gv, mutator.visit_expr(func))
-    return mutator.builder_.get()
-
-
 @relax.expr_functor.mutator
 class _Int4Rewriter(relax.PyExprMutator):
     """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised and packed
@@ -159,7 +153,7 @@ class _Int4Rewriter(relax.PyExprMutator):
                               call.ty)
 
     def transform(self) -> tvm.IRModule:
-        return _rewrite_functions(self)
+        return rewrite_functions(self)
 
 
 @tvm.transform.module_pass(opt_level=0, name="Int4Matmuls")
@@ -285,7 +279,7 @@ class _PackRewriter(relax.PyExprMutator):
         return relax.call_tir(f, args, call.ty)
 
     def transform(self) -> tvm.IRModule:
-        return _rewrite_functions(self)
+        return rewrite_functions(self)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackWeights")
@@ -342,7 +336,7 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + ([Int4Matmuls(tile, kept)] if int4 else [])
-                + ([PackWeights(tile, gemv), relax.transform.DeadCodeElimination()] if pack else [])
+                + ([PackWeights(tile, gemv), AppendKernels(), relax.transform.DeadCodeElimination()] if pack else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
                    relax.transform.LegalizeOps(),
