@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,55 @@ def test_gemm_matches_numpy_in_every_parameter_order(tvm_python, precision):
     errs = check(tvm_python, precision)
     assert len(errs) == 4, errs  # decode and prefill; in both parameter orders, or (int4) both tiles
     assert max(errs.values()) < 1e-5, errs  # the same sums up to fp32 rounding
+
+
+# Run in the TVM venv: dot.gemm4_dot on this CPU against numpy, decode (int8 activations in blocks of
+# 32, as llama.cpp's q8_0) and prefill (fp32 activations), both prefill tiles; or, where it is not
+# available, that this CPU lacks AVX-512 VNNI.
+DOT = r"""
+import json
+import numpy as np, tvm, torch
+from litelm_edge.backends.tvm import dot, graph
+from litelm_edge.backends.tvm.convert import host_target
+rng = np.random.default_rng(0)
+K, N, out = 96, 192, {}
+target = host_target()
+out["available"] = dot.available(target, (4, 32))
+packed, scale = graph.quantize_int4(torch.from_numpy(rng.standard_normal((K, N)).astype(np.float32)))
+w = graph.dequantize_int4(packed, scale).numpy()
+wp = dot.pack(graph.int4_codes(packed).numpy())
+for tile in ((4, 32), (4, 16)) if out["available"] else ():
+    lib = tvm.compile(tvm.IRModule({"main": dot.gemm4_dot(K, N, tile).with_attr("global_symbol", "main")}),
+                      target=target)
+    for M in (1, 5):
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        a[:, :32] *= 20  # blocks of very different ranges: one activation scale a block
+        blocks = a.reshape(M, -1, 32)
+        sa = np.abs(blocks).max(2, keepdims=True) / 127
+        a8 = (np.round(blocks / sa) * sa).reshape(M, K)  # what the decode step multiplies
+        t = [tvm.runtime.tensor(x) for x in (a, wp, scale.numpy(), np.zeros((M, N), np.float32))]
+        lib["main"](*t)
+        got, exact = t[-1].numpy(), a @ w
+        want = a8 @ w if M == 1 else exact
+        out[f"M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
+        out[f"M={M} tile {tile} vs fp32"] = float(np.abs(got - exact).max() / np.abs(exact).max())
+print(json.dumps(out))
+"""
+
+
+def test_int4_dot_kernel_matches_numpy_where_the_cpu_has_vnni(tvm_python):
+    """dot.gemm4_dot: the decode GEMV equals the sums of int8 activations (blocks of 32) times the
+    int4 weights, the prefill the fp32 product; where dot.available is false, the CPU has no VNNI."""
+    r = subprocess.run([str(tvm_python), "-c", DOT], capture_output=True, text=True, env=toolchain.src_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    errs = json.loads(r.stdout.strip().splitlines()[-1])
+    if not errs.pop("available"):
+        flags = Path("/proc/cpuinfo").read_text()
+        assert " avx512_vnni" not in flags, "the CPU has AVX-512 VNNI but dot.available said no"
+        return
+    exact = {k: v for k, v in errs.items() if not k.endswith("vs fp32")}
+    assert len(exact) == 4 and max(exact.values()) < 1e-5, errs  # the same sums up to fp32 rounding
+    assert 1e-4 < errs["M=1 tile (4, 32) vs fp32"] < 2e-2, errs  # decode: int8 activations, not fp32
 
 
 # Run in the TVM venv: the tiny checkpoint compiled twice, without FuseOps, packed weights and with

@@ -131,6 +131,38 @@ def _int4_tile(tile) -> tuple[int, int]:
     return mt, nj
 
 
+def slab_tile(K, tile):
+    """The prefill of an int4 kernel, a macro: C[:, jo NJ:(jo + 1) NJ] = A @ wd, wd the task's
+    dequantized K x NJ slab (fp32), in MT-row register tiles and a tail of single rows."""
+    mt, nj = tile
+
+    @T.macro
+    def body(A, C, wd, M, jo):
+        for io in range(M // mt):
+            acc = T.decl_buffer((mt, nj), "float32", scope="local")
+            for ii in T.unroll(mt):
+                for ji in T.vectorized(nj):
+                    acc[ii, ji] = T.float32(0)
+            for k in range(K):
+                for ii in T.unroll(mt):
+                    for ji in T.vectorized(nj):
+                        acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * wd[k, ji]
+            for ii in T.unroll(mt):
+                for ji in T.vectorized(nj):
+                    C[io * mt + ii, jo * nj + ji] = acc[ii, ji]
+        for i in range(M // mt * mt, M):
+            acc1 = T.decl_buffer((nj,), "float32", scope="local")
+            for ji in T.vectorized(nj):
+                acc1[ji] = T.float32(0)
+            for k in range(K):
+                for ji in T.vectorized(nj):
+                    acc1[ji] = acc1[ji] + A[i, k] * wd[k, ji]
+            for ji in T.vectorized(nj):
+                C[i, jo * nj + ji] = acc1[ji]
+
+    return body
+
+
 # gemm4: int4-b32 weights (graph.quantize_int4, then graph.pack_int4), the PrimFunc (A (M, K), Wp
 # (N/64, K, 32) uint8, S (K/32, N), C (M, N)). Decode: a task is one 64-column group, its K rows of 32
 # bytes contiguous (streamed, as PackWeights does for int8; row-major, a task read 32 bytes from each
@@ -142,7 +174,7 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
     mt, nj = _int4_tile(tile)
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
     KB, G, H = K // 32, N // 64, 32  # scale blocks, column groups, columns a nibble half
-    q = _nibble
+    q, slab_tile_ = _nibble, slab_tile(K, tile)
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -175,27 +207,7 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                 for k in range(K):
                     for ji in T.vectorized(nj):
                         wd[k, ji] = _slab(W, S, jo * nj, k, ji)
-                for io in range(M // mt):
-                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
-                    for ii in T.unroll(mt):
-                        for ji in T.vectorized(nj):
-                            acc[ii, ji] = T.float32(0)
-                    for k in range(K):
-                        for ii in T.unroll(mt):
-                            for ji in T.vectorized(nj):
-                                acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * wd[k, ji]
-                    for ii in T.unroll(mt):
-                        for ji in T.vectorized(nj):
-                            C[io * mt + ii, jo * nj + ji] = acc[ii, ji]
-                for i in range(M // mt * mt, M):
-                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
-                    for ji in T.vectorized(nj):
-                        acc1[ji] = T.float32(0)
-                    for k in range(K):
-                        for ji in T.vectorized(nj):
-                            acc1[ji] = acc1[ji] + A[i, k] * wd[k, ji]
-                    for ji in T.vectorized(nj):
-                        C[i, jo * nj + ji] = acc1[ji]
+                slab_tile_(A, C, wd, M, jo)
     return main
 
 

@@ -58,12 +58,16 @@ def pack_int4(packed: torch.Tensor) -> torch.Tensor:
     return packed.reshape(K, -1, INT4_GROUP // 2).permute(1, 0, 2).contiguous()
 
 
-def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The (K, N) fp32 matrix an int4-b32 kernel applies (for tests and parity)."""
+def int4_codes(packed: torch.Tensor) -> torch.Tensor:
+    """quantize_int4's (K, N // 2) bytes -> the (K, N) codes q + 8, 0..15 (int16)."""
     K = packed.shape[0]
     p = packed.to(torch.int16).reshape(K, -1, INT4_GROUP // 2)
-    q = torch.stack([p & 15, p >> 4], dim=2).reshape(K, -1) - 8  # (K, N)
-    return q.float() * scale.repeat_interleave(INT4_BLOCK, dim=0)
+    return torch.stack([p & 15, p >> 4], dim=2).reshape(K, -1)
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The (K, N) fp32 matrix an int4-b32 kernel applies (for tests and parity)."""
+    return (int4_codes(packed) - 8).float() * scale.repeat_interleave(INT4_BLOCK, dim=0)
 
 
 class KNLinear(nn.Module):

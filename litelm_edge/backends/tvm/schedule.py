@@ -27,6 +27,7 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
 
+from litelm_edge.backends.tvm import dot as int4_dot
 from litelm_edge.backends.tvm import gemm as tvm_gemm
 from litelm_edge.backends.tvm.cache import AppendKernels, rewrite_functions
 
@@ -122,11 +123,11 @@ class ScheduleMatmul:
 @relax.expr_functor.mutator
 class _Int4Rewriter(relax.PyExprMutator):
     """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised and packed
-    (graph.pack_int4) here."""
+    (graph.pack_int4) here; with dot, dot.gemm4_dot on dot.pack's layout of the same codes."""
 
-    def __init__(self, mod: tvm.IRModule, tile, kept: list):
+    def __init__(self, mod: tvm.IRModule, tile, kept: list, dot: bool):
         super().__init__(mod)
-        self.mod, self.tile, self.kernels, self.kept = mod, tile, {}, kept
+        self.mod, self.tile, self.kernels, self.kept, self.dot = mod, tile, {}, kept, dot
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -135,8 +136,8 @@ class _Int4Rewriter(relax.PyExprMutator):
         if not isinstance(w, tvm.runtime.Tensor) or w.dtype != "float32" or len(w.shape) != 2:
             return call
         import torch
-        from litelm_edge.backends.tvm.graph import (INT4_BLOCK, INT4_GROUP, pack_int4, quantize_int4,
-                                                    quantize_kn)
+        from litelm_edge.backends.tvm.graph import (INT4_BLOCK, INT4_GROUP, int4_codes, pack_int4,
+                                                    quantize_int4, quantize_kn)
         K, N = (int(x) for x in w.shape)
         if K % INT4_BLOCK or N % INT4_GROUP:  # e.g. a tiny model's 32-wide k/v: int8 per channel, recorded
             self.kept.append([K, N])
@@ -145,11 +146,12 @@ class _Int4Rewriter(relax.PyExprMutator):
                                     relax.const(s.numpy()))
             return self.builder_.normalize(relax.op.matmul(call.args[0], deq))
         if (K, N) not in self.kernels:
-            self.kernels[K, N] = self.builder_.add_func(tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}")
+            f, name = ((int4_dot.gemm4_dot(K, N, self.tile), f"gemm_int4dot_{K}x{N}") if self.dot
+                       else (tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}"))
+            self.kernels[K, N] = self.builder_.add_func(f, name)
         packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
-        return relax.call_tir(self.kernels[K, N],
-                              [call.args[0], relax.const(pack_int4(packed).numpy()),
-                               relax.const(scale.numpy())],
+        wp = int4_dot.pack(int4_codes(packed).numpy()) if self.dot else pack_int4(packed).numpy()
+        return relax.call_tir(self.kernels[K, N], [call.args[0], relax.const(wp), relax.const(scale.numpy())],
                               call.ty)
 
     def transform(self) -> tvm.IRModule:
@@ -161,13 +163,14 @@ class Int4Matmuls:
     """int4-b32: every matmul by a constant fp32 matrix becomes gemm.gemm4 on its int4 blocks (the
     graph keeps only the head int8 and nothing else fp32: graph.prepare). A matrix whose shape
     the int4 layout cannot hold (K % 32, N % 64) gets the int8 build's per-channel weights and is
-    listed in `kept` (convert.json and the manifest say so); every published model's fits."""
+    listed in `kept` (convert.json and the manifest say so); every published model's fits.
+    dot: dot.gemm4_dot instead (integer dot products; dot.available says where)."""
 
-    def __init__(self, tile=DEFAULT_TILE, kept: list | None = None):
-        self.tile, self.kept = tuple(tile), kept if kept is not None else []
+    def __init__(self, tile=DEFAULT_TILE, kept: list | None = None, dot: bool = False):
+        self.tile, self.kept, self.dot = tuple(tile), kept if kept is not None else [], dot
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _Int4Rewriter(mod, self.tile, self.kept).transform()
+        return _Int4Rewriter(mod, self.tile, self.kept, self.dot).transform()
 
 
 @relax.expr_functor.visitor
@@ -335,8 +338,9 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
         with target:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
-                + ([Int4Matmuls(tile, kept)] if int4 else [])
-                + ([PackWeights(tile, gemv), AppendKernels(), relax.transform.DeadCodeElimination()] if pack else [])
+                + ([Int4Matmuls(tile, kept, int4_dot.available(target, tile))] if int4 else [])
+                + ([PackWeights(tile, gemv), AppendKernels(), relax.transform.DeadCodeElimination()]
+                   if pack else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
                    relax.transform.LegalizeOps(),
