@@ -30,13 +30,20 @@ def test_figures_match_their_definitions():
 
 
 class Runtime:
-    """A stand-in artifact runtime: torch's logits, changed by `damage`."""
+    """A stand-in artifact runtime: torch's logits, changed by `damage` (a decode step's by
+    `decode_damage`, the same unless given)."""
 
-    def __init__(self, model, damage):
-        self.model, self.damage = model, damage
+    def __init__(self, model, damage, decode_damage=None):
+        self.model, self.damage, self.decode_damage = model, damage, decode_damage or damage
+        self.ids: list = []
 
     def prefill(self, ids):
-        return self.damage(torch_logits(self.model, ids)).astype(np.float32)
+        self.ids = list(ids)
+        return self.damage(torch_logits(self.model, np.array(self.ids))).astype(np.float32)
+
+    def decode(self, token):
+        self.ids.append(token)
+        return self.decode_damage(torch_logits(self.model, np.array(self.ids))[-1:])[0].astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +92,20 @@ def test_a_faithful_artifact_passes_and_a_damaged_one_fails(model_and_windows):
     assert not build_flow.parity(model, Runtime(model, noisy), wins, backends.FP32)["ok"]
     exact = build_flow.parity(model, Runtime(model, lambda z: z), wins, backends.FP32)
     assert exact["ok"] and exact["max_abs_err"] <= FP32_MAX_ABS and exact["rule"] == "max_abs_err <= 0.001"
+
+
+def test_the_decode_path_is_judged_too(model_and_windows):
+    """Each window's second half decoded a step at a time is scored on its own ("decode"): a runtime
+    whose one-token path alone is damaged (say int8 activations gone wrong) fails the gate although
+    its prefill figures are perfect."""
+    model, wins = model_and_windows
+    noisy = lambda z: z + np.random.default_rng(2).normal(0, 1.0, z.shape)  # noqa: E731
+    p = build_flow.parity(model, Runtime(model, lambda z: z, noisy), wins, _precision(INT8))
+    assert p["ppl_ratio"] == pytest.approx(1.0, abs=1e-5) and p["mean_kl"] < 1e-6
+    assert p["decode"]["mean_kl"] > INT8.max_mean_kl and not p["ok"]
+    assert "decoded" in build_flow.describe(p)
+    same = build_flow.parity(model, Runtime(model, lambda z: z), wins, _precision(INT8))
+    assert same["ok"] and same["decode"]["mean_kl"] < 1e-6 and same["decode"]["max_abs_err"] < 1e-4
 
 
 def test_either_figure_over_its_bar_fails():

@@ -80,6 +80,8 @@ def build_quality(res: dict) -> tuple[str, str, bool] | None:
         return None
     figures = (f"{p['ppl_ratio']:.4f} ± {p['ppl_ratio_se']:.4f} / {p['mean_kl']:.4f} / "
                f"{p['top1_agreement']:.3f}")
+    if d := p.get("decode"):  # manifests before 2026-12-07 have none
+        figures += f"; decoded {d['ppl_ratio']:.4f} ± {d['ppl_ratio_se']:.4f} / {d['mean_kl']:.4f}"
     how = f"{p['how']}; {p['windows']} x {p['window_len']} tokens; rule {p['rule']}"
     return figures, how, bool(p["ok"])
 

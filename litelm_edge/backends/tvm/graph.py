@@ -1,8 +1,9 @@
 """The torch graph that TVM compiles: the model with its Linear weights laid out for a CPU.
 
 Every Linear becomes `x @ W` with W stored (in, out) = (K, N), so the compiled matmul streams W
-along N (contiguous, vectorisable) and no transpose is left in the graph. The tied embedding
-gathers columns of the lm_head's (C, V) matrix, so tied weights are stored once.
+along N (contiguous, vectorisable) and no transpose is left in the graph; q, k, v are one matmul
+and gate, up another (prepare), so a decode step launches 4 GEMVs a layer, not 7. The tied
+embedding gathers columns of the lm_head's (C, V) matrix, so tied weights are stored once.
 
 int8 is weight-only: per-output-channel symmetric int8 with one fp32 scale per column, dequantised
 inside the graph (`Wq.float() * scale`). The compiled library embeds the int8 tensors, so the
