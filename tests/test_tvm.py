@@ -103,6 +103,8 @@ def test_x86_tvm_int4_gptq_is_nibbles_of_gptqs_codes_and_agrees(build_once, tiny
     kv = c.n_kv_head * c.head_dim
     assert kv % 64 and (c.n_embd + 2 * kv) % 64 == 0  # k, v alone too narrow for the layout; qkv is not
     assert m["tvm"]["int4_as_int8"] == []
+    vnni = " avx512_vnni" in Path("/proc/cpuinfo").read_text()  # dot.py's integer kernel, else fp32 widening
+    assert m["tvm"]["int4_kernel"] == ("vnni" if vnni else "gemm4")
     # qkv, o, gate_up, down
     layers = c.n_layer * (2 * c.n_embd * c.n_embd + 2 * c.n_embd * kv + 3 * c.n_embd * c.intermediate_size)
     assert w["uint8"] == layers // 2  # two weights a byte

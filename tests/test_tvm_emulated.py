@@ -47,6 +47,22 @@ def test_rpi4_fp32_and_int8_run_on_emulated_pi(pi_home, rpi4_fp32, rpi4_int8, tm
 
 
 @pytest.mark.slow
+def test_rpi4_int4_gptq_runs_its_neon_kernel_on_emulated_pi(pi_home, build_once, tiny_run, data_dir):
+    """The rpi4 int4-gptq build decodes with dot.py's "neon" kernel (int8 activations, integer
+    products); on the emulated Pi (function only) it passes the device parity check against this
+    host's parity library, which runs the same integer arithmetic as portable code."""
+    from litelm_edge.devices.remote_bench import bench_remote
+    from litelm_edge.manifest import read_manifest
+    art = build_once(tiny_run, "rpi4", "int4-gptq", data_dir,
+                     sets={"tvm.gptq_windows": 8, "tvm.gptq_len": 64})
+    assert read_manifest(art)["tvm"]["int4_kernel"] == "neon"
+    dev = pi_home
+    res = bench_remote(f"{dev.user}@{dev.host}:{dev.port}", art, PROTOCOL, log=lambda m: None)
+    assert res["parity"]["ok"], res["parity"]
+    assert res["device"]["machine"] == "aarch64" and res["provenance"].startswith("emulated device")
+
+
+@pytest.mark.slow
 def test_tune_on_emulated_pi_stores_the_database(pi_home, tvm_python, tiny_run, data_dir, tmp_path,
                                                  monkeypatch):
     """`build --tune --remote`'s loop against a device reached over SSH: every candidate built,

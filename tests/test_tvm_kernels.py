@@ -174,53 +174,63 @@ def test_gemm_matches_numpy_in_every_parameter_order(tvm_python, precision):
     assert max(errs.values()) < 1e-5, errs  # the same sums up to fp32 rounding
 
 
-# Run in the TVM venv: dot.gemm4_dot on this CPU against numpy, decode (int8 activations in blocks of
-# 32, as llama.cpp's q8_0) and prefill (fp32 activations), both prefill tiles; or, where it is not
-# available, that this CPU lacks AVX-512 VNNI.
+# Run in the TVM venv: dot.gemm4_dot against numpy on this CPU, decode (int8 activations in blocks
+# of 32, as llama.cpp's q8_0) and prefill (fp32 activations), both prefill tiles: "neon" (portable
+# TIR: it compiles here too) always, "vnni" where this CPU has it; and the aarch64 assembly of "neon".
 DOT = r"""
 import json
 import numpy as np, tvm, torch
+from tvm.target import Target
 from litelm_edge.backends.tvm import dot, graph
 from litelm_edge.backends.tvm.convert import host_target
 rng = np.random.default_rng(0)
 K, N, out = 96, 192, {}
 target = host_target()
-out["available"] = dot.available(target, (4, 32))
+out["host"] = dot.kind(target, (4, 32))
 packed, scale = graph.quantize_int4(torch.from_numpy(rng.standard_normal((K, N)).astype(np.float32)))
-w = graph.dequantize_int4(packed, scale).numpy()
-wp = dot.pack(graph.int4_codes(packed).numpy())
-for tile in ((4, 32), (4, 16)) if out["available"] else ():
-    lib = tvm.compile(tvm.IRModule({"main": dot.gemm4_dot(K, N, tile).with_attr("global_symbol", "main")}),
-                      target=target)
-    for M in (1, 5):
-        a = rng.standard_normal((M, K)).astype(np.float32)
-        a[:, :32] *= 20  # blocks of very different ranges: one activation scale a block
-        blocks = a.reshape(M, -1, 32)
-        sa = np.abs(blocks).max(2, keepdims=True) / 127
-        a8 = (np.round(blocks / sa) * sa).reshape(M, K)  # what the decode step multiplies
-        t = [tvm.runtime.tensor(x) for x in (a, wp, scale.numpy(), np.zeros((M, N), np.float32))]
-        lib["main"](*t)
-        got, exact = t[-1].numpy(), a @ w
-        want = a8 @ w if M == 1 else exact
-        out[f"M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
-        out[f"M={M} tile {tile} vs fp32"] = float(np.abs(got - exact).max() / np.abs(exact).max())
+w, codes = graph.dequantize_int4(packed, scale).numpy(), graph.int4_codes(packed).numpy()
+for how in ["neon"] + (["vnni"] if out["host"] == "vnni" else []):
+    for tile in ((4, 32), (4, 16)):
+        f = dot.gemm4_dot(K, N, tile, how).with_attr("global_symbol", "main")
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
+        for M in (1, 5):
+            a = rng.standard_normal((M, K)).astype(np.float32)
+            a[:, :32] *= 20  # blocks of very different ranges: one activation scale a block
+            blocks = a.reshape(M, -1, 32)
+            sa = np.abs(blocks).max(2, keepdims=True) / 127
+            a8 = (np.round(blocks / sa) * sa).reshape(M, K)  # what the decode step multiplies
+            c = np.zeros((M, N), np.float32)
+            t = [tvm.runtime.tensor(x) for x in (a, dot.pack(codes, how), scale.numpy(), c)]
+            lib["main"](*t)
+            got, exact = t[-1].numpy(), a @ w
+            want = a8 @ w if M == 1 else exact
+            out[f"{how} M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
+            out[f"{how} M={M} tile {tile} vs fp32"] = float(np.abs(got - exact).max() / np.abs(exact).max())
+arm = Target("raspberry-pi/4b-aarch64")
+out["rpi4"] = dot.kind(arm, (4, 16))
+f = dot.gemm4_dot(K, N, (4, 16), "neon").with_attr("global_symbol", "main")
+asm = tvm.compile(tvm.IRModule({"main": f}), target=arm).mod.inspect_source("s")
+out["asm"] = sorted({op for op in ("smull", "smull2", "smlal", "smlal2", "addv") if f"\t{op}\t" in asm})
 print(json.dumps(out))
 """
 
 
-def test_int4_dot_kernel_matches_numpy_where_the_cpu_has_vnni(tvm_python):
+def test_int4_dot_kernels_match_numpy_and_neon_is_integer_on_aarch64(tvm_python):
     """dot.gemm4_dot: the decode GEMV equals the sums of int8 activations (blocks of 32) times the
-    int4 weights, the prefill the fp32 product; where dot.available is false, the CPU has no VNNI."""
+    int4 weights, the prefill the fp32 product, for "neon" (here as portable TIR) and, where this CPU
+    has AVX-512 VNNI, "vnni"; the rpi4 target gets "neon", whose aarch64 code multiplies with smull /
+    smlal and adds across with addv (llama.cpp's q4_0 x q8_0 without sdot)."""
     r = subprocess.run([str(tvm_python), "-c", DOT], capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
     errs = json.loads(r.stdout.strip().splitlines()[-1])
-    if not errs.pop("available"):
-        flags = Path("/proc/cpuinfo").read_text()
-        assert " avx512_vnni" not in flags, "the CPU has AVX-512 VNNI but dot.available said no"
-        return
+    host, rpi4, asm = errs.pop("host"), errs.pop("rpi4"), errs.pop("asm")
+    vnni_cpu = " avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    assert host == ("vnni" if vnni_cpu else None) and rpi4 == "neon"
+    assert asm == ["addv", "smlal", "smlal2", "smull", "smull2"], asm
     exact = {k: v for k, v in errs.items() if not k.endswith("vs fp32")}
-    assert len(exact) == 4 and max(exact.values()) < 1e-5, errs  # the same sums up to fp32 rounding
-    assert 1e-4 < errs["M=1 tile (4, 32) vs fp32"] < 2e-2, errs  # decode: int8 activations, not fp32
+    assert len(exact) == 4 * (1 + vnni_cpu) and max(exact.values()) < 1e-5, errs  # the same sums
+    for how in ["neon"] + ["vnni"] * vnni_cpu:
+        assert 1e-4 < errs[f"{how} M=1 tile (4, 32) vs fp32"] < 2e-2, errs  # decode: int8 activations
 
 
 # Run in the TVM venv: the tiny checkpoint compiled twice, without FuseOps, packed weights and with

@@ -65,17 +65,27 @@ def relax_module(checkpoint: str, precision: str, weights: str | None = None):
     return mod, nbytes, graph.CACHE_LAYOUT | {"n_layer": model.cfg.n_layer}
 
 
+def int4_kernels(target, tile) -> tuple[str | None, str | None]:
+    """dot.py's kernel for the target, and for this machine's parity library of it: the target's own
+    where this CPU runs it, else "neon"'s portable TIR (the same integer sums as "vnni": plain
+    integer arithmetic LLVM compiles anywhere), so the gate scores the device's arithmetic."""
+    from litelm_edge.backends.tvm.dot import kind
+    dot = kind(target, tile)
+    return dot, (dot if dot is None or kind(host_target(), tile) == dot else "neon")
+
+
 def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False,
                kept: list | None = None, gemv: int | None = None, fuse: bool = True,
-               pack: bool = True) -> float:
+               pack: bool = True, dot: str | None = None) -> float:
     """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`.
     kept: filled with the [K, N] of the matrices an int4 build made int8 (the layout cannot hold them).
-    gemv, fuse: schedule.pipeline's."""
+    gemv, fuse, dot: schedule.pipeline's."""
     import tvm
     from tvm.support import cc as tvm_cc
     from litelm_edge.backends.tvm import schedule as tvm_schedule
     t0 = time.time()
-    pipeline = tvm_schedule.pipeline(target, tile, int4, kept, gemv, fuse, pack) if schedule else "default"
+    pipeline = (tvm_schedule.pipeline(target, tile, int4, kept, gemv, fuse, pack, dot) if schedule
+                else "default")
     with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
         ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     ex.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc or "g++", options=["-s"]))  # stripped
@@ -98,9 +108,11 @@ def main(spec_path: str) -> int:
     report["target"] = str(target)
     int4 = spec["precision"] in INT4
     kept: list = []
+    dot, host_dot = int4_kernels(target, tile)
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile,
-                                           spec.get("schedule", True), int4, kept, gemv), 2)
+                                           spec.get("schedule", True), int4, kept, gemv, dot=dot), 2)
     if int4:
+        report["int4_kernel"] = dot or "gemm4"  # dot.py's integer dot products, or fp32 widening
         report["int4_as_int8"] = kept  # [K, N] of matrices the int4 layout cannot hold: int8 per channel
         for K, N in kept:  # the size check below: those are int8 bytes and N scales, not nibbles
             nbytes["uint8"] -= K * N // 2
@@ -113,7 +125,7 @@ def main(spec_path: str) -> int:
         host = Path(spec["host_dir"])
         host.mkdir(parents=True, exist_ok=True)
         report["host_target"] = str(host_target())
-        t = compile_to(mod, host_target(), host / "model.so", None, tile, True, int4, gemv=gemv)
+        t = compile_to(mod, host_target(), host / "model.so", None, tile, True, int4, gemv=gemv, dot=host_dot)
         report["host_compile_s"] = round(t, 2)
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0

@@ -123,9 +123,9 @@ class ScheduleMatmul:
 @relax.expr_functor.mutator
 class _Int4Rewriter(relax.PyExprMutator):
     """matmul(x, W) with W a constant (K, N) fp32 -> call_tir(gemm4, x, Wp, S): W quantised and packed
-    (graph.pack_int4) here; with dot, dot.gemm4_dot on dot.pack's layout of the same codes."""
+    (graph.pack_int4) here; with dot ("vnni" / "neon"), dot.gemm4_dot on dot.pack's layout of the codes."""
 
-    def __init__(self, mod: tvm.IRModule, tile, kept: list, dot: bool):
+    def __init__(self, mod: tvm.IRModule, tile, kept: list, dot: str | None):
         super().__init__(mod)
         self.mod, self.tile, self.kernels, self.kept, self.dot = mod, tile, {}, kept, dot
 
@@ -146,11 +146,11 @@ class _Int4Rewriter(relax.PyExprMutator):
                                     relax.const(s.numpy()))
             return self.builder_.normalize(relax.op.matmul(call.args[0], deq))
         if (K, N) not in self.kernels:
-            f, name = ((int4_dot.gemm4_dot(K, N, self.tile), f"gemm_int4dot_{K}x{N}") if self.dot
-                       else (tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}"))
+            f, name = ((int4_dot.gemm4_dot(K, N, self.tile, self.dot), f"gemm_int4{self.dot}_{K}x{N}")
+                       if self.dot else (tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}"))
             self.kernels[K, N] = self.builder_.add_func(f, name)
         packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
-        wp = int4_dot.pack(int4_codes(packed).numpy()) if self.dot else pack_int4(packed).numpy()
+        wp = int4_dot.pack(int4_codes(packed).numpy(), self.dot) if self.dot else pack_int4(packed).numpy()
         return relax.call_tir(self.kernels[K, N], [call.args[0], relax.const(wp), relax.const(scale.numpy())],
                               call.ty)
 
@@ -164,9 +164,9 @@ class Int4Matmuls:
     graph keeps only the head int8 and nothing else fp32: graph.prepare). A matrix whose shape
     the int4 layout cannot hold (K % 32, N % 64) gets the int8 build's per-channel weights and is
     listed in `kept` (convert.json and the manifest say so); every published model's fits.
-    dot: dot.gemm4_dot instead (integer dot products; dot.available says where)."""
+    dot: "vnni" / "neon": dot.gemm4_dot instead (integer dot products; dot.kind says where)."""
 
-    def __init__(self, tile=DEFAULT_TILE, kept: list | None = None, dot: bool = False):
+    def __init__(self, tile=DEFAULT_TILE, kept: list | None = None, dot: str | None = None):
         self.tile, self.kept, self.dot = tuple(tile), kept if kept is not None else [], dot
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -326,11 +326,12 @@ class ArangeOpaque:
 
 
 def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None,
-             gemv: int = tvm_gemm.NJ1, fuse: bool = True, pack: bool = True):
+             gemv: int = tvm_gemm.NJ1, fuse: bool = True, pack: bool = True, dot: str | None = None):
     """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse the elementwise ops,
     fuse TIR, schedule, lower. kept: filled with the [K, N] of matrices an int4 build made int8 (the
     layout cannot hold them). gemv: decode GEMV columns a task. fuse=False: no FuseOps (one kernel
-    an op outside the matmul groups, as before it ran; tests compare the two)."""
+    an op outside the matmul groups, as before it ran; tests compare the two). dot: the int4 kernel of
+    dot.py ("vnni", "neon"; convert.int4_kernels chooses), None: gemm.gemm4."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0)
@@ -338,7 +339,7 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
         with target:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
-                + ([Int4Matmuls(tile, kept, int4_dot.available(target, tile))] if int4 else [])
+                + ([Int4Matmuls(tile, kept, dot)] if int4 else [])
                 + ([PackWeights(tile, gemv), AppendKernels(), relax.transform.DeadCodeElimination()]
                    if pack else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
