@@ -192,5 +192,5 @@ def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
             for jo in T.parallel(N // nj):
                 wd = T.decl_buffer((K, nj), "float32", scope="global")  # the task's slab, dequantized
                 slab(W, S, wd, jo, nj, K)
-                tile_(A, C, wd, M, jo)
+                tile_(A, wd, S, C, M, jo)
     return main

@@ -25,7 +25,7 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
     """The PrimFunc (A, W, C) or, int8, (A, Wq, S, C); N must divide by NJ and NJ1. `order`: see
     _ordered. packed: W is (N / NJ1, K, NJ1) (schedule.PackWeights), so a decode task streams its
     columns' K x NJ1 block contiguously; NJ must divide NJ1."""
-    (mt, nj), g = tile, nj1
+    nj, g = tile[1], nj1
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)  # the shapes' dtype in Relax
     wdtype = "int8" if int8 else "float32"
     wshape = (N // g, K, g) if packed else (K, N)
@@ -35,6 +35,7 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
         return T.Cast("float32", w) if int8 else w
 
     scale = (lambda S, j: S[j]) if int8 else (lambda S, j: T.float32(1))
+    tile_ = tile_loops(K, tile, lambda W, S, k, jo, ji: _b(W, S, k, jo * nj, ji, int8), scale)
 
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
@@ -56,28 +57,7 @@ def gemm(K: int, N: int, int8: bool, tile=TILE, nj1: int = NJ1, order=None,
                     C[0, jo * nj1 + ji] = acc[ji] * scale(S, jo * nj1 + ji)
         else:
             for jo in T.parallel(N // nj):
-                for io in range(M // mt):  # full MT-row tiles
-                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
-                    for ii in T.unroll(mt):
-                        for ji in T.vectorized(nj):
-                            acc[ii, ji] = T.float32(0)
-                    for k in range(K):
-                        for ii in T.unroll(mt):
-                            for ji in T.vectorized(nj):
-                                a = A[io * mt + ii, k]
-                                acc[ii, ji] = acc[ii, ji] + a * _b(W, S, k, jo * nj, ji, int8)
-                    for ii in T.unroll(mt):
-                        for ji in T.vectorized(nj):
-                            C[io * mt + ii, jo * nj + ji] = acc[ii, ji] * scale(S, jo * nj + ji)
-                for i in range(M // mt * mt, M):  # the last M % MT rows, one at a time
-                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
-                    for ji in T.vectorized(nj):
-                        acc1[ji] = T.float32(0)
-                    for k in range(K):
-                        for ji in T.vectorized(nj):
-                            acc1[ji] = acc1[ji] + A[i, k] * _b(W, S, k, jo * nj, ji, int8)
-                    for ji in T.vectorized(nj):
-                        C[i, jo * nj + ji] = acc1[ji] * scale(S, jo * nj + ji)
+                tile_(A, W, S, C, M, jo)
 
     return _ordered(main, int8, order)
 
@@ -131,14 +111,15 @@ def _int4_tile(tile) -> tuple[int, int]:
     return mt, nj
 
 
-def slab_tile(K, tile):
-    """The prefill of an int4 kernel, a macro: C[:, jo NJ:(jo + 1) NJ] = A @ wd, wd the task's
-    dequantized K x NJ slab (fp32), in MT-row register tiles and a tail of single rows."""
+def tile_loops(K, tile, read, scale):
+    """A macro, the prefill of task jo: C[i, jo NJ + ji] = scale(S, jo NJ + ji) x the sum over k of
+    A[i, k] read(W, S, k, jo, ji), in MT-row register tiles (no row test inside the k loop) and a
+    tail of the last M % MT rows one at a time."""
     mt, nj = tile
 
     @T.macro
-    def body(A, C, wd, M, jo):
-        for io in range(M // mt):
+    def body(A, W, S, C, M, jo):
+        for io in range(M // mt):  # full MT-row tiles
             acc = T.decl_buffer((mt, nj), "float32", scope="local")
             for ii in T.unroll(mt):
                 for ji in T.vectorized(nj):
@@ -146,21 +127,28 @@ def slab_tile(K, tile):
             for k in range(K):
                 for ii in T.unroll(mt):
                     for ji in T.vectorized(nj):
-                        acc[ii, ji] = acc[ii, ji] + A[io * mt + ii, k] * wd[k, ji]
+                        a = A[io * mt + ii, k]
+                        acc[ii, ji] = acc[ii, ji] + a * read(W, S, k, jo, ji)
             for ii in T.unroll(mt):
                 for ji in T.vectorized(nj):
-                    C[io * mt + ii, jo * nj + ji] = acc[ii, ji]
+                    C[io * mt + ii, jo * nj + ji] = acc[ii, ji] * scale(S, jo * nj + ji)
         for i in range(M // mt * mt, M):
             acc1 = T.decl_buffer((nj,), "float32", scope="local")
             for ji in T.vectorized(nj):
                 acc1[ji] = T.float32(0)
             for k in range(K):
                 for ji in T.vectorized(nj):
-                    acc1[ji] = acc1[ji] + A[i, k] * wd[k, ji]
+                    acc1[ji] = acc1[ji] + A[i, k] * read(W, S, k, jo, ji)
             for ji in T.vectorized(nj):
-                C[i, jo * nj + ji] = acc1[ji]
+                C[i, jo * nj + ji] = acc1[ji] * scale(S, jo * nj + ji)
 
     return body
+
+
+def slab_tile(K, tile):
+    """tile_loops over a task's dequantized K x NJ slab wd (fp32, scales applied): the int4 prefills'.
+    Called as tile(A, wd, S, C, M, jo)."""
+    return tile_loops(K, tile, lambda wd, S, k, jo, ji: wd[k, ji], lambda S, j: T.float32(1))
 
 
 # gemm4: int4-b32 weights (graph.quantize_int4, then graph.pack_int4), the PrimFunc (A (M, K), Wp
@@ -207,7 +195,7 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                 for k in range(K):
                     for ji in T.vectorized(nj):
                         wd[k, ji] = _slab(W, S, jo * nj, k, ji)
-                slab_tile_(A, C, wd, M, jo)
+                slab_tile_(A, wd, S, C, M, jo)
     return main
 
 
