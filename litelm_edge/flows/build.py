@@ -40,18 +40,19 @@ def heldout_windows(data_dir: Path | None, n: int = PARITY_WINDOWS, T: int = WIN
     return val_windows(data_dir, EvalConfig(windows=n, window_len=T), max_seq_len=T)
 
 
-def _decoded(rt, ids) -> np.ndarray:
-    """The logits of ids' second half as generation computes them: the first half prefilled, then
-    one decode step a token (a runtime may take another path for one token, e.g. int8 activations)."""
-    h = len(ids) // 2
+def _decoded(rt, ids, h: int) -> np.ndarray:
+    """The logits of ids[h:] as generation computes them: ids[:h] prefilled, then one decode step
+    a token (a runtime may take another path for one token, e.g. int8 activations)."""
     rt.prefill(ids[:h])
     return np.stack([rt.decode(int(t)) for t in ids[h:]])
 
 
 def _summary(per_token: list, errs: list) -> dict:
+    """The gate's figures of one pass (prefill or decode) over every window."""
     s = divergence_summary(per_token)
     return {"max_abs_err": max(errs), "top1_agreement": s["top1_agreement"], "ppl_ratio": s["ppl_ratio"],
-            "ppl_ratio_se": s["ppl_ratio_se"], "mean_kl": s["mean_kl"]}
+            "ppl_ratio_se": s["ppl_ratio_se"], "mean_kl": s["mean_kl"], "ppl_torch": s["ppl_ref"],
+            "ppl_artifact": s["ppl"]}
 
 
 def parity(model, rt, heldout: list, precision: Precision) -> dict:
@@ -66,18 +67,15 @@ def parity(model, rt, heldout: list, precision: Precision) -> dict:
         ref, got = torch_logits(model, ids), rt.prefill(ids)
         errs.append(float(np.abs(ref - got).max()))
         per_token.append(token_divergence(ref, got, targets))
-        h, dec = len(ids) // 2, _decoded(rt, ids)
+        h = len(ids) // 2
+        dec = _decoded(rt, ids, h)
         dec_errs.append(float(np.abs(ref[h:] - dec).max()))
         dec_token.append(token_divergence(ref[h:], dec, targets[h:]))
-    s = divergence_summary(per_token)
-    p = {"windows": len(heldout), "window_len": int(len(heldout[0]) - 1), "max_abs_err": max(errs),
-         "top1_agreement": s["top1_agreement"], "ppl_ratio": s["ppl_ratio"],
-         "ppl_ratio_se": s["ppl_ratio_se"], "mean_kl": s["mean_kl"], "ppl_torch": s["ppl_ref"],
-         "ppl_artifact": s["ppl"],
-         "decode": _summary(dec_token, dec_errs),
-         "how": "measured on this build host: the artifact's runtime vs torch fp32 on held-out windows "
-                "(llama-perplexity --kl-divergence definitions, every token scored); decode: each "
-                "window's second half decoded a token a step after its first half prefilled"}
+    p = ({"windows": len(heldout), "window_len": int(len(heldout[0]) - 1)} | _summary(per_token, errs)
+         | {"decode": _summary(dec_token, dec_errs),
+            "how": "measured on this build host: the artifact's runtime vs torch fp32 on held-out windows "
+                   "(llama-perplexity --kl-divergence definitions, every token scored); decode: each "
+                   "window's second half decoded a token a step after its first half prefilled"})
     p["ok"], p["rule"] = precision.passes(p) and precision.passes(p["decode"]), precision.rule
     return p
 
