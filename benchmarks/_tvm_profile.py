@@ -1,6 +1,6 @@
-"""Where a decode step of a TVM library goes, by kernel: run in the TVM venv.
+"""Where a decode step (or, --prefill, a prefill) of a TVM library goes, by kernel: run in the TVM venv.
 
-    python benchmarks/_tvm_profile.py LIB_DIR [LIB_DIR ...] [--steps 20] [--context 64]
+    python benchmarks/_tvm_profile.py LIB_DIR [LIB_DIR ...] [--steps 20] [--context 64] [--prefill]
     (PYTHONPATH = the repository; benchmarks/rpi4_vs_llamacpp.py --work DIR keeps the libraries)
 
 TVM 0.27's Relax VM has no profiler object any more; its instrument hook (`set_instrument`) is
@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 
-def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
+def profile(lib_dir: Path, steps: int, context: int, prefill: bool = False) -> tuple[float, float, dict]:
+    """(the untimed call's ms, the hook's ms a call, {kernel: (calls, ms)}) of a decode step after
+    `context` tokens, or of the prefill of `context` tokens."""
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     import tvm
     from tvm.runtime import vm as tvm_vm
@@ -37,13 +39,15 @@ def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
     from litelm_edge.backends.tvm.runtime import empty_caches
     empty = empty_caches(manifest(lib_dir, [c.n_layer, 1, c.n_kv_head, 0, c.head_dim])["tvm"])
     ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, context))
-    _, *kv = f(tvm.runtime.tensor(ids), *map(tvm.runtime.tensor, empty))
-    tok = tvm.runtime.tensor(np.array([[1]], np.int64))
+    args = [tvm.runtime.tensor(ids), *map(tvm.runtime.tensor, empty)]
+    _, *kv = f(*args)
+    if not prefill:  # same context every step: the caches are not replaced
+        args = [tvm.runtime.tensor(np.array([[1]], np.int64)), *kv]
     for _ in range(3):
-        f(tok, *kv)  # same context every step: the caches are not replaced
+        f(*args)
     t0 = time.perf_counter()
     for _ in range(steps):
-        f(tok, *kv)
+        f(*args)
     plain = (time.perf_counter() - t0) / steps * 1e3
     acc, start = {}, {}
 
@@ -57,7 +61,7 @@ def profile(lib_dir: Path, steps: int, context: int) -> tuple[float, dict]:
         return 0  # VMInstrumentReturnKind.kNoOp
     vm.set_instrument(hook)
     for _ in range(steps):
-        f(tok, *kv)
+        f(*args)
     h = min(s / cnt for cnt, s in acc.values()) * 1e3  # ms: the cheapest call's mean, ~all hook
     return plain, h, {n: (cnt / steps, max(0.0, s / steps * 1e3 - h * cnt / steps))
                       for n, (cnt, s) in acc.items()}
@@ -69,19 +73,21 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--prefill", action="store_true", help="profile the prefill of --context tokens")
     a = ap.parse_args()
+    what = f"prefill of {a.context}" if a.prefill else "decode step"
     for lib in a.libs:
-        plain, h, rows = profile(lib, a.steps, a.context)
+        plain, h, rows = profile(lib, a.steps, a.context, a.prefill)
         builtins = sum(c for n, (c, _) in rows.items() if n.startswith("vm.builtin"))
         rows = {n: r for n, r in rows.items() if not n.startswith("vm.builtin")}  # the kernels
         matmul = sum(ms for n, (_, ms) in rows.items() if "matmul" in n or "gemm" in n)
         rows["(VM builtins, dispatch, thread-pool launches: the untimed step less the kernels)"] = (
             builtins, max(0.0, plain - sum(ms for _, ms in rows.values())))
-        print(f"\n{lib.name}: decode step {plain:.3f} ms untimed; hook {1e3 * h:.2f} us a call subtracted; "
+        print(f"\n{lib.name}: {what} {plain:.3f} ms untimed; hook {1e3 * h:.2f} us a call subtracted; "
               f"{sum(c for c, _ in rows.values()) - builtins:.0f} kernel calls, "
               f"{builtins:.0f} VM builtin calls; "
-              f"matmuls {100 * matmul / plain:.0f}% of the step")
-        print("| kernel | calls a step | ms a step | share of the untimed step |\n|---|---|---|---|")
+              f"matmuls {100 * matmul / plain:.0f}% of it")
+        print("| kernel | calls | ms | share of the untimed call |\n|---|---|---|---|")
         for n, (cnt, ms) in sorted(rows.items(), key=lambda x: -x[1][1])[:a.top]:
             print(f"| {n} | {cnt:.0f} | {ms:.3f} | {100 * ms / plain:.1f}% |")
 

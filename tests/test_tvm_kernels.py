@@ -198,12 +198,12 @@ for how in ["neon"] + (["vnni"] if out["host"] == "vnni" else []):
             a[:, :32] *= 20  # blocks of very different ranges: one activation scale a block
             blocks = a.reshape(M, -1, 32)
             sa = np.abs(blocks).max(2, keepdims=True) / 127
-            a8 = (np.round(blocks / sa) * sa).reshape(M, K)  # what the decode step multiplies
+            a8 = (np.round(blocks / sa) * sa).reshape(M, K)  # what the integer sums multiply
             c = np.zeros((M, N), np.float32)
             t = [tvm.runtime.tensor(x) for x in (a, dot.pack(codes, how), scale.numpy(), c)]
             lib["main"](*t)
             got, exact = t[-1].numpy(), a @ w
-            want = a8 @ w if M == 1 else exact
+            want = a8 @ w if M == 1 or how == "vnni" else exact  # neon's prefill: fp32 activations
             out[f"{how} M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
             out[f"{how} M={M} tile {tile} vs fp32"] = float(np.abs(got - exact).max() / np.abs(exact).max())
 arm = Target("raspberry-pi/4b-aarch64")
@@ -217,8 +217,9 @@ print(json.dumps(out))
 
 def test_int4_dot_kernels_match_numpy_and_neon_is_integer_on_aarch64(tvm_python):
     """dot.gemm4_dot: the decode GEMV equals the sums of int8 activations (blocks of 32) times the
-    int4 weights, the prefill the fp32 product, for "neon" (here as portable TIR) and, where this CPU
-    has AVX-512 VNNI, "vnni"; the rpi4 target gets "neon", whose aarch64 code multiplies with smull /
+    int4 weights, for "neon" (here as portable TIR) and, where this CPU has AVX-512 VNNI, "vnni"; so
+    does vnni's prefill (M = 5: a tile of 3 rows and 2 single rows), neon's the fp32 product; the
+    rpi4 target gets "neon", whose aarch64 code multiplies with smull /
     smlal and adds across with addv (llama.cpp's q4_0 x q8_0 without sdot)."""
     r = subprocess.run([str(tvm_python), "-c", DOT], capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
@@ -229,8 +230,8 @@ def test_int4_dot_kernels_match_numpy_and_neon_is_integer_on_aarch64(tvm_python)
     assert asm == ["addv", "smlal", "smlal2", "smull", "smull2"], asm
     exact = {k: v for k, v in errs.items() if not k.endswith("vs fp32")}
     assert len(exact) == 4 * (1 + vnni_cpu) and max(exact.values()) < 1e-5, errs  # the same sums
-    for how in ["neon"] + ["vnni"] * vnni_cpu:
-        assert 1e-4 < errs[f"{how} M=1 tile (4, 32) vs fp32"] < 2e-2, errs  # decode: int8 activations
+    for key in ["neon M=1"] + ["vnni M=1", "vnni M=5"] * vnni_cpu:  # int8 activations
+        assert 1e-4 < errs[f"{key} tile (4, 32) vs fp32"] < 2e-2, errs
 
 
 # Run in the TVM venv: the tiny checkpoint compiled twice, without FuseOps, packed weights and with
@@ -274,19 +275,21 @@ print(json.dumps(res))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4-b32"])
-def test_fuseops_fuses_elementwise_ops_and_keeps_outputs_bit_identical(tvm_python, tiny_run, precision,
-                                                                         tmp_path):
-    """FuseOps (with ArangeOpaque), packed weights and the wider GEMV change no bit of the logits;
-    the decode step calls fewer kernels, norms among them fused into one PrimFunc, and the weight
-    matmuls are the packed GEMVs, the tied head's too (its embedding gathers from the packed copy),
-    and each layer's cache appends are cache.py's copies."""
+def test_fuseops_fuses_elementwise_ops_and_keeps_the_logits(tvm_python, tiny_run, precision, tmp_path):
+    """FuseOps (with ArangeOpaque), packed weights and the wider GEMV change the logits by rounding
+    only (a fused kernel's ops inlined into one expression may contract into FMAs, elementwise.py;
+    the matmuls are the same sums in the same order); the decode step calls fewer kernels, norms
+    among them fused into one PrimFunc, and the weight matmuls are the packed GEMVs, the tied head's
+    too (its embedding gathers from the packed copy), and each layer's cache appends are cache.py's
+    copies."""
     r = subprocess.run([str(tvm_python), "-c", FUSE, str(tiny_run), precision, str(tmp_path)],
                        capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
     calls = json.loads(r.stdout.strip().splitlines()[-1])
     before, after = (np.load(tmp_path / f"{n}.npz") for n in ("unfused", "fused"))
     for key in before.files:
-        assert np.array_equal(before[key], after[key]), key
+        err = np.abs(before[key] - after[key]).max() / np.abs(before[key]).max()
+        assert err < 1e-5, (key, err)
     n = {k: sum(v.values()) for k, v in calls.items()}
     assert n["fused"] < 0.7 * n["unfused"], n
     fused = [k for k in calls["fused"] if k.startswith("fused_") and "matmul" not in k]

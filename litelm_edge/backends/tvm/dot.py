@@ -1,4 +1,4 @@
-"""int4 GEMV with integer dot products (llama.cpp's q4_0 x q8_0): AVX-512 VNNI on x86, NEON on aarch64.
+"""int4 GEMV and GEMM on integer dot products (llama.cpp's q4_0 x q8_0): AVX-512 VNNI on x86, NEON on arm.
 
 gemm.gemm4 widens every weight to fp32 and multiplies it by an fp32 activation: on a core with a
 wide memory path that is compute-bound (26M shape, alone, AMD EPYC Zen 5: 1.6x the int8 GEMV's time
@@ -19,8 +19,10 @@ integer dot product. Two kernels, one a target (`kind`), the same sums:
   LLVM picks those instructions from plain TIR (sign-extend, multiply, reduce): checked in its
   aarch64 assembly; 22 instructions a 32 weights where gemm4's fp32 widening takes 48.
 
-Prefill (M > 1) dequantizes each task's K x NJ slab from the same bytes, then runs gemm4's tile
-(gemm.slab_tile) on fp32 activations. Any other target keeps gemm.gemm4. Runs in the TVM venv.
+Prefill (M > 1): "vnni" quantizes every row as decode does and runs the same integer sums in a
+register tile of PREFILL rows (the fp32 slab it replaced took 2.1-2.5x its time, 26M shapes, M = 64); "neon"
+dequantizes each task's K x NJ slab from its bytes and runs gemm4's tile (gemm.slab_tile) on fp32
+activations. Any other target keeps gemm.gemm4. Runs in the TVM venv.
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ from litelm_edge.backends.tvm.gemm import slab_tile
 
 B = 32  # activation and weight block along K
 L = 16  # 32-bit lanes of a 512-bit vector; bytes of a 128-bit one
+PREFILL = (3, 2)  # vnni prefill: rows x 32-column halves a register tile; 12 int32 sums and 12 fp32
+                  # accumulators of AVX-512's 32 registers (AMD EPYC Zen 5, 26M shapes, M = 64, alone:
+                  # within 5 % of 1 x 4, 1 x 6, 1 x 8 and 2 x 2)
 
 
 def kind(target, tile) -> str | None:
@@ -59,40 +64,67 @@ def pack(codes: np.ndarray, how: str) -> np.ndarray:
 
 
 def _quantize_row(K):
-    """A macro: A's first row to int8 aq in blocks of 32 (scale amax / 127, sa); corr 8 x the sum of
-    each block's int8 values (vnni's offset)."""
+    """A macro: A's row i to int8 aq[i] in blocks of 32 (scale amax / 127, sa[i]); corr[i] 8 x the sum
+    of each block's int8 values (vnni's offset)."""
     @T.macro
-    def body(A, aq, sa, corr):
+    def body(A, aq, sa, corr, i):
         for kb in range(K // B):
             amax = T.decl_buffer((1,), "float32", scope="local")
             amax[0] = T.float32(0)
-            for i in range(B):
-                amax[0] = T.max(amax[0], T.fabs(A[0, kb * B + i]))
-            sa[kb] = amax[0] / T.float32(127)
+            for k in range(B):
+                amax[0] = T.max(amax[0], T.fabs(A[i, kb * B + k]))
+            sa[i, kb] = amax[0] / T.float32(127)
             inv = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
             tot = T.decl_buffer((1,), "int32", scope="local")
             tot[0] = 0
-            for i in range(B):
-                qv = T.Cast("int32", T.round(A[0, kb * B + i] * inv))
+            for k in range(B):
+                qv = T.Cast("int32", T.round(A[i, kb * B + k] * inv))
                 tot[0] = tot[0] + qv
-                aq[kb * B + i] = T.Cast("int8", qv)
-            corr[kb] = tot[0] * 8
+                aq[i, kb * B + k] = T.Cast("int8", qv)
+            corr[i, kb] = tot[0] * 8
 
     return body
 
 
-@T.macro
-def _vnni(W, g, kb, aq, dot):
-    """dot (64 columns of group g, int32) += block kb's 32 rows, 4 a vpdpbusd lane."""
-    for q4 in range(B // 4):
-        for z in T.unroll(2):
-            v = T.reinterpret("int32x16", W[g, kb * (B // 4) + q4, T.ramp(z * 4 * L, 1, 4 * L)])
-            x = T.broadcast(T.reinterpret("int32", aq[T.ramp((kb * (B // 4) + q4) * 4, 1, 4)]), L)
-            for hi in T.unroll(2):
-                at = T.ramp(z * 32 + hi * L, 1, L)
-                nib = T.bitwise_and(T.shift_right(v, T.broadcast(hi * 4, L)), T.broadcast(0x0F0F0F0F, L))
-                dot[at] = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[at],
-                                                  T.reinterpret("int8x64", nib), T.reinterpret("int8x64", x))
+def _vnni_rows(K, mt, nz):
+    """A macro: C rows i0 .. i0 + mt - 1, the 32 nz columns of task t (nz halves of 32 from half h = nz t:
+    group h // 2, its half h % 2), from the int8 rows aq; each 4 rows of a block one vpdpbusd lane."""
+    KB, w = K // B, 2 * L * nz
+
+    @T.macro
+    def body(W, S, C, aq, sa, corr, t, i0):
+        acc = T.decl_buffer((mt, w), "float32", scope="local")
+        for ii in T.unroll(mt):
+            for ji in T.vectorized(w):
+                acc[ii, ji] = T.float32(0)
+        for kb in range(KB):
+            dot = T.decl_buffer((mt, w), "int32", scope="local")  # per half: columns 0-15 | 16-31
+            for ii in T.unroll(mt):
+                for ji in T.vectorized(w):
+                    dot[ii, ji] = 0
+            for q4 in range(B // 4):
+                for z in T.unroll(nz):
+                    for hi in T.unroll(2):
+                        for ii in T.unroll(mt):
+                            v = T.reinterpret("int32x16", W[(t * nz + z) // 2, kb * (B // 4) + q4,
+                                                            T.ramp((t * nz + z) % 2 * 4 * L, 1, 4 * L)])
+                            nib = T.bitwise_and(T.shift_right(v, T.broadcast(hi * 4, L)),
+                                                T.broadcast(0x0F0F0F0F, L))
+                            x = T.broadcast(T.reinterpret(
+                                "int32", aq[i0 + ii, T.ramp((kb * (B // 4) + q4) * 4, 1, 4)]), L)
+                            at = T.ramp(z * 2 * L + hi * L, 1, L)
+                            dot[ii, at] = T.call_llvm_pure_intrin(
+                                "int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[ii, at],
+                                T.reinterpret("int8x64", nib), T.reinterpret("int8x64", x))
+            for ii in T.unroll(mt):
+                for ji in T.vectorized(w):  # no Let in a vector loop: TVM 0.27 miscompiles it
+                    acc[ii, ji] = acc[ii, ji] + (T.Cast("float32", dot[ii, ji] - corr[i0 + ii, kb])
+                                                 * (sa[i0 + ii, kb] * S[kb, t * w + ji]))
+        for ii in T.unroll(mt):
+            for ji in T.vectorized(w):
+                C[i0 + ii, t * w + ji] = acc[ii, ji]
+
+    return body
 
 
 def _neon_block(W, col, kb, aq):
@@ -100,17 +132,9 @@ def _neon_block(W, col, kb, aq):
     v = W[col, kb, T.ramp(0, 1, L)]
     four = T.broadcast(T.int8(4), L)
     lo, hi = T.shift_right(T.shift_left(v, four), four), T.shift_right(v, four)  # sign-extended nibbles
-    p = (T.Cast("int16x16", lo) * T.Cast("int16x16", aq[T.ramp(kb * B, 1, L)])
-         + T.Cast("int16x16", hi) * T.Cast("int16x16", aq[T.ramp(kb * B + L, 1, L)]))
+    p = (T.Cast("int16x16", lo) * T.Cast("int16x16", aq[0, T.ramp(kb * B, 1, L)])
+         + T.Cast("int16x16", hi) * T.Cast("int16x16", aq[0, T.ramp(kb * B + L, 1, L)]))
     return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", T.Cast("int32x16", p))
-
-
-def _vnni_codes(W, j0, k, h):
-    """vnni: the codes - 8 of row k, columns j0 + 16 h + 0..15 (j0 a multiple of 16), float32x16."""
-    lanes = T.reinterpret("int32x16", W[j0 // 64, k // 4, T.ramp(j0 % 64 // 32 * 4 * L, 1, 4 * L)])
-    shift = T.Cast("int32", k % 4 * 8 + (j0 % 32 // L + h) * 4)
-    code = T.bitwise_and(T.shift_right(lanes, T.broadcast(shift, L)), T.broadcast(15, L))
-    return T.Cast("float32x16", code) - T.broadcast(T.float32(8), L)
 
 
 def _neon_code(W, col, k):
@@ -119,42 +143,68 @@ def _neon_code(W, col, k):
     return T.Cast("float32", T.shift_right(T.shift_left(W[col, k // B, k % L], left), T.int8(4)))
 
 
-@T.macro
-def _decode_vnni(W, S, C, aq, sa, corr, G, KB):
-    for g in T.parallel(G):
-        acc = T.decl_buffer((64,), "float32", scope="local")
-        for ji in T.vectorized(64):
-            acc[ji] = T.float32(0)
-        for kb in range(KB):
-            dot = T.decl_buffer((64,), "int32", scope="local")  # columns 0-15, 16-31 | 32-47, 48-63
-            for ji in T.vectorized(64):
-                dot[ji] = 0
-            _vnni(W, g, kb, aq, dot)
-            for ji in T.vectorized(64):
-                acc[ji] = acc[ji] + (T.Cast("float32", dot[ji] - corr[kb])  # no Let in a vector loop:
-                                     * (sa[kb] * S[kb, g * 64 + ji]))  # TVM 0.27 miscompiles it
-        for ji in T.vectorized(64):
-            C[0, g * 64 + ji] = acc[ji]
+def _decode_neon(K, N):
+    """A macro: C's one row from the int8 row aq, a task 64 columns, one block sum a column and block."""
+    @T.macro
+    def body(W, S, C, aq, sa, corr):
+        for g in T.parallel(N // 64):
+            for j in range(64):
+                acc = T.decl_buffer((1,), "float32", scope="local")
+                acc[0] = T.float32(0)
+                for kb in range(K // B):
+                    acc[0] = acc[0] + (T.Cast("float32", _neon_block(W, g * 64 + j, kb, aq))
+                                       * (sa[0, kb] * S[kb, g * 64 + j]))
+                C[0, g * 64 + j] = acc[0]
+
+    return body
 
 
-@T.macro
-def _decode_neon(W, S, C, aq, sa, corr, G, KB):
-    for g in T.parallel(G):
-        for j in range(64):
-            acc = T.decl_buffer((1,), "float32", scope="local")
-            acc[0] = T.float32(0)
-            for kb in range(KB):
-                acc[0] = acc[0] + (T.Cast("float32", _neon_block(W, g * 64 + j, kb, aq))
-                                   * (sa[kb] * S[kb, g * 64 + j]))
-            C[0, g * 64 + j] = acc[0]
+def _decode_vnni(K, N):
+    """A macro: C's one row from the int8 row aq, a task 64 columns (_vnni_rows of one row)."""
+    row = _vnni_rows(K, 1, 2)
+
+    @T.macro
+    def body(W, S, C, aq, sa, corr):
+        for t in T.parallel(N // (4 * L)):
+            row(W, S, C, aq, sa, corr, t, 0)
+
+    return body
 
 
-@T.macro
-def _slab_vnni(W, S, wd, jo, nj, K):
-    for k in range(K):  # nj 16 or 32 columns: one or both nibbles of 16 lanes
-        for h in T.unroll(nj // L):
-            wd[k, T.ramp(h * L, 1, L)] = (_vnni_codes(W, jo * nj, k, h)
-                                          * S[k // B, T.ramp(jo * nj + h * L, 1, L)])
+def _prefill_vnni(K, N):
+    """A macro: C (M, N) from A quantized row by row as decode's is, a task 64 columns, in tiles of
+    PREFILL's rows and a tail of single rows: llama.cpp's q4_0 x q8_0 for every row."""
+    (mt, nz), KB = PREFILL, K // B
+    quantize, rows, row = _quantize_row(K), _vnni_rows(K, mt, nz), _vnni_rows(K, 1, nz)
+
+    @T.macro
+    def body(A, W, S, C, M):
+        aq = T.decl_buffer((M, K), "int8", scope="global")
+        sa = T.decl_buffer((M, KB), "float32", scope="global")
+        corr = T.decl_buffer((M, KB), "int32", scope="global")
+        for i in T.parallel(M):
+            quantize(A, aq, sa, corr, i)
+        for t in T.parallel(N // (2 * L * nz)):
+            for io in range(M // mt):
+                rows(W, S, C, aq, sa, corr, t, io * mt)
+            for i in range(M // mt * mt, M):
+                row(W, S, C, aq, sa, corr, t, i)
+
+    return body
+
+
+def _prefill_slab(K, N, tile, slab):
+    """A macro: C (M, N) on fp32 activations, each task's K x NJ slab dequantized once (gemm.slab_tile)."""
+    nj, tile_ = tile[1], slab_tile(K, tile)
+
+    @T.macro
+    def body(A, W, S, C, M):
+        for jo in T.parallel(N // nj):
+            wd = T.decl_buffer((K, nj), "float32", scope="global")  # the task's slab, dequantized
+            slab(W, S, wd, jo, nj, K)
+            tile_(A, wd, S, C, M, jo)
+
+    return body
 
 
 @T.macro
@@ -165,14 +215,16 @@ def _slab_neon(W, S, wd, jo, nj, K):
 
 
 def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
-    """(A (M, K), W (`how`'s layout), S (K/32, N), C (M, N)): gemm.gemm4's signature and sums, decode on
-    int8 activations."""
-    nj = tile[1]
-    tile_, quantize = slab_tile(tirx.IntImm("int64", K), tile), _quantize_row(tirx.IntImm("int64", K))
+    """(A (M, K), W (`how`'s layout), S (K/32, N), C (M, N)): gemm.gemm4's signature and sums on int8
+    activations (vnni: decode and prefill; neon: decode)."""
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
-    KB, G = K // B, N // 64
-    wshape, wdtype = ((G, K // 4, 8 * L), "uint8") if how == "vnni" else ((N, KB, L), "int8")
-    decode, slab = (_decode_vnni, _slab_vnni) if how == "vnni" else (_decode_neon, _slab_neon)
+    KB, quantize = K // B, _quantize_row(K)
+    if how == "vnni":
+        wshape, wdtype, decode, prefill = ((N // 64, K // 4, 8 * L), "uint8", _decode_vnni(K, N),
+                                           _prefill_vnni(K, N))
+    else:
+        wshape, wdtype, decode, prefill = ((N, KB, L), "int8", _decode_neon(K, N),
+                                           _prefill_slab(K, N, tile, _slab_neon))
 
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
@@ -183,14 +235,11 @@ def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
         S = T.match_buffer(s, (KB, N), "float32")
         C = T.match_buffer(c, (M, N), "float32")
         if M == 1:
-            aq = T.decl_buffer((K,), "int8", scope="global")
-            sa = T.decl_buffer((KB,), "float32", scope="global")
-            corr = T.decl_buffer((KB,), "int32", scope="global")
-            quantize(A, aq, sa, corr)
-            decode(W, S, C, aq, sa, corr, G, KB)
+            aq = T.decl_buffer((1, K), "int8", scope="global")
+            sa = T.decl_buffer((1, KB), "float32", scope="global")
+            corr = T.decl_buffer((1, KB), "int32", scope="global")
+            quantize(A, aq, sa, corr, 0)
+            decode(W, S, C, aq, sa, corr)
         else:
-            for jo in T.parallel(N // nj):
-                wd = T.decl_buffer((K, nj), "float32", scope="global")  # the task's slab, dequantized
-                slab(W, S, wd, jo, nj, K)
-                tile_(A, wd, S, C, M, jo)
+            prefill(A, W, S, C, M)
     return main

@@ -8,14 +8,16 @@ on one core (~16x slower than torch). Here:
      its embedding gathers from the packed copy). AppendKernels makes the KV cache appends copies.
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
-  2. LegalizeOps lowers everything to TIR; FuseOps groups the remaining elementwise / injective
+  2. LegalizeOps lowers everything to TIR (sigmoid and softmax on a polynomial exp,
+     fast_exp_legalizations); FuseOps groups the remaining elementwise / injective
      ops (norms, rope, SiLU, residual adds) with ArangeOpaque keeping `arange` out of the groups
      (TVM 0.27's FuseTIR fails on it, see ArangeOpaque); FuseTIR merges each group into one PrimFunc.
   3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) and the attention scores with the
      hand-written TIR of `gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
      and a GEMV for decode); any other matmul (attention x V) is scheduled here: tiled into a
      register block, the (K, N) operand streamed along N with vector loads, parallel over column
-     tiles (and batch), the dequantisation inlined into the inner loop.
+     tiles (and batch), the dequantisation inlined into the inner loop. `Elementwise` vectorizes
+     the kernels of injective ops (SiLU x up, rope, adds).
   4. The standard lowering and VM passes.
 
 Runs in the TVM toolchain venv. The tile sizes come from the target TOML (`[tvm] tile`, `[tvm] gemv`).
@@ -26,10 +28,12 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.dpl import is_op, wildcard
+from tvm.s_tir import dlight
 
 from litelm_edge.backends.tvm import dot as int4_dot
 from litelm_edge.backends.tvm import gemm as tvm_gemm
 from litelm_edge.backends.tvm.cache import AppendKernels, rewrite_functions
+from litelm_edge.backends.tvm.elementwise import Elementwise, fast_exp_legalizations
 
 # Split a tiled loop over the symbolic T into full tiles (no bounds test in the inner loops) and a
 # tail: the register tile's row predicate otherwise sits inside the k loop.
@@ -344,12 +348,13 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
                    if pack else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
-                   relax.transform.LegalizeOps(),
+                   relax.transform.LegalizeOps(fast_exp_legalizations()),
                    relax.transform.AnnotateTIROpPattern(),
                    *([ArangeOpaque(), relax.transform.FuseOps()] if fuse else []),
                    relax.transform.FuseTIR(),
                    relax.transform.DeadCodeElimination(),
                    ScheduleMatmul(tile, gemv)]
+                + [dlight.ApplyDefaultSchedule(Elementwise())]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target))
             return seq(mod)
