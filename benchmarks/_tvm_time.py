@@ -19,10 +19,12 @@ from litelm_edge.devices.runner import round_ms
 
 def manifest(lib_dir: Path, cache_shape: list) -> dict:
     """The runtime's manifest section: the cache layout from the library's convert.json (none in
-    one built before the per-layer cache: the stacked layout)."""
+    one built before the per-layer cache: the stacked layout), and its last-position entry (none in
+    one built before 2026-12-07: the prefill computes every position's logits)."""
     conv = lib_dir / "convert.json"
-    cache = json.loads(conv.read_text()).get("cache") if conv.is_file() else None
-    return {"tvm": {"library": "model.so", "cache_shape": cache_shape} | ({"cache": cache} if cache else {})}
+    report = json.loads(conv.read_text()) if conv.is_file() else {}
+    return {"tvm": {"library": "model.so", "cache_shape": cache_shape}
+            | {k: report[k] for k in ("cache", "entry_last") if report.get(k)}}
 
 
 def main(cache_shape, threads, vocab, *lib_dirs):

@@ -35,7 +35,7 @@ def manifest(d: Path) -> dict:
 
 
 def greedy(rt, prompt: np.ndarray, n: int) -> list[int]:
-    logits, out = rt.prefill(prompt)[-1], []
+    logits, out = rt.prefill_last(prompt), []  # forward_last: serving's prefill
     for _ in range(n):
         out.append(int(np.argmax(logits)))
         logits = rt.decode(out[-1])
@@ -52,8 +52,12 @@ def test_x86_greedy_tokens_equal_torch(builds, tiny_run, tvm_python, tmp_path):
     rt = tvm_build.HostParity(tvm_python, lib, manifest(builds["x86"]))
     try:
         assert greedy(rt, prompt[0].numpy(), 24) == want
+        every, last = rt.prefill(prompt[0].numpy()), rt.prefill_last(prompt[0].numpy())
+        assert every.shape == (16, model.cfg.vocab_size) and last.shape == (model.cfg.vocab_size,)
+        assert np.abs(every[-1] - last).max() < 1e-5 * np.abs(last).max()  # the head's GEMV, not its tile
     finally:
         rt.close()
+    assert manifest(builds["x86"])["tvm"]["entry_last"] == "forward_last"
     assert manifest(builds["x86"])["parity"]["max_abs_err"] < 1e-4
     c = model.cfg  # the per-layer cache graph, recorded for the runtime
     cache = manifest(builds["x86"])["tvm"]["cache"]

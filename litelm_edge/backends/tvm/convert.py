@@ -37,8 +37,10 @@ INT4 = ("int4-b32", "int4-gptq")
 
 
 def relax_module(checkpoint: str, precision: str, weights: str | None = None):
-    """Checkpoint -> (Relax IRModule with a `forward` function, weight bytes by dtype, its cache
-    layout: graph.CACHE_LAYOUT and n_layer). weights: an npz of parameters replacing the checkpoint's."""
+    """Checkpoint -> (Relax IRModule with functions `forward` (every position's logits) and
+    `forward_last` (the last one's: serving's prefill), which share every weight, weight bytes by
+    dtype, its cache layout: graph.CACHE_LAYOUT and n_layer). weights: an npz of parameters
+    replacing the checkpoint's."""
     import numpy as np
     import torch
     from tvm.relax.frontend.torch import from_exported_program
@@ -60,9 +62,36 @@ def relax_module(checkpoint: str, precision: str, weights: str | None = None):
         nbytes[name] = nbytes.get(name, 0) + n
     with torch.no_grad():
         mod = from_exported_program(graph.export(model))
+        last = from_exported_program(graph.export(model, last=True))["main"]
     mod["forward"] = mod["main"].with_attr("global_symbol", "forward")
+    mod["forward_last"] = shared_constants(last, mod["forward"]).with_attr("global_symbol", "forward_last")
     del mod["main"]
     return mod, nbytes, graph.CACHE_LAYOUT | {"n_layer": model.cfg.n_layer}
+
+
+def shared_constants(func, like):
+    """func with each of its constants replaced by `like`'s constant of the same dtype, shape and
+    bytes: the library stores one copy of a weight both functions read."""
+    import hashlib
+    import tvm
+    from tvm import relax
+
+    def key(c):
+        if not isinstance(c, tvm.ir.expr.Constant) or not isinstance(c.value, tvm.runtime.Tensor):
+            return None
+        v = c.value.numpy()
+        return v.dtype.str, v.shape, hashlib.sha1(v.tobytes()).hexdigest()
+
+    found = {}
+    relax.analysis.post_order_visit(like, lambda e: found.setdefault(key(e), e))
+
+    @relax.expr_functor.mutator
+    class Share(relax.PyExprMutator):
+        def visit_constant_(self, c):
+            k = key(c)
+            return found[k] if k in found else c
+
+    return Share().visit_expr(func)
 
 
 def int4_kernels(target, tile) -> tuple[str | None, str | None]:
@@ -103,7 +132,7 @@ def main(spec_path: str) -> int:
     t0 = time.time()
     mod, nbytes, cache = relax_module(spec["checkpoint"], spec["precision"], spec.get("weights"))
     report = {"import_s": round(time.time() - t0, 2), "weight_bytes": nbytes, "tile": list(tile),
-              "gemv": gemv, "cache": cache}
+              "gemv": gemv, "cache": cache, "entry_last": "forward_last"}
     target = host_target() if spec["target"] == "host" else Target(spec["target"])
     report["target"] = str(target)
     int4 = spec["precision"] in INT4

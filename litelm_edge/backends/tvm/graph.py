@@ -190,11 +190,13 @@ class CachedForward(nn.Module):
     The model's forward_cached with its own attention, written for TVM: per-layer caches (no
     torch.stack copy of every layer each step); grouped-query attention as the group's q heads
     stacked along rows, (nkv, T*group, hd), against their one K/V head (no repeat of K/V); the
-    1/sqrt(hd) scale folded into q; the causal mask an additive bias (0 or -inf)."""
+    1/sqrt(hd) scale folded into q; the causal mask an additive bias (0 or -inf). last: the logits
+    of the last position only, (1, 1, V): what serving needs of a prefill (llama.cpp computes no
+    more); the head is then one GEMV, not T of them."""
 
-    def __init__(self, model):
+    def __init__(self, model, last: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.last = model, last
 
     def forward(self, idx, *caches):
         m, c = self.model, self.model.cfg
@@ -219,6 +221,8 @@ class CachedForward(nn.Module):
             x = x + blk.mlp(blk.post_attention_layernorm(x))
             new_k.append(k)
             new_v.append(v)
+        if self.last:
+            x = x[:, -1:]
         return (m.lm_head(m.norm(x)), *new_k, *new_v)
 
     def attend(self, attn, x, cos, sin, k_cache, v_cache, bias):
@@ -249,9 +253,9 @@ class CachedForward(nn.Module):
         return attn.o_proj(y), k, v
 
 
-def export(model):
+def export(model, last: bool = False):
     """torch.export with dynamic T (new tokens) and P (cached tokens): one graph serves
-    prefill (P = 0) and decode (T = 1)."""
+    prefill (P = 0) and decode (T = 1). last: CachedForward's."""
     c = model.cfg
     T = torch.export.Dim("T", min=1, max=c.max_seq_len)
     P = torch.export.Dim("P", min=0, max=c.max_seq_len)
@@ -259,5 +263,5 @@ def export(model):
     ks = [torch.zeros(1, c.n_kv_head, c.head_dim, 4) for _ in range(c.n_layer)]
     vs = [torch.zeros(1, c.n_kv_head, 4, c.head_dim) for _ in range(c.n_layer)]
     with torch.no_grad():
-        return torch.export.export(CachedForward(model).eval(), (idx, *ks, *vs),
+        return torch.export.export(CachedForward(model, last).eval(), (idx, *ks, *vs),
                                    dynamic_shapes=({1: T}, ({3: P},) * c.n_layer + ({2: P},) * c.n_layer))

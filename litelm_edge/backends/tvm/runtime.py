@@ -1,5 +1,7 @@
 """Apache TVM on the device: the Relax VM library `model.so`, one function `forward` serving prefill
-(empty cache) and decode (T = 1). Two cache layouts, told apart by the manifest's tvm.cache:
+(empty cache) and decode (T = 1), and in libraries since 2026-12-07 `forward_last` (the manifest's
+tvm.entry_last), the same with the last position's logits only: serving's prefill, whose LM head is
+then one GEMV. Two cache layouts, told apart by the manifest's tvm.cache:
     per layer (tvm.cache = CACHE): forward(idx, k_0..k_{L-1}, v_0..v_{L-1}) -> (logits, L k, L v),
         k (1, nkv, hd, P), v (1, nkv, P, hd);
     stacked (no tvm.cache: libraries built before it): forward(idx, k, v) -> (logits, k, v),
@@ -55,16 +57,22 @@ class TvmRuntime:
         self.empty = empty_caches(meta)
         self.tensor = tvm.runtime.tensor
         lib = tvm.runtime.load_module(str(graph))  # the verified meta["library"]
-        self.fn = tvm_vm.VirtualMachine(lib, tvm.cpu())[meta.get("entry", "forward")]
+        vm = tvm_vm.VirtualMachine(lib, tvm.cpu())
+        self.fn = vm[meta.get("entry", "forward")]
+        self.fn_last = vm[meta["entry_last"]] if "entry_last" in meta else self.fn
         self.kv: list = []  # the k tensors, then the v tensors
 
-    def _run(self, ids: np.ndarray) -> np.ndarray:
-        logits, *self.kv = self.fn(self.tensor(np.asarray(ids, np.int64).reshape(1, -1)), *self.kv)
-        return logits.numpy()[0]  # (T, V)
+    def _run(self, ids: np.ndarray, fn=None) -> np.ndarray:
+        logits, *self.kv = (fn or self.fn)(self.tensor(np.asarray(ids, np.int64).reshape(1, -1)), *self.kv)
+        return logits.numpy()[0]  # (T, V), or (1, V) from fn_last
 
     def prefill(self, ids):
         self.kv = [self.tensor(c) for c in self.empty]
         return self._run(ids)
+
+    def prefill_last(self, ids):
+        self.kv = [self.tensor(c) for c in self.empty]
+        return self._run(ids, self.fn_last)[-1]
 
     def decode(self, token):
         return self._run(np.array([token], np.int64))[0]

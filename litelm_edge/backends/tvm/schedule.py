@@ -132,13 +132,23 @@ class _Int4Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, tile, kept: list, dot: str | None):
         super().__init__(mod)
         self.mod, self.tile, self.kernels, self.kept, self.dot = mod, tile, {}, kept, dot
+        self.done: list = []  # (constant, its replacement): a matrix read by two functions, once
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        w = call.args[1] if call.op == tvm.ir.Op.get("relax.matmul") else None
-        w = w.value if isinstance(w, tvm.ir.expr.Constant) else None  # a relax constant: its tensor
+        c = call.args[1] if call.op == tvm.ir.Op.get("relax.matmul") else None
+        w = c.value if isinstance(c, tvm.ir.expr.Constant) else None  # a relax constant: its tensor
         if not isinstance(w, tvm.runtime.Tensor) or w.dtype != "float32" or len(w.shape) != 2:
             return call
+        for src, make in self.done:
+            if src.same_as(c):
+                return make(call)
+        make = self._replacement(w)
+        self.done.append((c, make))
+        return make(call)
+
+    def _replacement(self, w):
+        """call -> its replacement, for the matmuls by the constant matrix w."""
         import torch
         from litelm_edge.backends.tvm.graph import (INT4_BLOCK, INT4_GROUP, int4_codes, pack_int4,
                                                     quantize_int4, quantize_kn)
@@ -146,17 +156,17 @@ class _Int4Rewriter(relax.PyExprMutator):
         if K % INT4_BLOCK or N % INT4_GROUP:  # e.g. a tiny model's 32-wide k/v: int8 per channel, recorded
             self.kept.append([K, N])
             q, s = quantize_kn(torch.from_numpy(w.numpy()))  # the int8 build's own graph: deq_matmul
-            deq = relax.op.multiply(relax.op.astype(relax.const(q.numpy()), "float32"),
-                                    relax.const(s.numpy()))
-            return self.builder_.normalize(relax.op.matmul(call.args[0], deq))
+            q, s = relax.const(q.numpy()), relax.const(s.numpy())
+            return lambda call: self.builder_.normalize(
+                relax.op.matmul(call.args[0], relax.op.multiply(relax.op.astype(q, "float32"), s)))
         if (K, N) not in self.kernels:
             f, name = ((int4_dot.gemm4_dot(K, N, self.tile, self.dot), f"gemm_int4{self.dot}_{K}x{N}")
                        if self.dot else (tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}"))
             self.kernels[K, N] = self.builder_.add_func(f, name)
         packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
         wp = int4_dot.pack(int4_codes(packed).numpy(), self.dot) if self.dot else pack_int4(packed).numpy()
-        return relax.call_tir(self.kernels[K, N], [call.args[0], relax.const(wp), relax.const(scale.numpy())],
-                              call.ty)
+        wp, scale, f = relax.const(wp), relax.const(scale.numpy()), self.kernels[K, N]
+        return lambda call: relax.call_tir(f, [call.args[0], wp, scale], call.ty)
 
     def transform(self) -> tvm.IRModule:
         return rewrite_functions(self)

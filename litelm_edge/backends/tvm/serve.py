@@ -4,7 +4,8 @@
 
 The main environment cannot import TVM (it conflicts with other toolchains), so the build flow's parity
 check talks to this process over pipes: each request is one int64 array in .npy format
-([0, ids...] = prefill, [1, token] = decode), each answer one float32 array of logits.
+([0, ids...] = prefill, [1, token] = decode, [2, ids...] = prefill_last), each answer one float32
+array of logits.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def main(lib_dir: str, manifest: str) -> int:
     rt = TvmRuntime(Path(lib_dir) / m["tvm"]["library"], m, threads=None)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while (req := recv(inp)) is not None:
-        logits = rt.prefill(req[1:]) if req[0] == 0 else rt.decode(int(req[1]))
+        call = {0: rt.prefill, 2: rt.prefill_last}.get(int(req[0]))
+        logits = call(req[1:]) if call else rt.decode(int(req[1]))
         send(out, np.ascontiguousarray(logits, np.float32))
     return 0
 
