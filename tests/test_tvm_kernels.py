@@ -200,7 +200,7 @@ for how in ["neon"] + (["vnni"] if out["host"] == "vnni" else []):
             sa = np.abs(blocks).max(2, keepdims=True) / 127
             a8 = (np.round(blocks / sa) * sa).reshape(M, K)  # what the integer sums multiply
             c = np.zeros((M, N), np.float32)
-            t = [tvm.runtime.tensor(x) for x in (a, dot.pack(codes, how), scale.numpy(), c)]
+            t = [tvm.runtime.tensor(x) for x in (a, dot.pack(codes, how), dot.pack_scales(scale.numpy()), c)]
             lib["main"](*t)
             got, exact = t[-1].numpy(), a @ w
             want = a8 @ w if M == 1 or how == "vnni" else exact  # neon's prefill: fp32 activations

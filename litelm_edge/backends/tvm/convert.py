@@ -147,6 +147,9 @@ def main(spec_path: str) -> int:
             nbytes["uint8"] -= K * N // 2
             nbytes["int8"] = nbytes.get("int8", 0) + K * N
             nbytes["float32"] += N * 4 - K * N // 8
+        if dot:  # dot.pack_scales: fp16, half the bytes (an fp32 scale a 32 weights: uint8 / 4 bytes)
+            nbytes["float32"] -= nbytes["uint8"] // 4
+            nbytes["float16"] = nbytes["uint8"] // 8
     so = (out / "model.so").stat().st_size
     if so < sum(nbytes.values()):  # the weights are embedded in the library: it cannot be smaller
         raise RuntimeError(f"model.so is {so} bytes, less than its {sum(nbytes.values())} weight bytes")

@@ -34,9 +34,9 @@ from litelm_edge.backends.tvm.gemm import slab_tile
 
 B = 32  # activation and weight block along K
 L = 16  # 32-bit lanes of a 512-bit vector; bytes of a 128-bit one
-PREFILL = (3, 2)  # vnni prefill: rows x 32-column halves a register tile; 12 int32 sums and 12 fp32
-                  # accumulators of AVX-512's 32 registers (AMD EPYC Zen 5, 26M shapes, M = 64, alone:
-                  # within 5 % of 1 x 4, 1 x 6, 1 x 8 and 2 x 2)
+PREFILL = 3  # vnni prefill: rows x 64 columns a register tile; 12 int32 sums and 12 fp32 accumulators
+             # of AVX-512's 32 registers (AMD EPYC Zen 5, 26M shapes, M = 64, alone: within 5 % of
+             # 4, 6 and 8 rows x 32 columns and of 2 rows x 64)
 
 
 def kind(target, tile) -> str | None:
@@ -50,6 +50,13 @@ def kind(target, tile) -> str | None:
     if "aarch64" in triple and codegen.target_has_features("neon", target):
         return "neon"
     return None
+
+
+def pack_scales(scale: np.ndarray) -> np.ndarray:
+    """(K / 32, N) scales (fp16 values: graph.quantize_int4) -> (N / 64, K / 32, 64) float16: a task's
+    64 columns read their scales in one stream, at half the bytes (0.5 bit a weight, q4_0's)."""
+    KB, N = scale.shape
+    return np.ascontiguousarray(scale.reshape(KB, N // 64, 64).transpose(1, 0, 2)).astype(np.float16)
 
 
 def pack(codes: np.ndarray, how: str) -> np.ndarray:
@@ -86,13 +93,13 @@ def _quantize_row(K):
     return body
 
 
-def _vnni_rows(K, mt, nz):
-    """A macro: C rows i0 .. i0 + mt - 1, the 32 nz columns of task t (nz halves of 32 from half h = nz t:
-    group h // 2, its half h % 2), from the int8 rows aq; each 4 rows of a block one vpdpbusd lane."""
-    KB, w = K // B, 2 * L * nz
+def _vnni_rows(K, mt):
+    """A macro: C rows i0 .. i0 + mt - 1, the 64 columns of group g, from the int8 rows aq; each 4 rows
+    of a block one vpdpbusd lane, a weight vector (a half: 2 x 16 columns) 2 mt of them."""
+    KB, w = K // B, 4 * L
 
     @T.macro
-    def body(W, S, C, aq, sa, corr, t, i0):
+    def body(W, S, C, aq, sa, corr, g, i0):
         acc = T.decl_buffer((mt, w), "float32", scope="local")
         for ii in T.unroll(mt):
             for ji in T.vectorized(w):
@@ -103,11 +110,11 @@ def _vnni_rows(K, mt, nz):
                 for ji in T.vectorized(w):
                     dot[ii, ji] = 0
             for q4 in range(B // 4):
-                for z in T.unroll(nz):
+                for z in T.unroll(2):
                     for hi in T.unroll(2):
                         for ii in T.unroll(mt):
-                            v = T.reinterpret("int32x16", W[(t * nz + z) // 2, kb * (B // 4) + q4,
-                                                            T.ramp((t * nz + z) % 2 * 4 * L, 1, 4 * L)])
+                            v = T.reinterpret("int32x16",
+                                              W[g, kb * (B // 4) + q4, T.ramp(z * 4 * L, 1, 4 * L)])
                             nib = T.bitwise_and(T.shift_right(v, T.broadcast(hi * 4, L)),
                                                 T.broadcast(0x0F0F0F0F, L))
                             x = T.broadcast(T.reinterpret(
@@ -119,10 +126,10 @@ def _vnni_rows(K, mt, nz):
             for ii in T.unroll(mt):
                 for ji in T.vectorized(w):  # no Let in a vector loop: TVM 0.27 miscompiles it
                     acc[ii, ji] = acc[ii, ji] + (T.Cast("float32", dot[ii, ji] - corr[i0 + ii, kb])
-                                                 * (sa[i0 + ii, kb] * S[kb, t * w + ji]))
+                                                 * (sa[i0 + ii, kb] * T.Cast("float32", S[g, kb, ji])))
         for ii in T.unroll(mt):
             for ji in T.vectorized(w):
-                C[i0 + ii, t * w + ji] = acc[ii, ji]
+                C[i0 + ii, g * w + ji] = acc[ii, ji]
 
     return body
 
@@ -153,7 +160,7 @@ def _decode_neon(K, N):
                 acc[0] = T.float32(0)
                 for kb in range(K // B):
                     acc[0] = acc[0] + (T.Cast("float32", _neon_block(W, g * 64 + j, kb, aq))
-                                       * (sa[0, kb] * S[kb, g * 64 + j]))
+                                       * (sa[0, kb] * T.Cast("float32", S[g, kb, j])))
                 C[0, g * 64 + j] = acc[0]
 
     return body
@@ -161,12 +168,12 @@ def _decode_neon(K, N):
 
 def _decode_vnni(K, N):
     """A macro: C's one row from the int8 row aq, a task 64 columns (_vnni_rows of one row)."""
-    row = _vnni_rows(K, 1, 2)
+    row = _vnni_rows(K, 1)
 
     @T.macro
     def body(W, S, C, aq, sa, corr):
-        for t in T.parallel(N // (4 * L)):
-            row(W, S, C, aq, sa, corr, t, 0)
+        for g in T.parallel(N // 64):
+            row(W, S, C, aq, sa, corr, g, 0)
 
     return body
 
@@ -174,8 +181,8 @@ def _decode_vnni(K, N):
 def _prefill_vnni(K, N):
     """A macro: C (M, N) from A quantized row by row as decode's is, a task 64 columns, in tiles of
     PREFILL's rows and a tail of single rows: llama.cpp's q4_0 x q8_0 for every row."""
-    (mt, nz), KB = PREFILL, K // B
-    quantize, rows, row = _quantize_row(K), _vnni_rows(K, mt, nz), _vnni_rows(K, 1, nz)
+    mt, KB = PREFILL, K // B
+    quantize, rows, row = _quantize_row(K), _vnni_rows(K, mt), _vnni_rows(K, 1)
 
     @T.macro
     def body(A, W, S, C, M):
@@ -184,11 +191,11 @@ def _prefill_vnni(K, N):
         corr = T.decl_buffer((M, KB), "int32", scope="global")
         for i in T.parallel(M):
             quantize(A, aq, sa, corr, i)
-        for t in T.parallel(N // (2 * L * nz)):
+        for g in T.parallel(N // 64):
             for io in range(M // mt):
-                rows(W, S, C, aq, sa, corr, t, io * mt)
+                rows(W, S, C, aq, sa, corr, g, io * mt)
             for i in range(M // mt * mt, M):
-                row(W, S, C, aq, sa, corr, t, i)
+                row(W, S, C, aq, sa, corr, g, i)
 
     return body
 
@@ -211,11 +218,12 @@ def _prefill_slab(K, N, tile, slab):
 def _slab_neon(W, S, wd, jo, nj, K):
     for k in range(K):
         for ji in T.vectorized(nj):
-            wd[k, ji] = _neon_code(W, jo * nj + ji, k) * S[k // B, jo * nj + ji]
+            wd[k, ji] = _neon_code(W, jo * nj + ji, k) * T.Cast("float32", S[jo * nj // 64, k // B,
+                                                                              jo * nj % 64 + ji])
 
 
 def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
-    """(A (M, K), W (`how`'s layout), S (K/32, N), C (M, N)): gemm.gemm4's signature and sums on int8
+    """(A (M, K), W (`how`'s layout), S (pack_scales'), C (M, N)): gemm.gemm4's sums on int8
     activations (vnni: decode and prefill; neon: decode)."""
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
     KB, quantize = K // B, _quantize_row(K)
@@ -232,7 +240,7 @@ def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
         M = T.int64()
         A = T.match_buffer(a, (M, K), "float32")
         W = T.match_buffer(w, wshape, wdtype)
-        S = T.match_buffer(s, (KB, N), "float32")
+        S = T.match_buffer(s, (N // 64, KB, 64), "float16")
         C = T.match_buffer(c, (M, N), "float32")
         if M == 1:
             aq = T.decl_buffer((1, K), "int8", scope="global")

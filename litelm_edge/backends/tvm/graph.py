@@ -32,20 +32,23 @@ def quantize_kn(w_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.float()
 
 
-INT4_BLOCK = 32  # weights along K sharing one fp32 scale (llama.cpp's q4_0 block)
+INT4_BLOCK = 32  # weights along K sharing one scale (llama.cpp's q4_0 block)
+FP16_TINY = 2.0 ** -14  # fp16's smallest normal: the least int4 scale (subnormals lose bits)
 INT4_GROUP = 64  # columns a packed group: byte b of a row holds column b (low nibble) and b + 32 (high)
 
 
 def quantize_int4(w_kn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, N) fp32 -> packed (K, N // 2) uint8, (K // 32, N) fp32 scale: symmetric int4 in blocks
-    of 32 along K, stored q + 8 in a nibble. Byte g*32 + b of a row holds column g*64 + b in its
-    low nibble and column g*64 + 32 + b in its high one: a vector of 32 bytes unpacks to 64
-    contiguous columns with one mask and one shift (gemm.gemm4)."""
+    """(K, N) fp32 -> packed (K, N // 2) uint8, (K // 32, N) fp32 scale (each an fp16 value, at least
+    fp16's smallest normal): symmetric int4 in blocks of 32 along K, stored q + 8 in a nibble.
+    Byte g*32 + b of a row holds column g*64 + b in its low nibble and column g*64 + 32 + b in its
+    high one: a vector of 32 bytes unpacks to 64 contiguous columns with one mask and one shift
+    (gemm.gemm4)."""
     K, N = w_kn.shape
     if K % INT4_BLOCK or N % INT4_GROUP:
         raise ValueError(f"int4-b32 needs K % {INT4_BLOCK} == 0 and N % {INT4_GROUP} == 0, got ({K}, {N})")
     blocks = w_kn.reshape(K // INT4_BLOCK, INT4_BLOCK, N)
-    scale = (blocks.abs().amax(dim=1) / 7.0).clamp(min=1e-12)  # (K/32, N)
+    # on the fp16 grid (dot.py stores it so, as llama.cpp's q4_0 does); GPTQ's snapped scales are on it
+    scale = (blocks.abs().amax(dim=1) / 7.0).clamp(min=FP16_TINY).half().float()  # (K/32, N)
     q = torch.round(blocks / scale[:, None, :]).clamp(-8, 7).reshape(K, N).to(torch.int16) + 8  # 0..15
     g = q.reshape(K, N // INT4_GROUP, 2, INT4_GROUP // 2)  # (K, groups, low/high, 32)
     packed = (g[:, :, 0] | (g[:, :, 1] << 4)).to(torch.uint8).reshape(K, N // 2)

@@ -164,8 +164,12 @@ class _Int4Rewriter(relax.PyExprMutator):
                        if self.dot else (tvm_gemm.gemm4(K, N, self.tile), f"gemm_int4_{K}x{N}"))
             self.kernels[K, N] = self.builder_.add_func(f, name)
         packed, scale = quantize_int4(torch.from_numpy(w.numpy()))
-        wp = int4_dot.pack(int4_codes(packed).numpy(), self.dot) if self.dot else pack_int4(packed).numpy()
-        wp, scale, f = relax.const(wp), relax.const(scale.numpy()), self.kernels[K, N]
+        if self.dot:
+            wp = int4_dot.pack(int4_codes(packed).numpy(), self.dot)
+            scale = int4_dot.pack_scales(scale.numpy())
+        else:
+            wp, scale = pack_int4(packed).numpy(), scale.numpy()
+        wp, scale, f = relax.const(wp), relax.const(scale), self.kernels[K, N]
         return lambda call: relax.call_tir(f, [call.args[0], wp, scale], call.ty)
 
     def transform(self) -> tvm.IRModule:
