@@ -1,6 +1,6 @@
 """Where a decode step (or, --prefill, a prefill) of a TVM library goes, by kernel: run in the TVM venv.
 
-    python benchmarks/_tvm_profile.py LIB_DIR [LIB_DIR ...] [--steps 20] [--context 64] [--prefill]
+    python benchmarks/_tvm_profile.py LIB_DIR [LIB_DIR ...] [--steps 20] [--context 64] [--prefill] [--threads 2]
     (PYTHONPATH = the repository; benchmarks/rpi4_vs_llamacpp.py --work DIR keeps the libraries)
 
 TVM 0.27's Relax VM has no profiler object any more; its instrument hook (`set_instrument`) is
@@ -27,7 +27,7 @@ import numpy as np
 def profile(lib_dir: Path, steps: int, context: int, prefill: bool = False) -> tuple[float, float, dict]:
     """(the untimed call's ms, the hook's ms a call, {kernel: (calls, ms)}) of a decode step after
     `context` tokens, or of the prefill of `context` tokens."""
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")  # TVM_NUM_THREADS: set by main, before the import
     import tvm
     from tvm.runtime import vm as tvm_vm
     spec = json.loads((lib_dir / "spec.json").read_text())  # written by the benchmark's build
@@ -75,7 +75,10 @@ def main():
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--prefill", action="store_true", help="profile the prefill of --context tokens")
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    # as the runner sets it (TvmRuntime): unset, TVM's pool took 5.3 us a parallel launch here, set 0.8
+    os.environ["TVM_NUM_THREADS"] = str(a.threads)
     what = f"prefill of {a.context}" if a.prefill else "decode step"
     for lib in a.libs:
         plain, h, rows = profile(lib, a.steps, a.context, a.prefill)
