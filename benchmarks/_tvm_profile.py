@@ -34,11 +34,12 @@ def profile(lib_dir: Path, steps: int, context: int, prefill: bool = False) -> t
     from litelm_edge.pipeline.checkpoint import read_config
     c = read_config(Path(spec["checkpoint"]))[0]
     vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(lib_dir / "model.so")), tvm.cpu())
-    entry = json.loads((lib_dir / "convert.json").read_text()).get("entry_last") if prefill else None
-    f = vm[entry or "forward"]  # a prefill: serving's, the last position's logits where the library has it
     from _tvm_time import manifest  # beside this script
     from litelm_edge.backends.tvm.runtime import empty_caches
-    empty = empty_caches(manifest(lib_dir, [c.n_layer, 1, c.n_kv_head, 0, c.head_dim])["tvm"])
+    meta = manifest(lib_dir, [c.n_layer, 1, c.n_kv_head, 0, c.head_dim])["tvm"]
+    empty = empty_caches(meta)
+    # a prefill: serving's, the last position's logits where the library has it
+    f = vm[meta.get("entry_last", "forward") if prefill else "forward"]
     ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, context))
     args = [tvm.runtime.tensor(ids), *map(tvm.runtime.tensor, empty)]
     _, *kv = f(*args)

@@ -83,13 +83,17 @@ def shared_constants(func, like):
         return v.dtype.str, v.shape, hashlib.sha1(v.tobytes()).hexdigest()
 
     found = {}
-    relax.analysis.post_order_visit(like, lambda e: found.setdefault(key(e), e))
+
+    def note(e):
+        if (k := key(e)) is not None:  # a constant (any other expression has no key)
+            found.setdefault(k, e)
+
+    relax.analysis.post_order_visit(like, note)
 
     @relax.expr_functor.mutator
     class Share(relax.PyExprMutator):
         def visit_constant_(self, c):
-            k = key(c)
-            return found[k] if k in found else c
+            return found.get(key(c), c)
 
     return Share().visit_expr(func)
 

@@ -22,8 +22,8 @@ integer dot product. Two kernels, one a target (`kind`), the same sums:
 Prefill (M > 1): "vnni" quantizes every row as decode does and runs the same integer sums in a
 register tile of PREFILL rows x 64 columns (1.9-2.5x the speed of the fp32 slab it replaced, 26M
 shapes, M = 64, alone); "neon" dequantizes each task's K x NJ slab from its bytes and runs gemm4's
-tile (gemm.slab_tile) on fp32 activations. Any other target keeps gemm.gemm4. Runs in the TVM venv.
-The scales are fp16, packed per 64-column group (pack_scales).
+tile on fp32 activations (gemm.slab_prefill, gemm4's own). Any other target keeps gemm.gemm4. The
+scales are fp16, packed per 64-column group (pack_scales). Runs in the TVM venv.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
-from litelm_edge.backends.tvm.gemm import slab_tile
+from litelm_edge.backends.tvm.gemm import slab_prefill
 
 B = 32  # activation and weight block along K
 L = 16  # 32-bit lanes of a 512-bit vector; bytes of a 128-bit one
@@ -201,26 +201,9 @@ def _prefill_vnni(K, N):
     return body
 
 
-def _prefill_slab(K, N, tile, slab):
-    """A macro: C (M, N) on fp32 activations, each task's K x NJ slab dequantized once (gemm.slab_tile)."""
-    nj, tile_ = tile[1], slab_tile(K, tile)
-
-    @T.macro
-    def body(A, W, S, C, M):
-        for jo in T.parallel(N // nj):
-            wd = T.decl_buffer((K, nj), "float32", scope="global")  # the task's slab, dequantized
-            slab(W, S, wd, jo, nj, K)
-            tile_(A, wd, S, C, M, jo)
-
-    return body
-
-
-@T.macro
-def _slab_neon(W, S, wd, jo, nj, K):
-    for k in range(K):
-        for ji in T.vectorized(nj):
-            wd[k, ji] = _neon_code(W, jo * nj + ji, k) * T.Cast("float32", S[jo * nj // 64, k // B,
-                                                                              jo * nj % 64 + ji])
+def _neon_weight(W, S, j0, k, ji):
+    """neon: W[k, j0 + ji] times its scale, float32 (the prefill slab's, gemm.slab_prefill)."""
+    return _neon_code(W, j0 + ji, k) * T.Cast("float32", S[j0 // 64, k // B, j0 % 64 + ji])
 
 
 def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
@@ -233,7 +216,7 @@ def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
                                            _prefill_vnni(K, N))
     else:
         wshape, wdtype, decode, prefill = ((N, KB, L), "int8", _decode_neon(K, N),
-                                           _prefill_slab(K, N, tile, _slab_neon))
+                                           slab_prefill(K, N, tile, _neon_weight))
 
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):

@@ -104,11 +104,9 @@ def _slab(W, S, j0, k, ji):
     return _nibble(W, j0 // 64, k, j0 % 32 + ji, j0 % 64 // 32 * 4) * S[k // 32, j0 + ji]
 
 
-def _int4_tile(tile) -> tuple[int, int]:
-    mt, nj = tile
-    if 32 % nj:
-        raise ValueError(f"int4-b32 needs a tile of at most 32 columns dividing 32, got {nj}")
-    return mt, nj
+def _check_int4_tile(tile):
+    if 32 % tile[1]:
+        raise ValueError(f"int4-b32 needs a tile of at most 32 columns dividing 32, got {tile[1]}")
 
 
 def tile_loops(K, tile, read, scale):
@@ -145,10 +143,23 @@ def tile_loops(K, tile, read, scale):
     return body
 
 
-def slab_tile(K, tile):
-    """tile_loops over a task's dequantized K x NJ slab wd (fp32, scales applied): the int4 prefills'.
-    Called as tile(A, wd, S, C, M, jo)."""
-    return tile_loops(K, tile, lambda wd, S, k, jo, ji: wd[k, ji], lambda S, j: T.float32(1))
+def slab_prefill(K, N, tile, weight):
+    """A macro, the int4 prefills' (gemm4's, dot.py's "neon"): C (M, N) on fp32 activations, each
+    task's K x NJ slab dequantized once into wd (weight(W, S, j0, k, ji): W[k, j0 + ji] times its
+    scale, fp32), then tile_loops over it. Called as prefill(A, W, S, C, M)."""
+    nj = tile[1]
+    tile_ = tile_loops(K, tile, lambda wd, S, k, jo, ji: wd[k, ji], lambda S, j: T.float32(1))
+
+    @T.macro
+    def body(A, W, S, C, M):
+        for jo in T.parallel(N // nj):
+            wd = T.decl_buffer((K, nj), "float32", scope="global")  # the task's slab, dequantized
+            for k in range(K):
+                for ji in T.vectorized(nj):
+                    wd[k, ji] = weight(W, S, jo * nj, k, ji)
+            tile_(A, wd, S, C, M, jo)
+
+    return body
 
 
 # gemm4: int4-b32 weights (graph.quantize_int4, then graph.pack_int4), the PrimFunc (A (M, K), Wp
@@ -159,10 +170,10 @@ def slab_tile(K, tile):
 # and row tile: 1.41x prefill-64), then runs the MT x NJ tile of gemm() over it (NJ must divide 32).
 def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
     """int4-b32 GEMV / GEMM (see the comment above)."""
-    mt, nj = _int4_tile(tile)
+    _check_int4_tile(tile)
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
     KB, G, H = K // 32, N // 64, 32  # scale blocks, column groups, columns a nibble half
-    q, slab_tile_ = _nibble, slab_tile(K, tile)
+    q, prefill = _nibble, slab_prefill(K, N, tile, _slab)
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -190,12 +201,7 @@ def gemm4(K: int, N: int, tile=TILE) -> tirx.PrimFunc:
                 for ji in T.vectorized(64):
                     C[0, g * 64 + ji] = acc[ji]
         else:
-            for jo in T.parallel(N // nj):
-                wd = T.decl_buffer((K, nj), "float32", scope="global")  # the task's slab, dequantized
-                for k in range(K):
-                    for ji in T.vectorized(nj):
-                        wd[k, ji] = _slab(W, S, jo * nj, k, ji)
-                slab_tile_(A, wd, S, C, M, jo)
+            prefill(A, W, S, C, M)
     return main
 
 

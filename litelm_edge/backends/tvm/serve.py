@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from litelm_edge.backends.tvm.runtime import TvmRuntime
+from litelm_edge.devices.facts import affinity
 
 
 def send(f, arr: np.ndarray):
@@ -37,9 +37,9 @@ def recv(f) -> np.ndarray | None:
 
 def main(lib_dir: str, manifest: str) -> int:
     m = json.loads(Path(manifest).read_text())  # the build's own, before it is sealed
-    # the CPUs this process may use, as the runner's choose_threads: with TVM_NUM_THREADS unset, TVM's
-    # pool took 5.3 us a parallel launch on a 2-core host, with it set 0.8 us (a decode step makes ~50)
-    rt = TvmRuntime(Path(lib_dir) / m["tvm"]["library"], m, threads=len(os.sched_getaffinity(0)))
+    # the CPUs this process may use (the runner's choose_threads starts from them): with TVM_NUM_THREADS
+    # unset, TVM's pool took 5.3 us a parallel launch on a 2-core host, with it set 0.8 us
+    rt = TvmRuntime(Path(lib_dir) / m["tvm"]["library"], m, threads=len(affinity()))
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while (req := recv(inp)) is not None:
         call = {0: rt.prefill, 2: rt.prefill_last}.get(int(req[0]))
