@@ -35,16 +35,20 @@ def profile(lib_dir: Path, steps: int, context: int, prefill: bool = False) -> t
     c = read_config(Path(spec["checkpoint"]))[0]
     vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(str(lib_dir / "model.so")), tvm.cpu())
     from _tvm_time import manifest  # beside this script
-    from litelm_edge.backends.tvm.runtime import empty_caches
+    from litelm_edge.backends.tvm.runtime import cache_layout, empty_caches
     meta = manifest(lib_dir, [c.n_layer, 1, c.n_kv_head, 0, c.head_dim])["tvm"]
-    empty = empty_caches(meta)
     # a prefill: serving's, the last position's logits where the library has it
     f = vm[meta.get("entry_last", "forward") if prefill else "forward"]
-    ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, context))
-    args = [tvm.runtime.tensor(ids), *map(tvm.runtime.tensor, empty)]
-    _, *kv = f(*args)
-    if not prefill:  # same context every step: the caches are not replaced
-        args = [tvm.runtime.tensor(np.array([[1]], np.int64)), *kv]
+    t = tvm.runtime.tensor
+    ids = t(np.random.default_rng(0).integers(0, c.vocab_size, (1, context)))
+    if cache_layout(meta) == "in place":  # every decode step writes position `context` again
+        kv = [t(x) for x in empty_caches(meta, context + 1)]
+        f(ids, t(np.array([0])), *kv)
+        args = [ids, t(np.array([0])), *kv] if prefill else [t(np.array([[1]])), t(np.array([context])), *kv]
+    else:  # the caches a call returns are one position longer: decode from the prefill's, unreplaced
+        args = [ids, *map(t, empty_caches(meta))]
+        _, *kv = f(*args)
+        args = args if prefill else [t(np.array([[1]], np.int64)), *kv]
     for _ in range(3):
         f(*args)
     t0 = time.perf_counter()

@@ -1,13 +1,14 @@
 """Minimal reproduction of a TVM 0.27 FuseTIR failure, for an upstream report (docs/rpi4.md).
 
     python benchmarks/tvm_fuseops_arange.py            # in the TVM venv: crashes in FuseTIR
-    python benchmarks/tvm_fuseops_arange.py --opaque   # with schedule.ArangeOpaque's workaround: ok
+    python benchmarks/tvm_fuseops_arange.py --opaque   # with the workaround: ok
 
 A fused group holding `arange(0, n)` (its only input the symbolic length n, so FuseOps passes n
 as a shape argument) next to an op on another symbolic scalar p (a PrimValue argument) makes
 FuseTIR fail in RenewDefs: `Check failed: (VarRemapGet(source) == nullptr) is false`. Either op
 alone in the group fuses fine; so does arange of a length the group reads from a tensor.
-Our model's rope positions are exactly this: arange(0, T) + P, P the cached length.
+Our model's rope positions were exactly this, arange(0, T) + P with P the cached length, until
+the in-place cache (2026-12-07) made P data; schedule.ArangeOpaque, the workaround, went with it.
 Plain TVM only: no litelm_edge import, so the file can be attached to the report as it is.
 """
 import sys

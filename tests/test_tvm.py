@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the TVM build imports the checkpoint with torch: "
                             "bash tools/setup.sh --dev installs torch==2.13.0")
 
+from litelm_edge import toolchain  # noqa: E402
 from litelm_edge.backends import INT4, INT8  # noqa: E402
 from litelm_edge.backends.tvm import build as tvm_build  # noqa: E402
 from litelm_edge.config import UserError  # noqa: E402
@@ -59,9 +61,35 @@ def test_x86_greedy_tokens_equal_torch(builds, tiny_run, tvm_python, tmp_path):
         rt.close()
     assert manifest(builds["x86"])["tvm"]["entry_last"] == "forward_last"
     assert manifest(builds["x86"])["parity"]["max_abs_err"] < 1e-4
-    c = model.cfg  # the per-layer cache graph, recorded for the runtime
+    c = model.cfg  # the in-place cache graph, recorded for the runtime
     cache = manifest(builds["x86"])["tvm"]["cache"]
-    assert cache == {"k": "(1,nkv,hd,P)", "v": "(1,nkv,P,hd)", "n_layer": c.n_layer}
+    assert cache == {"k": "(1,nkv,hd,C)", "v": "(1,nkv,C,hd)", "pos": "(1,) int64", "write": "in place",
+                     "n_layer": c.n_layer}
+    so = builds["x86"] / manifest(builds["x86"])["tvm"]["library"]
+    r = subprocess.run([str(tvm_python), "-c", GROW, str(so), json.dumps(manifest(builds["x86"])), json.dumps(want)],
+                       capture_output=True, text=True, env=toolchain.src_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "[8,16,32,64]"  # the capacities the caches went through, the tokens equal
+
+
+# Run in the TVM venv: the runtime's caches start at 8 positions instead of 256, so a 16-token prompt
+# and 24 decode steps grow them three times; the greedy tokens must still be torch's.
+GROW = r"""
+import json, sys
+import numpy as np
+from litelm_edge.backends.tvm import runtime
+runtime.MIN_CAPACITY = 8
+rt = runtime.TvmRuntime(sys.argv[1], json.loads(sys.argv[2]), 2)
+rt._reset()
+caps = [rt.kv[0].shape[3]]
+logits, out = rt.prefill(np.arange(1, 17))[-1], []
+for _ in range(24):
+    caps.append(rt.kv[0].shape[3])
+    out.append(int(np.argmax(logits)))
+    logits = rt.decode(out[-1])
+assert out == json.loads(sys.argv[3]), (out, sys.argv[3])
+print(json.dumps(sorted(set(caps))).replace(" ", ""))
+"""
 
 
 @pytest.mark.slow

@@ -85,10 +85,12 @@ def test_int4_packing_round_trips_and_is_blocked():
                                   {"n_head": 4, "n_kv_head": 2, "attn_bias": True},  # Qwen2's biases
                                   {"n_head": 6, "n_kv_head": 2, "gated_attn": True, "share_every": 2}])
 def test_graph_attention_is_the_models(sets):
-    """graph.CachedForward (per-layer caches, K stored transposed, the group's q heads as rows of
-    one K/V head, an additive causal bias) gives forward_cached's logits and caches through a
-    prefill and decode steps, on the model as trained and as graph.prepare lays it out (KN
-    weights, q/k/v and gate/up fused); its export holds no stack of the caches and no repeat of K/V."""
+    """graph.CachedForward (per-layer caches written in place at pos, K stored transposed, the
+    group's q heads as rows of one K/V head, the causal mask inside graph.attention) gives
+    forward_cached's logits, and leaves its keys and values in the caches, through a prefill and
+    decode steps, on the model as trained and as graph.prepare lays it out (KN weights, q/k/v and
+    gate/up fused); the positions past the tokens stay untouched; its export calls graph.attention
+    once a layer and holds no stack of the caches, no repeat of K/V."""
     torch = pytest.importorskip("torch", reason="graph.py is torch: bash tools/setup.sh --dev "
                                 "installs torch==2.13.0")
     from litelm_edge.backends.tvm import graph
@@ -99,65 +101,100 @@ def test_graph_attention_is_the_models(sets):
     fs = [graph.CachedForward(m), graph.CachedForward(graph.prepare(copy.deepcopy(m), "fp32"))]
     assert not hasattr(fs[1].model.layers[0].self_attn, "q_proj")  # fused: one qkv matmul
     k, v = m.empty_cache()
-    kvs = [[torch.zeros(1, c.n_kv_head, c.head_dim, 0)] * L + [torch.zeros(1, c.n_kv_head, 0, c.head_dim)] * L] * 2
+    kvs, P = [graph.empty_caches(c, 16) for _ in fs], 0
     with torch.no_grad():
         for ids in ([5, 9, 1, 33, 2, 7, 60], [3], [40], [11, 12]):  # prefill, 2 decode steps, 2 more tokens
             idx = torch.tensor([ids])
             want, k, v = m.forward_cached(idx, k, v)
-            for j, f in enumerate(fs):
-                got, *kvs[j] = f(idx, *kvs[j])
-                kv = kvs[j]
+            P += len(ids)
+            for f, kv in zip(fs, kvs, strict=True):
+                got = f(idx, torch.tensor([P - len(ids)]), *kv)
                 assert (got - want).abs().max() < 1e-5
-                assert all(torch.allclose(kv[i].transpose(2, 3), k[i], atol=1e-6) for i in range(L))
-                assert all(torch.allclose(kv[L + i], v[i], atol=1e-6) for i in range(L))
+                assert all(torch.allclose(kv[i][..., :P].transpose(2, 3), k[i], atol=1e-6) for i in range(L))
+                assert all(torch.allclose(kv[L + i][:, :, :P], v[i], atol=1e-6) for i in range(L))
+                assert not any(x[..., P:].any() for x in kv[:L])  # untouched past the tokens
+                assert not any(x[:, :, P:].any() for x in kv[L:])
         ops = [str(n.target) for n in graph.export(m).graph.nodes if n.op == "call_function"]
-    assert not set(ops) & {"aten.stack.default", "aten.repeat_interleave.self_int",
+    assert not set(ops) & {"aten.stack.default", "aten.repeat_interleave.self_int", "aten.expand.default",
                            "aten.scaled_dot_product_attention.default"}, ops
-    assert ops.count("aten.expand.default") == 1  # the causal bias to the group's rows, once; K/V never
+    assert ops.count("litelm_edge.attention.default") == L, ops
 
 
 def test_runtime_caches_follow_the_manifest():
-    """runtime.empty_caches: per layer for a library whose manifest records the layout, stacked for
-    one without it (built before), one clear error for a layout it does not know."""
+    """runtime.empty_caches: in place (this build's graph.CACHE_LAYOUT) at the capacity asked, per
+    layer and empty for the concat layout before it, stacked for a library without tvm.cache, one
+    clear error for a layout it does not know."""
     from litelm_edge.backends.tvm import graph
-    from litelm_edge.backends.tvm.runtime import CACHE, empty_caches
+    from litelm_edge.backends.tvm.runtime import CACHE, CONCAT, empty_caches
     assert CACHE == graph.CACHE_LAYOUT  # the device side cannot import graph.py (torch)
     meta = {"cache_shape": [3, 1, 2, 0, 8]}
-    assert [x.shape for x in empty_caches(meta)] == [(3, 1, 2, 0, 8)] * 2
-    per_layer = empty_caches(meta | {"cache": CACHE | {"n_layer": 3}})
+    assert [x.shape for x in empty_caches(meta, 5)] == [(3, 1, 2, 0, 8)] * 2
+    in_place = empty_caches(meta | {"cache": CACHE | {"n_layer": 3}}, 5)
+    assert [x.shape for x in in_place] == [(1, 2, 8, 5)] * 3 + [(1, 2, 5, 8)] * 3
+    assert len({id(x) for x in in_place}) == 6  # each layer its own cache: they are written in place
+    per_layer = empty_caches(meta | {"cache": CONCAT | {"n_layer": 3}}, 5)
     assert [x.shape for x in per_layer] == [(1, 2, 8, 0)] * 3 + [(1, 2, 0, 8)] * 3
     with pytest.raises(ValueError, match="no layout this runtime knows"):
         empty_caches(meta | {"cache": {"k": "(1,nkv,P,hd)", "v": "(1,nkv,P,hd)", "n_layer": 3}})
 
 
-# Run in the TVM venv: the attention-scores kernel in both parameter lists FuseTIR gives it
-# (A, B, P, C) and (A, B, T, P, C), against numpy and found by match_scores, on a decode row
-# block (M = 4) and a ragged prefill (M = 10, N = 45: tails in both).
-SCORES = r"""
+# Run in the TVM venv: cache.attention against numpy (the caches written at P..P+T-1, causal softmax
+# over each row's positions) for grouped (g 4, 3) and plain (g 1, a head of 12 dims: below a vector)
+# heads, at decode (T 1) and prefill (T 7, 40) lengths, an empty and a filled cache, ragged tiles;
+# the caches' other positions untouched; a write past the capacity refused; its fast_exp is topi's.
+ATTENTION = r"""
 import json
 import numpy as np, tvm
-from litelm_edge.backends.tvm import gemm
+from litelm_edge.backends.tvm import cache
+from litelm_edge.backends.tvm.convert import host_target
 rng, out = np.random.default_rng(0), {}
-for n in (1, 2):
-    f = gemm.scores(2, 64, tile=(4, 32), n_sizes=n)
-    out[f"match {n}"] = list(gemm.match_scores(f))
-    lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm")
-    for M, N in ((4, 33), (10, 45)):
-        a, b = rng.standard_normal((2, M, 64), np.float32), rng.standard_normal((2, 64, N), np.float32)
-        c = tvm.runtime.tensor(np.zeros((2, M, N), np.float32))
-        lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), *[N - M] * n, c)
-        out[f"{n} sizes M={M}"] = float(np.abs(c.numpy() - a @ b).max())
+def want(q, k, v, kc, vc, P, g):
+    T = k.shape[3]
+    kc[..., P:P + T], vc[:, :, P:P + T] = k, v
+    att = q @ kc[0, :, :, :P + T]
+    att = np.where(np.arange(P + T)[None, :] > np.arange(q.shape[1])[:, None] // g + P, -np.inf, att)
+    att = np.exp(att - att.max(-1, keepdims=True))
+    return att / att.sum(-1, keepdims=True) @ vc[0, :, :P + T]
+t = tvm.runtime.tensor
+for nkv, g, hd in ((2, 4, 64), (3, 3, 64), (2, 1, 12)):
+    f = tvm.compile(tvm.IRModule({"main": cache.attention(nkv, g, hd).with_attr("global_symbol", "main")}),
+                    target=host_target())["main"]
+    for T, P, C in ((1, 0, 4), (7, 0, 16), (1, 13, 40), (5, 13, 18), (40, 3, 64), (1, 63, 64)):
+        shapes = (nkv, T * g, hd), (1, nkv, hd, T), (1, nkv, T, hd)
+        q, k, v = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+        kc, vc = (rng.standard_normal(s).astype(np.float32) for s in ((1, nkv, hd, C), (1, nkv, C, hd)))
+        q /= 8  # scaled as graph.attention's q is (1 / sqrt(hd))
+        tk, tv, y = t(kc), t(vc), t(np.zeros_like(q))
+        f(t(q), t(k), t(v), tk, tv, t(np.array([P])), y)
+        w = want(q, k, v, kc, vc, P, g)  # kc, vc: written as the kernel should have
+        same = np.array_equal(tk.numpy(), kc) and np.array_equal(tv.numpy(), vc)
+        out[f"{nkv} {g} {hd} T={T} P={P}"] = [float(np.abs(y.numpy() - w).max()), bool(same)]
+    try:
+        f(t(q), t(k), t(v), tk, tv, t(np.array([C])), y)
+        out["overflow"] = "ran"
+    except Exception as e:
+        out["overflow"] = str(e).splitlines()[-1]
+from tvm import te, topi
+xs, x = te.placeholder((4001,), "float32"), np.linspace(-87, 10, 4001, dtype=np.float32)
+ours, topis = t(np.zeros_like(x)), t(np.zeros_like(x))
+for ys, into in ((te.compute((4001,), lambda i: cache.fast_exp(xs[i])), ours), (topi.fast_exp(xs), topis)):
+    tvm.compile(te.create_prim_func([xs, ys]), target="llvm")(t(x), into)
+out["fast_exp"] = [float(np.abs(ours.numpy() / np.exp(x.astype(np.float64)) - 1).max()),
+                   bool(np.array_equal(ours.numpy(), topis.numpy()))]
 print(json.dumps(out))
 """
 
 
-def test_scores_kernel_takes_one_or_two_sizes(tvm_python):
-    r = subprocess.run([str(tvm_python), "-c", SCORES], capture_output=True, text=True,
+def test_attention_kernel_writes_the_cache_and_attends_over_its_prefix(tvm_python):
+    r = subprocess.run([str(tvm_python), "-c", ATTENTION], capture_output=True, text=True,
                        env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out.pop("match 1") == [2, 64, 1] and out.pop("match 2") == [2, 64, 2]
-    assert len(out) == 4 and max(out.values()) < 1e-4, out
+    assert "KV cache overflow" in out.pop("overflow"), out
+    err, as_topi = out.pop("fast_exp")
+    assert as_topi and err < 1e-5  # TVM's topi.fast_exp, bit for bit; ~4e-6 relative at worst
+    assert len(out) == 18 and all(ok for _, ok in out.values()), out  # the caches written as numpy does
+    assert max(err for err, _ in out.values()) < 1e-5, out
 
 
 def check(py, precisions: str) -> dict:
@@ -247,25 +284,27 @@ from litelm_edge.pipeline.checkpoint import load
 ckpt, prec, out = sys.argv[1:4]
 c = load(ckpt, tokenizer=False)[0].cfg
 mod, _, cache = convert.relax_module(ckpt, prec)
-assert cache == {"k": "(1,nkv,hd,P)", "v": "(1,nkv,P,hd)", "n_layer": c.n_layer}, cache
+assert cache == {"k": "(1,nkv,hd,C)", "v": "(1,nkv,C,hd)", "pos": "(1,) int64", "write": "in place",
+                 "n_layer": c.n_layer}, cache
 res = {}
 for name, fuse, gemv in (("unfused", False, 64), ("fused", True, 128)):  # fuse: FuseOps and packing
     so = f"{out}/{name}.so"
     convert.compile_to(mod, convert.host_target(), so, None, (4, 32), int4=prec == "int4-b32",
                        gemv=gemv, fuse=fuse, pack=fuse)
     f = (vm := tvm_vm.VirtualMachine(tvm.runtime.load_module(so), tvm.cpu()))["forward"]
-    kv = ([np.zeros((1, c.n_kv_head, c.head_dim, 0), np.float32)] * c.n_layer
-          + [np.zeros((1, c.n_kv_head, 0, c.head_dim), np.float32)] * c.n_layer)  # per layer: k, then v
-    lg, *kv = f(tvm.runtime.tensor(np.arange(1, 10)[None]), *map(tvm.runtime.tensor, kv))
+    kv = ([np.zeros((1, c.n_kv_head, c.head_dim, 16), np.float32) for _ in range(c.n_layer)]
+          + [np.zeros((1, c.n_kv_head, 16, c.head_dim), np.float32) for _ in range(c.n_layer)])  # k, then v
+    kv = list(map(tvm.runtime.tensor, kv))
+    lg = f(tvm.runtime.tensor(np.arange(1, 10)[None]), tvm.runtime.tensor(np.array([0])), *kv)
     logits, kernels, step = [lg.numpy()], {}, [0]
     def hook(_f, name, before, *_):
         if before and step[0] == 7 and not name.startswith("vm.builtin"):
             kernels[name] = kernels.get(name, 0) + 1
         return 0
     vm.set_instrument(hook)
-    for t in (3, 5, 7):
+    for i, t in enumerate((3, 5, 7)):  # at positions 9, 10, 11
         step[0] = t
-        lg, *kv = f(tvm.runtime.tensor(np.array([[t]])), *kv)
+        lg = f(tvm.runtime.tensor(np.array([[t]])), tvm.runtime.tensor(np.array([9 + i])), *kv)
         logits.append(lg.numpy())
     np.savez(f"{out}/{name}.npz", *logits)
     res[name] = kernels
@@ -276,12 +315,12 @@ print(json.dumps(res))
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4-b32"])
 def test_fuseops_fuses_elementwise_ops_and_keeps_the_logits(tvm_python, tiny_run, precision, tmp_path):
-    """FuseOps (with ArangeOpaque), packed weights and the wider GEMV change the logits by rounding
+    """FuseOps, packed weights and the wider GEMV change the logits by rounding
     only (a fused kernel's ops inlined into one expression may contract into FMAs, elementwise.py;
     the matmuls are the same sums in the same order); the decode step calls fewer kernels, norms
     among them fused into one PrimFunc, and the weight matmuls are the packed GEMVs, the tied head's
-    too (its embedding gathers from the packed copy), and each layer's cache appends are cache.py's
-    copies."""
+    too (its embedding gathers from the packed copy), and each layer's attention is cache.py's one
+    kernel (it writes the cache in place: no append, no copy)."""
     r = subprocess.run([str(tvm_python), "-c", FUSE, str(tiny_run), precision, str(tmp_path)],
                        capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
@@ -299,7 +338,8 @@ def test_fuseops_fuses_elementwise_ops_and_keeps_the_logits(tvm_python, tiny_run
     head = "int8" if precision == "int4-b32" else precision  # int4: the head stays int8 (graph.prepare)
     for kernel in ("gemm", "gather"):
         assert f"{kernel}_{head}_{c.n_embd}x{c.vocab_size}_packed" in calls["fused"], calls["fused"]
-    assert calls["fused"]["append_k_cache"] == calls["fused"]["append_v_cache"] == c.n_layer  # cache.py
+    assert calls["fused"]["attention"] == calls["unfused"]["attention"] == c.n_layer  # cache.py
+    assert not any("softmax" in k or "append" in k for k in calls["fused"]), calls["fused"]  # in attention
     if precision != "int4-b32":  # int4-b32: the layers' own kernel
         # a width the 128-column GEMV does not divide (tiny's 64, SmolLM2's 576) is packed at 64
         assert any(k.endswith("x64_packed") for k in calls["fused"]), calls["fused"]

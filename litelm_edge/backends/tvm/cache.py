@@ -1,11 +1,13 @@
-"""The KV cache appends of the TVM graph: each decode step's `concat(cache, new)` as a plain copy.
+"""The KV cache of the TVM graph, written in place: one kernel a layer that stores the step's keys and
+values at their positions and attends over the cache's prefix.
 
-graph.CachedForward appends a step's keys and values to each layer's cache with torch.cat, which the
-importer makes `R.concat`; TVM's legalised concat selects between its inputs per element, a loop LLVM
-cannot vectorise. AppendKernels replaces each cache's concat with a kernel of two copy loops (the
-old rows, then the new): alone, on the 26M's caches at 100 positions (AMD EPYC, Zen 5), K 3.7 -> 1.0 us,
-V 0.85 -> 0.58 us a layer. The copy itself stays (the cache is not yet written in place).
-Runs in the TVM toolchain venv.
+graph.CachedForward calls graph.attention (a torch custom op) with the layer's caches, which the
+runtime allocates at a capacity C and grows; `pos` (a (1,) int64 input) counts the tokens cached
+before the call. The importer maps that op (convert_map) to a placeholder, and AttentionKernels makes
+each one `call_tir_inplace(attention)`: the caches are outputs aliased to the inputs, so nothing
+copies the past. Before, each decode step concatenated every layer's cache into a new tensor one
+position longer (9 % of the 26M's int4 decode step, growing with the context) and ran the scores,
+the bias add, the softmax and x V as four kernels. Runs in the TVM toolchain venv.
 """
 from __future__ import annotations
 
@@ -13,50 +15,157 @@ import tvm
 from tvm import relax, tirx
 from tvm.script import tirx as T
 
+OPAQUE = 8  # tvm::relax::OpPatternKind::kOpaque: FuseOps leaves the kernel in a group of its own
+PLACEHOLDER = "litelm_edge.attention"  # the importer's call, until AttentionKernels replaces it
+LANES = 16  # positions (scores, softmax) and head dims (x V) a vector: 16 fp32 (1 AVX-512, 4 NEON registers)
+ROWS = 4  # query rows a register tile: each key / value vector loaded once for 4 rows
 
-def append_k(nkv: int, hd: int) -> tirx.PrimFunc:
-    """o (1, nkv, hd, P + n) = a (1, nkv, hd, P) ++ b (1, nkv, hd, n) along positions (K, transposed)."""
-    nkv, hd = tirx.IntImm("int64", nkv), tirx.IntImm("int64", hd)
+
+def fast_exp(x):
+    """exp(x) in float32 as TVM's topi.fast_exp computes it (a degree-7 polynomial and an exponent
+    shift, about 1e-7 relative; what the graph's softmax ran on, elementwise.py): LLVM vectorises it,
+    where libm's expf is one call a lane."""
+    x = T.max(T.min(x, T.float32(88.3762626647950)), T.float32(-88.3762626647949))
+    n = T.floor(x * T.float32(1.44269504088896341) + T.float32(0.5))
+    f = x - n * T.float32(0.6931471805599453)
+    y = T.float32(1.9875691500e-4)
+    for p in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        y = y * f + T.float32(p)
+    y = y * f * f + f + T.float32(1.0)
+    return T.reinterpret("float32", T.shift_left(T.Cast("int32", n + T.float32(127.0)), 23)) * y
+
+
+def attention(nkv: int, g: int, hd: int) -> tirx.PrimFunc:
+    """graph.attention for nkv K/V heads of hd dims, g query rows a position: (q (nkv, R, hd),
+    k (1, nkv, hd, T), v (1, nkv, T, hd), k_cache (1, nkv, hd, C), v_cache (1, nkv, C, hd),
+    pos (1,) int64, y (nkv, R, hd)), R = T * g; k_cache and v_cache written at P..P+T-1 (P = pos[0]),
+    row r attends over positions 0..P + r // g. One K/V head a task; per head: the scores of a
+    ROWS x LANES tile over the positions its rows see, the softmax on fast_exp, x V as ROWS rows x
+    LANES dims. hd must divide by LANES or be below it (then one vector of hd)."""
+    w = LANES if hd % LANES == 0 else hd
+    mt, nj = ROWS, LANES
+    nkv, g, hd = (tirx.IntImm("int64", x) for x in (nkv, g, hd))
 
     @T.prim_func(private=True, s_tir=False)
-    def main(a: T.handle, b: T.handle, o: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        P = T.int64()
-        n = T.int64()
-        A = T.match_buffer(a, (1, nkv, hd, P), "float32")
-        B = T.match_buffer(b, (1, nkv, hd, n), "float32")
-        O = T.match_buffer(o, (1, nkv, hd, P + n), "float32")
-        for c in range(nkv):
+    def main(q: T.handle, k: T.handle, v: T.handle, kc: T.handle, vc: T.handle, pos: T.handle, y: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
+        R, Tn, C = T.int64(), T.int64(), T.int64()
+        Q = T.match_buffer(q, (nkv, R, hd), "float32")
+        K = T.match_buffer(k, (1, nkv, hd, Tn), "float32")
+        V = T.match_buffer(v, (1, nkv, Tn, hd), "float32")
+        KC = T.match_buffer(kc, (1, nkv, hd, C), "float32")
+        VC = T.match_buffer(vc, (1, nkv, C, hd), "float32")
+        POS = T.match_buffer(pos, (1,), "int64")
+        Y = T.match_buffer(y, (nkv, R, hd), "float32")
+        P = POS[0]
+        N = P + Tn
+        CV = C // nj  # whole vectors in a cache row: a vector may run past the positions a row sees
+        assert 0 <= P and N <= C, "KV cache overflow: pos + T exceeds the cache's capacity"
+        for h in T.parallel(nkv):
             for d in range(hd):
-                for i in range(P):
-                    O[0, c, d, i] = A[0, c, d, i]
-                for i in range(n):
-                    O[0, c, d, P + i] = B[0, c, d, i]
+                for t in range(Tn):
+                    KC[0, h, d, P + t] = K[0, h, d, t]
+            for t in range(Tn):
+                for d in T.vectorized(hd):
+                    VC[0, h, P + t, d] = V[0, h, t, d]
+            # the head's scores, then its probabilities: row r at r * C; past a row's positions they are
+            # not read (scores) or zero (probabilities)
+            S = T.decl_buffer((R * C,), "float32")
+            for io in range((R + mt - 1) // mt):  # row tiles (the last one partial)
+                i0 = io * mt
+                lim = T.min(P + (T.min(i0 + mt, R) - 1) // g + 1, N)  # positions the tile sees
+                rows = T.min(mt, R - i0)
+                nv = T.min((lim + nj - 1) // nj, CV)
+                for jo in range(nv):
+                    j0 = jo * nj
+                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
+                    for ii in T.unroll(mt):
+                        for ji in T.vectorized(nj):
+                            acc[ii, ji] = T.float32(0)
+                    for d in range(hd):
+                        for ii in T.unroll(mt):
+                            qi = T.min(i0 + ii, R - 1)  # a partial tile's missing rows: the last (not stored)
+                            for ji in T.vectorized(nj):
+                                acc[ii, ji] = acc[ii, ji] + Q[h, qi, d] * KC[0, h, d, j0 + ji]
+                    for ii in range(rows):
+                        for ji in T.vectorized(nj):
+                            S[(i0 + ii) * C + j0 + ji] = acc[ii, ji]
+                for ii in range(rows):  # a capacity not a whole number of vectors: its last positions
+                    for j in range(nv * nj, lim):
+                        a1 = T.decl_buffer((1,), "float32", scope="local")
+                        a1[0] = T.float32(0)
+                        for d in range(hd):
+                            a1[0] = a1[0] + Q[h, i0 + ii, d] * KC[0, h, d, j]
+                        S[(i0 + ii) * C + j] = a1[0]
+            for r in range(R):  # softmax over the row's positions 0..P + r // g; zeros after them to N
+                n = P + r // g + 1
+                nv = T.min((n + nj - 1) // nj, CV)
+                nvN = T.min((N + nj - 1) // nj, CV)
+                lanes = T.decl_buffer((nj,), "float32", scope="local")
+                top = T.decl_buffer((1,), "float32", scope="local")
+                for ji in T.vectorized(nj):
+                    lanes[ji] = T.float32(-3.0e38)
+                for jo in range(nv):
+                    for ji in T.vectorized(nj):
+                        lanes[ji] = T.max(lanes[ji], T.if_then_else(jo * nj + ji < n, S[r * C + jo * nj + ji],
+                                                                   T.float32(-3.0e38)))
+                top[0] = T.float32(-3.0e38)
+                for j in range(nv * nj, n):
+                    top[0] = T.max(top[0], S[r * C + j])
+                for ji in range(nj):
+                    top[0] = T.max(top[0], lanes[ji])
+                for ji in T.vectorized(nj):
+                    lanes[ji] = T.float32(0)
+                for jo in range(nvN):
+                    for ji in T.vectorized(nj):
+                        S[r * C + jo * nj + ji] = T.if_then_else(
+                            jo * nj + ji < n, fast_exp(S[r * C + jo * nj + ji] - top[0]), T.float32(0))
+                        lanes[ji] = lanes[ji] + S[r * C + jo * nj + ji]
+                for j in range(nvN * nj, N):
+                    S[r * C + j] = T.if_then_else(j < n, fast_exp(S[r * C + j] - top[0]), T.float32(0))
+                    lanes[0] = lanes[0] + S[r * C + j]
+                top[0] = T.float32(0)
+                for ji in range(nj):
+                    top[0] = top[0] + lanes[ji]
+                top[0] = T.float32(1) / top[0]
+                for jo in range(nv):
+                    for ji in T.vectorized(nj):
+                        S[r * C + jo * nj + ji] = S[r * C + jo * nj + ji] * top[0]
+                for j in range(nv * nj, n):
+                    S[r * C + j] = S[r * C + j] * top[0]
+            for io in range((R + mt - 1) // mt):  # y = probabilities x V, over the positions the tile sees
+                i0 = io * mt
+                lim = T.min(P + (T.min(i0 + mt, R) - 1) // g + 1, N)
+                rows = T.min(mt, R - i0)
+                for dc in range(hd // w):
+                    d0 = dc * w
+                    acc = T.decl_buffer((mt, w), "float32", scope="local")
+                    for ii in T.unroll(mt):
+                        for di in T.vectorized(w):
+                            acc[ii, di] = T.float32(0)
+                    for j in range(lim):
+                        for ii in T.unroll(mt):
+                            si = T.min(i0 + ii, R - 1) * C + j
+                            for di in T.vectorized(w):
+                                acc[ii, di] = acc[ii, di] + S[si] * VC[0, h, j, d0 + di]
+                    for ii in range(rows):
+                        for di in T.vectorized(w):
+                            Y[h, i0 + ii, d0 + di] = acc[ii, di]
 
     return main
 
 
-def append_v(nkv: int, hd: int) -> tirx.PrimFunc:
-    """o (1, nkv, P + n, hd) = a (1, nkv, P, hd) ++ b (1, nkv, n, hd) along positions (V)."""
-    nkv, hd = tirx.IntImm("int64", nkv), tirx.IntImm("int64", hd)
+def convert_map() -> dict:
+    """The importer's converter for graph.attention (from_exported_program's custom_convert_map): a
+    pure-packed placeholder call carrying g, which AttentionKernels replaces by the kernel."""
 
-    @T.prim_func(private=True, s_tir=False)
-    def main(a: T.handle, b: T.handle, o: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        P = T.int64()
-        n = T.int64()
-        A = T.match_buffer(a, (1, nkv, P, hd), "float32")
-        B = T.match_buffer(b, (1, nkv, n, hd), "float32")
-        O = T.match_buffer(o, (1, nkv, P + n, hd), "float32")
-        for c in range(nkv):
-            for i in range(P):
-                for d in T.vectorized(hd):
-                    O[0, c, i, d] = A[0, c, i, d]
-            for i in range(n):
-                for d in T.vectorized(hd):
-                    O[0, c, P + i, d] = B[0, c, i, d]
+    def convert(node, importer):
+        q, k, v, kc, vc, pos = (importer.env[a] for a in node.args[:6])
+        return importer.block_builder.emit(relax.call_pure_packed(
+            PLACEHOLDER, q, k, v, kc, vc, pos, relax.prim_value(int(node.args[6]), "int64"),
+            ty_args=q.ty))
 
-    return main
+    return {"attention.default": convert}
 
 
 def rewrite_functions(mutator) -> tvm.IRModule:
@@ -67,45 +176,34 @@ def rewrite_functions(mutator) -> tvm.IRModule:
     return mutator.builder_.get()
 
 
-def _static(x) -> int | None:
-    return int(x) if isinstance(x, tirx.IntImm) else None
-
-
 @relax.expr_functor.mutator
-class _AppendRewriter(relax.PyExprMutator):
+class _AttentionRewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
         self.mod, self.kernels = mod, {}
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if call.op != tvm.ir.Op.get("relax.concat") or not isinstance(call.args[0], relax.Tuple):
+        fn = call.args[0] if call.op == tvm.ir.Op.get("relax.call_pure_packed") else None
+        if not isinstance(fn, relax.ExternFunc) or fn.global_symbol != PLACEHOLDER:
             return call
-        parts = call.args[0].fields
-        shapes = [getattr(p.ty, "shape", None) for p in parts]
-        if len(parts) != 2 or any(s is None or len(s) != 4 or p.ty.dtype != "float32"
-                                  for p, s in zip(parts, shapes, strict=True)):
-            return call
-        axis = int(call.attrs.axis)
-        dims = [_static(x) for x in shapes[0]]
-        # K (1, nkv, hd, P) along 3, V (1, nkv, P, hd) along 2: the static dims the kernel fixes
-        fixed = {3: (dims[1], dims[2]), 2: (dims[1], dims[3])}.get(axis)
-        if fixed is None or None in fixed or dims[0] != 1:
-            return call
-        key = (axis, *fixed)
+        q, k, v, kc, vc, pos, g = call.args[1:]
+        nkv, _, hd = (x for x in q.ty.shape)
+        key = (int(nkv), int(g.value), int(hd))
         if key not in self.kernels:
-            make, name = (append_k, "append_k_cache") if axis == 3 else (append_v, "append_v_cache")
-            self.kernels[key] = self.builder_.add_func(make(*fixed), name)
-        return relax.call_tir(self.kernels[key], list(parts), call.ty)
+            self.kernels[key] = self.builder_.add_func(attention(*key), "attention")
+        out = self.builder_.emit(relax.call_tir_inplace(self.kernels[key], [q, k, v, kc, vc, pos], [3, 4, -1],
+                                                        [kc.ty, vc.ty, q.ty]))
+        return relax.TupleGetItem(out, 2)
 
     def transform(self) -> tvm.IRModule:
         return rewrite_functions(self)
 
 
-@tvm.transform.module_pass(opt_level=0, name="AppendKernels")
-class AppendKernels:
-    """Every concat of two rank-4 fp32 tensors along a cache's position axis (K: 3, V: 2) with static
-    (1, nkv, hd) -> append_k / append_v (bit-identical: a copy)."""
+@tvm.transform.module_pass(opt_level=0, name="AttentionKernels")
+class AttentionKernels:
+    """Every graph.attention placeholder (convert_map's) -> call_tir_inplace of attention(nkv, g, hd)
+    with the caches as its aliased outputs."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _AppendRewriter(mod).transform()
+        return _AttentionRewriter(mod).transform()

@@ -10,9 +10,11 @@ tile ([MT, NJ] register tile, or null), gemv (decode GEMV columns a task, or nul
 (default true; false = TVM's default unscheduled pipeline, for benchmarks)}.
 
 Writes out_dir/model.so, out_dir/convert.json (timings, weight bytes by dtype), and
-host_dir/model.so. The library has one function, `forward(idx (1, T) int64, k_0..k_{L-1} (1, nkv, hd, P),
-v_0..v_{L-1} (1, nkv, P, hd) fp32) -> (logits (1, T, V), the L k, the L v of length P+T)`: prefill is
-P = 0, decode T = 1 (graph.CachedForward; convert.json's "cache" records the layout).
+host_dir/model.so. The library has two functions, `forward(idx (1, T) int64, pos (1,) int64,
+k_0..k_{L-1} (1, nkv, hd, C), v_0..v_{L-1} (1, nkv, C, hd) fp32) -> logits (1, T, V)`, which writes
+the step's keys and values into the caches at pos (prefill is pos 0, decode T = 1), and
+`forward_last`, the same with the last position's logits (graph.CachedForward; convert.json's
+"cache" records the layout).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def relax_module(checkpoint: str, precision: str, weights: str | None = None):
     import numpy as np
     import torch
     from tvm.relax.frontend.torch import from_exported_program
-    from litelm_edge.backends.tvm import graph
+    from litelm_edge.backends.tvm import cache, graph
     from litelm_edge.pipeline.checkpoint import load
     model, _, _ = load(checkpoint, tokenizer=False)
     for name, w in (np.load(weights).items() if weights else ()):
@@ -61,12 +63,13 @@ def relax_module(checkpoint: str, precision: str, weights: str | None = None):
             n = t.numel() * t.element_size()
         nbytes[name] = nbytes.get(name, 0) + n
     with torch.no_grad():
-        mod = from_exported_program(graph.export(model))
-        last = from_exported_program(graph.export(model, last=True))["main"]
+        mod, last = (from_exported_program(graph.export(model, last), custom_convert_map=cache.convert_map(),
+                                           unwrap_unit_return_tuple=True) for last in (False, True))
     mod["forward"] = mod["main"].with_attr("global_symbol", "forward")
-    mod["forward_last"] = shared_constants(last, mod["forward"]).with_attr("global_symbol", "forward_last")
+    last = shared_constants(last["main"], mod["forward"])
+    mod["forward_last"] = last.with_attr("global_symbol", "forward_last")
     del mod["main"]
-    return mod, nbytes, graph.CACHE_LAYOUT | {"n_layer": model.cfg.n_layer}
+    return cache.AttentionKernels()(mod), nbytes, graph.CACHE_LAYOUT | {"n_layer": model.cfg.n_layer}
 
 
 def shared_constants(func, like):

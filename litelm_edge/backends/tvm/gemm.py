@@ -69,7 +69,7 @@ def gather_packed(K: int, N: int, g: int, dtype: str) -> tirx.PrimFunc:
 
     @T.prim_func(private=True, s_tir=False)
     def main(w: T.handle, i: T.handle, o: T.handle):
-        # opaque (schedule.OPAQUE): FuseOps leaves it alone (FuseTIR refuses its buffers in a group)
+        # opaque (cache.OPAQUE): FuseOps leaves it alone (FuseTIR refuses its buffers in a group)
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
         n = T.int64()
         W = T.match_buffer(w, (N // g, K, g), dtype)
@@ -233,81 +233,3 @@ def match(func: tirx.PrimFunc):
     if int(a.shape[1]) != K or int(c.shape[1]) != N:
         return None
     return K, N, int8, (act[0], wts[0], *sc, act[1])
-
-
-def scores(Bt: int, K: int, tile=TILE, n_sizes: int = 1) -> tirx.PrimFunc:
-    """Attention scores C (Bt, M, N) = A (Bt, M, K) @ B (Bt, K, N), M (T, or T x the q heads a K/V
-    head) and N = P + T symbolic, one head a task; the parameter list (A, B, P, C) or (A, B, T, P,
-    C) is FuseTIR's (n_sizes symbolic sizes it passes), the sizes unused here."""
-    if n_sizes not in (1, 2):
-        raise ValueError(f"scores takes 1 or 2 symbolic size parameters, got {n_sizes}")
-    mt, nj = tile
-    Bt, K = tirx.IntImm("int64", Bt), tirx.IntImm("int64", K)
-
-    @T.prim_func(private=True, s_tir=False)
-    def main(a: T.handle, b: T.handle, p: T.int64, c: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        M, N = T.int64(), T.int64()
-        A = T.match_buffer(a, (Bt, M, K), "float32")
-        B = T.match_buffer(b, (Bt, K, N), "float32")
-        C = T.match_buffer(c, (Bt, M, N), "float32")
-        for h in T.parallel(Bt):
-            for io in range(M // mt):
-                for jo in range(N // nj):  # MT x NJ register tiles
-                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
-                    for ii in T.unroll(mt):
-                        for ji in T.vectorized(nj):
-                            acc[ii, ji] = T.float32(0)
-                    for k in range(K):
-                        for ii in T.unroll(mt):
-                            for ji in T.vectorized(nj):
-                                acc[ii, ji] = acc[ii, ji] + A[h, io * mt + ii, k] * B[h, k, jo * nj + ji]
-                    for ii in T.unroll(mt):
-                        for ji in T.vectorized(nj):
-                            C[h, io * mt + ii, jo * nj + ji] = acc[ii, ji]
-                for j in range(N // nj * nj, N):  # the last N % NJ columns
-                    for ii in range(mt):
-                        C[h, io * mt + ii, j] = T.float32(0)
-                        for k in range(K):
-                            C[h, io * mt + ii, j] = C[h, io * mt + ii, j] + A[h, io * mt + ii, k] * B[h, k, j]
-            for i in range(M // mt * mt, M):  # the last M % MT rows (decode: the only one)
-                for jo in range(N // nj):
-                    acc1 = T.decl_buffer((nj,), "float32", scope="local")
-                    for ji in T.vectorized(nj):
-                        acc1[ji] = T.float32(0)
-                    for k in range(K):
-                        for ji in T.vectorized(nj):
-                            acc1[ji] = acc1[ji] + A[h, i, k] * B[h, k, jo * nj + ji]
-                    for ji in T.vectorized(nj):
-                        C[h, i, jo * nj + ji] = acc1[ji]
-                for j in range(N // nj * nj, N):
-                    C[h, i, j] = T.float32(0)
-                    for k in range(K):
-                        C[h, i, j] = C[h, i, j] + A[h, i, k] * B[h, k, j]
-
-    if n_sizes == 1:
-        return main
-    size = tirx.Var("t", "int64")  # a second size parameter, unused: the sizes come from the buffers
-    a, b, p, c = main.params
-    return tirx.PrimFunc([a, b, size, p, c], main.body, main.ret_type, main.attrs)
-
-
-def match_scores(func: tirx.PrimFunc):
-    """(Bt, K, n_sizes) when `func` is the attention-scores matmul (A (Bt, M, K), B (Bt, K, N), then 1
-    or 2 symbolic sizes (P; or T, P: the per-layer cache graph), C (Bt, M, N); Bt and K static, M and
-    N not), else None."""
-    ty = [p.ty for p in func.params]
-    is_buf = [isinstance(t, tirx.buffer.BufferType) for t in ty]
-    if len(ty) not in (4, 5) or is_buf != [True, True] + [False] * (len(ty) - 3) + [True]:
-        return None
-    a, b, c = ty[0], ty[1], ty[-1]
-    static = lambda x: isinstance(x, tirx.IntImm)  # noqa: E731
-    if any(len(t.shape) != 3 or t.dtype != "float32" for t in (a, b, c)):
-        return None
-    if not (static(a.shape[0]) and static(a.shape[2]) and not static(a.shape[1]) and not static(b.shape[2])):
-        return None
-    if not (static(b.shape[0]) and static(b.shape[1])):
-        return None
-    if (int(b.shape[0]), int(b.shape[1])) != (int(a.shape[0]), int(a.shape[2])):
-        return None
-    return int(a.shape[0]), int(a.shape[2]), len(ty) - 3

@@ -181,55 +181,73 @@ def prepare(model, precision: str):
     return model
 
 
-# The cache layout of the exported graph, recorded in the manifest (runtime.py reads it): one K
-# and one V tensor a layer, K stored transposed so the scores matmul streams it along positions.
-CACHE_LAYOUT = {"k": "(1,nkv,hd,P)", "v": "(1,nkv,P,hd)"}
+# The cache layout of the exported graph, recorded in the manifest (runtime.py reads it): one K and
+# one V tensor a layer of C >= P + T positions the runtime allocates (and grows), K stored transposed
+# so the scores stream it along positions; the graph writes each step's keys and values into them at
+# pos (a (1,) int64 input: the tokens cached before this call) and attends over their first P + T.
+CACHE_LAYOUT = {"k": "(1,nkv,hd,C)", "v": "(1,nkv,C,hd)", "pos": "(1,) int64", "write": "in place"}
+
+
+@torch.library.custom_op("litelm_edge::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              pos: torch.Tensor, g: int) -> torch.Tensor:
+    """Causal attention over a cache written in place: k (1, nkv, hd, T) and v (1, nkv, T, hd) go
+    into k_cache (1, nkv, hd, C) and v_cache (1, nkv, C, hd) at positions P..P+T-1 (P = pos[0]);
+    q (nkv, T*g, hd), scaled, its rows (t, j) query t of the j-th q head of a K/V head, attends over
+    the caches' first P + t + 1 positions -> y (nkv, T*g, hd). One op for the graph: TVM compiles it
+    as cache.attention (one kernel that writes and attends, no copy of the cache). Declared
+    non-mutating so torch.export keeps it one call the importer maps (cache.convert_map); the
+    mutation is of the caches the runtime owns, which nothing in the graph reads again."""
+    P, T = int(pos[0]), k.shape[3]
+    k_cache[..., P:P + T] = k
+    v_cache[:, :, P:P + T] = v
+    att = q @ k_cache[0, :, :, :P + T]  # (nkv, T*g, P+T)
+    t = torch.arange(T * g, device=q.device) // g + P  # each row's position
+    att = att.masked_fill(torch.arange(P + T, device=q.device)[None, :] > t[:, None], float("-inf"))
+    return torch.softmax(att, dim=-1) @ v_cache[0, :, :P + T]
+
+
+@attention.register_fake
+def _attention_shape(q, k, v, k_cache, v_cache, pos, g):
+    return torch.empty_like(q)
 
 
 class CachedForward(nn.Module):
-    """forward(idx (1, T), k_0..k_{L-1} (1, nkv, hd, P), v_0..v_{L-1} (1, nkv, P, hd))
-    -> (logits (1, T, V), the L new k, the L new v), each of length P+T.
+    """forward(idx (1, T), pos (1,) int64, k_0..k_{L-1} (1, nkv, hd, C), v_0..v_{L-1} (1, nkv, C, hd))
+    -> logits (1, T, V); each layer's keys and values written into its caches at pos..pos+T-1
+    (C >= pos + T: the caller's cache, grown by the caller).
 
-    The model's forward_cached with its own attention, written for TVM: per-layer caches (no
-    torch.stack copy of every layer each step); grouped-query attention as the group's q heads
-    stacked along rows, (nkv, T*group, hd), against their one K/V head (no repeat of K/V); the
-    1/sqrt(hd) scale folded into q; the causal mask an additive bias (0 or -inf). last: the logits
-    of the last position only, (1, 1, V): what serving needs of a prefill (llama.cpp computes no
-    more); the head is then one GEMV, not T of them."""
+    The model's forward_cached with its own attention, written for TVM: per-layer caches written in
+    place (no torch.stack copy of every layer, no concat of the past each step); grouped-query
+    attention as the group's q heads stacked along rows, (nkv, T*group, hd), against their one K/V
+    head (no repeat of K/V); the 1/sqrt(hd) scale folded into q; the causal mask inside `attention`.
+    last: the logits of the last position only, (1, 1, V): what serving needs of a prefill
+    (llama.cpp computes no more); the head is then one GEMV, not T of them."""
 
     def __init__(self, model, last: bool = False):
         super().__init__()
         self.model, self.last = model, last
 
-    def forward(self, idx, *caches):
+    def forward(self, idx, pos, *caches):
         m, c = self.model, self.model.cfg
-        L, T = c.n_layer, idx.shape[1]
+        L = c.n_layer
         ks, vs = caches[:L], caches[L:]
-        P = vs[0].shape[2]
-        for kc, vc in zip(ks, vs, strict=True):  # one symbol P for every cache (export made one each)
-            torch._check(kc.shape[3] == P)
-            torch._check(vc.shape[2] == P)
-        cos, sin = rope_tables(c, P, T, idx.device)
-        q_pos = torch.arange(T, device=idx.device) + P
-        k_pos = torch.arange(P + T, device=idx.device)
-        bias = torch.where(k_pos[None, :] <= q_pos[:, None], 0.0, float("-inf"))  # (T, P+T)
-        g = c.n_head // c.n_kv_head
-        bias = bias[:, None, :].expand(T, g, -1).reshape(T * g, -1)  # (T*g, P+T): attend's rows, once
+        C = vs[0].shape[2]
+        for kc, vc in zip(ks, vs, strict=True):  # one symbol C for every cache (export made one each)
+            torch._check(kc.shape[3] == C)
+            torch._check(vc.shape[2] == C)
+        cos, sin = rope_tables(c, pos, idx.shape[1], idx.device)  # positions pos..pos+T-1
         x = m.embed_tokens(idx)
-        new_k, new_v = [], []
         for i, li in enumerate(m.layer_order()):
             blk = m.layers[li]
-            a, k, v = self.attend(blk.self_attn, blk.input_layernorm(x), cos, sin, ks[i], vs[i], bias)
-            x = x + a
+            x = x + self.attend(blk.self_attn, blk.input_layernorm(x), cos, sin, ks[i], vs[i], pos)
             x = x + blk.mlp(blk.post_attention_layernorm(x))
-            new_k.append(k)
-            new_v.append(v)
         if self.last:
             x = x[:, -1:]
-        return (m.lm_head(m.norm(x)), *new_k, *new_v)
+        return m.lm_head(m.norm(x))
 
-    def attend(self, attn, x, cos, sin, k_cache, v_cache, bias):
-        """x (1, T, C) -> y (1, T, C), k (1, nkv, hd, P+T), v (1, nkv, P+T, hd)."""
+    def attend(self, attn, x, cos, sin, k_cache, v_cache, pos):
+        """x (1, T, C) -> y (1, T, C); the layer's keys and values written into its caches."""
         c = self.model.cfg
         T, hd, nh, nkv = x.shape[1], c.head_dim, c.n_head, c.n_kv_head
         g = nh // nkv  # q heads a K/V head: q head h reads K/V head h // g (Attention's expand)
@@ -239,32 +257,34 @@ class CachedForward(nn.Module):
         else:  # the model as it was trained (tests compare the two)
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         q = apply_rope(q.reshape(1, T, nh, hd), cos, sin) * (1.0 / math.sqrt(hd))
-        k = apply_rope(k.reshape(1, T, nkv, hd), cos, sin)
-        v = v.reshape(1, T, nkv, hd)
-        k = torch.cat((k_cache, k.permute(0, 2, 3, 1)), dim=3)  # (1, nkv, hd, P+T)
-        v = torch.cat((v_cache, v.transpose(1, 2)), dim=2)  # (1, nkv, P+T, hd)
+        k = apply_rope(k.reshape(1, T, nkv, hd), cos, sin).permute(0, 2, 3, 1)  # (1, nkv, hd, T)
+        v = v.reshape(1, T, nkv, hd).transpose(1, 2)  # (1, nkv, T, hd)
         # rows (t, j) of K/V head n: query t of q head n*g + j. The rows split as (T, g), g static:
         # torch.export cannot prove a split of a symbolic dim as (g, T) valid. Every reshape changes
         # the rank: TVM's importer compares same-rank shapes element by element, and fails on T.
         q = q.view(1, T, nkv, g, hd).transpose(1, 2).reshape(nkv, T * g, hd)
-        att = q @ k.view(nkv, hd, -1)  # (nkv, T*g, P+T)
-        att = torch.softmax(att + bias, dim=-1)
-        y = att @ v.view(nkv, -1, hd)  # (nkv, T*g, hd)
+        y = attention(q, k, v, k_cache, v_cache, pos, g)  # (nkv, T*g, hd)
         y = y.view(nkv, T, g, hd).transpose(0, 1).reshape(1, T, nh * hd)
         if attn.g_proj is not None:
             y = y * torch.sigmoid(attn.g_proj(x))
-        return attn.o_proj(y), k, v
+        return attn.o_proj(y)
+
+
+def empty_caches(cfg, capacity: int) -> list[torch.Tensor]:
+    """CachedForward's caches for `capacity` positions: k_0..k_{L-1}, then v_0..v_{L-1}."""
+    L, nkv, hd = cfg.n_layer, cfg.n_kv_head, cfg.head_dim
+    return ([torch.zeros(1, nkv, hd, capacity) for _ in range(L)]
+            + [torch.zeros(1, nkv, capacity, hd) for _ in range(L)])
 
 
 def export(model, last: bool = False):
-    """torch.export with dynamic T (new tokens) and P (cached tokens): one graph serves
-    prefill (P = 0) and decode (T = 1). last: CachedForward's."""
+    """torch.export with dynamic T (new tokens) and C (cache capacity); pos is data: one graph
+    serves prefill (pos 0) and decode (T = 1) at any cache size. last: CachedForward's."""
     c = model.cfg
     T = torch.export.Dim("T", min=1, max=c.max_seq_len)
-    P = torch.export.Dim("P", min=0, max=c.max_seq_len)
-    idx = torch.zeros((1, 8), dtype=torch.int64)
-    ks = [torch.zeros(1, c.n_kv_head, c.head_dim, 4) for _ in range(c.n_layer)]
-    vs = [torch.zeros(1, c.n_kv_head, 4, c.head_dim) for _ in range(c.n_layer)]
+    C = torch.export.Dim("C", min=2)
+    idx, pos = torch.zeros((1, 8), dtype=torch.int64), torch.zeros((1,), dtype=torch.int64)
+    caches = ({3: C},) * c.n_layer + ({2: C},) * c.n_layer
     with torch.no_grad():
-        return torch.export.export(CachedForward(model, last).eval(), (idx, *ks, *vs),
-                                   dynamic_shapes=({1: T}, ({3: P},) * c.n_layer + ({2: P},) * c.n_layer))
+        return torch.export.export(CachedForward(model, last).eval(), (idx, pos, *empty_caches(c, 16)),
+                                   dynamic_shapes=({1: T}, None, caches))

@@ -5,16 +5,19 @@ on one core (~16x slower than torch). Here:
 
   0. PackWeights stores each weight matrix (N / g, K, g), g the decode GEMV width, and calls
      gemm.gemm(packed) on it: a decode task streams its g columns contiguously (a tied head too:
-     its embedding gathers from the packed copy). AppendKernels makes the KV cache appends copies.
+     its embedding gathers from the packed copy). Attention is not here: convert.relax_module
+     makes each layer's one call of cache.attention (writes the cache in place, then attends).
   1. FuseOpsByPattern groups `matmul(x, astype(Wq) * scale)` (int8 weight-only) and plain
      matmuls, so the dequantisation runs inside the matmul and int8 stays int8 in memory.
   2. LegalizeOps lowers everything to TIR (sigmoid and softmax on a polynomial exp,
      fast_exp_legalizations); FuseOps groups the remaining elementwise / injective
-     ops (norms, rope, SiLU, residual adds) with ArangeOpaque keeping `arange` out of the groups
-     (TVM 0.27's FuseTIR fails on it, see ArangeOpaque); FuseTIR merges each group into one PrimFunc.
-  3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) and the attention scores with the
-     hand-written TIR of `gemm.py` (an MT x NJ register tile with no bounds test in the k loop,
-     and a GEMV for decode); any other matmul (attention x V) is scheduled here: tiled into a
+     ops (norms, rope, SiLU, residual adds); FuseTIR merges each group into one PrimFunc. (The
+     cache position is data since the in-place cache, so the rope positions' `arange` no longer
+     meets TVM 0.27's FuseTIR failure, benchmarks/tvm_fuseops_arange.py, that ArangeOpaque
+     worked around by keeping it out of the groups.)
+  3. `ScheduleMatmul` replaces each weight matmul (fp32 or int8) with the hand-written TIR of
+     `gemm.py` (an MT x NJ register tile with no bounds test in the k loop, and a GEMV for
+     decode); any other matmul (a shape gemm.py does not take) is scheduled here: tiled into a
      register block, the (K, N) operand streamed along N with vector loads, parallel over column
      tiles (and batch), the dequantisation inlined into the inner loop. `Elementwise` vectorizes
      the kernels of injective ops (SiLU x up, rope, adds).
@@ -32,7 +35,7 @@ from tvm.s_tir import dlight
 
 from litelm_edge.backends.tvm import dot as int4_dot
 from litelm_edge.backends.tvm import gemm as tvm_gemm
-from litelm_edge.backends.tvm.cache import AppendKernels, rewrite_functions
+from litelm_edge.backends.tvm.cache import rewrite_functions
 from litelm_edge.backends.tvm.elementwise import Elementwise, fast_exp_legalizations
 
 # Split a tiled loop over the symbolic T into full tiles (no bounds test in the inner loops) and a
@@ -59,7 +62,7 @@ def _schedule_block(sch: s_tir.Schedule, block, tile: tuple[int, int]):
     *batch, i, j, k = sch.get_loops(block)
     mt, nj = tile
     n = _static(sch.get(j).extent)
-    # symbolic N (attention scores over the cache): LoopPartition peels the ragged tail
+    # symbolic N: LoopPartition peels the ragged tail
     vector = n is None or n % nj == 0
     jo, ji = sch.split(j, [None, nj if vector else 1])
     io, ii = sch.split(i, [None, mt])
@@ -113,11 +116,6 @@ class ScheduleMatmul:
                 K, N, int8, order = shape
                 nj1 = self.gemv if N % self.gemv == 0 else tvm_gemm.NJ1  # e.g. SmolLM2's 576: 64
                 out[gv] = tvm_gemm.gemm(K, N, int8, tile=self.tile, nj1=nj1, order=order)
-                continue
-            heads = tvm_gemm.match_scores(func)
-            if heads:
-                Bt, K, n_sizes = heads
-                out[gv] = tvm_gemm.scores(Bt, K, tile=self.tile, n_sizes=n_sizes)
                 continue
             _schedule_block(sch, block, self.tile)
             out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
@@ -285,8 +283,7 @@ class _PackRewriter(relax.PyExprMutator):
         x_shape = getattr(call.args[0].ty, "shape", None) if call.op == tvm.ir.Op.get("relax.matmul") else None
         if x_shape is None or len(x_shape) != 2:
             return call
-        # the weight a constant of fixed shape: the attention's matmuls (q @ K, att @ V: both operands
-        # run-time tensors of symbolic length) are left to ScheduleMatmul
+        # the weight a constant of fixed shape (any other matmul is left to ScheduleMatmul)
         w = self._weight(call.args[1])
         if w is None or len(w[0].value.shape) != 2:
             return call
@@ -320,29 +317,6 @@ class PackWeights:
         return _PackRewriter(mod, self.tile, self.g, seen.shared).transform()
 
 
-def _n_buffers(func: tirx.PrimFunc) -> int:
-    return sum(isinstance(p.ty, tirx.buffer.BufferType) for p in func.params)
-
-
-OPAQUE = 8  # tvm::relax::OpPatternKind::kOpaque: FuseOps leaves such a kernel in a group of its own
-
-
-@tvm.transform.module_pass(opt_level=0, name="ArangeOpaque")
-class ArangeOpaque:
-    """Marks each kernel that reads no tensor (an `arange` of a symbolic length: the positions
-    P..P+T) opaque, so FuseOps keeps it out of fused groups. TVM 0.27's FuseTIR fails on a group
-    holding such an arange next to an op on another symbolic scalar (RenewDefs: "VarRemapGet(source)
-    == nullptr"; benchmarks/tvm_fuseops_arange.py is a short reproduction); the rest of the
-    graph's elementwise ops fuse. Runs after AnnotateTIROpPattern, which sets the pattern."""
-
-    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        out = tvm.IRModule(mod.functions, attrs=mod.attrs)
-        for gv, func in mod.functions.items():
-            if isinstance(func, tirx.PrimFunc) and _n_buffers(func) == 1:  # its output only
-                out[gv] = func.with_attr("op_pattern", OPAQUE)
-        return out
-
-
 def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None,
              gemv: int = tvm_gemm.NJ1, fuse: bool = True, pack: bool = True, dot: str | None = None):
     """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse the elementwise ops,
@@ -358,13 +332,13 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + ([Int4Matmuls(tile, kept, dot)] if int4 else [])
-                + ([PackWeights(tile, gemv), AppendKernels(), relax.transform.DeadCodeElimination()]
+                + ([PackWeights(tile, gemv), relax.transform.DeadCodeElimination()]
                    if pack else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
                    relax.transform.LegalizeOps(fast_exp_legalizations()),
                    relax.transform.AnnotateTIROpPattern(),
-                   *([ArangeOpaque(), relax.transform.FuseOps()] if fuse else []),
+                   *([relax.transform.FuseOps()] if fuse else []),
                    relax.transform.FuseTIR(),
                    relax.transform.DeadCodeElimination(),
                    ScheduleMatmul(tile, gemv)]
