@@ -213,7 +213,8 @@ def test_gemm_matches_numpy_in_every_parameter_order(tvm_python, precision):
 
 # Run in the TVM venv: dot.gemm4_dot against numpy on this CPU, decode (int8 activations in blocks
 # of 32, as llama.cpp's q8_0) and prefill (fp32 activations), both prefill tiles: "neon" (portable
-# TIR: it compiles here too) always, "vnni" where this CPU has it; and the aarch64 assembly of "neon".
+# TIR: it compiles here too) always, "vnni" or "avx2" where this CPU has it; and the aarch64 assembly
+# of "neon".
 DOT = r"""
 import json
 import numpy as np, tvm, torch
@@ -226,7 +227,7 @@ target = host_target()
 out["host"] = dot.kind(target, (4, 32))
 packed, scale = graph.quantize_int4(torch.from_numpy(rng.standard_normal((K, N)).astype(np.float32)))
 w, codes = graph.dequantize_int4(packed, scale).numpy(), graph.int4_codes(packed).numpy()
-for how in ["neon"] + (["vnni"] if out["host"] == "vnni" else []):
+for how in ["neon"] + ([out["host"]] if out["host"] else []):
     for tile in ((4, 32), (4, 16)):
         f = dot.gemm4_dot(K, N, tile, how).with_attr("global_symbol", "main")
         lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
@@ -240,7 +241,7 @@ for how in ["neon"] + (["vnni"] if out["host"] == "vnni" else []):
             t = [tvm.runtime.tensor(x) for x in (a, dot.pack(codes, how), dot.pack_scales(scale.numpy()), c)]
             lib["main"](*t)
             got, exact = t[-1].numpy(), a @ w
-            want = a8 @ w if M == 1 or how == "vnni" else exact  # neon's prefill: fp32 activations
+            want = a8 @ w if M == 1 or how != "neon" else exact  # neon's prefill: fp32 activations
             out[f"{how} M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
             out[f"{how} M={M} tile {tile} vs fp32"] = float(np.abs(got - exact).max() / np.abs(exact).max())
 arm = Target("raspberry-pi/4b-aarch64")
@@ -254,20 +255,22 @@ print(json.dumps(out))
 
 def test_int4_dot_kernels_match_numpy_and_neon_is_integer_on_aarch64(tvm_python):
     """dot.gemm4_dot: the decode GEMV equals the sums of int8 activations (blocks of 32) times the
-    int4 weights, for "neon" (here as portable TIR) and, where this CPU has AVX-512 VNNI, "vnni"; so
-    does vnni's prefill (M = 5: a tile of 3 rows and 2 single rows), neon's the fp32 product; the
+    int4 weights, for "neon" (here as portable TIR) and this CPU's x86 kernel ("vnni" with AVX-512
+    VNNI, else "avx2"); so does their prefill (M = 5: vnni a tile of 3 rows and 2 single rows),
+    neon's the fp32 product; the
     rpi4 target gets "neon", whose aarch64 code multiplies with smull /
     smlal and adds across with addv (llama.cpp's q4_0 x q8_0 without sdot)."""
     r = subprocess.run([str(tvm_python), "-c", DOT], capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
     errs = json.loads(r.stdout.strip().splitlines()[-1])
     host, rpi4, asm = errs.pop("host"), errs.pop("rpi4"), errs.pop("asm")
-    vnni_cpu = " avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    assert host == ("vnni" if vnni_cpu else None) and rpi4 == "neon"
+    flags = Path("/proc/cpuinfo").read_text()
+    x86 = "vnni" if " avx512_vnni" in flags else "avx2" if " avx2" in flags else None
+    assert host == x86 and rpi4 == "neon"
     assert asm == ["addv", "smlal", "smlal2", "smull", "smull2"], asm
     exact = {k: v for k, v in errs.items() if not k.endswith("vs fp32")}
-    assert len(exact) == 4 * (1 + vnni_cpu) and max(exact.values()) < 1e-5, errs  # the same sums
-    for key in ["neon M=1"] + ["vnni M=1", "vnni M=5"] * vnni_cpu:  # int8 activations
+    assert len(exact) == 4 * (1 + bool(x86)) and max(exact.values()) < 1e-5, errs  # the same sums
+    for key in ["neon M=1"] + [f"{x86} M=1", f"{x86} M=5"] * bool(x86):  # int8 activations
         assert 1e-4 < errs[f"{key} tile (4, 32) vs fp32"] < 2e-2, errs
 
 

@@ -1,4 +1,4 @@
-"""int4 GEMV and GEMM on integer dot products (llama.cpp's q4_0 x q8_0): AVX-512 VNNI on x86, NEON on arm.
+"""int4 GEMV and GEMM on integer dot products (llama.cpp's q4_0 x q8_0): AVX-512 VNNI or AVX2, NEON.
 
 gemm.gemm4 widens every weight to fp32 and multiplies it by an fp32 activation: on a core with a
 wide memory path that is compute-bound (26M shape, alone, AMD EPYC Zen 5: 1.6x the int8 GEMV's time
@@ -12,6 +12,9 @@ integer dot product. Two kernels, one a target (`kind`), the same sums:
   and each 4 rows, 128 bytes = 2 vectors of 16 lanes of 4 bytes; lane j of half z holds, in byte t,
   row 4kq + t of column 32z + j (low nibble) and of column 32z + 16 + j (high nibble): one mask and
   one shift give two vectors of 16 columns x 4 rows.
+- "avx2" (x86 without VNNI: AVX2 only, e.g. AMD Zen 3): vnni's layout and loops, each `vpdpbusd` done
+  as llama.cpp's AVX2 q4_0 x q8_0 does it, `vpmaddubsw` (u8 x s8 -> pairs summed to 16 bits: |15 x 127
+  x 2| fits) then `vpmaddwd` by ones (pairs summed to 32 bits), on two 256-bit halves.
 - "neon" (aarch64; the Pi 4's Cortex-A72 has no `sdot`): a column's block of 32 is 16 bytes of
   signed nibbles (rows 0-15 low, 16-31 high; pack_neon), sign-extended by two shifts, multiplied by
   the int8 activations into 16-bit sums (`smull` / `smlal`: |q a| <= 8 x 127, 32 of them fit), widened
@@ -19,9 +22,10 @@ integer dot product. Two kernels, one a target (`kind`), the same sums:
   LLVM picks those instructions from plain TIR (sign-extend, multiply, reduce): checked in its
   aarch64 assembly; 22 instructions a 32 weights where gemm4's fp32 widening takes 48.
 
-Prefill (M > 1): "vnni" quantizes every row as decode does and runs the same integer sums in a
-register tile of PREFILL rows x 64 columns (1.9-2.5x the speed of the fp32 slab it replaced, 26M
-shapes, M = 64, alone); "neon" dequantizes each task's K x NJ slab from its bytes and runs gemm4's
+Prefill (M > 1): "vnni" / "avx2" quantize every row as decode does and run the same integer sums in
+a register tile of PREFILL rows x 64 columns (avx2: 1 row; AVX2 has 16 registers, not 32) (vnni:
+1.9-2.5x the speed of the fp32 slab it replaced, 26M shapes, M = 64, alone); "neon" dequantizes
+each task's K x NJ slab from its bytes and runs gemm4's
 tile on fp32 activations (gemm.slab_prefill, gemm4's own). Any other target keeps gemm.gemm4. The
 scales are fp16, packed per 64-column group (pack_scales). Runs in the TVM venv.
 """
@@ -34,6 +38,7 @@ from tvm.script import tirx as T
 from litelm_edge.backends.tvm.gemm import slab_prefill
 
 B = 32  # activation and weight block along K
+X86 = ("vnni", "avx2")  # the kernels of pack_vnni's layout
 L = 16  # 32-bit lanes of a 512-bit vector; bytes of a 128-bit one
 PREFILL = 3  # vnni prefill: rows x 64 columns a register tile; 12 int32 sums and 12 fp32 accumulators
              # of AVX-512's 32 registers (AMD EPYC Zen 5, 26M shapes, M = 64, alone: within 5 % of
@@ -41,13 +46,15 @@ PREFILL = 3  # vnni prefill: rows x 64 columns a register tile; 12 int32 sums an
 
 
 def kind(target, tile) -> str | None:
-    """"vnni", "neon" or None (gemm.gemm4) for this target; the prefill tile must be 16 or 32 wide."""
+    """"vnni", "avx2", "neon" or None (gemm.gemm4) for this target; the prefill tile must be 16 or 32 wide."""
     from tvm.target import codegen
     triple = str(target.attrs.get("mtriple", ""))
     if tile[1] not in (L, 2 * L):
         return None
     if "x86" in triple and codegen.target_has_features("avx512vnni", target):
         return "vnni"
+    if "x86" in triple and codegen.target_has_features("avx2", target):
+        return "avx2"
     if "aarch64" in triple and codegen.target_has_features("neon", target):
         return "neon"
     return None
@@ -63,7 +70,7 @@ def pack_scales(scale: np.ndarray) -> np.ndarray:
 def pack(codes: np.ndarray, how: str) -> np.ndarray:
     """(K, N) codes q + 8 in 0..15 -> the layout of `how` (see above)."""
     K, N = codes.shape
-    if how == "vnni":  # (N / 64, K / 4, 128) uint8
+    if how in X86:  # (N / 64, K / 4, 128) uint8
         v = codes.astype(np.uint8).reshape(K // 4, 4, N // 64, 2, 2, L)  # (kq, t, group, half z, lo/hi, j)
         b = v[:, :, :, :, 0] | (v[:, :, :, :, 1] << 4)  # (kq, t, group, z, j)
         return np.ascontiguousarray(b.transpose(2, 0, 3, 4, 1)).reshape(N // 64, K // 4, 8 * L)
@@ -94,9 +101,25 @@ def _quantize_row(K):
     return body
 
 
-def _vnni_rows(K, mt):
+def _dot4(how, acc, u8, s8):
+    """acc (int32x16) + the sums of each lane's 4 products u8 x s8 (int32x16 holding 64 bytes each):
+    vpdpbusd, or on AVX2 vpmaddubsw then vpmaddwd by ones, a 256-bit half at a time."""
+    if how == "vnni":
+        return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc,
+                                       T.reinterpret("int8x64", u8), T.reinterpret("int8x64", s8))
+    halves = []
+    for h in range(2):
+        half = [tirx.Shuffle([v], [tirx.IntImm("int32", h * 8 + i) for i in range(8)]) for v in (u8, s8)]
+        pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                        *(T.reinterpret("int8x32", x) for x in half))
+        halves.append(T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs,
+                                              T.broadcast(T.int16(1), 16)))
+    return acc + tirx.Shuffle(halves, [tirx.IntImm("int32", i) for i in range(16)])
+
+
+def _vnni_rows(K, mt, how="vnni"):
     """A macro: C rows i0 .. i0 + mt - 1, the 64 columns of group g, from the int8 rows aq; each 4 rows
-    of a block one vpdpbusd lane, a weight vector (a half: 2 x 16 columns) 2 mt of them."""
+    of a block one vpdpbusd lane (_dot4), a weight vector (a half: 2 x 16 columns) 2 mt of them."""
     KB, w = K // B, 4 * L
 
     @T.macro
@@ -121,9 +144,7 @@ def _vnni_rows(K, mt):
                             x = T.broadcast(T.reinterpret(
                                 "int32", aq[i0 + ii, T.ramp((kb * (B // 4) + q4) * 4, 1, 4)]), L)
                             at = T.ramp(z * 2 * L + hi * L, 1, L)
-                            dot[ii, at] = T.call_llvm_pure_intrin(
-                                "int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[ii, at],
-                                T.reinterpret("int8x64", nib), T.reinterpret("int8x64", x))
+                            dot[ii, at] = _dot4(how, dot[ii, at], nib, x)
             for ii in T.unroll(mt):
                 for ji in T.vectorized(w):  # no Let in a vector loop: TVM 0.27 miscompiles it
                     acc[ii, ji] = acc[ii, ji] + (T.Cast("float32", dot[ii, ji] - corr[i0 + ii, kb])
@@ -167,9 +188,9 @@ def _decode_neon(K, N):
     return body
 
 
-def _decode_vnni(K, N):
+def _decode_vnni(K, N, how):
     """A macro: C's one row from the int8 row aq, a task 64 columns (_vnni_rows of one row)."""
-    row = _vnni_rows(K, 1)
+    row = _vnni_rows(K, 1, how)
 
     @T.macro
     def body(W, S, C, aq, sa, corr):
@@ -179,11 +200,11 @@ def _decode_vnni(K, N):
     return body
 
 
-def _prefill_vnni(K, N):
+def _prefill_vnni(K, N, how):
     """A macro: C (M, N) from A quantized row by row as decode's is, a task 64 columns, in tiles of
-    PREFILL's rows and a tail of single rows: llama.cpp's q4_0 x q8_0 for every row."""
-    mt, KB = PREFILL, K // B
-    quantize, rows, row = _quantize_row(K), _vnni_rows(K, mt), _vnni_rows(K, 1)
+    PREFILL's rows (avx2: 1) and a tail of single rows: llama.cpp's q4_0 x q8_0 for every row."""
+    mt, KB = PREFILL if how == "vnni" else 1, K // B
+    quantize, rows, row = _quantize_row(K), _vnni_rows(K, mt, how), _vnni_rows(K, 1, how)
 
     @T.macro
     def body(A, W, S, C, M):
@@ -208,12 +229,12 @@ def _neon_weight(W, S, j0, k, ji):
 
 def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
     """(A (M, K), W (`how`'s layout), S (pack_scales'), C (M, N)): gemm.gemm4's sums on int8
-    activations (vnni: decode and prefill; neon: decode)."""
+    activations (vnni, avx2: decode and prefill; neon: decode)."""
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
     KB, quantize = K // B, _quantize_row(K)
-    if how == "vnni":
-        wshape, wdtype, decode, prefill = ((N // 64, K // 4, 8 * L), "uint8", _decode_vnni(K, N),
-                                           _prefill_vnni(K, N))
+    if how in X86:
+        wshape, wdtype, decode, prefill = ((N // 64, K // 4, 8 * L), "uint8", _decode_vnni(K, N, how),
+                                           _prefill_vnni(K, N, how))
     else:
         wshape, wdtype, decode, prefill = ((N, KB, L), "int8", _decode_neon(K, N),
                                            slab_prefill(K, N, tile, _neon_weight))
