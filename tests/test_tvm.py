@@ -74,7 +74,8 @@ def test_x86_greedy_tokens_equal_torch(builds, tiny_run, tvm_python, tmp_path):
 
 
 # Run in the TVM venv: the runtime's caches start at 8 positions instead of 256, so a 16-token prompt
-# and 24 decode steps grow them three times; the greedy tokens must still be torch's.
+# and 24 decode steps grow them three times; the greedy tokens must still be torch's, and a prefill
+# on the kept caches (stale positions past the prompt) the same as on fresh ones.
 GROW = r"""
 import json, sys
 import numpy as np
@@ -89,6 +90,9 @@ for _ in range(24):
     out.append(int(np.argmax(logits)))
     logits = rt.decode(out[-1])
 assert out == json.loads(sys.argv[3]), (out, sys.argv[3])
+first = rt.prefill(np.arange(1, 17))  # the grown caches kept, their old positions stale: not read
+rt.kv = []
+assert np.array_equal(first, rt.prefill(np.arange(1, 17)))  # the same as on fresh caches
 print(json.dumps(sorted(set(caps))).replace(" ", ""))
 """
 
