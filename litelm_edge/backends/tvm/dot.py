@@ -23,11 +23,12 @@ integer dot product. Two kernels, one a target (`kind`), the same sums:
   aarch64 assembly; 22 instructions a 32 weights where gemm4's fp32 widening takes 48.
 
 Prefill (M > 1): "vnni" / "avx2" quantize every row as decode does and run the same integer sums in
-a register tile of PREFILL rows x 64 columns (avx2: 1 row; AVX2 has 16 registers, not 32) (vnni:
-1.9-2.5x the speed of the fp32 slab it replaced, 26M shapes, M = 64, alone); "neon" dequantizes
-each task's K x NJ slab from its bytes and runs gemm4's
-tile on fp32 activations (gemm.slab_prefill, gemm4's own). Any other target keeps gemm.gemm4. The
-scales are fp16, packed per 64-column group (pack_scales). Runs in the TVM venv.
+a register tile of PREFILL rows x 64 columns (avx2: 1 row; AVX2 has 16 registers, not 32). vnni's
+is 1.9-2.5x the speed of the fp32 slab it replaced (26M shapes, M = 64, alone); avx2's, in the 26M
+model on an AVX2-only EPYC, 1.8x gemm4's in decode and prefill alike. "neon" dequantizes each task's
+K x NJ slab from its bytes and runs gemm4's tile on fp32 activations (gemm.slab_prefill, gemm4's
+own). Any other target keeps gemm.gemm4. The scales are fp16, packed per 64-column group
+(pack_scales). Runs in the TVM venv.
 """
 from __future__ import annotations
 
