@@ -22,9 +22,9 @@ ROWS = 4  # query rows a register tile: each key / value vector loaded once for 
 
 
 def fast_exp(x):
-    """exp(x) in float32 as TVM's topi.fast_exp computes it (a degree-7 polynomial and an exponent
-    shift, about 1e-7 relative; what the graph's softmax ran on, elementwise.py): LLVM vectorises it,
-    where libm's expf is one call a lane."""
+    """exp(x) in float32 as TVM's topi.fast_exp computes it, bit for bit (a polynomial and an exponent
+    shift, within 4e-6 relative down to exp(-87); what the graph's softmax ran on, elementwise.py):
+    LLVM vectorises it, where libm's expf is one call a lane."""
     x = T.max(T.min(x, T.float32(88.3762626647950)), T.float32(-88.3762626647949))
     n = T.floor(x * T.float32(1.44269504088896341) + T.float32(0.5))
     f = x - n * T.float32(0.6931471805599453)
@@ -35,16 +35,127 @@ def fast_exp(x):
     return T.reinterpret("float32", T.shift_left(T.Cast("int32", n + T.float32(127.0)), 23)) * y
 
 
+def _scores(g, hd):
+    """A macro: head h's scores, row r at S[r * C + j] for the positions j its row tile sees, in
+    ROWS x LANES register tiles; a vector may run past a row's last position into the capacity (read,
+    never used: CV whole vectors fit a row); a capacity not a whole number of vectors ends in scalars."""
+    mt, nj = ROWS, LANES
+
+    @T.macro
+    def body(Q, KC, S, h, P, N, R, C, CV):
+        for io in range((R + mt - 1) // mt):  # row tiles (the last one partial)
+            i0 = io * mt
+            lim = T.min(P + (T.min(i0 + mt, R) - 1) // g + 1, N)  # positions the tile sees
+            rows = T.min(mt, R - i0)
+            nv = T.min((lim + nj - 1) // nj, CV)
+            for jo in range(nv):
+                j0 = jo * nj
+                acc = T.decl_buffer((mt, nj), "float32", scope="local")
+                for ii in T.unroll(mt):
+                    for ji in T.vectorized(nj):
+                        acc[ii, ji] = T.float32(0)
+                for d in range(hd):
+                    for ii in T.unroll(mt):
+                        qi = T.min(i0 + ii, R - 1)  # a partial tile's missing rows: the last (not stored)
+                        for ji in T.vectorized(nj):
+                            acc[ii, ji] = acc[ii, ji] + Q[h, qi, d] * KC[0, h, d, j0 + ji]
+                for ii in range(rows):
+                    for ji in T.vectorized(nj):
+                        S[(i0 + ii) * C + j0 + ji] = acc[ii, ji]
+            for ii in range(rows):
+                for j in range(nv * nj, lim):
+                    a1 = T.decl_buffer((1,), "float32", scope="local")
+                    a1[0] = T.float32(0)
+                    for d in range(hd):
+                        a1[0] = a1[0] + Q[h, i0 + ii, d] * KC[0, h, d, j]
+                    S[(i0 + ii) * C + j] = a1[0]
+
+    return body
+
+
+def _softmax(g):
+    """A macro: row r of S (at r * C) softmaxed over its positions 0..P + r // g, zeros after them to
+    N (x V reads its row tile's widest), on fast_exp; whole vectors, then scalars."""
+    nj = LANES
+
+    @T.macro
+    def body(S, r, P, N, C, CV):
+        n = P + r // g + 1
+        nv = T.min((n + nj - 1) // nj, CV)
+        nvN = T.min((N + nj - 1) // nj, CV)
+        lanes = T.decl_buffer((nj,), "float32", scope="local")
+        top = T.decl_buffer((1,), "float32", scope="local")
+        for ji in T.vectorized(nj):
+            lanes[ji] = T.float32(-3.0e38)
+        for jo in range(nv):
+            for ji in T.vectorized(nj):
+                lanes[ji] = T.max(lanes[ji], T.if_then_else(jo * nj + ji < n, S[r * C + jo * nj + ji],
+                                                           T.float32(-3.0e38)))
+        top[0] = T.float32(-3.0e38)
+        for j in range(nv * nj, n):
+            top[0] = T.max(top[0], S[r * C + j])
+        for ji in range(nj):
+            top[0] = T.max(top[0], lanes[ji])
+        for ji in T.vectorized(nj):
+            lanes[ji] = T.float32(0)
+        for jo in range(nvN):
+            for ji in T.vectorized(nj):
+                S[r * C + jo * nj + ji] = T.if_then_else(
+                    jo * nj + ji < n, fast_exp(S[r * C + jo * nj + ji] - top[0]), T.float32(0))
+                lanes[ji] = lanes[ji] + S[r * C + jo * nj + ji]
+        for j in range(nvN * nj, N):
+            S[r * C + j] = T.if_then_else(j < n, fast_exp(S[r * C + j] - top[0]), T.float32(0))
+            lanes[0] = lanes[0] + S[r * C + j]
+        top[0] = T.float32(0)
+        for ji in range(nj):
+            top[0] = top[0] + lanes[ji]
+        top[0] = T.float32(1) / top[0]
+        for jo in range(nv):
+            for ji in T.vectorized(nj):
+                S[r * C + jo * nj + ji] = S[r * C + jo * nj + ji] * top[0]
+        for j in range(nv * nj, n):
+            S[r * C + j] = S[r * C + j] * top[0]
+
+    return body
+
+
+def _times_v(g, hd):
+    """A macro: head h's y = probabilities x V over the positions each row tile sees, ROWS rows x w dims
+    a register tile (w = LANES, or hd when LANES does not divide it)."""
+    mt, w = ROWS, LANES if int(hd) % LANES == 0 else int(hd)
+
+    @T.macro
+    def body(S, VC, Y, h, P, N, R, C):
+        for io in range((R + mt - 1) // mt):
+            i0 = io * mt
+            lim = T.min(P + (T.min(i0 + mt, R) - 1) // g + 1, N)
+            rows = T.min(mt, R - i0)
+            for dc in range(hd // w):
+                d0 = dc * w
+                acc = T.decl_buffer((mt, w), "float32", scope="local")
+                for ii in T.unroll(mt):
+                    for di in T.vectorized(w):
+                        acc[ii, di] = T.float32(0)
+                for j in range(lim):
+                    for ii in T.unroll(mt):
+                        si = T.min(i0 + ii, R - 1) * C + j
+                        for di in T.vectorized(w):
+                            acc[ii, di] = acc[ii, di] + S[si] * VC[0, h, j, d0 + di]
+                for ii in range(rows):
+                    for di in T.vectorized(w):
+                        Y[h, i0 + ii, d0 + di] = acc[ii, di]
+
+    return body
+
+
 def attention(nkv: int, g: int, hd: int) -> tirx.PrimFunc:
     """graph.attention for nkv K/V heads of hd dims, g query rows a position: (q (nkv, R, hd),
     k (1, nkv, hd, T), v (1, nkv, T, hd), k_cache (1, nkv, hd, C), v_cache (1, nkv, C, hd),
     pos (1,) int64, y (nkv, R, hd)), R = T * g; k_cache and v_cache written at P..P+T-1 (P = pos[0]),
-    row r attends over positions 0..P + r // g. One K/V head a task; per head: the scores of a
-    ROWS x LANES tile over the positions its rows see, the softmax on fast_exp, x V as ROWS rows x
-    LANES dims. hd must divide by LANES or be below it (then one vector of hd)."""
-    w = LANES if hd % LANES == 0 else hd
-    mt, nj = ROWS, LANES
+    row r attends over positions 0..P + r // g. One K/V head a task: the writes, the scores
+    (_scores), the softmax (_softmax), x V (_times_v)."""
     nkv, g, hd = (tirx.IntImm("int64", x) for x in (nkv, g, hd))
+    scores, softmax, times_v = _scores(g, hd), _softmax(g), _times_v(g, hd)
 
     @T.prim_func(private=True, s_tir=False)
     def main(q: T.handle, k: T.handle, v: T.handle, kc: T.handle, vc: T.handle, pos: T.handle, y: T.handle):
@@ -59,7 +170,7 @@ def attention(nkv: int, g: int, hd: int) -> tirx.PrimFunc:
         Y = T.match_buffer(y, (nkv, R, hd), "float32")
         P = POS[0]
         N = P + Tn
-        CV = C // nj  # whole vectors in a cache row: a vector may run past the positions a row sees
+        CV = C // LANES  # whole vectors in a cache row
         assert 0 <= P and N <= C, "KV cache overflow: pos + T exceeds the cache's capacity"
         for h in T.parallel(nkv):
             for d in range(hd):
@@ -68,89 +179,11 @@ def attention(nkv: int, g: int, hd: int) -> tirx.PrimFunc:
             for t in range(Tn):
                 for d in T.vectorized(hd):
                     VC[0, h, P + t, d] = V[0, h, t, d]
-            # the head's scores, then its probabilities: row r at r * C; past a row's positions they are
-            # not read (scores) or zero (probabilities)
-            S = T.decl_buffer((R * C,), "float32")
-            for io in range((R + mt - 1) // mt):  # row tiles (the last one partial)
-                i0 = io * mt
-                lim = T.min(P + (T.min(i0 + mt, R) - 1) // g + 1, N)  # positions the tile sees
-                rows = T.min(mt, R - i0)
-                nv = T.min((lim + nj - 1) // nj, CV)
-                for jo in range(nv):
-                    j0 = jo * nj
-                    acc = T.decl_buffer((mt, nj), "float32", scope="local")
-                    for ii in T.unroll(mt):
-                        for ji in T.vectorized(nj):
-                            acc[ii, ji] = T.float32(0)
-                    for d in range(hd):
-                        for ii in T.unroll(mt):
-                            qi = T.min(i0 + ii, R - 1)  # a partial tile's missing rows: the last (not stored)
-                            for ji in T.vectorized(nj):
-                                acc[ii, ji] = acc[ii, ji] + Q[h, qi, d] * KC[0, h, d, j0 + ji]
-                    for ii in range(rows):
-                        for ji in T.vectorized(nj):
-                            S[(i0 + ii) * C + j0 + ji] = acc[ii, ji]
-                for ii in range(rows):  # a capacity not a whole number of vectors: its last positions
-                    for j in range(nv * nj, lim):
-                        a1 = T.decl_buffer((1,), "float32", scope="local")
-                        a1[0] = T.float32(0)
-                        for d in range(hd):
-                            a1[0] = a1[0] + Q[h, i0 + ii, d] * KC[0, h, d, j]
-                        S[(i0 + ii) * C + j] = a1[0]
-            for r in range(R):  # softmax over the row's positions 0..P + r // g; zeros after them to N
-                n = P + r // g + 1
-                nv = T.min((n + nj - 1) // nj, CV)
-                nvN = T.min((N + nj - 1) // nj, CV)
-                lanes = T.decl_buffer((nj,), "float32", scope="local")
-                top = T.decl_buffer((1,), "float32", scope="local")
-                for ji in T.vectorized(nj):
-                    lanes[ji] = T.float32(-3.0e38)
-                for jo in range(nv):
-                    for ji in T.vectorized(nj):
-                        lanes[ji] = T.max(lanes[ji], T.if_then_else(jo * nj + ji < n, S[r * C + jo * nj + ji],
-                                                                   T.float32(-3.0e38)))
-                top[0] = T.float32(-3.0e38)
-                for j in range(nv * nj, n):
-                    top[0] = T.max(top[0], S[r * C + j])
-                for ji in range(nj):
-                    top[0] = T.max(top[0], lanes[ji])
-                for ji in T.vectorized(nj):
-                    lanes[ji] = T.float32(0)
-                for jo in range(nvN):
-                    for ji in T.vectorized(nj):
-                        S[r * C + jo * nj + ji] = T.if_then_else(
-                            jo * nj + ji < n, fast_exp(S[r * C + jo * nj + ji] - top[0]), T.float32(0))
-                        lanes[ji] = lanes[ji] + S[r * C + jo * nj + ji]
-                for j in range(nvN * nj, N):
-                    S[r * C + j] = T.if_then_else(j < n, fast_exp(S[r * C + j] - top[0]), T.float32(0))
-                    lanes[0] = lanes[0] + S[r * C + j]
-                top[0] = T.float32(0)
-                for ji in range(nj):
-                    top[0] = top[0] + lanes[ji]
-                top[0] = T.float32(1) / top[0]
-                for jo in range(nv):
-                    for ji in T.vectorized(nj):
-                        S[r * C + jo * nj + ji] = S[r * C + jo * nj + ji] * top[0]
-                for j in range(nv * nj, n):
-                    S[r * C + j] = S[r * C + j] * top[0]
-            for io in range((R + mt - 1) // mt):  # y = probabilities x V, over the positions the tile sees
-                i0 = io * mt
-                lim = T.min(P + (T.min(i0 + mt, R) - 1) // g + 1, N)
-                rows = T.min(mt, R - i0)
-                for dc in range(hd // w):
-                    d0 = dc * w
-                    acc = T.decl_buffer((mt, w), "float32", scope="local")
-                    for ii in T.unroll(mt):
-                        for di in T.vectorized(w):
-                            acc[ii, di] = T.float32(0)
-                    for j in range(lim):
-                        for ii in T.unroll(mt):
-                            si = T.min(i0 + ii, R - 1) * C + j
-                            for di in T.vectorized(w):
-                                acc[ii, di] = acc[ii, di] + S[si] * VC[0, h, j, d0 + di]
-                    for ii in range(rows):
-                        for di in T.vectorized(w):
-                            Y[h, i0 + ii, d0 + di] = acc[ii, di]
+            S = T.decl_buffer((R * C,), "float32")  # its scores, then probabilities: row r at r * C
+            scores(Q, KC, S, h, P, N, R, C, CV)
+            for r in range(R):
+                softmax(S, r, P, N, C, CV)
+            times_v(S, VC, Y, h, P, N, R, C)
 
     return main
 
@@ -188,7 +221,7 @@ class _AttentionRewriter(relax.PyExprMutator):
         if not isinstance(fn, relax.ExternFunc) or fn.global_symbol != PLACEHOLDER:
             return call
         q, k, v, kc, vc, pos, g = call.args[1:]
-        nkv, _, hd = (x for x in q.ty.shape)
+        nkv, _, hd = q.ty.shape
         key = (int(nkv), int(g.value), int(hd))
         if key not in self.kernels:
             self.kernels[key] = self.builder_.add_func(attention(*key), "attention")
