@@ -4,7 +4,7 @@ gemm.gemm4 widens every weight to fp32 and multiplies it by an fp32 activation: 
 wide memory path that is compute-bound (26M shape, alone, AMD EPYC Zen 5: 1.6x the int8 GEMV's time
 for half its bytes). Here a decode step quantizes the activation row to int8 in blocks of 32 (one
 fp32 scale a block, as llama.cpp's q8_0), and each 4 weights x 4 activations are one lane of an
-integer dot product. Two kernels, one a target (`kind`), the same sums:
+integer dot product. Three kernels, one a target (`kind`), the same sums:
 
 - "vnni" (x86 with AVX-512 VNNI): `vpdpbusd`, unsigned 8-bit x signed 8-bit, 64 products an
   instruction. The weights are stored q + 8 (0..15), so each block's sum of (q + 8) a is corrected
