@@ -118,7 +118,8 @@ def test_fused_build_is_refused_by_the_parity_gate(tiny_run, data_dir, tmp_path,
 
 
 def test_int8_is_the_fused_graph_with_w8a8_and_one_copy_of_the_tied_embedding(x86_int8, x86_fp32, tiny_run, data_dir):
-    """int8: the fused graph's MatMuls as dynamic W8A8 (ORT fuses them into DynamicQuantizeMatMul);
+    """int8: the fused graph's MatMuls as dynamic W8A8 (ORT fuses them into DynamicQuantizeMatMul),
+    the weights on 7 bits so that CPUs without VNNI compute what VNNI ones do (quantize_w8a8);
     the embedding gathers the LM head's own int8 columns, so no fp32 copy of the tied matrix stays."""
     import onnx
     from onnx import numpy_helper
@@ -133,6 +134,11 @@ def test_int8_is_the_fused_graph_with_w8a8_and_one_copy_of_the_tied_embedding(x8
     big_floats = [i.name for i in g.initializer if numpy_helper.to_array(i).dtype == np.float32
                   and numpy_helper.to_array(i).size >= m["model"]["vocab_size"] * m["model"]["n_embd"] // 4]
     assert big_floats == []  # the tied matrix is stored once, in int8
+    init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    weights = [init[n.input[1]] for n in g.node if n.op_type == "MatMulInteger"]
+    # 7-bit weights (reduce_range): 255 x 64 x 2 pairs fit the 16-bit sums of ORT's AVX2 kernel
+    assert len(weights) == ops.count("MatMulInteger")
+    assert max(np.abs(w.astype(int)).max() for w in weights) == 64
     assert m["parity"]["rule"] == str(INT8) and m["parity"]["ok"]
     ppl8, ppl32 = eval_artifact(x86_int8, data_dir)["ppl"], eval_artifact(x86_fp32, data_dir)["ppl"]
     assert abs(ppl8 / ppl32 - 1) < 0.01, (ppl8, ppl32)

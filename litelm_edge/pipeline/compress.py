@@ -1,6 +1,6 @@
 """compress: checkpoint -> smaller or int8-ready checkpoint, fine-tuned and measured.
 
-    litelm-edge compress qat     --checkpoint RUN --data DIR --out RUN2 [--set weight_qmax=127]
+    litelm-edge compress qat     --checkpoint RUN --data DIR --out RUN2 [--set weight_qmax=64]
     litelm-edge compress prune   ... --set sparsity=0.5 | threshold=0.01 | ffn=0.5 heads=0.5 layers=1
     litelm-edge compress distill --checkpoint TEACHER ... --set student=tiny --set model.n_layer=2
     litelm-edge compress share   ... --set every=2

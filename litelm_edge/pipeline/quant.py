@@ -2,16 +2,19 @@
 
 The default scheme simulates exactly what the x86 int8 artifact computes (ORT `quantize_dynamic`,
 per-channel, on the fused graph: backends/ort/fused.py `w8a8`; read off its graph):
-  Linear weights   per-output-channel symmetric int8, scale = max|w_row| / 127   (MatMulInteger;
-                   the packed QKV MatMul has the same per-column grids as q, k and v apart)
+  Linear weights   per-output-channel symmetric int8 on ORT's reduced range [-64, 64], scale =
+                   max|w_row| / 64 (quantize_w8a8 in backends/ort/fused.py: 7 bits, so CPUs without
+                   VNNI do not saturate); the packed QKV MatMul has the same per-column grids as q, k
+                   and v apart
   Linear inputs    one asymmetric uint8 grid per call: scale = (max(0, x) - min(0, x)) / 255 and a
                    zero point (DynamicQuantizeLinear); a call is one sequence, so one grid per
                    sequence of the batch
-  embedding        "channel": per-row symmetric int8, the tied lm_head's own int8 matrix (the fused
-                   graph gathers the embedding from it); the lm_head's input is quantised like any
-                   Linear's. "tensor_u8" is the torch.export graph's scheme (`--set build.graph=export`):
-                   one asymmetric uint8 grid for the whole matrix (its Gather is quantised like an
-                   activation), and a tied lm_head multiplies by that dequantised matrix in float.
+  embedding        "channel": per-row symmetric int8 on the same grid, the tied lm_head's own int8
+                   matrix (the fused graph gathers the embedding from it); the lm_head's input is
+                   quantised like any Linear's. "tensor_u8" is the torch.export graph's scheme
+                   (`--set build.graph=export`): one asymmetric uint8 grid for the whole matrix (its
+                   Gather is quantised like an activation), and a tied lm_head multiplies by that
+                   dequantised matrix in float.
 and gradients pass through every rounding unchanged (STE). The scales are the ones ORT will compute
 from the weights as they learn, so the export is plain rather than special: `snap` moves each
 weight onto its grid, and ORT's quantiser then lands on the same grid — the artifact holds the
@@ -38,7 +41,9 @@ EMBEDDING = ("tensor_u8", "channel", "none")
 
 @dataclass
 class QATConfig:
-    weight_qmax: int = 127  # Linear weight grid [-qmax, qmax] per output channel; 127 = ORT's int8
+    # Linear weight grid [-qmax, qmax] per output channel (and the tied head's, per row); 64 = ORT's
+    # W8A8 (reduce_range: backends/ort/fused.py quantize_w8a8)
+    weight_qmax: int = 64
     act: str = "tensor_u8"  # Linear inputs: tensor_u8 (ORT, one uint8 grid per sequence) | token | none
     # embedding and tied lm_head: channel (the fused graph) | tensor_u8 (export graph) | none
     embedding: str = "channel"
@@ -89,8 +94,8 @@ def fake_quant_act(x: torch.Tensor, how: str) -> torch.Tensor:
     return _ste(x, round_u8(x, tuple(range(1 if x.dim() > 2 else 0, x.dim()))))
 
 
-def round_embedding(w: torch.Tensor, how: str) -> torch.Tensor:
-    return round_u8(w, (0, 1)) if how == "tensor_u8" else round_channel(w, 127)
+def round_embedding(w: torch.Tensor, how: str, qmax: int) -> torch.Tensor:
+    return round_u8(w, (0, 1)) if how == "tensor_u8" else round_channel(w, qmax)
 
 
 def _linear_forward(self, x):
@@ -98,8 +103,13 @@ def _linear_forward(self, x):
                     self.bias)
 
 
+def _table(self) -> torch.Tensor:
+    """The embedding (and tied head) matrix as the artifact holds it, gradients passed through."""
+    return _ste(self.weight, round_embedding(self.weight, self.qat.embedding, self.qat.weight_qmax))
+
+
 def _embedding_forward(self, idx):
-    return F.embedding(idx, _ste(self.weight, round_embedding(self.weight, self.qat.embedding)))
+    return F.embedding(idx, _table(self))
 
 
 def _tied_head_forward(self, x):
@@ -107,7 +117,7 @@ def _tied_head_forward(self, x):
     tensor_u8: the export graph multiplies the dequantised uint8 embedding in float."""
     if self.qat.embedding == "channel":
         x = fake_quant_act(x, self.qat.act)
-    return F.linear(x, _ste(self.weight, round_embedding(self.weight, self.qat.embedding)), self.bias)
+    return F.linear(x, _table(self), self.bias)
 
 
 def tied(model) -> bool:
@@ -147,7 +157,7 @@ def snap(model, c: QATConfig = QATConfig()) -> int:
         m.weight.copy_(round_channel(m.weight, c.weight_qmax))
     if c.embedding != "none":
         w = model.embed_tokens.weight
-        w.copy_(round_embedding(w, c.embedding))
+        w.copy_(round_embedding(w, c.embedding, c.weight_qmax))
     return len(ms) + (c.embedding != "none")
 
 
@@ -157,5 +167,6 @@ def grid_error(model, c: QATConfig = QATConfig()) -> float:
     pairs = [(m.weight, weight_scale(m.weight, c.weight_qmax)) for m in quantised_linears(model)]
     w = model.embed_tokens.weight
     if c.embedding != "none":  # a uint8 zero point is an integer: the distance is the same
-        pairs.append((w, u8_grid(w, (0, 1))[0] if c.embedding == "tensor_u8" else weight_scale(w, 127)))
+        s = u8_grid(w, (0, 1))[0] if c.embedding == "tensor_u8" else weight_scale(w, c.weight_qmax)
+        pairs.append((w, s))
     return max((float((w / s - (w / s).round()).abs().max()) for w, s in pairs), default=0.0)

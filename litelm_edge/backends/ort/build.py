@@ -98,11 +98,13 @@ def fold_weight_transposes(src: Path, dst: Path, untie: bool = False):
 
 
 def quantize_int8(src: Path, dst: Path):
+    """W8A8 MatMuls (fused.quantize_w8a8), then the Gather as uint8 (a lookup: no product to saturate)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    folded = src.with_name("folded.onnx")
+    from .fused import quantize_w8a8
+    folded, matmuls = src.with_name("folded.onnx"), src.with_name("w8a8.onnx")
     fold_weight_transposes(src, folded)
-    quantize_dynamic(str(folded), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gather"])
+    quantize_w8a8(folded, matmuls)
+    quantize_dynamic(str(matmuls), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
     dedupe_initializers(dst)
 
 
