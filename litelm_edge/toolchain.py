@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,10 @@ def src_env(src: str | None = None) -> dict:
 def run(python: Path, module: str, args: list[str], log: Callable[[str], None] = lambda msg: None) -> None:
     """Run `python -m module args` with litelm_edge importable; a failure is one UserError line."""
     r = subprocess.run([str(python), "-m", module, *args], env=src_env(), capture_output=True, text=True)
+    if r.returncode < 0:  # a crash has no Python error to show: its last line would be a warning
+        log(r.stderr[-4000:])
+        raise UserError(f"{module} was killed by {signal.Signals(-r.returncode).name} (no Python error): "
+                        "run it again; if it persists, report it with the log above")
     if r.returncode:
         # TVM logs "[hh:mm:ss] file:line: Warning: ..." lines after the error itself: not the last line
         lines = ([ln for ln in r.stderr.strip().splitlines() if ln.strip() and "Warning:" not in ln]

@@ -126,6 +126,7 @@ def test_rpi4_int8_is_a_quarter_and_agrees(builds):
     so8, so32 = ((builds[k] / "model.so").stat().st_size for k in ("rpi4-int8", "rpi4"))
     assert sum(w8.values()) < so8 < so32  # the file holds them; at 0.1M params code is most of it
     assert m8["parity"]["rule"] == str(INT8) and m8["parity"]["ok"]  # held-out
+    assert m8["tvm"]["int8_kernel"] == "neon" and "int8_kernel" not in m32["tvm"]  # dot.gemm8_dot
 
 
 @pytest.mark.slow
@@ -141,7 +142,9 @@ def test_x86_tvm_int4_gptq_is_nibbles_of_gptqs_codes_and_agrees(build_once, tiny
     assert kv % 64 and (c.n_embd + 2 * kv) % 64 == 0  # k, v alone too narrow for the layout; qkv is not
     assert m["tvm"]["int4_as_int8"] == []
     flags = Path("/proc/cpuinfo").read_text()  # dot.py's integer kernels, else gemm4's fp32 widening
-    assert m["tvm"]["int4_kernel"] == ("vnni" if " avx512_vnni" in flags else "avx2" if " avx2" in flags else "gemm4")
+    kind = "vnni" if " avx512_vnni" in flags else "avx2" if " avx2" in flags else None
+    assert m["tvm"]["int4_kernel"] == (kind or "gemm4")
+    assert m["tvm"]["int8_kernel"] == (kind or "gemm")  # the int8 head: dot.gemm8_dot
     # qkv, o, gate_up, down
     layers = c.n_layer * (2 * c.n_embd * c.n_embd + 2 * c.n_embd * kv + 3 * c.n_embd * c.intermediate_size)
     assert w["uint8"] == layers // 2  # two weights a byte
@@ -163,6 +166,18 @@ def test_embedded_weight_bytes_reads_tvm_tensor_headers(tmp_path):
     blob = b"\x7fELF" + bytes(100) + tensor(0, 8, (64, 32)) + b"code" + tensor(2, 32, (32,)) + tensor(0, 8, (3,))
     (tmp_path / "m.so").write_bytes(blob + struct.pack("<Q", tvm_build.TENSOR_MAGIC) + bytes(30))  # cut short
     assert tvm_build.embedded_weight_bytes(tmp_path / "m.so") == {"int8": 64 * 32 + 3, "float32": 4 * 32}
+
+
+def test_a_toolchain_module_that_crashes_is_one_clear_line(tmp_path, monkeypatch):
+    """A converter killed by a signal leaves no Python error, only warnings: the line names the signal."""
+    import sys
+    (tmp_path / "crash.py").write_text("import os, signal, sys\nprint('x: Warning: noise', file=sys.stderr)\n"
+                                       "sys.stderr.flush()\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    logged = []
+    with pytest.raises(UserError, match=r"^crash was killed by SIGSEGV \(no Python error\): run it again"):
+        toolchain.run(Path(sys.executable), "crash", [], log=logged.append)
+    assert "Warning: noise" in logged[0]
 
 
 def test_missing_cross_compiler_is_one_clear_line(monkeypatch):

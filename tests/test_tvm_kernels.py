@@ -5,6 +5,7 @@ for this CPU in the TVM venv (a few seconds a kernel)."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -211,12 +212,12 @@ def test_gemm_matches_numpy_in_every_parameter_order(tvm_python, precision):
     assert max(errs.values()) < 1e-5, errs  # the same sums up to fp32 rounding
 
 
-# Run in the TVM venv: dot.gemm4_dot against numpy on this CPU, decode (int8 activations in blocks
-# of 32, as llama.cpp's q8_0) and prefill (fp32 activations), both prefill tiles: "neon" (portable
-# TIR: it compiles here too) always, "vnni" or "avx2" where this CPU has it; and the aarch64 assembly
-# of "neon".
+# Run in the TVM venv: dot.gemm4_dot and gemm8_dot against numpy on this CPU, decode (int8
+# activations in blocks of 32, as llama.cpp's q8_0) and prefill (neon: fp32 activations), both prefill
+# tiles: "neon" (portable TIR: it compiles here too) always, "vnni" or "avx2" where this CPU has it
+# ("avx2" too where it has both); dot.gather8 against numpy; and the aarch64 assembly of "neon".
 DOT = r"""
-import json
+import itertools, json
 import numpy as np, tvm, torch
 from tvm.target import Target
 from litelm_edge.backends.tvm import dot, graph
@@ -225,11 +226,16 @@ rng = np.random.default_rng(0)
 K, N, out = 96, 192, {}
 target = host_target()
 out["host"] = dot.kind(target, (4, 32))
-packed, scale = graph.quantize_int4(torch.from_numpy(rng.standard_normal((K, N)).astype(np.float32)))
-w, codes = graph.dequantize_int4(packed, scale).numpy(), graph.int4_codes(packed).numpy()
-for how in ["neon"] + ([out["host"]] if out["host"] else []):
-    for tile in ((4, 32), (4, 16)):
-        f = dot.gemm4_dot(K, N, tile, how).with_attr("global_symbol", "main")
+x = torch.from_numpy(rng.standard_normal((K, N)).astype(np.float32))
+packed, scale = graph.quantize_int4(x)
+w4, codes = graph.dequantize_int4(packed, scale).numpy(), graph.int4_codes(packed).numpy()
+q8, s8 = (t.numpy() for t in graph.quantize_kn(x))
+kernels = {4: (dot.gemm4_dot, lambda how: dot.pack(codes, how), dot.pack_scales(scale.numpy()), w4),
+           8: (dot.gemm8_dot, lambda how: dot.pack8(q8, how), s8, q8.astype(np.float32) * s8)}
+x86 = [out["host"]] + ["avx2"] * (out["host"] == "vnni") if out["host"] else []
+for bits, how, tile in itertools.product((4, 8), ["neon"] + x86, ((4, 32), (4, 16))):
+        make, pack, scales, w = kernels[bits]
+        f = make(K, N, tile, how).with_attr("global_symbol", "main")
         lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
         for M in (1, 5):
             a = rng.standard_normal((M, K)).astype(np.float32)
@@ -238,40 +244,55 @@ for how in ["neon"] + ([out["host"]] if out["host"] else []):
             sa = np.abs(blocks).max(2, keepdims=True) / 127
             a8 = (np.round(blocks / sa) * sa).reshape(M, K)  # what the integer sums multiply
             c = np.zeros((M, N), np.float32)
-            t = [tvm.runtime.tensor(x) for x in (a, dot.pack(codes, how), dot.pack_scales(scale.numpy()), c)]
+            t = [tvm.runtime.tensor(x) for x in (a, pack(how), scales, c)]
             lib["main"](*t)
             got, exact = t[-1].numpy(), a @ w
             want = a8 @ w if M == 1 or how != "neon" else exact  # neon's prefill: fp32 activations
-            out[f"{how} M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
-            out[f"{how} M={M} tile {tile} vs fp32"] = float(np.abs(got - exact).max() / np.abs(exact).max())
+            out[f"int{bits} {how} M={M} tile {tile}"] = float(np.abs(got - want).max() / np.abs(want).max())
+            out[f"int{bits} {how} M={M} tile {tile} vs fp32"] = float(np.abs(got - exact).max()
+                                                                      / np.abs(exact).max())
+idx = np.array([0, 5, N - 1, 64], np.int64)
+for how in ["neon"] + x86:
+    g = tvm.compile(tvm.IRModule({"main": dot.gather8(K, N, how).with_attr("global_symbol", "main")}),
+                    target=target)
+    t = [tvm.runtime.tensor(x) for x in (dot.pack8(q8, how), idx, np.zeros((K, len(idx)), np.int8))]
+    g["main"](*t)
+    out[f"gather8 {how}"] = bool(np.array_equal(t[-1].numpy(), q8[:, idx]))
 arm = Target("raspberry-pi/4b-aarch64")
 out["rpi4"] = dot.kind(arm, (4, 16))
-f = dot.gemm4_dot(K, N, (4, 16), "neon").with_attr("global_symbol", "main")
-asm = tvm.compile(tvm.IRModule({"main": f}), target=arm).mod.inspect_source("s")
-out["asm"] = sorted({op for op in ("smull", "smull2", "smlal", "smlal2", "addv") if f"\t{op}\t" in asm})
+for bits, make in ((4, dot.gemm4_dot), (8, dot.gemm8_dot)):
+    f = make(K, N, (4, 16), "neon").with_attr("global_symbol", "main")
+    asm = tvm.compile(tvm.IRModule({"main": f}), target=arm).mod.inspect_source("s")
+    ops = ("smull", "smull2", "smlal", "smlal2", "addv", "saddlv", "sadalp", "saddlp")
+    out[f"asm{bits}"] = sorted({op for op in ops if f"\t{op}\t" in asm})
 print(json.dumps(out))
 """
 
 
-def test_int4_dot_kernels_match_numpy_and_neon_is_integer_on_aarch64(tvm_python):
-    """dot.gemm4_dot: the decode GEMV equals the sums of int8 activations (blocks of 32) times the
-    int4 weights, for "neon" (here as portable TIR) and this CPU's x86 kernel ("vnni" with AVX-512
-    VNNI, else "avx2"); so does their prefill (M = 5: vnni a tile of 3 rows and 2 single rows),
-    neon's the fp32 product; the
-    rpi4 target gets "neon", whose aarch64 code multiplies with smull /
-    smlal and adds across with addv (llama.cpp's q4_0 x q8_0 without sdot)."""
+def test_dot_kernels_match_numpy_and_neon_is_integer_on_aarch64(tvm_python):
+    """dot.gemm4_dot (int4 blocks) and gemm8_dot (per-channel int8): the decode GEMV equals the sums
+    of int8 activations (blocks of 32) times the weights, for "neon" (here as portable TIR) and this
+    CPU's x86 kernels ("vnni" with AVX-512 VNNI, and "avx2", which every such CPU also runs); so does
+    their prefill (M = 5: vnni a tile of 3 rows and 2 single rows), neon's the fp32 product; gather8
+    reads the codes back from each layout; the rpi4 target gets "neon", whose aarch64 code
+    multiplies with smull / smlal and adds across with addv (llama.cpp's q4_0 / q8_0 x q8_0 without
+    sdot)."""
     r = subprocess.run([str(tvm_python), "-c", DOT], capture_output=True, text=True, env=toolchain.src_env())
     assert r.returncode == 0, r.stderr[-3000:]
     errs = json.loads(r.stdout.strip().splitlines()[-1])
-    host, rpi4, asm = errs.pop("host"), errs.pop("rpi4"), errs.pop("asm")
+    host, rpi4 = errs.pop("host"), errs.pop("rpi4")
     flags = Path("/proc/cpuinfo").read_text()
     x86 = "vnni" if " avx512_vnni" in flags else "avx2" if " avx2" in flags else None
     assert host == x86 and rpi4 == "neon"
-    assert asm == ["addv", "smlal", "smlal2", "smull", "smull2"], asm
+    for bits in (4, 8):
+        assert errs.pop(f"asm{bits}") == ["addv", "smlal", "smlal2", "smull", "smull2"], bits
+    kinds = ["neon"] + [x86] * bool(x86) + ["avx2"] * (x86 == "vnni")
+    assert [errs.pop(f"gather8 {how}") for how in kinds] == [True] * len(kinds)
     exact = {k: v for k, v in errs.items() if not k.endswith("vs fp32")}
-    assert len(exact) == 4 * (1 + bool(x86)) and max(exact.values()) < 1e-5, errs  # the same sums
-    for key in ["neon M=1"] + [f"{x86} M=1", f"{x86} M=5"] * bool(x86):  # int8 activations
-        assert 1e-4 < errs[f"{key} tile (4, 32) vs fp32"] < 2e-2, errs
+    assert len(exact) == 2 * 4 * len(kinds) and max(exact.values()) < 1e-5, errs  # the same sums
+    keys = ["neon M=1"] + [f"{h} M={m}" for h in kinds[1:] for m in (1, 5)]
+    for bits, key in itertools.product((4, 8), keys):
+        assert 1e-4 < errs[f"int{bits} {key} tile (4, 32) vs fp32"] < 2e-2, errs  # int8 activations
 
 
 # Run in the TVM venv: the tiny checkpoint compiled twice, without FuseOps, packed weights and with

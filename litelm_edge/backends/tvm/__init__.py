@@ -36,7 +36,8 @@ class Settings(GptqSettings):  # + int4-gptq's gptq_windows, gptq_len, gptq_act_
 PRECISIONS = (
     FP32,
     Precision("int8", 8, None, INT8, 0.25, QAT_ADVICE,
-              "weight-only per-channel int8, dequantised inside the matmul"),
+              "per-channel int8 weights times int8 activations in blocks of 32 (integer dot products: "
+              "dot.gemm8_dot on NEON, AVX2, AVX-512 VNNI; elsewhere weight-only, dequantised in the matmul)"),
     # round to nearest in the same layout (the int4-b32 row before) cost SmolLM2-135M +45 %, q4_0 +26 %:
     # dropped, int4 is GPTQ's codes only (docs/quality.md)
     Precision("int4-gptq", 4, 32, INT4, 0.18,

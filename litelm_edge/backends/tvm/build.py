@@ -109,7 +109,8 @@ def _meta(ctx: BuildContext, convert: dict, weight_bytes: dict) -> dict:
             "cache_shape": [c.n_layer, 1, c.n_kv_head, 0, c.head_dim], "entry": "forward",
             "tile": convert["tile"], "gemv": convert["gemv"], "weight_bytes": weight_bytes,
             "compile_s": convert["compile_s"], "tvm": "0.27.0.post1", "cache": convert["cache"]} | {
-                k: convert[k] for k in ("int4_as_int8", "int4_kernel", "entry_last") if k in convert}
+                k: convert[k] for k in ("int4_as_int8", "int4_kernel", "int8_kernel", "entry_last")
+                if k in convert}
 
 
 def _lossless(weights: dict) -> dict:

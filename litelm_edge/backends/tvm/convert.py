@@ -7,7 +7,8 @@ parameters replacing the checkpoint's, or null), target (a TVM tag string or a t
 (the C++ compiler that links the target's library), host_dir (null, or a folder for
 the same module compiled for this machine: the host-side parity library of a cross build),
 tile ([MT, NJ] register tile, or null), gemv (decode GEMV columns a task, or null), schedule
-(default true; false = TVM's default unscheduled pipeline, for benchmarks)}.
+(default true; false = TVM's default unscheduled pipeline, for benchmarks), int8_dot (default true;
+false = int8 matrices on gemm.gemm's fp32 widening instead of dot.gemm8_dot, for benchmarks)}.
 
 Writes out_dir/model.so, out_dir/convert.json (timings, weight bytes by dtype), and
 host_dir/model.so. The library has two functions, `forward(idx (1, T) int64, pos (1,) int64,
@@ -101,7 +102,7 @@ def shared_constants(func, like):
     return Share().visit_expr(func)
 
 
-def int4_kernels(target, tile) -> tuple[str | None, str | None]:
+def dot_kernels(target, tile) -> tuple[str | None, str | None]:
     """dot.py's kernel for the target, and for this machine's parity library of it: the target's own
     where this CPU runs it, else "neon"'s portable TIR (the same integer sums as "vnni": plain
     integer arithmetic LLVM compiles anywhere), so the gate scores the device's arithmetic."""
@@ -112,15 +113,15 @@ def int4_kernels(target, tile) -> tuple[str | None, str | None]:
 
 def compile_to(mod, target, path: Path, cc: str | None, tile, schedule: bool = True, int4: bool = False,
                kept: list | None = None, gemv: int | None = None, fuse: bool = True,
-               pack: bool = True, dot: str | None = None) -> float:
+               pack: bool = True, dot: str | None = None, dot8: str | None = None) -> float:
     """Compile (with the scheduled pipeline, or TVM's default one for comparison) and link `path`.
     kept: filled with the [K, N] of the matrices an int4 build made int8 (the layout cannot hold them).
-    gemv, fuse, dot: schedule.pipeline's."""
+    gemv, fuse, dot, dot8: schedule.pipeline's."""
     import tvm
     from tvm.support import cc as tvm_cc
     from litelm_edge.backends.tvm import schedule as tvm_schedule
     t0 = time.time()
-    pipeline = (tvm_schedule.pipeline(target, tile, int4, kept, gemv, fuse, pack, dot) if schedule
+    pipeline = (tvm_schedule.pipeline(target, tile, int4, kept, gemv, fuse, pack, dot, dot8) if schedule
                 else "default")
     with tvm.transform.PassContext(opt_level=3, config=tvm_schedule.PASS_CONFIG if schedule else {}):
         ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
@@ -144,9 +145,15 @@ def main(spec_path: str) -> int:
     report["target"] = str(target)
     int4 = spec["precision"] in INT4
     kept: list = []
-    dot, host_dot = int4_kernels(target, tile)
+    dot, host_dot = dot_kernels(target, tile)
+    # int8 matrices (the int8 build's, an int4 build's head) on dot.gemm8_dot; "int8_dot": false in the
+    # spec keeps gemm.gemm's fp32 widening (benchmarks/tvm_ab.py compares the two)
+    dot8, host_dot8 = (dot, host_dot) if spec.get("int8_dot", True) else (None, None)
     report["compile_s"] = round(compile_to(mod, target, out / "model.so", spec.get("cc"), tile,
-                                           spec.get("schedule", True), int4, kept, gemv, dot=dot), 2)
+                                           spec.get("schedule", True), int4, kept, gemv, dot=dot,
+                                           dot8=dot8), 2)
+    if spec["precision"] != "fp32":
+        report["int8_kernel"] = dot8 or "gemm"  # int8 x int8 integer sums, or fp32 widening
     if int4:
         report["int4_kernel"] = dot or "gemm4"  # dot.py's integer dot products, or fp32 widening
         report["int4_as_int8"] = kept  # [K, N] of matrices the int4 layout cannot hold: int8 per channel
@@ -164,7 +171,8 @@ def main(spec_path: str) -> int:
         host = Path(spec["host_dir"])
         host.mkdir(parents=True, exist_ok=True)
         report["host_target"] = str(host_target())
-        t = compile_to(mod, host_target(), host / "model.so", None, tile, True, int4, gemv=gemv, dot=host_dot)
+        t = compile_to(mod, host_target(), host / "model.so", None, tile, True, int4, gemv=gemv, dot=host_dot,
+                       dot8=host_dot8)
         report["host_compile_s"] = round(t, 2)
     (out / "convert.json").write_text(json.dumps(report, indent=2))
     return 0

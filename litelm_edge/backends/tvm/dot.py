@@ -79,9 +79,49 @@ def pack(codes: np.ndarray, how: str) -> np.ndarray:
     return np.ascontiguousarray(q[:, :, 0] | (q[:, :, 1] << 4)).view(np.int8)  # (N, K / 32, 16) int8
 
 
-def _quantize_row(K):
-    """A macro: A's row i to int8 aq[i] in blocks of 32 (scale amax / 127, sa[i]); corr[i] 8 x the sum
-    of each block's int8 values (vnni's offset)."""
+def pack8(q: np.ndarray, how: str) -> np.ndarray:
+    """(K, N) int8 codes (graph.quantize_kn's, one scale a column) -> gemm8_dot's layout, int8:
+    x86 (N / 64, K / 4, 256): for each 64-column group and 4 rows, 4 vectors of 16 lanes of 4 bytes,
+    lane j of vector v holding rows 4 kq .. 4 kq + 3 of column 16 v + j ("vnni" stores q + 128, the
+    unsigned operand of vpdpbusd, as q ^ 0x80; "avx2" q); "neon" (N, K): a column's codes contiguous."""
+    K, N = q.shape
+    if how in X86:
+        v = q.astype(np.int8).reshape(K // 4, 4, N // 64, 4, L)  # (kq, t, group, v, j)
+        b = np.ascontiguousarray(v.transpose(2, 0, 3, 4, 1)).reshape(N // 64, K // 4, 16 * L)
+        return (b.view(np.uint8) ^ 0x80).view(np.int8) if how == "vnni" else b
+    return np.ascontiguousarray(q.T.astype(np.int8))
+
+
+def gather8(K: int, N: int, how: str) -> tirx.PrimFunc:
+    """out (K, n) int8 = W[:, idx] of a (K, N) matrix in pack8's layout: the tied embedding's columns,
+    read from the head's one copy (gemm.gather_packed's, for gemm8_dot's head)."""
+    K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
+    shape = (N // 64, K // 4, 16 * L) if how in X86 else (N, K)
+    flip = T.int8(-128 if how == "vnni" else 0)  # vnni's q + 128 back to q
+
+    def code(W, n, k):
+        if how in X86:
+            return T.bitwise_xor(W[n // 64, k // 4, n % 64 // L * 4 * L + n % L * 4 + k % 4], flip)
+        return W[n, k]
+
+    @T.prim_func(private=True, s_tir=False)
+    def main(w: T.handle, i: T.handle, o: T.handle):
+        # opaque (cache.OPAQUE): FuseOps leaves it alone (FuseTIR refuses its buffers in a group)
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        n = T.int64()
+        W = T.match_buffer(w, shape, "int8")
+        Idx = T.match_buffer(i, (n,), "int64")
+        O = T.match_buffer(o, (K, n), "int8")
+        for t in range(n):
+            for k in range(K):
+                O[k, t] = code(W, Idx[t], k)
+
+    return main
+
+
+def _quantize_row(K, offset=8):
+    """A macro: A's row i to int8 aq[i] in blocks of 32 (scale amax / 127, sa[i]); corr[i] `offset` x
+    the sum of each block's int8 values (the weights' offset in vnni's unsigned operand)."""
     @T.macro
     def body(A, aq, sa, corr, i):
         for kb in range(K // B):
@@ -97,7 +137,7 @@ def _quantize_row(K):
                 qv = T.Cast("int32", T.round(A[i, kb * B + k] * inv))
                 tot[0] = tot[0] + qv
                 aq[i, kb * B + k] = T.Cast("int8", qv)
-            corr[i, kb] = tot[0] * 8
+            corr[i, kb] = tot[0] * offset
 
     return body
 
@@ -108,20 +148,49 @@ def _dot4(how, acc, u8, s8):
     if how == "vnni":
         return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc,
                                        T.reinterpret("int8x64", u8), T.reinterpret("int8x64", s8))
+    return _avx2_dot4(acc, u8, s8, lambda u, s: (u, s))
+
+
+def _dot4_signed(acc, w, a):
+    """avx2, int8 weights: acc + each lane's 4 products w x a, both signed: llama.cpp's sign trick,
+    |w| (vpabsb) times a with w's sign (vpsignb), so vpmaddubsw's pairs fit (127 x 127 x 2 < 2^15)."""
+    def signed(w, a):
+        return (T.max(w, T.broadcast(T.int8(0), 32) - w),
+                T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", a, w))
+    return _avx2_dot4(acc, w, a, signed)
+
+
+def _avx2_dot4(acc, x, y, operands):
+    """acc + vpmaddwd(vpmaddubsw(u, s), 1) of each 256-bit half of x and y (int32x16), u and s
+    = operands(x half, y half) as int8x32."""
     halves = []
     for h in range(2):
-        half = [tirx.Shuffle([v], [tirx.IntImm("int32", h * 8 + i) for i in range(8)]) for v in (u8, s8)]
-        pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
-                                        *(T.reinterpret("int8x32", x) for x in half))
+        lanes = [tirx.IntImm("int32", h * 8 + i) for i in range(8)]
+        half = [T.reinterpret("int8x32", tirx.Shuffle([v], lanes)) for v in (x, y)]
+        pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", *operands(*half))
         halves.append(T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs,
                                               T.broadcast(T.int16(1), 16)))
     return acc + tirx.Shuffle(halves, [tirx.IntImm("int32", i) for i in range(16)])
 
 
-def _vnni_rows(K, mt, how="vnni"):
+def _weights(W, g, kq, z, hi, bits):
+    """int32x16: 16 columns (32 z + 16 hi + j) x rows 4 kq .. 4 kq + 3 of group g, a byte each: int4's
+    nibbles (pack), or int8's bytes (pack8)."""
+    if bits == 8:
+        return T.reinterpret("int32x16", W[g, kq, T.ramp((2 * z + hi) * 4 * L, 1, 4 * L)])
+    v = T.reinterpret("int32x16", W[g, kq, T.ramp(z * 4 * L, 1, 4 * L)])
+    return T.bitwise_and(T.shift_right(v, T.broadcast(hi * 4, L)), T.broadcast(0x0F0F0F0F, L))
+
+
+def _vnni_rows(K, mt, how="vnni", bits=4):
     """A macro: C rows i0 .. i0 + mt - 1, the 64 columns of group g, from the int8 rows aq; each 4 rows
-    of a block one vpdpbusd lane (_dot4), a weight vector (a half: 2 x 16 columns) 2 mt of them."""
+    of a block one vpdpbusd lane (_dot4), a weight vector (a half: 2 x 16 columns) 2 mt of them.
+    bits 4: S the blocks' scales (pack_scales); 8: S (N,) the columns', applied to the finished sum."""
     KB, w = K // B, 4 * L
+    dot4 = _dot4_signed if bits == 8 and how == "avx2" else lambda acc, u, s: _dot4(how, acc, u, s)
+    block = ((lambda S, g, kb, ji: T.float32(1)) if bits == 8
+             else (lambda S, g, kb, ji: T.Cast("float32", S[g, kb, ji])))
+    column = (lambda S, g, ji: S[g * w + ji]) if bits == 8 else (lambda S, g, ji: T.float32(1))
 
     @T.macro
     def body(W, S, C, aq, sa, corr, g, i0):
@@ -138,21 +207,18 @@ def _vnni_rows(K, mt, how="vnni"):
                 for z in T.unroll(2):
                     for hi in T.unroll(2):
                         for ii in T.unroll(mt):
-                            v = T.reinterpret("int32x16",
-                                              W[g, kb * (B // 4) + q4, T.ramp(z * 4 * L, 1, 4 * L)])
-                            nib = T.bitwise_and(T.shift_right(v, T.broadcast(hi * 4, L)),
-                                                T.broadcast(0x0F0F0F0F, L))
                             x = T.broadcast(T.reinterpret(
                                 "int32", aq[i0 + ii, T.ramp((kb * (B // 4) + q4) * 4, 1, 4)]), L)
                             at = T.ramp(z * 2 * L + hi * L, 1, L)
-                            dot[ii, at] = _dot4(how, dot[ii, at], nib, x)
+                            wv = _weights(W, g, kb * (B // 4) + q4, z, hi, bits)
+                            dot[ii, at] = dot4(dot[ii, at], wv, x)
             for ii in T.unroll(mt):
                 for ji in T.vectorized(w):  # no Let in a vector loop: TVM 0.27 miscompiles it
                     acc[ii, ji] = acc[ii, ji] + (T.Cast("float32", dot[ii, ji] - corr[i0 + ii, kb])
-                                                 * (sa[i0 + ii, kb] * T.Cast("float32", S[g, kb, ji])))
+                                                 * (sa[i0 + ii, kb] * block(S, g, kb, ji)))
         for ii in T.unroll(mt):
             for ji in T.vectorized(w):
-                C[i0 + ii, g * w + ji] = acc[ii, ji]
+                C[i0 + ii, g * w + ji] = acc[ii, ji] * column(S, g, ji)
 
     return body
 
@@ -167,14 +233,31 @@ def _neon_block(W, col, kb, aq):
     return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", T.Cast("int32x16", p))
 
 
+def _neon_block8(W, col, kb, aq):
+    """Column col's block kb: sum of its 32 int8 weights (pack8) times the int8 activations, int32;
+    each 16-bit lane holds two products (|2 x 127 x 127| < 2^15)."""
+    p = (T.Cast("int16x16", W[col, T.ramp(kb * B, 1, L)]) * T.Cast("int16x16", aq[0, T.ramp(kb * B, 1, L)])
+         + T.Cast("int16x16", W[col, T.ramp(kb * B + L, 1, L)])
+         * T.Cast("int16x16", aq[0, T.ramp(kb * B + L, 1, L)]))
+    return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", T.Cast("int32x16", p))
+
+
 def _neon_code(W, col, k):
     """neon: the signed code of row k, column col, float32."""
     left = T.Cast("int8", (1 - k % B // L) * 4)  # the low nibble (rows 0-15) shifted up first
     return T.Cast("float32", T.shift_right(T.shift_left(W[col, k // B, k % L], left), T.int8(4)))
 
 
-def _decode_neon(K, N):
-    """A macro: C's one row from the int8 row aq, a task 64 columns, one block sum a column and block."""
+def _decode_neon(K, N, bits=4):
+    """A macro: C's one row from the int8 row aq, a task 64 columns, one block sum a column and block
+    (bits 8: times the column's scale S[j] at the end, as _vnni_rows)."""
+    if bits == 8:
+        block, column = _neon_block8, (lambda S, g, j: S[g * 64 + j])
+        scale = lambda S, g, kb, j: T.float32(1)  # noqa: E731
+    else:
+        block, column = _neon_block, (lambda S, g, j: T.float32(1))
+        scale = lambda S, g, kb, j: T.Cast("float32", S[g, kb, j])  # noqa: E731
+
     @T.macro
     def body(W, S, C, aq, sa, corr):
         for g in T.parallel(N // 64):
@@ -182,16 +265,16 @@ def _decode_neon(K, N):
                 acc = T.decl_buffer((1,), "float32", scope="local")
                 acc[0] = T.float32(0)
                 for kb in range(K // B):
-                    acc[0] = acc[0] + (T.Cast("float32", _neon_block(W, g * 64 + j, kb, aq))
-                                       * (sa[0, kb] * T.Cast("float32", S[g, kb, j])))
-                C[0, g * 64 + j] = acc[0]
+                    acc[0] = acc[0] + (T.Cast("float32", block(W, g * 64 + j, kb, aq))
+                                       * (sa[0, kb] * scale(S, g, kb, j)))
+                C[0, g * 64 + j] = acc[0] * column(S, g, j)
 
     return body
 
 
-def _decode_vnni(K, N, how):
+def _decode_vnni(K, N, how, bits=4):
     """A macro: C's one row from the int8 row aq, a task 64 columns (_vnni_rows of one row)."""
-    row = _vnni_rows(K, 1, how)
+    row = _vnni_rows(K, 1, how, bits)
 
     @T.macro
     def body(W, S, C, aq, sa, corr):
@@ -201,11 +284,12 @@ def _decode_vnni(K, N, how):
     return body
 
 
-def _prefill_vnni(K, N, how):
+def _prefill_vnni(K, N, how, bits=4):
     """A macro: C (M, N) from A quantized row by row as decode's is, a task 64 columns, in tiles of
     PREFILL's rows (avx2: 1) and a tail of single rows: llama.cpp's q4_0 x q8_0 for every row."""
     mt, KB = PREFILL if how == "vnni" else 1, K // B
-    quantize, rows, row = _quantize_row(K), _vnni_rows(K, mt, how), _vnni_rows(K, 1, how)
+    quantize = _quantize_row(K, _offset(how, bits))
+    rows, row = _vnni_rows(K, mt, how, bits), _vnni_rows(K, 1, how, bits)
 
     @T.macro
     def body(A, W, S, C, M):
@@ -228,17 +312,44 @@ def _neon_weight(W, S, j0, k, ji):
     return _neon_code(W, j0 + ji, k) * T.Cast("float32", S[j0 // 64, k // B, j0 % 64 + ji])
 
 
+def _neon_weight8(W, S, j0, k, ji):
+    """neon, int8: W[k, j0 + ji] times its column's scale, float32 (the prefill slab's)."""
+    return T.Cast("float32", W[j0 + ji, k]) * S[j0 + ji]
+
+
+def _offset(how, bits):
+    """What the row quantizer's corr counts per unit of an activation block's sum: the weights' offset
+    in vnni's unsigned operand (int4 q + 8 on x86, int8 q + 128 on vnni), 0 where none is added."""
+    return {(4, "vnni"): 8, (4, "avx2"): 8, (8, "vnni"): 128}.get((bits, how), 0)
+
+
 def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
     """(A (M, K), W (`how`'s layout), S (pack_scales'), C (M, N)): gemm.gemm4's sums on int8
     activations (vnni, avx2: decode and prefill; neon: decode)."""
+    return _gemm_dot(K, N, tile, how, 4)
+
+
+def gemm8_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
+    """(A (M, K), W (pack8's layout), S (N,) fp32, C (M, N)): gemm.gemm's int8 sums (per-channel
+    weights, graph.quantize_kn) on int8 activations in blocks of 32 (llama.cpp's q8_0 x q8_0 with one
+    weight scale a column), the same kernels as gemm4_dot's."""
+    return _gemm_dot(K, N, tile, how, 8)
+
+
+def _gemm_dot(K: int, N: int, tile, how: str, bits: int) -> tirx.PrimFunc:
     K, N = tirx.IntImm("int64", K), tirx.IntImm("int64", N)
-    KB, quantize = K // B, _quantize_row(K)
+    KB, quantize = K // B, _quantize_row(K, _offset(how, bits))
     if how in X86:
-        wshape, wdtype, decode, prefill = ((N // 64, K // 4, 8 * L), "uint8", _decode_vnni(K, N, how),
-                                           _prefill_vnni(K, N, how))
+        wshape = (N // 64, K // 4, 2 * bits * L)
+        wdtype, decode, prefill = ("uint8" if bits == 4 else "int8", _decode_vnni(K, N, how, bits),
+                                   _prefill_vnni(K, N, how, bits))
+    elif bits == 8:
+        wshape, wdtype, decode, prefill = ((N, K), "int8", _decode_neon(K, N, 8),
+                                           slab_prefill(K, N, tile, _neon_weight8))
     else:
         wshape, wdtype, decode, prefill = ((N, KB, L), "int8", _decode_neon(K, N),
                                            slab_prefill(K, N, tile, _neon_weight))
+    sshape, sdtype = ((N,), "float32") if bits == 8 else ((N // 64, KB, 64), "float16")
 
     @T.prim_func(private=True, s_tir=False)
     def main(a: T.handle, w: T.handle, s: T.handle, c: T.handle):
@@ -246,7 +357,7 @@ def gemm4_dot(K: int, N: int, tile, how: str) -> tirx.PrimFunc:
         M = T.int64()
         A = T.match_buffer(a, (M, K), "float32")
         W = T.match_buffer(w, wshape, wdtype)
-        S = T.match_buffer(s, (N // 64, KB, 64), "float16")
+        S = T.match_buffer(s, sshape, sdtype)
         C = T.match_buffer(c, (M, N), "float32")
         if M == 1:
             aq = T.decl_buffer((1, K), "int8", scope="global")

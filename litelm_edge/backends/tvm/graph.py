@@ -5,9 +5,11 @@ along N (contiguous, vectorisable) and no transpose is left in the graph; q, k, 
 and gate, up another (prepare), so a decode step launches 4 GEMVs a layer, not 7. The tied
 embedding gathers columns of the lm_head's (C, V) matrix, so tied weights are stored once.
 
-int8 is weight-only: per-output-channel symmetric int8 with one fp32 scale per column, dequantised
-inside the graph (`Wq.float() * scale`). The compiled library embeds the int8 tensors, so the
-artifact is about a quarter of fp32.
+int8: per-output-channel symmetric int8 with one fp32 scale per column, dequantised inside the
+graph (`Wq.float() * scale`); schedule.PackWeights calls dot.gemm8_dot on it where the target has a
+dot.py kernel (int8 activations in blocks of 32, integer sums: llama.cpp's q8_0 x q8_0 with a
+column's scale), else gemm.gemm (weight-only, fp32 activations). The compiled library embeds the
+int8 tensors, so the artifact is about a quarter of fp32.
 
 int4-b32 keeps the layers' Linears fp32 here: schedule.Int4Matmuls quantises each constant
 weight of the Relax graph (`quantize_int4`) and calls gemm.gemm4 on it, so no int4 unpacking

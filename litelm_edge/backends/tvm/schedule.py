@@ -215,24 +215,31 @@ class _PackRewriter(relax.PyExprMutator):
     take(W, idx, axis=1) of such a constant (a tied embedding) -> call_tir(gather_packed, Wp, idx):
     one packed copy serves the head and the embedding."""
 
-    def __init__(self, mod: tvm.IRModule, tile, g: int, shared: list):
+    def __init__(self, mod: tvm.IRModule, tile, g: int, shared: list, dot: str | None = None):
         super().__init__(mod)
-        self.mod, self.tile, self.g, self.shared, self.kernels = mod, tile, g, shared, {}
-        self.packed: list = []  # (constant, its packed constant): each matrix packed once
+        self.mod, self.tile, self.g, self.shared, self.kernels, self.dot = mod, tile, g, shared, {}, dot
+        self.packed: list = []  # (constant, layout, its packed constant): each matrix packed once
+
+    def _dot8(self, c) -> bool:
+        """Whether the int8 constant c goes to dot.gemm8_dot (a kernel for the target, and its shape)."""
+        K, N = (int(x) for x in c.value.shape)
+        return bool(self.dot) and c.value.dtype == "int8" and K % int4_dot.B == 0 and N % 64 == 0
 
     def _width(self, N: int) -> int | None:
         """The GEMV width g a matrix of N columns is packed at, or None if it is not packed."""
         g = self.g if N % self.g == 0 else tvm_gemm.NJ1  # SmolLM2's 576 and 192: 64, as the unpacked path
         return None if N % g or g % self.tile[1] else g
 
-    def _pack(self, c, g: int):
-        for src, p in self.packed:
-            if src.same_as(c):
+    def _pack(self, c, g: int | None):
+        """c packed (N / g, K, g), or with g None in dot.pack8's layout, once."""
+        for src, layout, p in self.packed:
+            if src.same_as(c) and layout == g:
                 return p
         W = c.value.numpy()
         K, N = W.shape
-        p = relax.const(np.ascontiguousarray(W.reshape(K, N // g, g).transpose(1, 0, 2)))
-        self.packed.append((c, p))
+        p = relax.const(int4_dot.pack8(W, self.dot) if g is None
+                        else np.ascontiguousarray(W.reshape(K, N // g, g).transpose(1, 0, 2)))
+        self.packed.append((c, g, p))
         return p
 
     def _kernel(self, key: tuple, make, name: str):
@@ -242,6 +249,11 @@ class _PackRewriter(relax.PyExprMutator):
 
     def _gather(self, call):
         c = self._const(call.args[0])
+        if c is not None and len(c.value.shape) == 2 and self._dot8(c):
+            K, N = (int(x) for x in c.value.shape)
+            f = self._kernel(("gather8", K, N), lambda: int4_dot.gather8(K, N, self.dot),
+                             f"gather_int8{self.dot}_{K}x{N}")
+            return relax.call_tir(f, [self._pack(c, None), call.args[1]], call.ty)
         g = self._width(int(c.value.shape[1])) if c is not None and len(c.value.shape) == 2 else None
         if g is None:
             return call
@@ -288,6 +300,10 @@ class _PackRewriter(relax.PyExprMutator):
         if w is None or len(w[0].value.shape) != 2:
             return call
         K, N = (int(x) for x in w[0].value.shape)
+        if w[1] is not None and self._dot8(w[0]):  # int8 on integer dot products
+            f = self._kernel(("dot8", K, N), lambda: int4_dot.gemm8_dot(K, N, self.tile, self.dot),
+                             f"gemm_int8{self.dot}_{K}x{N}")
+            return relax.call_tir(f, [call.args[0], self._pack(w[0], None), w[1]], call.ty)
         if (g := self._width(N)) is None:
             return call
         int8 = w[1] is not None
@@ -304,26 +320,31 @@ class _PackRewriter(relax.PyExprMutator):
 class PackWeights:
     """Every weight matmul whose N divides by the GEMV width g (else by 64) gets its matrix packed
     (N / g, K, g) and gemm.gemm(packed) (bit-identical: the same sums in the same order). Measured
-    alone, out of cache, a K 512 x N 1408 int8 GEMV: 252-283 us row-major, 54-80 us packed (docs/rpi4.md)."""
+    alone, out of cache, a K 512 x N 1408 int8 GEMV: 252-283 us row-major, 54-80 us packed (docs/rpi4.md).
+    dot (dot.kind's kernel, or None): int8 matrices of K % 32 == 0 and N % 64 == 0 get dot.pack8's
+    layout and dot.gemm8_dot instead (int8 activations in blocks of 32, integer sums), their tied
+    embedding dot.gather8."""
 
-    def __init__(self, tile, g: int):
-        self.tile, self.g = tuple(tile), g
+    def __init__(self, tile, g: int, dot: str | None = None):
+        self.tile, self.g, self.dot = tuple(tile), g, dot
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         seen = _ConstantUses()
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
                 seen.visit_expr(func)
-        return _PackRewriter(mod, self.tile, self.g, seen.shared).transform()
+        return _PackRewriter(mod, self.tile, self.g, seen.shared, self.dot).transform()
 
 
 def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, kept: list | None = None,
-             gemv: int = tvm_gemm.NJ1, fuse: bool = True, pack: bool = True, dot: str | None = None):
+             gemv: int = tvm_gemm.NJ1, fuse: bool = True, pack: bool = True, dot: str | None = None,
+             dot8: str | None = None):
     """The Relax pipeline: (int4) int4 matmuls, pattern fusion, legalise, fuse the elementwise ops,
     fuse TIR, schedule, lower. kept: filled with the [K, N] of matrices an int4 build made int8 (the
     layout cannot hold them). gemv: decode GEMV columns a task. fuse=False: no FuseOps (one kernel
     an op outside the matmul groups, as before it ran; tests compare the two). dot: the int4 kernel of
-    dot.py ("vnni", "neon"; convert.int4_kernels chooses), None: gemm.gemm4."""
+    dot.py ("vnni", "avx2", "neon"; convert.dot_kernels chooses), None: gemm.gemm4; dot8: the int8
+    one (PackWeights), None: gemm.gemm."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0)
@@ -332,7 +353,7 @@ def pipeline(target: tvm.target.Target, tile=DEFAULT_TILE, int4: bool = False, k
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + ([Int4Matmuls(tile, kept, dot)] if int4 else [])
-                + ([PackWeights(tile, gemv), relax.transform.DeadCodeElimination()]
+                + ([PackWeights(tile, gemv, dot8), relax.transform.DeadCodeElimination()]
                    if pack else [])
                 + [relax.transform.FuseOpsByPattern(_patterns(), bind_constants=False,
                                                     annotate_codegen=False),
