@@ -1,4 +1,8 @@
-"""int4 GEMV and GEMM on integer dot products (llama.cpp's q4_0 x q8_0): AVX-512 VNNI or AVX2, NEON.
+"""int4 and int8 GEMV and GEMM on integer dot products (llama.cpp's q4_0 / q8_0 x q8_0): AVX-512 VNNI
+or AVX2, NEON. int8 (gemm8_dot, pack8: per-channel weights, one scale a column applied to the finished
+sum) runs the int4 loops below on bytes instead of nibbles; vnni stores q + 128 (the correction 128 x
+the block sum), avx2 the signed q with llama.cpp's sign trick (vpabsb, vpsignb: |w| x 127 x 2 fits
+vpmaddubsw's 16 bits, 255 x 127 x 2 would not), neon sums two products a 16-bit lane.
 
 gemm.gemm4 widens every weight to fp32 and multiplies it by an fp32 activation: on a core with a
 wide memory path that is compute-bound (26M shape, alone, AMD EPYC Zen 5: 1.6x the int8 GEMV's time
