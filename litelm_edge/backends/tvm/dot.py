@@ -186,15 +186,22 @@ def _weights(W, g, kq, z, hi, bits):
     return T.bitwise_and(T.shift_right(v, T.broadcast(hi * 4, L)), T.broadcast(0x0F0F0F0F, L))
 
 
+def _scales(bits):
+    """(block, column): what a block's integer sum of column j is scaled by beside its activation
+    scale, block(S, g, kb, j) (int4: the block's weight scale S[g, kb, j], pack_scales), and what the
+    finished sum is, column(S, g, j) (int8: the column's weight scale S[64 g + j]); 1 where none."""
+    if bits == 8:
+        return (lambda S, g, kb, j: T.float32(1)), (lambda S, g, j: S[g * 64 + j])
+    return (lambda S, g, kb, j: T.Cast("float32", S[g, kb, j])), (lambda S, g, j: T.float32(1))
+
+
 def _vnni_rows(K, mt, how="vnni", bits=4):
     """A macro: C rows i0 .. i0 + mt - 1, the 64 columns of group g, from the int8 rows aq; each 4 rows
     of a block one vpdpbusd lane (_dot4), a weight vector (a half: 2 x 16 columns) 2 mt of them.
     bits 4: S the blocks' scales (pack_scales); 8: S (N,) the columns', applied to the finished sum."""
     KB, w = K // B, 4 * L
     dot4 = _dot4_signed if bits == 8 and how == "avx2" else lambda acc, u, s: _dot4(how, acc, u, s)
-    block = ((lambda S, g, kb, ji: T.float32(1)) if bits == 8
-             else (lambda S, g, kb, ji: T.Cast("float32", S[g, kb, ji])))
-    column = (lambda S, g, ji: S[g * w + ji]) if bits == 8 else (lambda S, g, ji: T.float32(1))
+    block, column = _scales(bits)
 
     @T.macro
     def body(W, S, C, aq, sa, corr, g, i0):
@@ -231,19 +238,20 @@ def _neon_block(W, col, kb, aq):
     """Column col's block kb: sum of its 32 signed int4 weights times the int8 activations, int32."""
     v = W[col, kb, T.ramp(0, 1, L)]
     four = T.broadcast(T.int8(4), L)
-    lo, hi = T.shift_right(T.shift_left(v, four), four), T.shift_right(v, four)  # sign-extended nibbles
+    return _neon_sum(T.shift_right(T.shift_left(v, four), four), T.shift_right(v, four), kb, aq)  # nibbles
+
+
+def _neon_sum(lo, hi, kb, aq):
+    """The int32 sum of lo x block kb's activations 0-15 and hi x 16-31 (int8x16 each): two products a
+    16-bit lane (|q a| <= 127 x 127), widened and added across."""
     p = (T.Cast("int16x16", lo) * T.Cast("int16x16", aq[0, T.ramp(kb * B, 1, L)])
          + T.Cast("int16x16", hi) * T.Cast("int16x16", aq[0, T.ramp(kb * B + L, 1, L)]))
     return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", T.Cast("int32x16", p))
 
 
 def _neon_block8(W, col, kb, aq):
-    """Column col's block kb: sum of its 32 int8 weights (pack8) times the int8 activations, int32;
-    each 16-bit lane holds two products (|2 x 127 x 127| < 2^15)."""
-    p = (T.Cast("int16x16", W[col, T.ramp(kb * B, 1, L)]) * T.Cast("int16x16", aq[0, T.ramp(kb * B, 1, L)])
-         + T.Cast("int16x16", W[col, T.ramp(kb * B + L, 1, L)])
-         * T.Cast("int16x16", aq[0, T.ramp(kb * B + L, 1, L)]))
-    return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", T.Cast("int32x16", p))
+    """Column col's block kb: sum of its 32 int8 weights (pack8) times the int8 activations, int32."""
+    return _neon_sum(W[col, T.ramp(kb * B, 1, L)], W[col, T.ramp(kb * B + L, 1, L)], kb, aq)
 
 
 def _neon_code(W, col, k):
@@ -255,12 +263,8 @@ def _neon_code(W, col, k):
 def _decode_neon(K, N, bits=4):
     """A macro: C's one row from the int8 row aq, a task 64 columns, one block sum a column and block
     (bits 8: times the column's scale S[j] at the end, as _vnni_rows)."""
-    if bits == 8:
-        block, column = _neon_block8, (lambda S, g, j: S[g * 64 + j])
-        scale = lambda S, g, kb, j: T.float32(1)  # noqa: E731
-    else:
-        block, column = _neon_block, (lambda S, g, j: T.float32(1))
-        scale = lambda S, g, kb, j: T.Cast("float32", S[g, kb, j])  # noqa: E731
+    block = _neon_block8 if bits == 8 else _neon_block
+    scale, column = _scales(bits)
 
     @T.macro
     def body(W, S, C, aq, sa, corr):
